@@ -1,0 +1,60 @@
+# Helpers that give every target of ours the same flags.
+#
+#   atman_target_flags(<target>)   C++20, warnings (as errors when ATMAN_WERROR), our include
+#                                  root. Third-party headers come in through imported targets,
+#                                  which CMake marks as system headers, so their warnings do
+#                                  not fail our build.
+#   atman_add_library(<name> SOURCES ... DEPS ...)      a static module library of core/
+#   atman_add_gtest(<name> SOURCES ... DEPS ... [FIXTURES f...] [LABELS l...])
+#                                  a GoogleTest executable whose tests ctest lists by name;
+#                                  FIXTURES names ctest fixtures (e.g. oracle generators)
+#                                  that must run first.
+
+function(atman_target_flags target)
+  target_compile_features(${target} PUBLIC cxx_std_20)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wno-unused-parameter)
+  if(ATMAN_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+endfunction()
+
+function(atman_add_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  set_target_properties(${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  atman_target_flags(${name})
+endfunction()
+
+function(atman_add_gtest name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;FIXTURES;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} atman_test_support GTest::gmock_main)
+  atman_target_flags(${name})
+  set(_props LABELS "${ARG_LABELS}")
+  if(ARG_FIXTURES)
+    list(APPEND _props FIXTURES_REQUIRED "${ARG_FIXTURES}")
+  endif()
+  # Tests find fixtures and the shared test data through the environment, never through
+  # absolute paths compiled into the binary.
+  gtest_discover_tests(${name}
+    DISCOVERY_TIMEOUT 120
+    PROPERTIES ${_props}
+      ENVIRONMENT "ATMAN_FIXTURES=${CMAKE_BINARY_DIR}/fixtures;ATMAN_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()
+
+# atman_add_oracle(<fixture> <script> [args...]): a ctest step that runs a Python oracle
+# (tests/oracle/) to write fixtures under ${CMAKE_BINARY_DIR}/fixtures before the tests that
+# require <fixture>.
+function(atman_add_oracle fixture script)
+  if(NOT ATMAN_PYTHON)
+    message(FATAL_ERROR "ATMAN_PYTHON is not set: configure through scripts/build.sh, "
+                        "or pass -DATMAN_PYTHON=<venv>/bin/python")
+  endif()
+  add_test(NAME oracle.${fixture}
+           COMMAND ${ATMAN_PYTHON} ${PROJECT_SOURCE_DIR}/tests/oracle/${script}
+                   --out ${CMAKE_BINARY_DIR}/fixtures/${fixture} ${ARGN})
+  set_tests_properties(oracle.${fixture} PROPERTIES FIXTURES_SETUP ${fixture} LABELS oracle
+                       ENVIRONMENT "PYTHONHASHSEED=0;OMP_NUM_THREADS=1")
+endfunction()

@@ -1,0 +1,51 @@
+// Status plumbing shared by every module of core/.
+//
+// Errors cross module boundaries as absl::Status / absl::StatusOr<T> values, never as
+// exceptions. LibTorch throws c10::Error; code that calls LibTorch catches at the module
+// boundary with StatusFromException() and adds what it was doing.
+//
+// Thread safety: stateless macros and free functions; safe from any thread.
+#pragma once
+
+#include <exception>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+#define ATMAN_STATUS_CONCAT_INNER_(a, b) a##b
+#define ATMAN_STATUS_CONCAT_(a, b) ATMAN_STATUS_CONCAT_INNER_(a, b)
+
+// Returns from the enclosing function if `expr` (an absl::Status) is not OK.
+#define ATMAN_RETURN_IF_ERROR(expr)                        \
+  do {                                                     \
+    if (absl::Status _atman_st = (expr); !_atman_st.ok()) { \
+      return _atman_st;                                    \
+    }                                                      \
+  } while (false)
+
+// `lhs = value of expr` (an absl::StatusOr<T>), or return its error.
+#define ATMAN_ASSIGN_OR_RETURN(lhs, expr) \
+  ATMAN_ASSIGN_OR_RETURN_IMPL_(ATMAN_STATUS_CONCAT_(_atman_sor_, __LINE__), lhs, expr)
+#define ATMAN_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
+  auto tmp = (expr);                                 \
+  if (!tmp.ok()) return std::move(tmp).status();     \
+  lhs = std::move(tmp).value()
+
+namespace atman {
+
+// Debian's Abseil is built with its own absl::string_view, distinct from std::string_view
+// (ABSL_OPTION_USE_STD_STRING_VIEW is 0), so absl::StrCat does not take a std::string_view.
+// Our APIs use std::string_view; this bridges them. The other way: std::string(sv).
+inline absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
+
+// An INTERNAL status for an exception thrown by LibTorch (or the standard library), with
+// `context` saying what was being done: "forward pass: <what()>". c10 errors carry a
+// backtrace after the first line; only the first line is kept.
+absl::Status StatusFromException(const std::exception& e, std::string_view context);
+
+// Adds context in front of a non-OK status, keeping its code: "context: message".
+absl::Status Annotate(const absl::Status& status, std::string_view context);
+
+}  // namespace atman
