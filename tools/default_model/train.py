@@ -1,0 +1,249 @@
+"""Trains the embedded default vision-language model and writes it to models/default/.
+
+The model is a LLaVA-1.5-format checkpoint (transformers `LlavaForConditionalGeneration`): a
+small CLIP vision tower, the two-layer projector and a small Llama decoder, with a byte-level
+BPE `tokenizer.json` trained here by the `tokenizers` library on the task text. The tasks and
+the prompt format are in tasks.py.
+
+Reproducible: everything derives from --seed (tokenizer corpus, initial weights, the training
+stream, the held-out sets); deterministic torch kernels are requested and the thread count is
+fixed by --threads, so the same seed and thread count give the same weights on the same
+machine (see docs/default-model.md for how that was checked).
+
+    nice -n 5 ~/.cache/atman/venv/bin/python tools/default_model/train.py --out models/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import tasks  # noqa: E402
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NUM_IMAGE_TOKENS = tasks.GRID * tasks.GRID  # CLS dropped ("default" feature selection)
+
+TOKENIZER_SEED_OFFSET = 1  # the tokenizer corpus, the training stream and the held-out
+HELD_OUT_SEED_OFFSET = 1000  # sets use different seeds derived from --seed
+
+
+def train_tokenizer(seed: int, vocab_size: int) -> Tokenizer:
+    """GPT-2 style byte-level BPE trained on task text; SPECIAL_TOKENS get ids 0..3."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2,
+                                  special_tokens=tasks.SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(tasks.corpus_text(seed + TOKENIZER_SEED_OFFSET, 20000), trainer)
+    for i, special in enumerate(tasks.SPECIAL_TOKENS):
+        if tok.token_to_id(special) != i:
+            raise RuntimeError(f"special token {special} got id {tok.token_to_id(special)}, not {i}")
+    for word in tasks.ANSWER_WORDS:
+        ids = tok.encode(" " + word).ids
+        if len(ids) != 1:
+            raise RuntimeError(f"answer ' {word}' is {len(ids)} tokens; raise --vocab-size")
+    return tok
+
+
+def model_config(vocab_size: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        image_size=tasks.IMAGE_SIZE, patch_size=tasks.PATCH_SIZE, num_channels=3,
+        hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+        hidden_act="quick_gelu", projection_dim=96)
+    text = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=192, intermediate_size=384, num_hidden_layers=3,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-5, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=3,
+        image_seq_length=NUM_IMAGE_TOKENS, projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def pixel_values(image: np.ndarray) -> torch.Tensor:
+    """What CLIPImageProcessor gives for an image already at the model size (resize and crop
+    are identities there): rescale to [0, 1], normalise, channels first. tests check this."""
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def encode(tok: Tokenizer, item: tasks.Item) -> tuple[list[int], int, int]:
+    """Input ids of prompt + answer + EOS with "<image>" expanded like LlavaProcessor, the
+    answer token and the position whose logits must predict it."""
+    prompt_ids = []
+    for i in tok.encode(item.prompt).ids:
+        prompt_ids += [i] * (NUM_IMAGE_TOKENS if i == 3 else 1)
+    answer_ids = tok.encode(item.answer).ids
+    return prompt_ids + answer_ids + [2], answer_ids[0], len(prompt_ids) - 1
+
+
+def collate(tok: Tokenizer, items: list[tasks.Item]) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels only on the answer token and the EOS after it."""
+    encoded = [encode(tok, it) for it in items]
+    width = max(len(ids) for ids, _, _ in encoded)
+    input_ids = torch.zeros(len(items), width, dtype=torch.long)
+    attention = torch.zeros(len(items), width, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for row, (ids, _, last_prompt) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        # transformers shifts labels: labels[t] is predicted from position t - 1.
+        labels[row, last_prompt + 1 : len(ids)] = input_ids[row, last_prompt + 1 : len(ids)]
+    batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    images = [pixel_values(it.image) for it in items if it.image is not None]
+    if images:
+        batch["pixel_values"] = torch.stack(images)
+    return batch
+
+
+@torch.no_grad()
+def accuracy(model, tok: Tokenizer, items: list[tasks.Item], batch_size: int = 64) -> float:
+    """Fraction of items whose greedy continuation is exactly answer + EOS. Answers are one
+    token, so greedy decoding is right iff the argmax at the last prompt position is the answer
+    and the argmax after the answer is EOS; one teacher-forced pass checks both."""
+    model.eval()
+    right = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        batch = collate(tok, chunk)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits
+        predicted = logits[:, :-1].argmax(-1)
+        target = labels[:, 1:]
+        ok = ((predicted == target) | (target == -100)).all(dim=1)
+        right += int(ok.sum())
+    model.train()
+    return right / len(items)
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save(out: pathlib.Path, model, tok: Tokenizer, report: dict) -> None:
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=tasks.BOS, eos_token=tasks.EOS, pad_token=tasks.PAD,
+        unk_token=None, model_max_length=256, padding_side="left")
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": tasks.IMAGE_SIZE},
+        crop_size={"height": tasks.IMAGE_SIZE, "width": tasks.IMAGE_SIZE},
+        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=hf_tok, patch_size=tasks.PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_token=tasks.IMAGE_TOKEN)
+    processor.save_pretrained(out)
+    # Also the classic standalone file, which readers that do not parse processor_config.json
+    # (our C++ runtime) look for.
+    image_processor.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads; part of what fixes the result")
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-count", type=int, default=300, help="held-out items per task")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(args.seed)
+    from transformers import LlavaForConditionalGeneration
+
+    started = time.monotonic()
+    tok = train_tokenizer(args.seed, args.vocab_size)
+    config = model_config(tok.get_vocab_size())
+    torch.manual_seed(args.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.train()
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"vocab {tok.get_vocab_size()}, parameters {parameters}", flush=True)
+
+    held_out = {t: tasks.generate(t, args.eval_count, args.seed + HELD_OUT_SEED_OFFSET)
+                for t in tasks.TASKS}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
+                                  weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    stream = tasks.stream(args.seed)
+    history = []
+    for step in range(1, args.steps + 1):
+        batch = collate(tok, [next(stream) for _ in range(args.batch_size)])
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} "
+                  f"elapsed {time.monotonic() - started:.0f}s", flush=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            acc = {t: accuracy(model, tok, items) for t, items in held_out.items()}
+            history.append({"step": step, "accuracy": acc})
+            print(f"step {step} held-out accuracy {acc}", flush=True)
+
+    elapsed = time.monotonic() - started
+    report = {
+        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "threads": args.threads, "parameters": parameters, "vocab_size": tok.get_vocab_size(),
+        "train_seconds": round(elapsed, 1), "held_out_per_task": args.eval_count,
+        "held_out_seed": args.seed + HELD_OUT_SEED_OFFSET,
+        "accuracy": history[-1]["accuracy"], "history": history,
+        "weights_sha256": weights_digest(model),
+        "torch": torch.__version__,
+    }
+    save(args.out, model, tok, report)
+    print(json.dumps({k: report[k] for k in ("train_seconds", "accuracy", "weights_sha256")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
