@@ -1,0 +1,115 @@
+// Invalid input and malformed tokenizer.json files: errors that name the byte offset or the
+// JSON field, never a crash.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/text/tokenizer.h"
+#include "tests/support/paths.h"
+
+namespace atman::text {
+namespace {
+
+using ::atman::testing::FixtureDir;
+using ::testing::HasSubstr;
+using nlohmann::json;
+
+json TrainedJson(const std::string& name) {
+  std::ifstream in(FixtureDir("tokenizers") / "trained" / (name + ".json"));
+  EXPECT_TRUE(in.good());
+  return json::parse(in);
+}
+
+std::string ErrorOf(const json& j) {
+  auto tok = Tokenizer::FromJson(j.dump());
+  EXPECT_FALSE(tok.ok());
+  return tok.ok() ? "" : std::string(tok.status().message());
+}
+
+TEST(InvalidUtf8, EncodeNamesTheByteOffset) {
+  auto tok = Tokenizer::FromJson(TrainedJson("bytelevel-gpt2").dump());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  struct Case {
+    std::string text;
+    std::string offset;
+  };
+  for (const Case& c : {Case{"ab\xFF", "offset 2"}, Case{"h\xC3", "offset 1"},
+                        Case{"ok \xE2\x82x", "offset 3"}, Case{"\xED\xA0\x80", "offset 0"},
+                        Case{"\xC0\xAF", "offset 0"}, Case{"xy\xF4\x90\x80\x80", "offset 2"}}) {
+    auto enc = (*tok)->Encode(c.text);
+    ASSERT_FALSE(enc.ok());
+    EXPECT_EQ(enc.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(enc.status().message()), HasSubstr("invalid UTF-8"));
+    EXPECT_THAT(std::string(enc.status().message()), HasSubstr(c.offset));
+  }
+}
+
+TEST(Decode, UnknownIdIsAnErrorNamingIt) {
+  auto tok = Tokenizer::FromJson(TrainedJson("sp-prepend").dump());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto text = (*tok)->Decode({1, 99999});
+  ASSERT_FALSE(text.ok());
+  EXPECT_THAT(std::string(text.status().message()), HasSubstr("id 99999 at position 1"));
+}
+
+TEST(MalformedJson, ErrorsNameTheField) {
+  json j = TrainedJson("bytelevel-gpt2");
+  j["model"]["merges"][12] = 7;
+  EXPECT_THAT(ErrorOf(j), HasSubstr("model.merges[12]"));
+
+  j = TrainedJson("bytelevel-gpt2");
+  j["model"]["merges"][3] = "nosuchtoken Ġ";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("model.merges[3]: token 'nosuchtoken'"));
+
+  j = TrainedJson("bytelevel-gpt2");
+  j["model"].erase("vocab");
+  EXPECT_THAT(ErrorOf(j), HasSubstr("model.vocab"));
+
+  j = TrainedJson("bytelevel-gpt2");
+  j["model"]["type"] = "Unigram";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("model.type"));
+
+  j = TrainedJson("bytelevel-llama3");
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("pre_tokenizer.pretokenizers[0].pattern.Regex"));
+
+  j = TrainedJson("bytelevel-llama3");
+  j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("pre_tokenizer.pretokenizers[0].behavior"));
+
+  j = TrainedJson("sp-prepend");
+  j["normalizer"]["normalizers"][1]["type"] = "Frobnicate";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("normalizer.normalizers[1].type"));
+
+  j = TrainedJson("sp-prepend");
+  j["decoder"]["decoders"][3]["content"] = 5;
+  EXPECT_THAT(ErrorOf(j), HasSubstr("decoder.decoders[3].content"));
+
+  j = TrainedJson("sp-prepend");
+  j["post_processor"]["single"][0]["SpecialToken"]["id"] = "<nope>";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("post_processor.special_tokens"));
+
+  j = TrainedJson("sp-prepend");
+  j["added_tokens"][2].erase("content");
+  EXPECT_THAT(ErrorOf(j), HasSubstr("added_tokens[2].content"));
+
+  j = TrainedJson("sp-prepend");
+  j["model"]["dropout"] = 0.1;
+  EXPECT_THAT(ErrorOf(j), HasSubstr("model.dropout"));
+
+  auto broken = Tokenizer::FromJson("{\"model\": ");
+  ASSERT_FALSE(broken.ok());
+  EXPECT_THAT(std::string(broken.status().message()), HasSubstr("not valid JSON"));
+}
+
+TEST(MalformedJson, FromFileNamesTheFile) {
+  auto tok = Tokenizer::FromFile(::atman::testing::TempDir() / "absent" / "tokenizer.json");
+  ASSERT_FALSE(tok.ok());
+  EXPECT_THAT(std::string(tok.status().message()), HasSubstr("absent/tokenizer.json"));
+}
+
+}  // namespace
+}  // namespace atman::text
