@@ -41,7 +41,10 @@ function(atman_add_gtest name)
   gtest_discover_tests(${name}
     DISCOVERY_TIMEOUT 120
     PROPERTIES ${_props}
-      ENVIRONMENT "ATMAN_FIXTURES=${CMAKE_BINARY_DIR}/fixtures;ATMAN_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+      ENVIRONMENT "ATMAN_FIXTURES=${CMAKE_BINARY_DIR}/fixtures"
+      # A second variable goes through ENVIRONMENT_MODIFICATION: a ';' inside one
+      # ENVIRONMENT value does not survive gtest_discover_tests.
+      ENVIRONMENT_MODIFICATION "ATMAN_SOURCE_DIR=set:${PROJECT_SOURCE_DIR}")
 endfunction()
 
 # atman_add_oracle(<fixture> <script> [args...]): a ctest step that runs a Python oracle
