@@ -1,0 +1,94 @@
+#include "core/model/attention.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/logical_not.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/where.h>
+
+#include <limits>
+
+namespace atman::model {
+namespace {
+
+// Scores and weighted sums for grouped-query attention without copying K and V per query
+// head: the g = Hq / Hkv query heads that share a key head are folded into the query axis.
+//   q [B, Hq, Tq, D] -> [B, Hkv, g*Tq, D];  scores [B, Hkv, g*Tq, S] -> [B, Hq, Tq, S]
+at::Tensor GroupedScores(const at::Tensor& q, const at::Tensor& k, double scale) {
+  const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2);
+  at::Tensor folded = q.reshape({B, Hkv, (Hq / Hkv) * Tq, D});
+  return (at::matmul(folded, k.transpose(2, 3)) * scale).view({B, Hq, Tq, S});
+}
+
+at::Tensor GroupedValues(const at::Tensor& weights, const at::Tensor& v) {
+  const int64_t B = weights.size(0), Hq = weights.size(1), Tq = weights.size(2);
+  const int64_t S = weights.size(3), Hkv = v.size(1), D = v.size(3);
+  at::Tensor folded = weights.reshape({B, Hkv, (Hq / Hkv) * Tq, S});
+  return at::matmul(folded, v).view({B, Hq, Tq, D});
+}
+
+}  // namespace
+
+AttentionMask BuildAttentionMask(int64_t batch, int64_t first, int64_t num_queries,
+                                 const at::Tensor& key_padding, int64_t window,
+                                 c10::Device device, c10::ScalarType dtype) {
+  const int64_t num_keys = first + num_queries;
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor q_index = at::arange(first, num_keys, long_opts).view({num_queries, 1});
+  at::Tensor k_index = at::arange(0, num_keys, long_opts).view({1, num_keys});
+  at::Tensor visible = k_index.le(q_index);  // causal: [Tq, S]
+  if (window > 0) visible = visible.logical_and(k_index.gt(q_index - window));
+  visible = visible.view({1, 1, num_queries, num_keys});
+  if (key_padding.defined()) {
+    visible = visible.logical_and(key_padding.to(device).view({batch, 1, 1, num_keys}));
+  } else {
+    visible = visible.expand({batch, 1, num_queries, num_keys});
+  }
+  AttentionMask mask;
+  mask.visible = visible.contiguous();
+  mask.bias = at::where(mask.visible, at::full({}, 0.0, at::TensorOptions().dtype(dtype).device(device)),
+                        -std::numeric_limits<double>::infinity())
+                  .to(dtype);
+  mask.dead = at::logical_not(mask.visible.any(-1, /*keepdim=*/true));
+  return mask;
+}
+
+at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const AttentionMask& mask, const ControlTensors* control, double scale) {
+  // q [B, Hq, Tq, D]; k, v [B, Hkv, S, D]; bias, visible [B, 1, Tq, S]; factors [B, 1, 1, S].
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  at::Tensor out;
+  at::Tensor dead = mask.dead;  // [B, 1, Tq, 1]
+  if (control == nullptr || control->mode == ControlMode::kLogAdditive) {
+    at::Tensor bias = mask.bias;
+    if (control != nullptr) {
+      // ---- AtMan, log_additive: s' = s + log f, then the mask (-inf where not visible). ----
+      bias = at::where(mask.visible, control->log_factors, -kInf).to(q.scalar_type());
+      if (control->removed.defined()) {
+        // Queries whose every visible key is removed (f = 0) attend to nothing.
+        dead = at::logical_not(
+            mask.visible.logical_and(control->removed.logical_not()).any(-1, /*keepdim=*/true));
+      }
+    }
+    out = at::scaled_dot_product_attention(q, k, v, bias, /*dropout_p=*/0.0,
+                                           /*is_causal=*/false, scale,
+                                           /*enable_gqa=*/q.size(1) != k.size(1));
+  } else {
+    // ---- AtMan, multiplicative: s' = (s - min_visible s) * f, then the mask. ----
+    at::Tensor scores = GroupedScores(q, k, scale);                          // [B, Hq, Tq, S]
+    at::Tensor lowest = at::where(mask.visible, scores, kInf).amin(-1, /*keepdim=*/true);
+    scores = (scores - lowest) * control->factors;
+    scores = at::where(mask.visible, scores, -kInf);
+    // Softmax in float32 (as transformers' eager path), back to the model dtype for P.V.
+    at::Tensor weights = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    out = GroupedValues(weights, v);
+  }
+  // A query that sees no key (left padding, or everything removed) would be NaN: make it 0.
+  return out.masked_fill(dead, 0.0);
+}
+
+}  // namespace atman::model

@@ -1,0 +1,74 @@
+// The architecture of a decoder-only transformer, read from a Hugging Face config.json.
+//
+// Every supported family (llama, mistral, qwen2, gpt2, gpt_neox) is described by the same
+// switches: how positions enter (rotary or learned), which norm, which MLP, whether the
+// residual is parallel, which projections carry a bias, tied embeddings, sliding windows.
+// ParseModelConfig() is the architecture registry: it maps config.json's `model_type` (or,
+// when absent, `architectures[0]`) to a family and reads that family's field names, old and
+// new spellings alike (`rope_scaling`/`rope_theta` and transformers 5's `rope_parameters`).
+// Errors name the field and the limit it breaks.
+//
+// A plain value type; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace atman::model {
+
+enum class Family { kLlama, kGpt2, kGptNeox };
+enum class NormKind { kRms, kLayer };
+enum class Activation { kSilu, kGelu, kGeluTanh, kRelu };
+enum class RopeScaling { kNone, kLinear, kLlama3 };
+
+struct RopeConfig {
+  double theta = 10000.0;
+  int64_t rotary_dim = 0;  // leading dims of each head that rotate (partial rotary: < head_dim)
+  RopeScaling scaling = RopeScaling::kNone;
+  double factor = 1.0;  // linear and llama3
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int64_t original_max_positions = 0;                     // llama3
+};
+
+struct ModelConfig {
+  Family family = Family::kLlama;
+  std::string model_type;  // as in config.json, e.g. "mistral"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate_size = 0;
+  int64_t max_positions = 0;  // learned position table size (gpt2); informational otherwise
+
+  NormKind norm = NormKind::kRms;
+  double norm_eps = 1e-6;
+  Activation activation = Activation::kSilu;
+  bool gated_mlp = true;           // act(gate(x)) * up(x), else act(fc(x))
+  bool parallel_residual = false;  // x + attn(ln1 x) + mlp(ln2 x)
+  bool learned_positions = false;  // gpt2's wpe, else rotary
+  RopeConfig rope;
+  bool qkv_bias = false;
+  bool o_bias = false;
+  bool mlp_bias = false;
+  bool tied_embeddings = false;
+  // Per layer: 0 = full causal attention, else a key is visible only if q - k < window.
+  std::vector<int64_t> sliding_window;
+  // Multiplies q.k before softmax, per layer (1/sqrt(head_dim), gpt2 may also divide by
+  // layer+1).
+  std::vector<double> attention_scale;
+};
+
+// The model types ParseModelConfig() accepts, sorted.
+const std::vector<std::string>& SupportedModelTypes();
+
+// Reads a config.json object. UNIMPLEMENTED for an unknown model_type or an unsupported
+// switch (naming it), INVALID_ARGUMENT for a missing or contradictory field.
+absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& config);
+
+}  // namespace atman::model

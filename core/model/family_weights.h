@@ -1,0 +1,19 @@
+// Internal to core/model: reads each family's checkpoint tensors (their Hugging Face names
+// and layouts) into CausalLM's common weight layout, checking every shape against the
+// config and that no checkpoint tensor is left unexplained.
+//
+// Stateless; safe from any thread.
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "core/io/checkpoint.h"
+#include "core/model/causal_lm.h"
+#include "core/model/config.h"
+
+namespace atman::model {
+
+absl::StatusOr<CausalLM::Weights> LoadFamilyWeights(const io::Checkpoint& checkpoint,
+                                                     const ModelConfig& config,
+                                                     c10::Device device, c10::ScalarType dtype);
+
+}  // namespace atman::model

@@ -1,0 +1,69 @@
+#include "core/model/rotary.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/pow.h>
+#include <ATen/ops/reciprocal.h>
+#include <ATen/ops/where.h>
+
+#include <numbers>
+
+namespace atman::model {
+namespace {
+
+// inv_freq[i] = 1 / theta^(2i / dim), then the scaling of transformers' modeling_rope_utils,
+// with the same float32 operations in the same order.
+at::Tensor InverseFrequencies(const RopeConfig& rope) {
+  const int64_t dim = rope.rotary_dim;
+  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  at::Tensor inv_freq = at::reciprocal(at::pow(rope.theta, exponent));
+  switch (rope.scaling) {
+    case RopeScaling::kNone:
+      return inv_freq;
+    case RopeScaling::kLinear:
+      return inv_freq / rope.factor;
+    case RopeScaling::kLlama3: {
+      // Long wavelengths are divided by `factor`, short ones kept, the band between the two
+      // wavelength limits interpolated.
+      const double old_context = static_cast<double>(rope.original_max_positions);
+      const double low_freq_wavelen = old_context / rope.low_freq_factor;
+      const double high_freq_wavelen = old_context / rope.high_freq_factor;
+      at::Tensor wavelen = at::reciprocal(inv_freq) * (2.0 * std::numbers::pi);
+      at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq);
+      at::Tensor smooth = (at::reciprocal(wavelen) * old_context - rope.low_freq_factor) /
+                          (rope.high_freq_factor - rope.low_freq_factor);
+      at::Tensor smoothed = (1.0 - smooth) * scaled / rope.factor + smooth * scaled;
+      at::Tensor medium = (wavelen < high_freq_wavelen).logical_not().logical_and(
+          (wavelen > low_freq_wavelen).logical_not());
+      return at::where(medium, smoothed, scaled);
+    }
+  }
+  return inv_freq;
+}
+
+}  // namespace
+
+Rotary::Rotary(const RopeConfig& rope, c10::Device device)
+    : rotary_dim_(rope.rotary_dim), inv_freq_(InverseFrequencies(rope).to(device)) {}
+
+std::pair<at::Tensor, at::Tensor> Rotary::CosSin(const at::Tensor& positions,
+                                                 c10::ScalarType dtype) const {
+  // freqs [B, T, rot/2] = position x inv_freq; emb [B, T, rot] = (freqs, freqs).
+  at::Tensor freqs = positions.unsqueeze(-1).to(at::kFloat) * inv_freq_;
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+at::Tensor Rotary::Apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
+  // x [B, H, T, D]: rotate (x1, x2) = halves of x[..., :rot] into x*cos + (-x2, x1)*sin.
+  const int64_t D = x.size(-1);
+  at::Tensor rot = rotary_dim_ == D ? x : x.narrow(-1, 0, rotary_dim_);
+  const int64_t half = rotary_dim_ / 2;
+  at::Tensor rotated = at::cat({-rot.narrow(-1, half, half), rot.narrow(-1, 0, half)}, -1);
+  at::Tensor out = rot * cos + rotated * sin;
+  if (rotary_dim_ == D) return out;
+  return at::cat({out, x.narrow(-1, rotary_dim_, D - rotary_dim_)}, -1);
+}
+
+}  // namespace atman::model

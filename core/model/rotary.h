@@ -1,0 +1,39 @@
+// Rotary position embeddings (RoPE) as transformers computes them: inverse frequencies from
+// `theta` (with linear or llama3 scaling), cos/sin of position x frequency, and the
+// "rotate half" application to the leading `rotary_dim` dims of each head (gpt_neox's
+// partial rotary leaves the rest untouched).
+//
+// Immutable after construction; const methods are safe from any thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <utility>
+
+#include "core/model/config.h"
+
+namespace atman::model {
+
+class Rotary {
+ public:
+  Rotary() = default;
+  Rotary(const RopeConfig& rope, c10::Device device);
+
+  // positions [B, T] int64 -> cos, sin [B, 1, T, rotary_dim] in `dtype` (computed in
+  // float32, then cast, as transformers does).
+  std::pair<at::Tensor, at::Tensor> CosSin(const at::Tensor& positions,
+                                           c10::ScalarType dtype) const;
+
+  // x [B, H, T, D] -> x with its first rotary_dim dims rotated; cos, sin from CosSin().
+  at::Tensor Apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+
+  // [rotary_dim / 2] float32.
+  const at::Tensor& inv_freq() const { return inv_freq_; }
+
+ private:
+  int64_t rotary_dim_ = 0;
+  at::Tensor inv_freq_;
+};
+
+}  // namespace atman::model
