@@ -1,0 +1,209 @@
+// What the loader and the forward pass refuse, and that each refusal names what is wrong:
+// unsupported model types, missing tensors, shape mismatches, a config.json that contradicts
+// the weights, bad forward inputs. Also the config parser's two spellings of RoPE settings.
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <functional>
+#include <string>
+
+#include "core/io/checkpoint.h"
+#include "core/model/causal_lm.h"
+#include "core/model/config.h"
+#include "tests/model/model_cases.h"
+#include "tests/support/paths.h"
+
+namespace atman::model {
+namespace {
+
+using ::atman::testing::FixtureDir;
+using ::atman::testing::TempDir;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+// A copy of the oracle's llama folder with config.json edited by `edit`, in a fresh folder
+// under this test's temporary folder. (TempDir() is called once per test: it clears the
+// folder with std::filesystem::remove_all, which crashes on a non-empty folder when
+// libtorch's bundled copy of that function is the one linked.)
+std::filesystem::path EditedLlama(const std::function<void(nlohmann::json&)>& edit) {
+  static std::string test;
+  static std::filesystem::path root;
+  static int copies = 0;
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  if (test != info->name()) {
+    test = info->name();
+    root = TempDir();
+  }
+  const auto source = FixtureDir("model_cases") / "llama";
+  const auto dir = root / ("llama-" + std::to_string(++copies));
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(source / "model.safetensors", dir / "model.safetensors");
+  auto config = io::ReadJsonFile(source / "config.json");
+  EXPECT_TRUE(config.ok()) << config.status();
+  edit(*config);
+  std::ofstream(dir / "config.json") << config->dump(1);
+  return dir;
+}
+
+absl::Status LoadStatus(const std::filesystem::path& dir) {
+  return CausalLM::Load(dir, c10::Device("cpu"), at::kFloat).status();
+}
+
+TEST(LoadErrors, UnsupportedModelTypeIsNamed) {
+  absl::Status status = LoadStatus(EditedLlama([](auto& c) { c["model_type"] = "bert"; }));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()),
+              AllOf(HasSubstr("model_type 'bert'"), HasSubstr("gpt2, gpt_neox, llama, mistral, qwen2")));
+}
+
+TEST(LoadErrors, UnknownArchitectureWithoutModelTypeIsNamed) {
+  absl::Status status = LoadStatus(EditedLlama([](auto& c) {
+    c.erase("model_type");
+    c["architectures"] = {"BertForMaskedLM"};
+  }));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("architecture 'BertForMaskedLM'"));
+}
+
+TEST(LoadErrors, MissingTensorIsNamed) {
+  absl::Status status = LoadStatus(FixtureDir("model_cases") / "broken-missing");
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()),
+              AllOf(HasSubstr("missing tensor 'model.layers.1.mlp.up_proj.weight'"),
+                    HasSubstr("[48, 32]")));
+}
+
+TEST(LoadErrors, ShapeMismatchNamesTensorAndBothShapes) {
+  absl::Status status = LoadStatus(FixtureDir("model_cases") / "broken-shape");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              AllOf(HasSubstr("'model.layers.0.self_attn.o_proj.weight' has shape [32, 24]"),
+                    HasSubstr("implies [32, 32]")));
+}
+
+TEST(LoadErrors, ConfigContradictingWeightsNamesFieldAndTensor) {
+  absl::Status heads = LoadStatus(EditedLlama([](auto& c) { c["num_key_value_heads"] = 4; }));
+  EXPECT_EQ(heads.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(heads.message()),
+              AllOf(HasSubstr("'model.layers.0.self_attn.k_proj.weight' has shape [16, 32]"),
+                    HasSubstr("num_key_value_heads")));
+
+  absl::Status layers = LoadStatus(EditedLlama([](auto& c) { c["num_hidden_layers"] = 1; }));
+  EXPECT_EQ(layers.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(layers.message()),
+              AllOf(HasSubstr("does not account for"), HasSubstr("num_hidden_layers = 1"),
+                    HasSubstr("model.layers.1.")));
+
+  absl::Status tied = LoadStatus(EditedLlama([](auto& c) { c["tie_word_embeddings"] = true; }));
+  EXPECT_EQ(tied.code(), absl::StatusCode::kOk) << "a tied config ignores lm_head.weight";
+
+  absl::Status vocab = LoadStatus(EditedLlama([](auto& c) { c["vocab_size"] = 100; }));
+  EXPECT_THAT(std::string(vocab.message()),
+              AllOf(HasSubstr("'model.embed_tokens.weight' has shape [97, 32]"),
+                    HasSubstr("vocab_size, hidden_size")));
+}
+
+TEST(LoadErrors, UnsupportedSwitchesAreNamed) {
+  absl::Status rope = LoadStatus(EditedLlama([](auto& c) {
+    c["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 2.0}};
+  }));
+  EXPECT_EQ(rope.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(rope.message()), HasSubstr("rope type 'yarn'"));
+  absl::Status act = LoadStatus(EditedLlama([](auto& c) { c["hidden_act"] = "mish"; }));
+  EXPECT_THAT(std::string(act.message()), HasSubstr("hidden_act 'mish'"));
+}
+
+TEST(ConfigParsing, OldAndNewRopeSpellingsAgree) {
+  // transformers < 5 wrote rope_theta and rope_scaling at the top level.
+  nlohmann::json base = {{"model_type", "llama"}, {"vocab_size", 10}, {"hidden_size", 32},
+                         {"num_hidden_layers", 1}, {"num_attention_heads", 4},
+                         {"intermediate_size", 8}, {"max_position_embeddings", 128}};
+  nlohmann::json old_style = base, new_style = base;
+  old_style["rope_theta"] = 500000.0;
+  old_style["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                               {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  new_style["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0},
+                                  {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                  {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}};
+  auto a = ParseModelConfig(old_style);
+  auto b = ParseModelConfig(new_style);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  for (const auto* m : {&*a, &*b}) {
+    EXPECT_EQ(m->rope.scaling, RopeScaling::kLlama3);
+    EXPECT_EQ(m->rope.theta, 500000.0);
+    EXPECT_EQ(m->rope.original_max_positions, 64);
+    EXPECT_EQ(m->rope.rotary_dim, 8);
+    EXPECT_EQ(m->num_kv_heads, 4);
+  }
+}
+
+TEST(ConfigParsing, DeviceAndDtypeNames) {
+  EXPECT_EQ(ParseDevice("cpu").value(), c10::Device("cpu"));
+  EXPECT_EQ(ParseDevice("cuda:1").value(), c10::Device("cuda:1"));
+  EXPECT_THAT(std::string(ParseDevice("tpu").status().message()), HasSubstr("'tpu'"));
+  EXPECT_EQ(ParseDtype("bf16").value(), at::kBFloat16);
+  EXPECT_EQ(ParseDtype("float16").value(), at::kHalf);
+  EXPECT_THAT(std::string(ParseDtype("int8").status().message()), HasSubstr("'int8'"));
+}
+
+class ForwardErrors : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = testing::LoadModel(FixtureDir("model_cases") / "llama");
+    ASSERT_NE(model_, nullptr);
+    std::vector<int64_t> ids = {1, 2, 3, 4, 5, 6, 7, 8};
+    auto embeds = model_->Embed(at::from_blob(ids.data(), {2, 4}, at::kLong).clone());
+    ASSERT_TRUE(embeds.ok()) << embeds.status();
+    input_.embeds = *embeds;
+  }
+  std::string Message() { return std::string(model_->Forward(input_).status().message()); }
+
+  std::unique_ptr<CausalLM> model_;
+  ForwardInput input_;
+};
+
+TEST_F(ForwardErrors, IdOutsideVocabulary) {
+  std::vector<int64_t> ids = {1, 97};
+  auto embeds = model_->Embed(at::from_blob(ids.data(), {1, 2}, at::kLong).clone());
+  EXPECT_THAT(std::string(embeds.status().message()), HasSubstr("outside [0, 97)"));
+}
+
+TEST_F(ForwardErrors, ControlRowsMustMatchBatch) {
+  AttentionControl control;
+  control.rows = {{{1, 0.0}}};
+  input_.control = &control;
+  EXPECT_THAT(Message(), HasSubstr("1 rows for a batch of 2"));
+  control.rows = {{}, {{4, 0.5}}};
+  EXPECT_THAT(Message(), HasSubstr("row 1 entry 0: key position 4 is outside the sequence [0, 4)"));
+  control.rows = {{{0, -1.0}}, {}};
+  EXPECT_THAT(Message(), HasSubstr("factor -1 must be finite and >= 0"));
+  control.rows = {{}, {}};
+  control.layers = {2};
+  EXPECT_THAT(Message(), HasSubstr("layer 2; the model has layers 0..1"));
+}
+
+TEST_F(ForwardErrors, CacheAndIndicesAreChecked) {
+  input_.past_length = 3;
+  EXPECT_THAT(Message(), HasSubstr("past_length 3 needs a KV cache with 2 layers"));
+  KvCache cache;
+  ForwardInput prefix = input_;
+  prefix.past_length = 0;
+  prefix.embeds = input_.embeds.narrow(0, 0, 1).narrow(1, 0, 2);
+  prefix.present = &cache;
+  ASSERT_TRUE(model_->Forward(prefix).ok());
+  input_.past = &cache;
+  EXPECT_THAT(Message(), HasSubstr("past_length 3 exceeds the cached length 2"));
+  input_.past_length = 0;
+  input_.output.kind = OutputRequest::Kind::kLogProbs;
+  std::vector<int64_t> indices = {0, 4};
+  input_.output.indices = at::from_blob(indices.data(), {2, 1}, at::kLong).clone();
+  input_.output.targets = at::zeros({2, 1}, at::kLong);
+  EXPECT_THAT(Message(), HasSubstr("output indices holds values in [0, 4], outside [0, 4)"));
+}
+
+}  // namespace
+}  // namespace atman::model

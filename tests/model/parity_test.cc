@@ -1,0 +1,182 @@
+// Our forward pass against transformers' own, number for number (float32, 1e-4 max abs), for
+// every family and switch the oracle exercises: batches with left padding, continuation from
+// a batch-1 KV cache shared by several rows, and AtMan controls in both modes (with a layer
+// subset, factors 0, 0.1 and 2, and a query whose every key is removed).
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/log_softmax.h>
+#include <gtest/gtest.h>
+
+#include "core/model/causal_lm.h"
+#include "tests/model/model_cases.h"
+
+namespace atman::model {
+namespace {
+
+using testing::ControlFromCase;
+using testing::Logits;
+using testing::MaxAbsDiff;
+using testing::ModelCases;
+using testing::ReadCases;
+
+at::Tensor Long2D(std::vector<int64_t> values, int64_t rows) {
+  const int64_t cols = static_cast<int64_t>(values.size()) / rows;
+  return at::from_blob(values.data(), {rows, cols}, at::kLong).clone();
+}
+
+constexpr double kParity = 1e-4;  // float32 against transformers (the bar)
+
+class ParityTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    cases_ = ReadCases(GetParam());
+    model_ = testing::LoadModel(cases_.dir);
+    ASSERT_NE(model_, nullptr);
+  }
+  const at::Tensor& T(const std::string& name) {
+    auto it = cases_.tensors.find(name);
+    EXPECT_NE(it, cases_.tensors.end()) << name;
+    static const at::Tensor kNone;
+    return it == cases_.tensors.end() ? kNone : it->second;
+  }
+  // Runs the prefix (first `cached` tokens, batch 1) into a cache, then continues every row
+  // of `ids` from position p <= cached. Returns logits [B, T - p, V].
+  at::Tensor Continue(const at::Tensor& ids, int64_t cached, int64_t p,
+                      const AttentionControl* control = nullptr) {
+    KvCache cache;
+    Logits(*model_, ids.narrow(0, 0, 1).narrow(1, 0, cached), {}, {}, nullptr, nullptr, 0, &cache);
+    EXPECT_EQ(cache.length(), cached);
+    EXPECT_EQ(cache.batch(), 1);
+    return Logits(*model_, ids, {}, {}, control, &cache, p);
+  }
+
+  ModelCases cases_;
+  std::unique_ptr<CausalLM> model_;
+};
+
+TEST_P(ParityTest, PaddedBatchMatchesTransformers) {
+  at::Tensor ours = Logits(*model_, T("padded.ids"), T("padded.mask"), T("padded.positions"));
+  EXPECT_LT(MaxAbsDiff(ours, T("padded.logits"), T("padded.mask")), kParity);
+}
+
+TEST_P(ParityTest, CachedContinuationMatchesTransformers) {
+  const at::Tensor& ids = T("cached.ids");  // [3, 10], rows share their first 6 tokens
+  for (int64_t p : {6, 4, 1}) {
+    SCOPED_TRACE(p);
+    at::Tensor ours = Continue(ids, /*cached=*/6, p);
+    EXPECT_LT(MaxAbsDiff(ours, T("cached.logits").narrow(1, p, 10 - p)), kParity);
+  }
+}
+
+TEST_P(ParityTest, CachedContinuationEqualsFullPass) {
+  const at::Tensor& ids = T("cached.ids");
+  at::Tensor full = Logits(*model_, ids, {}, {});
+  at::Tensor continued = Continue(ids, 6, 6);
+  EXPECT_LT(MaxAbsDiff(continued, full.narrow(1, 6, 4)), 1e-5);
+}
+
+TEST_P(ParityTest, ControlsMatchPatchedTransformers) {
+  int checked = 0;
+  for (const auto& c : cases_.cases) {
+    const std::string name = c.at("name");
+    if (c.at("inputs") != "padded" || !c.contains("mode")) continue;
+    SCOPED_TRACE(name);
+    AttentionControl control = ControlFromCase(c);
+    at::Tensor ours = Logits(*model_, T("padded.ids"), T("padded.mask"), T("padded.positions"),
+                             &control);
+    EXPECT_LT(MaxAbsDiff(ours, T(name + ".logits"), T("padded.mask")), kParity);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5);
+}
+
+TEST_P(ParityTest, ControlsOnCachedContinuationMatchPatchedTransformers) {
+  int checked = 0;
+  for (const auto& c : cases_.cases) {
+    const std::string name = c.at("name");
+    if (c.at("inputs") != "cached" || !c.contains("mode")) continue;
+    SCOPED_TRACE(name);
+    AttentionControl control = ControlFromCase(c);
+    // Every control touches positions >= 6: continue from the shared 6-token prefix.
+    at::Tensor ours = Continue(T("cached.ids"), 6, 6, &control);
+    EXPECT_LT(MaxAbsDiff(ours, T(name + ".logits").narrow(1, 6, 4)), kParity);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 2);
+}
+
+TEST_P(ParityTest, AllFactorsOneIsIdenticalToNoControl) {
+  const at::Tensor &ids = T("padded.ids"), &mask = T("padded.mask"), &pos = T("padded.positions");
+  at::Tensor plain = Logits(*model_, ids, mask, pos);
+  AttentionControl ones;
+  ones.rows = {{{0, 1.0}, {4, 1.0}}, {{5, 1.0}}, {{8, 1.0}}};
+  at::Tensor log_ones = Logits(*model_, ids, mask, pos, &ones);
+  EXPECT_TRUE(at::equal(plain, log_ones)) << "max diff " << MaxAbsDiff(plain, log_ones);
+  // Multiplicative runs the explicit score path, not the fused kernel: softmax is invariant to
+  // the shift by the minimum, so the result agrees to rounding only.
+  ones.mode = ControlMode::kMultiplicative;
+  at::Tensor mul_ones = Logits(*model_, ids, mask, pos, &ones);
+  EXPECT_LT(MaxAbsDiff(plain, mul_ones, mask), 1e-5);
+}
+
+TEST_P(ParityTest, LogProbsAndLogitsAtIndicesMatchFullLogits) {
+  const at::Tensor& ids = T("cached.ids");
+  at::Tensor full = Logits(*model_, ids, {}, {});
+  auto embeds = model_->Embed(ids);
+  ASSERT_TRUE(embeds.ok()) << embeds.status();
+  ForwardInput input;
+  input.embeds = *embeds;
+  input.output.indices = Long2D({5, 9, 0, 5, 6, 7}, 3);
+  input.output.targets = Long2D({3, 4, 96, 0, 50, 7}, 3);
+  input.output.kind = OutputRequest::Kind::kLogProbs;
+  auto lp = model_->Forward(input);
+  ASSERT_TRUE(lp.ok()) << lp.status();
+  input.output.kind = OutputRequest::Kind::kLogits;
+  auto at_indices = model_->Forward(input);
+  ASSERT_TRUE(at_indices.ok()) << at_indices.status();
+  ASSERT_EQ(lp->log_probs.sizes(), (std::vector<int64_t>{3, 2}));
+  ASSERT_EQ(at_indices->logits.sizes(), (std::vector<int64_t>{3, 2, full.size(2)}));
+  at::Tensor log_probs = at::log_softmax(full, -1);
+  for (int64_t b = 0; b < 3; ++b) {
+    for (int64_t k = 0; k < 2; ++k) {
+      const int64_t i = input.output.indices[b][k].item<int64_t>();
+      const int64_t t = input.output.targets[b][k].item<int64_t>();
+      EXPECT_NEAR(lp->log_probs[b][k].item<double>(), log_probs[b][i][t].item<double>(), 1e-5);
+      EXPECT_LT(MaxAbsDiff(at_indices->logits[b][k], full[b][i]), 1e-5);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, ParityTest, ::testing::ValuesIn(testing::OracleModels()),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name) if (ch == '-') ch = '_';
+                           return name;
+                         });
+
+// bfloat16 on the CPU: the same model and inputs as float32, within a documented tolerance
+// (docs/model.md): bf16 keeps 8 bits of mantissa, so logits of magnitude ~5 move by ~0.1.
+TEST(Precision, BFloat16StaysWithinToleranceOfFloat32) {
+  for (const std::string name : {"llama", "gpt2", "gpt_neox"}) {
+    SCOPED_TRACE(name);
+    ModelCases cases = ReadCases(name);
+    auto f32 = testing::LoadModel(cases.dir, at::kFloat);
+    auto bf16 = testing::LoadModel(cases.dir, at::kBFloat16);
+    ASSERT_TRUE(f32 && bf16);
+    const at::Tensor& ids = cases.tensors.at("padded.ids");
+    const at::Tensor& mask = cases.tensors.at("padded.mask");
+    const at::Tensor& pos = cases.tensors.at("padded.positions");
+    at::Tensor a = Logits(*f32, ids, mask, pos);
+    at::Tensor b = Logits(*bf16, ids, mask, pos);
+    const double scale = a.abs().max().item<double>();
+    const double diff = MaxAbsDiff(a, b, mask);
+    ::testing::Test::RecordProperty(name + "_bf16_max_abs_diff", std::to_string(diff));
+    ::testing::Test::RecordProperty(name + "_max_abs_logit", std::to_string(scale));
+    EXPECT_LT(diff, 0.05 * scale) << "max logit " << scale;
+    EXPECT_GT(diff, 0.0);  // it really ran in bfloat16
+  }
+}
+
+}  // namespace
+}  // namespace atman::model

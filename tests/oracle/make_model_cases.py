@@ -1,0 +1,222 @@
+"""Writes random-initialised decoder models with transformers, and their expected outputs.
+
+For every family and switch core/model supports, one small model (seed 0, initializer_range
+0.2 so that attention is far from uniform) is saved with save_pretrained in <out>/<name>/,
+with:
+
+  cases.safetensors  inputs and expected float32 logits, computed by transformers itself
+  cases.json         the case list: what each tensor means, the attention controls
+
+Cases (sequence length T = 9 unless said):
+  padded    3 rows, left padding of 0, 3 and 1 tokens; position ids cumsum(mask) - 1 as in
+            generate(). transformers' eager attention. Logits [3, T, V].
+  cached    3 rows of 10 tokens sharing their first 6. Full-pass logits [3, 10, V]: the C++
+            test runs the prefix once (batch 1) and continues the rows from the cache.
+  control/* the padded inputs with AtMan controls, through a custom attention function
+            registered with transformers' AttentionInterface ("atman"), which applies the
+            manipulation of docs/atman.md to the scaled scores of the selected layers before
+            the mask. A query whose every visible key is removed gets a zero attention output,
+            as in core/model/attention.h.
+  cached_control/*  the cached rows with controls on positions >= 6.
+
+<out>/broken-missing/ and <out>/broken-shape/ are the llama checkpoint with one tensor removed
+and one tensor of the wrong shape.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (AttentionInterface, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
+                          GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from common import seed_everything, write_json
+
+VOCAB = 97
+INIT = 0.2
+
+# name -> (model class, config)
+def model_specs():
+    common = dict(vocab_size=VOCAB, num_hidden_layers=2, initializer_range=INIT,
+                  max_position_embeddings=128)
+    return {
+        # grouped-query attention, llama3 rope scaling (all three frequency bands with
+        # head_dim 8: wavelengths 6.3 < 16 < 63 < 64 < 628), untied embeddings
+        "llama": (LlamaForCausalLM, LlamaConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            rope_theta=10000.0, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+            **common)),
+        # linear rope scaling, another theta, explicit head_dim != hidden / heads, tied
+        # embeddings, attention and MLP biases
+        "llama-linear": (LlamaForCausalLM, LlamaConfig(
+            hidden_size=32, intermediate_size=40, num_attention_heads=4, num_key_value_heads=4,
+            head_dim=16, rope_theta=500.0, tie_word_embeddings=True, attention_bias=True,
+            mlp_bias=True, rope_scaling={"rope_type": "linear", "factor": 2.0}, **common)),
+        # sliding window of 4 keys, 4 query heads on 1 key head
+        "mistral": (MistralForCausalLM, MistralConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=1,
+            head_dim=8, sliding_window=4, tie_word_embeddings=False, **common)),
+        # q/k/v bias (no o bias), tied embeddings, rope_theta 1e6
+        "qwen2": (Qwen2ForCausalLM, Qwen2Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            rope_theta=1e6, tie_word_embeddings=True, **common)),
+        "gpt2": (GPT2LMHeadModel, GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+            initializer_range=INIT, bos_token_id=0, eos_token_id=0)),
+        # partial rotary (head_dim 16, 8 rotary dims), parallel residual
+        "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig(
+            hidden_size=64, intermediate_size=96, num_attention_heads=4, rotary_pct=0.5,
+            use_parallel_residual=True, **common)),
+        # sequential residual, 4 rotary dims, tied embeddings
+        "gpt_neox-sequential": (GPTNeoXForCausalLM, GPTNeoXConfig(
+            hidden_size=64, intermediate_size=96, num_attention_heads=4, rotary_pct=0.25,
+            use_parallel_residual=False, tie_word_embeddings=True, **common)),
+    }
+
+
+# ---- The AtMan attention of the oracle: transformers' eager attention plus the manipulation.
+CONTROL = None  # {"mode", "layers" (None: all), "factors" [B, S] float32}
+
+
+def atman_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    # query [B, Hq, Tq, D]; key, value [B, Hkv, S, D]; attention_mask [B, 1, Tq, S] float
+    # (0 where visible, dtype min elsewhere; eager_mask).
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    S = key.shape[2]
+    visible = attention_mask[:, :, :, :S] == 0
+    c = CONTROL
+    if c is not None and (c["layers"] is None or module.layer_idx in c["layers"]):
+        f = c["factors"][:, None, None, :S].to(scores.dtype)
+        if c["mode"] == "log_additive":
+            scores = scores + torch.log(f)
+        else:
+            lowest = scores.masked_fill(~visible, float("inf")).amin(-1, keepdim=True)
+            scores = (scores - lowest) * f
+    scores = scores.masked_fill(~visible, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    dead = ~torch.isfinite(scores).any(-1, keepdim=True)
+    weights = weights.masked_fill(dead, 0.0)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+AttentionInterface.register("atman", atman_attention)
+AttentionMaskInterface.register("atman", eager_mask)
+
+
+def padded_inputs(g):
+    T = 9
+    ids = torch.randint(1, VOCAB, (3, T), generator=g)
+    mask = torch.ones(3, T, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    ids[mask == 0] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+def cached_inputs(g):
+    prefix = torch.randint(1, VOCAB, (1, 6), generator=g)
+    rest = torch.randint(1, VOCAB, (3, 4), generator=g)
+    return torch.cat([prefix.expand(3, 6), rest], dim=1)
+
+
+CONTROLS = [
+    # name, mode, layers, per-row [(position, factor)]
+    ("log_additive", "log_additive", None, [[(2, 0.0), (3, 0.1)], [(5, 0.1), (6, 2.0)], [(1, 2.0), (4, 0.0)]]),
+    ("multiplicative", "multiplicative", None, [[(2, 0.0), (3, 0.1)], [(5, 0.1), (6, 2.0)], [(1, 2.0), (4, 0.0)]]),
+    ("log_additive-layer1", "log_additive", [1], [[(2, 0.1)], [(4, 0.0)], [(3, 2.0), (5, 0.1)]]),
+    ("multiplicative-layer0", "multiplicative", [0], [[(2, 0.1)], [(4, 0.0)], [(3, 2.0), (5, 0.1)]]),
+    # Every visible key of a query removed: row 0's query 0 sees only key 0; row 1's first
+    # real token (index 3) sees only itself.
+    ("all-removed", "log_additive", None, [[(0, 0.0)], [(3, 0.0), (4, 0.0)], []]),
+]
+CACHED_CONTROLS = [
+    ("log_additive", "log_additive", None, [[(7, 0.0)], [(6, 0.1), (8, 2.0)], [(9, 0.0)]]),
+    ("multiplicative", "multiplicative", [1], [[(7, 0.0)], [(6, 0.1), (8, 2.0)], [(9, 0.1)]]),
+]
+
+
+def dense_factors(rows, S):
+    f = torch.ones(len(rows), S)
+    for b, row in enumerate(rows):
+        for pos, factor in row:
+            f[b, pos] = factor
+    return f
+
+
+@torch.no_grad()
+def make_cases(model, g):
+    global CONTROL
+    tensors, cases = {}, []
+    ids, mask, positions = padded_inputs(g)
+    model.set_attn_implementation("eager")
+    tensors["padded.ids"], tensors["padded.mask"], tensors["padded.positions"] = ids, mask, positions
+    tensors["padded.logits"] = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    cases.append({"name": "padded", "inputs": "padded"})
+
+    full = cached_inputs(g)
+    tensors["cached.ids"] = full
+    tensors["cached.logits"] = model(input_ids=full).logits
+    cases.append({"name": "cached", "inputs": "cached"})
+
+    model.set_attn_implementation("atman")
+    # Self-check: without controls the oracle's attention is transformers' eager attention.
+    plain = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    assert torch.allclose(plain[real], tensors["padded.logits"][real], atol=1e-5), "atman != eager"
+    for inputs, specs in (("padded", CONTROLS), ("cached", CACHED_CONTROLS)):
+        for name, mode, layers, rows in specs:
+            S = tensors[f"{inputs}.ids"].shape[1]
+            CONTROL = {"mode": mode, "layers": layers, "factors": dense_factors(rows, S)}
+            kwargs = {"input_ids": tensors[f"{inputs}.ids"]}
+            if inputs == "padded":
+                kwargs.update(attention_mask=mask, position_ids=positions)
+            key = f"{inputs}_control.{name}"
+            tensors[f"{key}.logits"] = model(**kwargs).logits
+            # The controls must matter, or the parity test could not fail.
+            assert (tensors[f"{key}.logits"] - tensors[f"{inputs}.logits"]).abs().max() > 1e-2, key
+            cases.append({"name": key, "inputs": inputs, "mode": mode, "layers": layers,
+                          "rows": [[[p, f] for p, f in row] for row in rows]})
+            CONTROL = None
+    model.set_attn_implementation("eager")
+    return {k: v.contiguous() for k, v in tensors.items()}, cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    for name, (cls, config) in model_specs().items():
+        seed_everything(0)
+        model = cls(config).eval()
+        folder = args.out / name
+        model.save_pretrained(folder)
+        g = torch.Generator().manual_seed(1)
+        tensors, cases = make_cases(model, g)
+        save_file(tensors, str(folder / "cases.safetensors"))
+        write_json(folder / "cases.json", {"cases": cases, "model_type": config.model_type})
+
+    # Broken checkpoints for the error tests.
+    llama = load_file(str(args.out / "llama" / "model.safetensors"))
+    config = (args.out / "llama" / "config.json").read_text()
+    missing = dict(llama)
+    del missing["model.layers.1.mlp.up_proj.weight"]
+    shape = dict(llama)
+    shape["model.layers.0.self_attn.o_proj.weight"] = shape["model.layers.0.self_attn.o_proj.weight"][:, :24].contiguous()
+    for folder, tensors in (("broken-missing", missing), ("broken-shape", shape)):
+        (args.out / folder).mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(args.out / folder / "model.safetensors"), metadata={"format": "pt"})
+        (args.out / folder / "config.json").write_text(config)
+
+
+if __name__ == "__main__":
+    main()
