@@ -13,6 +13,7 @@
                                   (convert_to_rgb: alpha composited onto white): uint8 [H, W, 3]
   <out>/decode/<name>.drop.rgb    Image.open(...).convert("RGB") (alpha dropped), the
                                   transformers.image_utils.load_image convention
+  <out>/decode/<name>.llava336.f32  for JPEGs: pixel_values of the llava336 processor
   <out>/reject/<name>.<ext>       files DecodeImage must refuse: other formats written by
                                   Pillow (WebP, BMP, TIFF), and decompression bombs (valid
                                   headers claiming a huge canvas over a few bytes of data)
@@ -175,7 +176,14 @@ def main() -> None:
         rgb.tofile(out / "decode" / f"{name}.rgb")
         np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).tofile(
             out / "decode" / f"{name}.drop.rgb")
+        pixels = None
+        if lossy:  # what a JPEG's decoding difference becomes after LLaVA preprocessing
+            pixels = f"decode/{name}.llava336.f32"
+            processors["llava336"](images=Image.open(io.BytesIO(data)),
+                                   return_tensors="np")["pixel_values"][0].astype(
+                                       "<f4").tofile(out / pixels)
         manifest["decode"].append({"name": name, "file": f"decode/{name}.{ext}",
+                                   "llava336_pixels": pixels,
                                    "rgb": f"decode/{name}.rgb",
                                    "drop_rgb": f"decode/{name}.drop.rgb", "mode": mode,
                                    "width": image.width, "height": image.height,
