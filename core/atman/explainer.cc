@@ -1,0 +1,495 @@
+#include "core/atman/explainer.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/argmax.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
+
+#include <chrono>
+#include <cmath>
+#include <set>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/atman/conceptual_suppression.h"
+#include "core/base/status_macros.h"
+#include "core/runtime/memory_meter.h"
+#include "core/text/units.h"
+
+namespace atman::atman {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+at::Tensor LongTensor(const std::vector<int64_t>& values) {
+  return at::tensor(values, at::TensorOptions().dtype(at::kLong));
+}
+
+int32_t CodePoints(std::string_view utf8) {
+  int32_t n = 0;
+  for (unsigned char c : utf8) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+// The prompt as one token sequence, with each position's origin.
+struct Explainer::Sequence {
+  std::vector<int32_t> ids;
+  // Per prompt item: the positions of its tokens and, for text, the encoding (spans).
+  struct Item {
+    std::vector<int64_t> positions;
+    text::Encoding encoding;
+  };
+  std::vector<Item> items;
+};
+
+Explainer::Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options)
+    : lm_(lm), tokenizer_(tokenizer), options_(options) {
+  runtime::InstallCpuAccounting();
+  if (options_.max_sequence <= 0) {
+    options_.max_sequence = lm_->config().max_positions > 0 ? lm_->config().max_positions : 4096;
+  }
+  // The special tokens the post-processor puts in front of a text (e.g. Llama's BOS).
+  if (auto probe = tokenizer_->Encode("a", /*add_special_tokens=*/true); probe.ok()) {
+    for (size_t i = 0; i < probe->size() && probe->special_tokens_mask[i]; ++i) {
+      leading_specials_.push_back(probe->ids[i]);
+    }
+  }
+}
+
+absl::Status Explainer::Warmup(int64_t length) {
+  length = std::max<int64_t>(2, std::min(length, options_.max_sequence));
+  const c10::Device device = lm_->device();
+  try {
+    std::vector<int64_t> ids(static_cast<size_t>(length), 0);
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds, lm_->Embed(LongTensor(ids).unsqueeze(0)));
+    auto prefix = std::make_shared<runtime::KvPrefixCache>();
+    prefix->embeds = embeds;
+    prefix->positions = at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    prefix->target_indices = LongTensor({length - 1});
+    prefix->target_tokens = LongTensor({0});
+    prefix->base_log_probs = at::zeros({1}, at::TensorOptions().dtype(at::kFloat));
+    runtime::ScoringRow row;
+    row.prefix = prefix;
+    row.factors = {{0, 0.1}};  // from index 0: the whole sequence is recomputed
+    const int64_t before = runtime::ReadMemory(device).allocated_bytes;
+    runtime::ResetPeak(device);
+    ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result, runtime::RunScoringBatch(*lm_, {&row}));
+    const int64_t peak = runtime::ReadMemory(device).peak_bytes;
+    options_.limits.bytes_per_row_position = std::max<int64_t>(1, (peak - before) / length);
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "warm-up");
+  }
+}
+
+absl::Status Explainer::Validate(const ExplainRequest& request) const {
+  const ExplainOptions& o = request.options;
+  if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: empty (no items)");
+  if (!std::isfinite(o.control_factor) || o.control_factor < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "control_factor: ", o.control_factor, " is not a finite number >= 0"));
+  }
+  if (o.contextual_control_threshold.has_value() &&
+      !(std::isfinite(*o.contextual_control_threshold) && *o.contextual_control_threshold > 0 &&
+        *o.contextual_control_threshold <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("contextual_control_threshold: ",
+                                                   *o.contextual_control_threshold,
+                                                   " is outside (0, 1]"));
+  }
+  const int64_t layers = lm_->config().num_layers;
+  for (int64_t l : o.layers) {
+    if (l < 0 || l >= layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layers: ", l, " is outside [0, ", layers, ")"));
+    }
+  }
+  if (o.text_granularity == TextGranularity::kCustom && o.custom_delimiter.empty()) {
+    return absl::InvalidArgumentError("custom_delimiter: empty, but text_granularity is custom");
+  }
+  if (o.auto_max_units < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("auto_max_units: ", o.auto_max_units, " < 1"));
+  }
+  if (o.image_granularity == ImageGranularity::kGrid && (o.image_rows < 1 || o.image_cols < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("image_rows x image_cols: ", o.image_rows, " x ",
+                                                   o.image_cols, " must both be >= 1"));
+  }
+  if (request.target.empty() &&
+      (o.max_new_tokens < 1 || o.max_new_tokens > options_.max_new_tokens_limit)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", o.max_new_tokens,
+                                                   " is outside [1, ", options_.max_new_tokens_limit,
+                                                   "] (the target is empty, so it is generated)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const ExplainRequest& request) const {
+  Sequence seq;
+  if (request.options.add_special_tokens) seq.ids = leading_specials_;
+  const auto vocab = lm_->config().vocab_size;
+  for (size_t i = 0; i < request.prompt.size(); ++i) {
+    const PromptItem& item = request.prompt[i];
+    Sequence::Item out;
+    const std::string field = absl::StrCat("prompt[", i, "]");
+    switch (item.kind) {
+      case PromptItem::Kind::kText: {
+        auto encoding = tokenizer_->Encode(item.text, /*add_special_tokens=*/false);
+        if (!encoding.ok()) return Annotate(encoding.status(), field);
+        out.encoding = *std::move(encoding);
+        for (int32_t id : out.encoding.ids) {
+          out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
+          seq.ids.push_back(id);
+        }
+        break;
+      }
+      case PromptItem::Kind::kTokenIds:
+        for (size_t t = 0; t < item.token_ids.size(); ++t) {
+          const int32_t id = item.token_ids[t];
+          if (id < 0 || id >= vocab) {
+            return absl::InvalidArgumentError(absl::StrCat(field, ".token_ids[", t, "]: ", id,
+                                                           " is outside the vocabulary [0, ", vocab, ")"));
+          }
+          out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
+          seq.ids.push_back(id);
+        }
+        break;
+      case PromptItem::Kind::kImage:
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ": an image, but the loaded model (", lm_->config().model_type,
+            ") has no vision tower"));
+    }
+    seq.items.push_back(std::move(out));
+  }
+  size_t content = 0;
+  for (const auto& item : seq.items) content += item.positions.size();
+  if (content == 0) return absl::InvalidArgumentError("prompt: empty (its items hold no tokens)");
+  return seq;
+}
+
+absl::StatusOr<std::vector<int32_t>> Explainer::Generate(const std::vector<int32_t>& prompt,
+                                                         int32_t max_new_tokens,
+                                                         Usage* usage) const {
+  const std::optional<int32_t> eos = tokenizer_->special_ids().eos;
+  std::vector<int32_t> out;
+  model::KvCache cache;
+  std::vector<int64_t> next(prompt.begin(), prompt.end());
+  int64_t past = 0;
+  for (int32_t step = 0; step < max_new_tokens; ++step) {
+    if (past + static_cast<int64_t>(next.size()) > options_.max_sequence) break;
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds, lm_->Embed(LongTensor(next).unsqueeze(0)));
+    const auto T = static_cast<int64_t>(next.size());
+    model::KvCache present;
+    model::ForwardInput input;
+    input.embeds = embeds;
+    input.past = past > 0 ? &cache : nullptr;
+    input.past_length = past;
+    input.present = &present;
+    input.output.kind = model::OutputRequest::Kind::kLogits;
+    input.output.indices = LongTensor({past + T - 1}).unsqueeze(0).to(lm_->device());
+    ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput result, lm_->Forward(input));
+    usage->forward_passes += 1;
+    usage->positions_computed += T;
+    const auto token = static_cast<int32_t>(at::argmax(result.logits.reshape({-1})).item<int64_t>());
+    if (eos.has_value() && token == *eos) break;
+    out.push_back(token);
+    cache = std::move(present);
+    past += T;
+    next = {token};
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& request,
+                                                       const Sequence& seq,
+                                                       int64_t num_targets) const {
+  const ExplainOptions& o = request.options;
+  // Text units of every text item at one level (token level when `kind` is empty).
+  auto text_units = [&](std::optional<text::UnitKind> kind) -> absl::StatusOr<std::vector<Unit>> {
+    std::vector<Unit> units;
+    for (size_t i = 0; i < request.prompt.size(); ++i) {
+      if (request.prompt[i].kind != PromptItem::Kind::kText) continue;
+      const Sequence::Item& item = seq.items[i];
+      if (!kind.has_value()) {
+        for (size_t t = 0; t < item.positions.size(); ++t) {
+          const auto& span = item.encoding.spans[t];
+          units.push_back({UnitScore::Kind::kText, static_cast<int32_t>(i), span.char_begin,
+                           span.char_end - span.char_begin, {item.positions[t]}});
+        }
+        continue;
+      }
+      ATMAN_ASSIGN_OR_RETURN(auto pieces, text::SplitUnits(request.prompt[i].text, *kind,
+                                                           o.custom_delimiter));
+      for (const text::TextUnit& piece : pieces) {
+        Unit unit{UnitScore::Kind::kText, static_cast<int32_t>(i), piece.char_begin,
+                  piece.char_end - piece.char_begin, {}};
+        for (int32_t t : text::TokensOverlapping(item.encoding, piece)) {
+          unit.positions.push_back(item.positions[static_cast<size_t>(t)]);
+        }
+        if (!unit.positions.empty()) units.push_back(std::move(unit));
+      }
+    }
+    return units;
+  };
+
+  std::vector<Unit> units;
+  switch (o.text_granularity) {
+    case TextGranularity::kToken: { ATMAN_ASSIGN_OR_RETURN(units, text_units(std::nullopt)); break; }
+    case TextGranularity::kWord: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kWord)); break; }
+    case TextGranularity::kSentence: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kSentence)); break; }
+    case TextGranularity::kParagraph: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kParagraph)); break; }
+    case TextGranularity::kCustom: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kDelimiter)); break; }
+    case TextGranularity::kAuto: {
+      // The finest level with at most auto_max_units text units; paragraphs otherwise.
+      const std::optional<text::UnitKind> levels[] = {std::nullopt, text::UnitKind::kWord,
+                                                      text::UnitKind::kSentence,
+                                                      text::UnitKind::kParagraph};
+      for (const auto& level : levels) {
+        ATMAN_ASSIGN_OR_RETURN(units, text_units(level));
+        if (static_cast<int64_t>(units.size()) <= o.auto_max_units) break;
+      }
+      break;
+    }
+  }
+  // Raw token-id items: one unit per token.
+  for (size_t i = 0; i < request.prompt.size(); ++i) {
+    if (request.prompt[i].kind != PromptItem::Kind::kTokenIds) continue;
+    for (size_t t = 0; t < seq.items[i].positions.size(); ++t) {
+      units.push_back({UnitScore::Kind::kToken, static_cast<int32_t>(i), static_cast<int32_t>(t), 1,
+                       {seq.items[i].positions[t]}});
+    }
+  }
+  // Earlier target tokens explain later ones (token target granularity).
+  if (o.target_granularity == TargetGranularity::kToken) {
+    const auto prompt_length = static_cast<int64_t>(seq.ids.size());
+    for (int64_t i = 0; i + 1 < num_targets; ++i) {
+      units.push_back({UnitScore::Kind::kTarget, -1, static_cast<int32_t>(i), 1, {prompt_length + i}});
+    }
+  }
+  // Units in the order of their first position, so scores read left to right.
+  std::stable_sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) {
+    return a.positions.front() < b.positions.front();
+  });
+  if (static_cast<int64_t>(units.size()) > options_.max_units) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "units: the request has ", units.size(), " units at this granularity, over the limit of ",
+        options_.max_units, " (choose a coarser granularity)"));
+  }
+  if (units.empty()) return absl::InvalidArgumentError("units: the prompt has no units to score");
+  return units;
+}
+
+absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
+    const ExplainRequest& request) const {
+  const auto started = Clock::now();
+  ATMAN_RETURN_IF_ERROR(Validate(request));
+  auto prepared = std::make_unique<PreparedExplanation>();
+  prepared->options = request.options;
+  ATMAN_ASSIGN_OR_RETURN(Sequence seq, TokenizePrompt(request));
+  const auto P = static_cast<int64_t>(seq.ids.size());
+  if (P > options_.max_sequence) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", P, " tokens exceed the model's context of ",
+                                                   options_.max_sequence));
+  }
+
+  // The target: given, or generated greedily.
+  if (request.target.empty()) {
+    ATMAN_ASSIGN_OR_RETURN(prepared->target_ids,
+                           Generate(seq.ids, request.options.max_new_tokens, &prepared->usage));
+    if (prepared->target_ids.empty()) {
+      return absl::FailedPreconditionError(
+          "target: empty, and greedy generation produced no token before the end of text");
+    }
+    ATMAN_ASSIGN_OR_RETURN(prepared->target, tokenizer_->Decode(prepared->target_ids));
+    // Spans from incremental decoding: token j covers the code points its text adds.
+    int32_t begin = 0;
+    for (size_t j = 0; j < prepared->target_ids.size(); ++j) {
+      std::vector<int32_t> head(prepared->target_ids.begin(), prepared->target_ids.begin() + j + 1);
+      ATMAN_ASSIGN_OR_RETURN(std::string text, tokenizer_->Decode(head));
+      const int32_t end = std::max(begin, CodePoints(text));
+      prepared->target_spans.emplace_back(begin, end);
+      begin = end;
+    }
+  } else {
+    auto encoding = tokenizer_->Encode(request.target, /*add_special_tokens=*/false);
+    if (!encoding.ok()) return Annotate(encoding.status(), "target");
+    if (encoding->ids.empty()) return absl::InvalidArgumentError("target: tokenizes to no tokens");
+    prepared->target = request.target;
+    prepared->target_ids = encoding->ids;
+    for (const auto& span : encoding->spans) prepared->target_spans.emplace_back(span.char_begin, span.char_end);
+  }
+  const auto m = static_cast<int64_t>(prepared->target_ids.size());
+  const int64_t L = P + m - 1;
+  if (L > options_.max_sequence) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt + target: ", P, " + ", m,
+                                                   " tokens exceed the model's context of ",
+                                                   options_.max_sequence));
+  }
+  prepared->prompt_tokens = P;
+
+  try {
+    // Input = prompt followed by the target without its last token; output at P-1+j predicts
+    // target token j.
+    std::vector<int64_t> input(seq.ids.begin(), seq.ids.end());
+    input.insert(input.end(), prepared->target_ids.begin(), prepared->target_ids.end() - 1);
+    const c10::Device device = lm_->device();
+    auto prefix = std::make_shared<runtime::KvPrefixCache>();
+    ATMAN_ASSIGN_OR_RETURN(prefix->embeds, lm_->Embed(LongTensor(input).unsqueeze(0)));
+    prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    std::vector<int64_t> indices, tokens;
+    for (int64_t j = 0; j < m; ++j) {
+      indices.push_back(P - 1 + j);
+      tokens.push_back(prepared->target_ids[static_cast<size_t>(j)]);
+    }
+    prefix->target_indices = LongTensor(indices);
+    prefix->target_tokens = LongTensor(tokens);
+
+    model::ForwardInput pass;
+    pass.embeds = prefix->embeds;
+    pass.positions = prefix->positions;
+    pass.present = &prefix->cache;
+    pass.output.kind = model::OutputRequest::Kind::kLogProbs;
+    pass.output.indices = prefix->target_indices.unsqueeze(0).to(device);
+    pass.output.targets = prefix->target_tokens.unsqueeze(0).to(device);
+    ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput base, lm_->Forward(pass));
+    prefix->base_log_probs = base.log_probs[0].to(at::kCPU).to(at::kFloat);
+    prepared->usage.forward_passes += 1;
+    prepared->usage.positions_computed += L;
+
+    ATMAN_ASSIGN_OR_RETURN(prepared->units, MakeUnits(request, seq, m));
+    const auto n = static_cast<int64_t>(prepared->units.size());
+
+    // Conceptual suppression spreads only into prompt positions.
+    at::Tensor similarity;
+    std::vector<bool> eligible(static_cast<size_t>(L), false);
+    for (int64_t i = 0; i < P; ++i) eligible[static_cast<size_t>(i)] = true;
+    if (request.options.contextual_control_threshold.has_value()) {
+      similarity = CosineSimilarity(prefix->embeds[0].to(at::kCPU));
+    }
+    prepared->applicable = at::ones({n, m}, at::TensorOptions().dtype(at::kBool));
+    for (int64_t k = 0; k < n; ++k) {
+      const Unit& unit = prepared->units[static_cast<size_t>(k)];
+      ATMAN_ASSIGN_OR_RETURN(
+          SparseFactors factors,
+          SuppressionFactors(unit.positions, static_cast<float>(request.options.control_factor),
+                             request.options.contextual_control_threshold, similarity, eligible));
+      runtime::ScoringRow row;
+      row.prefix = prefix;
+      for (const auto& [position, factor] : factors) row.factors.push_back({position, factor});
+      row.mode = request.options.mode;
+      row.layers = request.options.layers;
+      prepared->rows.push_back(std::move(row));
+      if (unit.kind == UnitScore::Kind::kTarget) {
+        // Target token i (input index P + i) explains only later targets j > i.
+        prepared->applicable[k].slice(0, 0, unit.start + 1).fill_(false);
+      }
+    }
+    prepared->prefix = std::move(prefix);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "explain: prepare");
+  }
+  prepared->usage.prepare_seconds = Seconds(started);
+  return prepared;
+}
+
+absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepared,
+                                              const at::Tensor& row_log_probs) const {
+  const auto started = Clock::now();
+  const auto n = static_cast<int64_t>(prepared.units.size());
+  const auto m = static_cast<int64_t>(prepared.target_ids.size());
+  if (row_log_probs.dim() != 2 || row_log_probs.size(0) != n || row_log_probs.size(1) < m) {
+    return absl::InternalError("explain: row log-probabilities do not match the plan");
+  }
+  Explanation out;
+  try {
+    const at::Tensor perturbed_ce = -row_log_probs.slice(1, 0, m).to(at::kDouble);
+    const at::Tensor base_ce = -prepared.prefix->base_log_probs.to(at::kDouble);
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor relevance,
+                           DeltaCrossEntropy(perturbed_ce, base_ce, prepared.applicable));
+    const ExplainOptions& o = prepared.options;
+    const at::Tensor scores = ScoreRows(relevance, prepared.applicable, o.target_granularity,
+                                        o.postprocessing, o.normalize);
+    const auto sc = scores.accessor<double, 2>();
+    const int32_t target_chars = CodePoints(prepared.target);
+    for (int64_t r = 0; r < scores.size(0); ++r) {
+      TargetExplanation row;
+      if (o.target_granularity == TargetGranularity::kComplete) {
+        row.target_start = 0;
+        row.target_length = target_chars;
+      } else {
+        const auto& span = prepared.target_spans[static_cast<size_t>(r)];
+        row.target_start = span.first;
+        row.target_length = span.second - span.first;
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        const Unit& unit = prepared.units[static_cast<size_t>(k)];
+        UnitScore score;
+        score.kind = unit.kind;
+        score.item = unit.item;
+        score.start = unit.start;
+        score.length = unit.length;
+        if (unit.kind == UnitScore::Kind::kTarget) {
+          const auto& span = prepared.target_spans[static_cast<size_t>(unit.start)];
+          score.start = span.first;
+          score.length = span.second - span.first;
+        }
+        score.score = sc[r][k];
+        row.scores.push_back(score);
+      }
+      out.explanations.push_back(std::move(row));
+    }
+    out.unit_relevance = relevance.t().contiguous();  // [m, n]
+    const int64_t L = prepared.prefix->length();
+    out.position_relevance = at::zeros({m, L}, at::TensorOptions().dtype(at::kDouble));
+    for (int64_t k = 0; k < n; ++k) {
+      for (int64_t p : prepared.units[static_cast<size_t>(k)].positions) {
+        out.position_relevance.select(1, p).copy_(out.unit_relevance.select(1, k));
+      }
+    }
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "explain: finish");
+  }
+  out.target = prepared.target;
+  out.target_ids = prepared.target_ids;
+  out.prompt_tokens = prepared.prompt_tokens;
+  out.usage = prepared.usage;
+  out.usage.score_seconds = Seconds(started);
+  return out;
+}
+
+absl::StatusOr<Explanation> Explainer::Explain(const ExplainRequest& request,
+                                               const ProgressFn& progress) const {
+  const c10::Device device = lm_->device();
+  runtime::ResetPeak(device);
+  ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<PreparedExplanation> prepared, Prepare(request));
+  const auto started = Clock::now();
+  const auto n = static_cast<int64_t>(prepared->rows.size());
+  const int64_t K = prepared->prefix->num_targets();
+  at::Tensor log_probs = at::zeros({n, K}, at::TensorOptions().dtype(at::kFloat));
+  int64_t done = 0;
+  if (progress) progress(0, n);
+  for (const std::vector<size_t>& batch : runtime::PackBatches(prepared->rows, options_.limits)) {
+    std::vector<const runtime::ScoringRow*> rows;
+    for (size_t i : batch) rows.push_back(&prepared->rows[i]);
+    ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result, runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix));
+    for (size_t b = 0; b < batch.size(); ++b) {
+      log_probs[static_cast<int64_t>(batch[b])].copy_(result.log_probs[static_cast<int64_t>(b)].slice(0, 0, K));
+    }
+    prepared->usage.forward_passes += 1;
+    prepared->usage.positions_computed += result.positions_computed;
+    done += static_cast<int64_t>(batch.size());
+    if (progress) progress(done, n);
+  }
+  prepared->usage.perturbed_rows = n;
+  prepared->usage.perturbed_seconds = Seconds(started);
+  ATMAN_ASSIGN_OR_RETURN(Explanation explanation, Finish(*prepared, log_probs));
+  explanation.usage.peak_memory_bytes = runtime::ReadMemory(device).peak_bytes;
+  return explanation;
+}
+
+}  // namespace atman::atman

@@ -1,0 +1,98 @@
+// The AtMan engine: a prompt and a target in, relevance of every prompt unit out.
+//
+//   Prepare   validate; tokenize the prompt items and the target (or generate the target
+//             greedily); embed; run the unperturbed pass once, keeping its KV cache
+//             (runtime::KvPrefixCache); cut the prompt into units at the requested
+//             granularity; one ScoringRow per unit with its attention factors (conceptual
+//             suppression included).
+//   rows      run by runtime::RunScoringBatch in batches packed by runtime::PackBatches,
+//             here (Explain) or by the service's dynamic batcher, which may mix the rows of
+//             many requests.
+//   Finish    log-probabilities -> cross-entropies -> relevance -> scores per unit, mapped to
+//             code-point spans, token indices and target spans.
+//
+// Ownership: the Explainer borrows the model and tokenizer (they must outlive it). Thread
+// safety: Prepare, Finish and Explain are const and may run concurrently; Warmup() must run
+// before concurrent use.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/atman/explain_request.h"
+#include "core/model/causal_lm.h"
+#include "core/runtime/kv_prefix_cache.h"
+#include "core/runtime/scoring_batch.h"
+#include "core/text/tokenizer.h"
+
+namespace atman::atman {
+
+// What a unit is made of: the input positions it suppresses and where it sits in the prompt.
+struct Unit {
+  UnitScore::Kind kind = UnitScore::Kind::kText;
+  int32_t item = 0;
+  int32_t start = 0, length = 0;  // see UnitScore
+  std::vector<int64_t> positions;  // sequence indices, ascending
+};
+
+struct PreparedExplanation {
+  ExplainOptions options;
+  std::shared_ptr<const runtime::KvPrefixCache> prefix;
+  std::vector<Unit> units;
+  std::vector<runtime::ScoringRow> rows;  // rows[k] perturbs units[k]
+  at::Tensor applicable;                  // [n, m] bool: unit k explains target token j
+  std::string target;
+  std::vector<int32_t> target_ids;
+  std::vector<std::pair<int32_t, int32_t>> target_spans;  // code points [begin, end) per token
+  int64_t prompt_tokens = 0;
+  Usage usage;
+};
+
+using ProgressFn = std::function<void(int64_t rows_done, int64_t rows_total)>;
+
+class Explainer {
+ public:
+  struct Options {
+    runtime::BatchLimits limits;
+    int32_t max_units = 1024;           // more units in one request is INVALID_ARGUMENT
+    int32_t max_new_tokens_limit = 256; // cap on ExplainOptions::max_new_tokens
+    int64_t max_sequence = 0;           // 0: the model's position limit, else 4096
+  };
+
+  Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options);
+
+  // Measures the device memory one scoring row adds per recomputed position (a row over
+  // `length` positions from index 0) and stores it in the batch limits, so that the memory
+  // budget is enforced with a measured figure.
+  absl::Status Warmup(int64_t length = 64);
+  const Options& options() const { return options_; }
+
+  absl::StatusOr<Explanation> Explain(const ExplainRequest& request,
+                                      const ProgressFn& progress = {}) const;
+
+  absl::StatusOr<std::unique_ptr<PreparedExplanation>> Prepare(const ExplainRequest& request) const;
+  // row_log_probs [n, K] float32: log p(target_k) of row k (RunScoringBatch's rows).
+  absl::StatusOr<Explanation> Finish(const PreparedExplanation& prepared,
+                                     const at::Tensor& row_log_probs) const;
+
+ private:
+  struct Sequence;  // the tokenized prompt and where each position came from
+
+  absl::Status Validate(const ExplainRequest& request) const;
+  absl::StatusOr<Sequence> TokenizePrompt(const ExplainRequest& request) const;
+  absl::StatusOr<std::vector<int32_t>> Generate(const std::vector<int32_t>& prompt,
+                                                int32_t max_new_tokens, Usage* usage) const;
+  absl::StatusOr<std::vector<Unit>> MakeUnits(const ExplainRequest& request, const Sequence& seq,
+                                              int64_t num_targets) const;
+
+  const model::CausalLM* lm_;
+  const text::Tokenizer* tokenizer_;
+  Options options_;
+  std::vector<int32_t> leading_specials_;
+};
+
+}  // namespace atman::atman

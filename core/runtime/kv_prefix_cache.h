@@ -1,0 +1,40 @@
+// What one explanation's unperturbed pass leaves for its perturbed rows to reuse.
+//
+// Input sequence of L positions = prompt followed by the target tokens without the last one.
+// The unperturbed pass over all L positions (batch 1) fills `cache`; a perturbed row whose
+// first manipulated key is at index f reuses cache[:, :, :p] for any p <= f, because
+// suppressing key f cannot change hidden states before it (causal attention), and recomputes
+// indices p..L-1 only.
+//
+//   embeds          [1, L, H]  input embeddings (model dtype, model device)
+//   positions       [1, L]     position ids (0..L-1)
+//   cache           KvCache of batch 1 and length L
+//   target_indices  [K] int64  sequence index whose output predicts target token k
+//   target_tokens   [K] int64  the target token ids
+//   base_log_probs  [K] float32 log p(target_k) of the unperturbed pass
+//
+// Immutable once built and shared (std::shared_ptr<const KvPrefixCache>) by every row of the
+// explanation, from any thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "core/model/kv_cache.h"
+
+namespace atman::runtime {
+
+struct KvPrefixCache {
+  at::Tensor embeds;
+  at::Tensor positions;
+  model::KvCache cache;
+  at::Tensor target_indices;
+  at::Tensor target_tokens;
+  at::Tensor base_log_probs;
+
+  int64_t length() const { return embeds.size(1); }
+  int64_t num_targets() const { return target_tokens.size(0); }
+};
+
+}  // namespace atman::runtime

@@ -1,0 +1,35 @@
+// Measured memory: how many bytes LibTorch has allocated on a device now and at its peak.
+//
+// CUDA (and any device with a caching DeviceAllocator): the allocator's own statistics
+// (allocated, reserved, peak), so figures match torch.cuda.memory_allocated() and friends.
+// CPU: LibTorch's CPU allocator keeps no statistics, so InstallCpuAccounting() wraps it once
+// per process in a counting allocator (the wrapped allocator still does the work). Tensors
+// that alias memory LibTorch did not allocate (weights memory-mapped from safetensors) are
+// not counted: they are file-backed pages, not allocations.
+//
+// Peaks are process-wide per device: concurrent passes on the same device share one peak.
+// The engine's warm-up measures while nothing else runs. Thread-safe.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <cstdint>
+
+namespace atman::runtime {
+
+struct MemoryReading {
+  int64_t allocated_bytes = 0;  // live now
+  int64_t reserved_bytes = 0;   // held by the allocator (CUDA caching); = allocated on the CPU
+  int64_t peak_bytes = 0;       // highest allocated since the last ResetPeak
+};
+
+// Wraps LibTorch's CPU allocator with a counting one; idempotent. Call before the first
+// tensor whose memory should be counted (the engine calls it when it is created).
+void InstallCpuAccounting();
+bool CpuAccountingInstalled();
+
+MemoryReading ReadMemory(c10::Device device);
+// Sets the device's peak to its current allocation.
+void ResetPeak(c10::Device device);
+
+}  // namespace atman::runtime

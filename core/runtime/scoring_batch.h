@@ -1,0 +1,74 @@
+// The runtime's unit of work: scoring rows, packed into batches and run as one forward pass.
+//
+// A ScoringRow is one perturbed pass of some explanation: the explanation's KvPrefixCache,
+// the attention factors of the pass, and the control mode / layer subset of its request. The
+// runtime knows rows, not AtMan: it returns log p(target_k) for every target of the row's
+// prefix, and the caller turns those into relevance.
+//
+// Packing (PackBatches): rows sorted by first manipulated index are cut into batches under
+// BatchLimits; each batch recomputes only from the smallest first index among its rows, so
+// neighbours in the sort order waste little. Rows may come from different explanations (the
+// service's dynamic batcher mixes requests): such a batch stacks each row's prefix cache and
+// right-pads shorter sequences, which causal attention never lets real positions see.
+// Only rows with the same control mode and layer subset share a batch.
+//
+// RunScoringBatch is const on the model and may run concurrently on different batches.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model/attention_control.h"
+#include "core/model/causal_lm.h"
+#include "core/runtime/kv_prefix_cache.h"
+
+namespace atman::runtime {
+
+struct ScoringRow {
+  std::shared_ptr<const KvPrefixCache> prefix;
+  std::vector<model::KeyFactor> factors;  // sorted by position, every factor != 1
+  model::ControlMode mode = model::ControlMode::kLogAdditive;
+  std::vector<int64_t> layers;  // empty: every layer
+
+  // Index of the first manipulated key (the prefix length when there is none).
+  int64_t FirstIndex() const;
+};
+
+struct BatchLimits {
+  int64_t max_rows = 32;
+  // Rows x recomputed positions of one batch.
+  int64_t max_tokens = 16384;
+  // Bytes a batch may add on the device; 0 = unlimited. Estimated per row from a measured
+  // warm-up (bytes_per_row_position x recomputed positions).
+  int64_t memory_budget_bytes = 0;
+  int64_t bytes_per_row_position = 0;
+  // Continue rows from the unperturbed pass's KV cache (the default). Off: every row
+  // recomputes from index 0 (for tests and benchmarks; scores are the same).
+  bool reuse_prefix = true;
+};
+
+// Batches of row indices into `rows`; every row lands in exactly one batch. Rows are visited
+// in order of FirstIndex() (stable), and only rows with equal mode and layers are packed
+// together. A single row that alone exceeds a limit still gets a batch of its own.
+std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows,
+                                             const BatchLimits& limits);
+
+struct BatchResult {
+  // [B, K_max] float32 on the CPU: log p(target_k) for row b; entries k >= K of the row's
+  // prefix are 0. Targets predicted before the batch's start index are unaffected by the
+  // row's manipulation and are copied from the unperturbed pass.
+  at::Tensor log_probs;
+  int64_t start_index = 0;        // recomputation started here
+  int64_t positions_computed = 0; // rows x recomputed positions
+};
+
+// Runs one batch of rows (all with the same mode and layers) through `model`.
+absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
+                                            const std::vector<const ScoringRow*>& rows,
+                                            bool reuse_prefix = true);
+
+}  // namespace atman::runtime

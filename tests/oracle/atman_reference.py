@@ -1,0 +1,209 @@
+"""AtMan written plainly on top of transformers: the independent reference of the engine.
+
+For each unit, one forward pass of the whole input (no prefix reuse, one row at a time)
+through transformers with its attention patched to apply the manipulation (the "atman"
+attention function of make_model_cases.py, registered with transformers' AttentionInterface),
+then R[k, j] = CE_j^(k) - CE_j and the scores of ../shared/docs/atman.md. Units come from the
+`tokenizers` library's offsets and the text-unit rules written in core/text/units.h, redone
+here with regular expressions.
+"""
+import math
+import re
+
+import torch
+
+import make_model_cases as patched  # registers the "atman" attention
+
+
+# ---- Text units (core/text/units.h rules) ---------------------------------------------------
+
+def _trimmed(text, cuts):
+    pieces, begin = [], 0
+    for cut in list(cuts) + [len(text)]:
+        b, e = begin, cut
+        while b < e and text[b].isspace():
+            b += 1
+        while e > b and text[e - 1].isspace():
+            e -= 1
+        if b < e:
+            pieces.append((b, e))
+        begin = cut
+    return pieces
+
+
+def _paragraph_cuts(text):
+    return [m.end() for m in re.finditer(r"\n[^\S\n]*\n\s*", text)]
+
+
+def text_units(text, kind, delimiter=""):
+    """Character spans [begin, end) of the words, sentences, paragraphs or delimited pieces."""
+    if kind == "word":
+        return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    if kind == "paragraph":
+        return _trimmed(text, _paragraph_cuts(text))
+    if kind == "sentence":
+        cuts = set(_paragraph_cuts(text))
+        cuts.update(m.end() for m in re.finditer(r"[.!?]+(?=\s|$)", text))
+        return _trimmed(text, sorted(cuts))
+    if kind == "custom":
+        pieces, begin = [], 0
+        while True:
+            at = text.find(delimiter, begin)
+            end = len(text) if at < 0 else at
+            pieces += _trimmed(text[:end], [begin])[1:] if begin > 0 else _trimmed(text[:end], [])
+            if at < 0:
+                return pieces
+            begin = at + len(delimiter)
+    raise ValueError(kind)
+
+
+# ---- The prompt as a sequence ----------------------------------------------------------------
+
+def build_sequence(tokenizer, prompt, add_special_tokens=True):
+    """ids, and per item: positions and (text items) token offsets."""
+    ids = []
+    if add_special_tokens:
+        probe = tokenizer.encode("a", add_special_tokens=True)
+        for i, special in enumerate(probe.special_tokens_mask):
+            if not special:
+                break
+            ids.append(probe.ids[i])
+    items = []
+    for item in prompt:
+        if "text" in item:
+            enc = tokenizer.encode(item["text"], add_special_tokens=False)
+            items.append({"positions": list(range(len(ids), len(ids) + len(enc.ids))),
+                          "offsets": list(enc.offsets)})
+            ids += enc.ids
+        else:
+            items.append({"positions": list(range(len(ids), len(ids) + len(item["tokens"])))})
+            ids += item["tokens"]
+    return ids, items
+
+
+def make_units(prompt, items, options, prompt_length, num_targets):
+    def text_level(kind):
+        units = []
+        for i, item in enumerate(prompt):
+            if "text" not in item:
+                continue
+            pos, offsets = items[i]["positions"], items[i]["offsets"]
+            if kind == "token":
+                units += [{"kind": "text", "item": i, "start": b, "length": e - b, "positions": [p]}
+                          for p, (b, e) in zip(pos, offsets)]
+                continue
+            for b, e in text_units(item["text"], kind, options.get("custom_delimiter", "")):
+                hit = [p for p, (tb, te) in zip(pos, offsets) if tb < e and b < te and tb < te]
+                if hit:
+                    units.append({"kind": "text", "item": i, "start": b, "length": e - b, "positions": hit})
+        return units
+
+    granularity = options.get("text_granularity", "auto")
+    if granularity == "auto":
+        for level in ("token", "word", "sentence", "paragraph"):
+            units = text_level(level)
+            if len(units) <= options.get("auto_max_units", 30):
+                break
+    else:
+        units = text_level(granularity)
+    for i, item in enumerate(prompt):
+        if "tokens" in item:
+            units += [{"kind": "token", "item": i, "start": t, "length": 1, "positions": [p]}
+                      for t, p in enumerate(items[i]["positions"])]
+    if options.get("target_granularity", "complete") == "token":
+        units += [{"kind": "target", "item": -1, "start": i, "length": 1, "positions": [prompt_length + i]}
+                  for i in range(num_targets - 1)]
+    units.sort(key=lambda u: u["positions"][0])
+    return units
+
+
+# ---- Forward passes ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def target_cross_entropy(model, input_ids, target_ids, prompt_length, control=None):
+    """CE_j = -log p(t_j | ...) for every target token, one full forward pass."""
+    patched.CONTROL = control
+    try:
+        logits = model(input_ids=torch.tensor([input_ids])).logits[0].double()
+    finally:
+        patched.CONTROL = None
+    logp = torch.log_softmax(logits, dim=-1)
+    return torch.stack([-logp[prompt_length - 1 + j, t] for j, t in enumerate(target_ids)])
+
+
+def suppression_factors(unit_positions, factor, threshold, embeddings, prompt_length, length):
+    f = torch.ones(length, dtype=torch.float64)
+    for p in unit_positions:
+        f[p] = factor
+    if threshold is not None:
+        x = embeddings.double()
+        x = x / x.norm(dim=-1, keepdim=True)
+        sim = x @ x.T
+        for j in range(prompt_length):
+            if j in unit_positions:
+                continue
+            best = max(sim[j, u].item() for u in unit_positions)
+            if best >= threshold:
+                f[j] = (1 - factor) * (1 - best) + factor
+    return f
+
+
+def explain(model, tokenizer, prompt, target, options):
+    """The reference explanation: units, raw relevance [m, n] and the score rows."""
+    model.set_attn_implementation("atman")
+    ids, items = build_sequence(tokenizer, prompt, options.get("add_special_tokens", True))
+    target_enc = tokenizer.encode(target, add_special_tokens=False)
+    target_ids = target_enc.ids
+    P, m = len(ids), len(target_ids)
+    input_ids = ids + target_ids[:-1]
+    L = len(input_ids)
+    base = target_cross_entropy(model, input_ids, target_ids, P)
+    units = make_units(prompt, items, options, P, m)
+    embeddings = model.get_input_embeddings()(torch.tensor(input_ids)).detach()
+    factor = options.get("control_factor", 0.1)
+    mode = options.get("mode", "log_additive")
+    layers = options.get("layers") or None
+    threshold = options.get("contextual_control_threshold")
+
+    R = torch.zeros(len(units), m, dtype=torch.float64)
+    applicable = torch.ones(len(units), m, dtype=torch.bool)
+    suppressed_extra = 0
+    for k, unit in enumerate(units):
+        f = suppression_factors(unit["positions"], factor, threshold, embeddings, P, L)
+        suppressed_extra += int((f != 1).sum()) - len(unit["positions"])
+        ce = target_cross_entropy(model, input_ids, target_ids, P,
+                                  {"mode": mode, "layers": layers, "factors": f[None].float()})
+        R[k] = ce - base
+        if unit["kind"] == "target":
+            applicable[k, : unit["start"] + 1] = False
+    R = torch.where(applicable, R, torch.zeros_like(R))
+
+    if options.get("target_granularity", "complete") == "complete":
+        rows, mask = R.sum(1)[None], applicable.any(1)[None]
+    else:
+        rows, mask = R.T.clone(), applicable.T
+    post = options.get("postprocessing", "none")
+    if post == "absolute":
+        rows = rows.abs()
+    elif post == "square":
+        rows = rows * rows
+    if options.get("normalize", False):
+        out = torch.zeros_like(rows)
+        for r in range(rows.shape[0]):
+            vals = rows[r][mask[r]]
+            lo, hi = vals.min(), vals.max()
+            if hi > lo:
+                out[r] = torch.where(mask[r], (rows[r] - lo) / (hi - lo), torch.zeros_like(rows[r]))
+        rows = out
+    else:
+        rows = torch.where(mask, rows, torch.zeros_like(rows))
+    return {
+        "units": units,
+        "unit_relevance": R.T.tolist(),
+        "scores": rows.tolist(),
+        "target_ids": target_ids,
+        "target_offsets": [list(o) for o in target_enc.offsets],
+        "prompt_tokens": P,
+        "similarity_suppressed": suppressed_extra,
+        "base_cross_entropy": base.tolist(),
+    }
