@@ -15,6 +15,9 @@
 //   -> pixel_values, float32 [3, H, W]
 // The arithmetic after resizing is done in the same precisions as numpy does it there, so
 // for PNG inputs the output equals transformers' bit for bit (tests/vision checks 1e-6).
+// do_convert_rgb is implied: an Image is always RGB (DecodeImage did the conversion).
+// Not supported (config errors naming the field): size with longest_edge or max_height /
+// max_width, CLIPImageProcessor's pad_size, resample NEAREST (0) and Pillow's MKS filters.
 //
 // Thread safety: immutable after construction; Preprocess() is safe from any thread.
 #pragma once
