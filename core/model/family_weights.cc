@@ -49,8 +49,8 @@ class TensorReader {
     used_.insert(name);
     ATMAN_ASSIGN_OR_RETURN(at::Tensor tensor, checkpoint_.Load(name, device_, dtype_));
     // On the CPU in the stored dtype, Load() aliases the file mapping. Weights get their own
-    // memory instead: aligned, in anonymous (huge-page eligible) pages, which measured faster
-    // in the matrix products than reading through the mapping.
+    // memory instead, so that the matrix products read aligned, anonymous (huge-page
+    // eligible) pages rather than the copy-on-write file mapping.
     if (device_.is_cpu() && tensor.scalar_type() == entry->dtype) tensor = tensor.clone();
     return tensor;
   }
