@@ -5,6 +5,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/logical_not.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/repeat_interleave.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/where.h>
@@ -74,9 +75,18 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             mask.visible.logical_and(control->removed.logical_not()).any(-1, /*keepdim=*/true));
       }
     }
-    out = at::scaled_dot_product_attention(q, k, v, bias, /*dropout_p=*/0.0,
+    // Grouped-query attention: the CPU kernel takes Hkv < Hq itself (enable_gqa); on CUDA
+    // only the math fallback does, so K and V are repeated to Hq heads there, which keeps the
+    // memory-efficient kernel (the one that takes a float bias) eligible.
+    const bool grouped = q.size(1) != k.size(1);
+    at::Tensor keys = k, values = v;
+    if (grouped && !q.is_cpu()) {
+      keys = at::repeat_interleave(k, q.size(1) / k.size(1), 1);
+      values = at::repeat_interleave(v, q.size(1) / k.size(1), 1);
+    }
+    out = at::scaled_dot_product_attention(q, keys, values, bias, /*dropout_p=*/0.0,
                                            /*is_causal=*/false, scale,
-                                           /*enable_gqa=*/q.size(1) != k.size(1));
+                                           /*enable_gqa=*/grouped && q.is_cpu());
   } else {
     // ---- AtMan, multiplicative: s' = (s - min_visible s) * f, then the mask. ----
     at::Tensor scores = GroupedScores(q, k, scale);                          // [B, Hq, Tq, S]
