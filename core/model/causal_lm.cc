@@ -124,6 +124,27 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::filesystem::
   }
 }
 
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const io::Checkpoint& checkpoint,
+                                                         const nlohmann::json& config_json,
+                                                         const TensorNameMap& names,
+                                                         c10::Device device,
+                                                         c10::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    return absl::InvalidArgumentError(absl::StrCat("dtype ", c10::toString(dtype),
+                                                   " is not one of float32, bfloat16, float16"));
+  }
+  absl::StatusOr<ModelConfig> config = ParseModelConfig(config_json);
+  if (!config.ok()) return Annotate(config.status(), checkpoint.dir().string());
+  ATMAN_ASSIGN_OR_RETURN(Weights weights,
+                         LoadFamilyWeights(checkpoint, *config, device, dtype, names));
+  try {
+    return std::unique_ptr<CausalLM>(
+        new CausalLM(*std::move(config), std::move(weights), device, dtype));
+  } catch (const std::exception& e) {
+    return StatusFromException(e, absl::StrCat("setting up ", checkpoint.dir().string()));
+  }
+}
+
 absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   // ids [B, T] -> [B, T, H]
   ATMAN_RETURN_IF_ERROR(CheckTensor(ids, "ids", {-1, -1}, /*integral=*/true));

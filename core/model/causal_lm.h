@@ -27,6 +27,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -36,7 +37,27 @@
 #include "core/model/kv_cache.h"
 #include "core/model/rotary.h"
 
+namespace atman::io {
+class Checkpoint;
+}  // namespace atman::io
+
 namespace atman::model {
+
+// Where a decoder's tensors live in a checkpoint that holds more than the decoder (LLaVA nests
+// it: "language_model.model.*" or "model.language_model.*"). A name the family expects
+// ("model.layers.0.mlp.up_proj.weight", "lm_head.weight") that starts with a rule's `from` is
+// read as `to` + the rest; the first matching rule wins, a name without one is read as is. Only
+// checkpoint tensors under some rule's `to` must be accounted for by the decoder (all of them
+// when there are no rules).
+struct TensorNameMap {
+  struct Rule {
+    std::string from, to;
+  };
+  std::vector<Rule> rules;
+
+  std::string Map(std::string_view name) const;
+  bool Owns(std::string_view checkpoint_name) const;
+};
 
 // "cpu", "cuda", "cuda:N" -> a device; INVALID_ARGUMENT naming the string otherwise.
 absl::StatusOr<c10::Device> ParseDevice(std::string_view name);
@@ -92,6 +113,15 @@ class CausalLM {
   // tensor; INVALID_ARGUMENT for a shape that contradicts config.json or tensors the config
   // does not account for. Each message names the tensor / field.
   static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const std::filesystem::path& dir,
+                                                        c10::Device device,
+                                                        c10::ScalarType dtype);
+
+  // Loads the decoder described by the config.json object `config` (e.g. LLaVA's text_config)
+  // from the tensors of `checkpoint` named through `names`. Errors as Load(dir, ...); tensors
+  // outside `names`' prefixes are the caller's to account for.
+  static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const io::Checkpoint& checkpoint,
+                                                        const nlohmann::json& config,
+                                                        const TensorNameMap& names,
                                                         c10::Device device,
                                                         c10::ScalarType dtype);
 

@@ -23,12 +23,18 @@ std::string ShapeString(c10::IntArrayRef shape) {
 // implies, and remembers which names were used.
 class TensorReader {
  public:
-  TensorReader(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype)
-      : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
+  TensorReader(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype,
+               const TensorNameMap& names)
+      : checkpoint_(checkpoint), device_(device), dtype_(dtype), names_(names) {}
+
+  bool Has(const std::string& family_name) const {
+    return checkpoint_.Has(names_.Map(family_name));
+  }
 
   // `why` names the config fields the expected shape comes from.
-  absl::StatusOr<at::Tensor> Take(const std::string& name, std::vector<int64_t> shape,
+  absl::StatusOr<at::Tensor> Take(const std::string& family_name, std::vector<int64_t> shape,
                                   std::string_view why) {
+    const std::string name = names_.Map(family_name);
     if (!checkpoint_.Has(name)) {
       return absl::NotFoundError(absl::StrCat(checkpoint_.dir().string(), ": missing tensor '",
                                               name, "' (expected shape ", ShapeString(shape),
@@ -57,14 +63,14 @@ class TensorReader {
 
   // A tensor that is read but not used: the lm_head copy that some exports write beside tied
   // embeddings (transformers ties it to the embedding, so do we).
-  void Skip(const std::string& name) { used_.insert(name); }
+  void Skip(const std::string& family_name) { used_.insert(names_.Map(family_name)); }
 
   // Every checkpoint tensor must have been used, except buffers older exports carry
   // (rotary inv_freq, gpt2's causal "attn.bias"/"attn.masked_bias").
   absl::Status CheckAllUsed(const ModelConfig& config) const {
     std::vector<std::string> extra;
     for (const auto& name : checkpoint_.TensorNames()) {
-      if (used_.count(name) != 0) continue;
+      if (used_.count(name) != 0 || !names_.Owns(name)) continue;
       if (absl::EndsWith(name, ".rotary_emb.inv_freq") || absl::EndsWith(name, ".attn.bias") ||
           absl::EndsWith(name, ".attn.masked_bias") ||
           absl::EndsWith(name, ".attention.bias") ||
@@ -89,6 +95,7 @@ class TensorReader {
   const io::Checkpoint& checkpoint_;
   c10::Device device_;
   c10::ScalarType dtype_;
+  const TensorNameMap& names_;
   std::set<std::string> used_;
 };
 
@@ -148,11 +155,10 @@ absl::StatusOr<CausalLM::Norm> TakeLayerNorm(TensorReader& r, const std::string&
 }
 
 // GPT-2's Conv1D stores weights as [in, out]: transposed here to [out, in].
-absl::StatusOr<CausalLM::Weights> LoadGpt2(const io::Checkpoint& checkpoint, TensorReader& r,
-                                           const ModelConfig& c) {
+absl::StatusOr<CausalLM::Weights> LoadGpt2(TensorReader& r, const ModelConfig& c) {
   const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
   // save_pretrained writes "transformer.*"; the original OpenAI exports have no prefix.
-  const std::string t = checkpoint.Has("transformer.wte.weight") ? "transformer." : "";
+  const std::string t = r.Has("transformer.wte.weight") ? "transformer." : "";
   CausalLM::Weights w;
   ATMAN_ASSIGN_OR_RETURN(w.embed, r.Take(t + "wte.weight", {V, H}, "vocab_size, n_embd"));
   ATMAN_ASSIGN_OR_RETURN(w.positions, r.Take(t + "wpe.weight", {c.max_positions, H}, "n_positions, n_embd"));
@@ -230,10 +236,32 @@ absl::StatusOr<CausalLM::Weights> LoadGptNeox(TensorReader& r, const ModelConfig
 
 }  // namespace
 
+std::string TensorNameMap::Map(std::string_view name) const {
+  for (const Rule& rule : rules) {
+    if (name.starts_with(rule.from)) return rule.to + std::string(name.substr(rule.from.size()));
+  }
+  return std::string(name);
+}
+
+bool TensorNameMap::Owns(std::string_view checkpoint_name) const {
+  if (rules.empty()) return true;
+  for (const Rule& rule : rules) {
+    if (checkpoint_name.starts_with(rule.to)) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<CausalLM::Weights> LoadFamilyWeights(const io::Checkpoint& checkpoint,
                                                      const ModelConfig& config,
                                                      c10::Device device, c10::ScalarType dtype) {
-  TensorReader reader(checkpoint, device, dtype);
+  return LoadFamilyWeights(checkpoint, config, device, dtype, TensorNameMap{});
+}
+
+absl::StatusOr<CausalLM::Weights> LoadFamilyWeights(const io::Checkpoint& checkpoint,
+                                                     const ModelConfig& config,
+                                                     c10::Device device, c10::ScalarType dtype,
+                                                     const TensorNameMap& names) {
+  TensorReader reader(checkpoint, device, dtype, names);
   absl::StatusOr<CausalLM::Weights> weights;
   try {
     switch (config.family) {
@@ -241,7 +269,7 @@ absl::StatusOr<CausalLM::Weights> LoadFamilyWeights(const io::Checkpoint& checkp
         weights = LoadLlama(reader, config);
         break;
       case Family::kGpt2:
-        weights = LoadGpt2(checkpoint, reader, config);
+        weights = LoadGpt2(reader, config);
         break;
       case Family::kGptNeox:
         weights = LoadGptNeox(reader, config);

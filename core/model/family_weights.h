@@ -15,5 +15,10 @@ namespace atman::model {
 absl::StatusOr<CausalLM::Weights> LoadFamilyWeights(const io::Checkpoint& checkpoint,
                                                      const ModelConfig& config,
                                                      c10::Device device, c10::ScalarType dtype);
+// The same for a decoder nested in a larger checkpoint, its tensor names mapped by `names`.
+absl::StatusOr<CausalLM::Weights> LoadFamilyWeights(const io::Checkpoint& checkpoint,
+                                                     const ModelConfig& config,
+                                                     c10::Device device, c10::ScalarType dtype,
+                                                     const TensorNameMap& names);
 
 }  // namespace atman::model

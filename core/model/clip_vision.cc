@@ -1,0 +1,327 @@
+#include "core/model/clip_vision.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <set>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/base/status_macros.h"
+#include "core/io/checkpoint.h"
+
+namespace atman::model {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string ShapeString(c10::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::Status FieldError(std::string_view field, std::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("config.json: vision_config.", ToAbsl(field), " ", ToAbsl(what)));
+}
+
+// A positive integer field of `object`, or `fallback` when absent.
+absl::StatusOr<int64_t> PositiveInt(const Json& object, const char* key, int64_t fallback) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  if (!it->is_number_integer() || it->get<int64_t>() <= 0) {
+    return FieldError(key, absl::StrCat("must be a positive integer, got ", it->dump()));
+  }
+  return it->get<int64_t>();
+}
+
+// Takes tensors named `prefix` + name and remembers which were used.
+class PrefixedReader {
+ public:
+  PrefixedReader(const io::Checkpoint& checkpoint, std::string prefix, c10::Device device,
+                 c10::ScalarType dtype)
+      : checkpoint_(checkpoint), prefix_(std::move(prefix)), device_(device), dtype_(dtype) {}
+
+  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
+                                  std::string_view why) {
+    used_.insert(prefix_ + name);
+    return LoadCheckedTensor(checkpoint_, prefix_ + name, shape, why, device_, dtype_);
+  }
+  bool Has(const std::string& name) const { return checkpoint_.Has(prefix_ + name); }
+
+  absl::StatusOr<ClipVisionTower::Norm> TakeNorm(const std::string& name, int64_t H) {
+    ClipVisionTower::Norm norm;
+    ATMAN_ASSIGN_OR_RETURN(norm.weight, Take(name + ".weight", {H}, "vision hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(norm.bias, Take(name + ".bias", {H}, "vision hidden_size"));
+    return norm;
+  }
+
+  // Every tensor under the prefix was used (the position_ids buffer of old exports aside).
+  absl::Status CheckAllUsed(const ClipVisionConfig& c) const {
+    std::vector<std::string> extra;
+    for (const auto& name : checkpoint_.TensorNames()) {
+      if (!absl::StartsWith(name, prefix_) || used_.count(name) != 0 ||
+          absl::EndsWith(name, "embeddings.position_ids")) {
+        continue;
+      }
+      extra.push_back(name);
+    }
+    if (extra.empty()) return absl::OkStatus();
+    const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint_.dir().string(), ": ", extra.size(),
+        " vision tower tensor(s) that config.json does not account for (num_hidden_layers = ",
+        c.num_layers,
+        "): ", absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
+        extra.size() > shown ? ", ..." : ""));
+  }
+
+ private:
+  const io::Checkpoint& checkpoint_;
+  std::string prefix_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+  std::set<std::string> used_;
+};
+
+absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(PrefixedReader& r,
+                                                          const ClipVisionConfig& c) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size, P = c.patch_size;
+  ClipVisionTower::Weights w;
+  ATMAN_ASSIGN_OR_RETURN(w.patch,
+                         r.Take("embeddings.patch_embedding.weight", {H, c.num_channels, P, P},
+                                "hidden_size, num_channels, patch_size, patch_size"));
+  ATMAN_ASSIGN_OR_RETURN(w.cls, r.Take("embeddings.class_embedding", {H}, "hidden_size"));
+  ATMAN_ASSIGN_OR_RETURN(w.positions,
+                         r.Take("embeddings.position_embedding.weight", {1 + c.num_patches(), H},
+                                "1 + (image_size / patch_size)^2, hidden_size"));
+  ATMAN_ASSIGN_OR_RETURN(w.pre_norm, r.TakeNorm("pre_layrnorm", H));
+  // Unused by LLaVA; some conversions leave it out.
+  if (r.Has("post_layernorm.weight")) {
+    ATMAN_ASSIGN_OR_RETURN(w.post_norm, r.TakeNorm("post_layernorm", H));
+  }
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = absl::StrCat("encoder.layers.", l, ".");
+    ClipVisionTower::Layer layer;
+    ATMAN_ASSIGN_OR_RETURN(layer.norm1, r.TakeNorm(p + "layer_norm1", H));
+    ATMAN_ASSIGN_OR_RETURN(layer.norm2, r.TakeNorm(p + "layer_norm2", H));
+    std::vector<at::Tensor> qkv_w, qkv_b;
+    for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+      const std::string name = absl::StrCat(p, "self_attn.", proj);
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor weight, r.Take(name + ".weight", {H, H}, "hidden_size"));
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor bias, r.Take(name + ".bias", {H}, "hidden_size"));
+      qkv_w.push_back(weight);
+      qkv_b.push_back(bias);
+    }
+    layer.qkv_w = at::cat(qkv_w, 0);
+    layer.qkv_b = at::cat(qkv_b, 0);
+    ATMAN_ASSIGN_OR_RETURN(layer.out_w,
+                           r.Take(p + "self_attn.out_proj.weight", {H, H}, "hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.out_b, r.Take(p + "self_attn.out_proj.bias", {H}, "hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.fc1_w,
+                           r.Take(p + "mlp.fc1.weight", {I, H}, "intermediate_size, hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.fc1_b, r.Take(p + "mlp.fc1.bias", {I}, "intermediate_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.fc2_w,
+                           r.Take(p + "mlp.fc2.weight", {H, I}, "hidden_size, intermediate_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.fc2_b, r.Take(p + "mlp.fc2.bias", {H}, "hidden_size"));
+    w.layers.push_back(std::move(layer));
+  }
+  ATMAN_RETURN_IF_ERROR(r.CheckAllUsed(c));
+  return w;
+}
+
+}  // namespace
+
+absl::StatusOr<VisionActivation> ParseVisionActivation(std::string_view name,
+                                                       std::string_view field) {
+  if (name == "quick_gelu") return VisionActivation::kQuickGelu;
+  if (name == "gelu") return VisionActivation::kGelu;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return VisionActivation::kGeluTanh;
+  if (name == "relu") return VisionActivation::kRelu;
+  if (name == "silu" || name == "swish") return VisionActivation::kSilu;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "config.json: ", ToAbsl(field), " '", ToAbsl(name),
+      "' is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"));
+}
+
+at::Tensor ApplyVisionActivation(VisionActivation activation, const at::Tensor& x) {
+  switch (activation) {
+    case VisionActivation::kQuickGelu:
+      return x * at::sigmoid(x * 1.702);
+    case VisionActivation::kGelu:
+      return at::gelu(x);
+    case VisionActivation::kGeluTanh:
+      return at::gelu(x, "tanh");
+    case VisionActivation::kRelu:
+      return at::relu(x);
+    case VisionActivation::kSilu:
+      return at::silu(x);
+  }
+  return x;
+}
+
+absl::StatusOr<ClipVisionConfig> ParseClipVisionConfig(const Json& v) {
+  if (!v.is_object()) {
+    return absl::InvalidArgumentError("config.json: vision_config must be a JSON object");
+  }
+  if (v.contains("model_type") && v["model_type"] != "clip_vision_model") {
+    return absl::UnimplementedError(absl::StrCat("config.json: vision_config.model_type ",
+                                                 v["model_type"].dump(),
+                                                 " is not supported (clip_vision_model)"));
+  }
+  ClipVisionConfig c;
+  ATMAN_ASSIGN_OR_RETURN(c.hidden_size, PositiveInt(v, "hidden_size", c.hidden_size));
+  ATMAN_ASSIGN_OR_RETURN(c.intermediate_size,
+                         PositiveInt(v, "intermediate_size", c.intermediate_size));
+  ATMAN_ASSIGN_OR_RETURN(c.num_layers, PositiveInt(v, "num_hidden_layers", c.num_layers));
+  ATMAN_ASSIGN_OR_RETURN(c.num_heads, PositiveInt(v, "num_attention_heads", c.num_heads));
+  ATMAN_ASSIGN_OR_RETURN(c.num_channels, PositiveInt(v, "num_channels", c.num_channels));
+  ATMAN_ASSIGN_OR_RETURN(c.image_size, PositiveInt(v, "image_size", c.image_size));
+  ATMAN_ASSIGN_OR_RETURN(c.patch_size, PositiveInt(v, "patch_size", c.patch_size));
+  if (auto it = v.find("layer_norm_eps"); it != v.end() && !it->is_null()) {
+    if (!it->is_number() || it->get<double>() <= 0) {
+      return FieldError("layer_norm_eps",
+                        absl::StrCat("must be a positive number, got ", it->dump()));
+    }
+    c.layer_norm_eps = it->get<double>();
+  }
+  if (auto it = v.find("hidden_act"); it != v.end() && !it->is_null()) {
+    if (!it->is_string()) return FieldError("hidden_act", "must be a string");
+    ATMAN_ASSIGN_OR_RETURN(
+        c.activation, ParseVisionActivation(it->get<std::string>(), "vision_config.hidden_act"));
+  }
+  if (c.hidden_size % c.num_heads != 0) {
+    return FieldError(
+        "hidden_size",
+        absl::StrCat(c.hidden_size, " is not a multiple of num_attention_heads ", c.num_heads));
+  }
+  c.head_dim = c.hidden_size / c.num_heads;
+  if (c.image_size % c.patch_size != 0) {
+    return FieldError("image_size", absl::StrCat(c.image_size, " is not a multiple of patch_size ",
+                                                 c.patch_size));
+  }
+  return c;
+}
+
+absl::StatusOr<at::Tensor> LoadCheckedTensor(const io::Checkpoint& checkpoint,
+                                             const std::string& name,
+                                             const std::vector<int64_t>& shape,
+                                             std::string_view why, c10::Device device,
+                                             c10::ScalarType dtype) {
+  if (!checkpoint.Has(name)) {
+    return absl::NotFoundError(absl::StrCat(checkpoint.dir().string(), ": missing tensor '", name,
+                                            "' (expected shape ", ShapeString(shape),
+                                            " from config.json ", ToAbsl(why), ")"));
+  }
+  ATMAN_ASSIGN_OR_RETURN(const io::TensorEntry* entry, checkpoint.Entry(name));
+  if (entry->shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint.dir().string(), ": tensor '", name, "' has shape ", ShapeString(entry->shape),
+        " but config.json (", ToAbsl(why), ") implies ", ShapeString(shape)));
+  }
+  if (!at::isFloatingType(entry->dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(checkpoint.dir().string(), ": tensor '", name,
+                                                   "' is ", entry->dtype_name,
+                                                   ", not a floating-point type"));
+  }
+  return checkpoint.Load(name, device, dtype);
+}
+
+absl::StatusOr<std::unique_ptr<ClipVisionTower>> ClipVisionTower::Load(
+    const io::Checkpoint& checkpoint, const ClipVisionConfig& config, const std::string& prefix,
+    c10::Device device, c10::ScalarType dtype) {
+  PrefixedReader reader(checkpoint, prefix, device, dtype);
+  try {
+    ATMAN_ASSIGN_OR_RETURN(Weights weights, LoadTowerWeights(reader, config));
+    return std::unique_ptr<ClipVisionTower>(
+        new ClipVisionTower(config, std::move(weights), device, dtype));
+  } catch (const std::exception& e) {
+    return StatusFromException(
+        e, absl::StrCat("loading the vision tower of ", checkpoint.dir().string()));
+  }
+}
+
+at::Tensor ClipVisionTower::RunEmbeddings(const at::Tensor& pixel_values) const {
+  // pixel_values [N, C, S, S] -> conv [N, H, G, G] -> [N, G*G, H]; with the class token
+  // [N, 1 + G*G, H], plus positions, then pre_layrnorm.
+  const int64_t N = pixel_values.size(0), H = config_.hidden_size;
+  at::Tensor patches = at::conv2d(pixel_values, weights_.patch, /*bias=*/{},
+                                  /*stride=*/{config_.patch_size, config_.patch_size});
+  patches = patches.flatten(2).transpose(1, 2);
+  at::Tensor cls = weights_.cls.view({1, 1, H}).expand({N, 1, H});
+  at::Tensor x = at::cat({cls, patches}, 1) + weights_.positions.unsqueeze(0);
+  return at::layer_norm(x, {H}, weights_.pre_norm.weight, weights_.pre_norm.bias,
+                        config_.layer_norm_eps);
+}
+
+at::Tensor ClipVisionTower::RunLayer(const at::Tensor& x, const Layer& layer) const {
+  // x [N, T, H]; heads Hh = num_heads of D = head_dim each.
+  //   qkv [N, T, 3, Hh, D] -> q, k, v [N, Hh, T, D] -> attention [N, Hh, T, D] -> [N, T, H]
+  const int64_t N = x.size(0), T = x.size(1), H = config_.hidden_size;
+  const int64_t heads = config_.num_heads, D = config_.head_dim;
+  const double eps = config_.layer_norm_eps;
+  at::Tensor h = at::layer_norm(x, {H}, layer.norm1.weight, layer.norm1.bias, eps);
+  at::Tensor qkv = at::linear(h, layer.qkv_w, layer.qkv_b).view({N, T, 3, heads, D});
+  qkv = qkv.permute({2, 0, 3, 1, 4});
+  // Every patch sees every patch (and the class token): no mask, not causal.
+  at::Tensor attended = at::scaled_dot_product_attention(
+      qkv[0], qkv[1], qkv[2], /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/false,
+      /*scale=*/1.0 / std::sqrt(static_cast<double>(D)));
+  attended = attended.transpose(1, 2).reshape({N, T, H});
+  at::Tensor y = x + at::linear(attended, layer.out_w, layer.out_b);
+  h = at::layer_norm(y, {H}, layer.norm2.weight, layer.norm2.bias, eps);
+  h = ApplyVisionActivation(config_.activation, at::linear(h, layer.fc1_w, layer.fc1_b));
+  return y + at::linear(h, layer.fc2_w, layer.fc2_b);
+}
+
+absl::StatusOr<std::vector<at::Tensor>> ClipVisionTower::HiddenStates(
+    const at::Tensor& pixel_values, std::span<const int64_t> layers) const {
+  const int64_t C = config_.num_channels, S = config_.image_size, L = config_.num_layers;
+  if (!pixel_values.defined() || pixel_values.dim() != 4 || pixel_values.size(1) != C ||
+      pixel_values.size(2) != S || pixel_values.size(3) != S) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pixel_values has shape ",
+        pixel_values.defined() ? ShapeString(pixel_values.sizes()) : "(undefined)",
+        ", expected [N, ", C, ", ", S, ", ", S, "] (vision_config num_channels, image_size)"));
+  }
+  if (!at::isFloatingType(pixel_values.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat("pixel_values must be floating point, got ",
+                                                   c10::toString(pixel_values.scalar_type())));
+  }
+  std::vector<int64_t> wanted;
+  for (int64_t layer : layers) {
+    if (layer < -(L + 1) || layer > L) {
+      return absl::InvalidArgumentError(absl::StrCat("vision feature layer ", layer,
+                                                     " is outside [", -(L + 1), ", ", L,
+                                                     "] (num_hidden_layers = ", L, ")"));
+    }
+    wanted.push_back(layer < 0 ? layer + L + 1 : layer);
+  }
+  if (wanted.empty()) return std::vector<at::Tensor>{};
+  try {
+    c10::InferenceMode guard;
+    const int64_t deepest = *std::max_element(wanted.begin(), wanted.end());
+    std::vector<at::Tensor> states;  // hidden_states[0..deepest]
+    states.push_back(RunEmbeddings(pixel_values.to(device_, dtype_)));
+    for (int64_t l = 0; l < deepest; ++l)
+      states.push_back(RunLayer(states.back(), weights_.layers[l]));
+    std::vector<at::Tensor> out;
+    for (int64_t index : wanted) out.push_back(states[index]);
+    return out;
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "vision tower forward pass");
+  }
+}
+
+}  // namespace atman::model

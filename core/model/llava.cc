@@ -1,0 +1,353 @@
+#include "core/model/llava.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/masked_scatter.h>
+#include <ATen/ops/where.h>
+#include <c10/core/InferenceMode.h>
+
+#include <set>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/base/status_macros.h"
+#include "core/io/checkpoint.h"
+
+namespace atman::model {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::Status FieldError(std::string_view field, std::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("config.json: field '", ToAbsl(field), "' ", ToAbsl(what)));
+}
+
+bool IsLlava(const Json& config) {
+  if (auto it = config.find("model_type"); it != config.end() && it->is_string()) {
+    return *it == "llava";
+  }
+  auto arch = config.find("architectures");
+  return arch != config.end() && arch->is_array() && !arch->empty() &&
+         (*arch)[0] == "LlavaForConditionalGeneration";
+}
+
+// Where the three parts' tensors are (see the layouts in llava.h).
+struct Layout {
+  TensorNameMap text;
+  std::string tower;
+  std::string projector;
+};
+
+absl::StatusOr<Layout> DetectLayout(const io::Checkpoint& checkpoint) {
+  Layout layout;
+  std::string vision_root;
+  if (checkpoint.Has("language_model.model.embed_tokens.weight")) {
+    layout.text.rules = {{"model.", "language_model.model."},
+                         {"lm_head.", "language_model.lm_head."}};
+    layout.projector = "multi_modal_projector.";
+    vision_root = "vision_tower.";
+  } else if (checkpoint.Has("model.language_model.embed_tokens.weight")) {
+    layout.text.rules = {{"model.", "model.language_model."}, {"lm_head.", "lm_head."}};
+    layout.projector = "model.multi_modal_projector.";
+    vision_root = "model.vision_tower.";
+  } else {
+    return absl::NotFoundError(absl::StrCat(
+        checkpoint.dir().string(),
+        ": no language model tensors (neither 'language_model.model.embed_tokens.weight' nor "
+        "'model.language_model.embed_tokens.weight')"));
+  }
+  // CLIPVisionModel had a "vision_model." level until transformers 5.
+  layout.tower = checkpoint.Has(vision_root + "vision_model.embeddings.patch_embedding.weight")
+                     ? vision_root + "vision_model."
+                     : vision_root;
+  return layout;
+}
+
+// Every tensor must belong to one of the parts.
+absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layout) {
+  std::vector<std::string> extra;
+  for (const auto& name : checkpoint.TensorNames()) {
+    if (layout.text.Owns(name) || absl::StartsWith(name, layout.tower) ||
+        absl::StartsWith(name, layout.projector)) {
+      continue;
+    }
+    extra.push_back(name);
+  }
+  if (extra.empty()) return absl::OkStatus();
+  const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
+  return absl::InvalidArgumentError(absl::StrCat(
+      checkpoint.dir().string(), ": ", extra.size(),
+      " tensor(s) outside the language model, vision tower and projector: ",
+      absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
+      extra.size() > shown ? ", ..." : ""));
+}
+
+std::string ShapeString(const at::Tensor& t) {
+  return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "(undefined)";
+}
+
+}  // namespace
+
+absl::StatusOr<ModelKind> ResolveModelKind(const Json& config) {
+  if (!config.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
+  if (IsLlava(config)) return ModelKind::kVisionLanguage;
+  ATMAN_RETURN_IF_ERROR(ParseModelConfig(config).status());
+  return ModelKind::kCausalLM;
+}
+
+absl::StatusOr<LlavaConfig> ParseLlavaConfig(const Json& config) {
+  if (!config.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
+  if (!IsLlava(config)) {
+    return absl::UnimplementedError(absl::StrCat(
+        "config.json: model_type ", config.value("model_type", Json()).dump(), " is not llava"));
+  }
+  LlavaConfig c;
+  for (const char* key : {"image_token_id", "image_token_index"}) {
+    auto it = config.find(key);
+    if (it == config.end() || it->is_null()) continue;
+    if (!it->is_number_integer() || it->get<int64_t>() < 0) {
+      return FieldError(key, absl::StrCat("must be a non-negative integer, got ", it->dump()));
+    }
+    c.image_token_id = it->get<int64_t>();
+    break;
+  }
+  if (auto it = config.find("vision_feature_layer"); it != config.end() && !it->is_null()) {
+    c.feature_layers.clear();
+    if (it->is_number_integer()) {
+      c.feature_layers.push_back(it->get<int64_t>());
+    } else if (it->is_array() && !it->empty()) {
+      for (const Json& layer : *it) {
+        if (!layer.is_number_integer()) {
+          return FieldError("vision_feature_layer", absl::StrCat("holds ", layer.dump()));
+        }
+        c.feature_layers.push_back(layer.get<int64_t>());
+      }
+    } else {
+      return FieldError("vision_feature_layer",
+                        absl::StrCat("must be an integer or a list of them, got ", it->dump()));
+    }
+  }
+  if (auto it = config.find("vision_feature_select_strategy");
+      it != config.end() && !it->is_null()) {
+    if (*it == "default") {
+      c.select = FeatureSelect::kDefault;
+    } else if (*it == "full") {
+      c.select = FeatureSelect::kFull;
+    } else {
+      return absl::UnimplementedError(absl::StrCat("config.json: vision_feature_select_strategy ",
+                                                   it->dump(),
+                                                   " is not supported (default, full)"));
+    }
+  }
+  if (auto it = config.find("projector_hidden_act"); it != config.end() && !it->is_null()) {
+    if (!it->is_string()) return FieldError("projector_hidden_act", "must be a string");
+    ATMAN_ASSIGN_OR_RETURN(c.projector_activation,
+                           ParseVisionActivation(it->get<std::string>(), "projector_hidden_act"));
+  }
+  if (auto it = config.find("multimodal_projector_bias"); it != config.end() && !it->is_null()) {
+    if (!it->is_boolean()) return FieldError("multimodal_projector_bias", "must be true or false");
+    c.projector_bias = it->get<bool>();
+  }
+  ATMAN_ASSIGN_OR_RETURN(c.vision,
+                         ParseClipVisionConfig(config.value("vision_config", Json::object())));
+  const int64_t L = c.vision.num_layers;
+  for (int64_t layer : c.feature_layers) {
+    if (layer < -(L + 1) || layer > L) {
+      return FieldError("vision_feature_layer",
+                        absl::StrCat("holds ", layer, ", outside [", -(L + 1), ", ", L,
+                                     "] (vision_config.num_hidden_layers = ", L, ")"));
+    }
+  }
+
+  c.text_config = config.value("text_config", Json::object());
+  if (!c.text_config.is_object()) return FieldError("text_config", "must be a JSON object");
+  if (!c.text_config.contains("model_type")) c.text_config["model_type"] = "llama";
+  if (c.text_config["model_type"] == "llama") {
+    // LlamaConfig's defaults, which transformers applies to a sparse text_config.
+    const std::pair<const char*, int64_t> defaults[] = {
+        {"vocab_size", 32000},     {"hidden_size", 4096},       {"intermediate_size", 11008},
+        {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"max_position_embeddings", 2048}};
+    for (const auto& [key, value] : defaults) {
+      if (!c.text_config.contains(key) || c.text_config[key].is_null()) c.text_config[key] = value;
+    }
+  }
+  if (!c.text_config.contains("tie_word_embeddings") && config.contains("tie_word_embeddings")) {
+    c.text_config["tie_word_embeddings"] = config["tie_word_embeddings"];
+  }
+  return c;
+}
+
+absl::StatusOr<std::unique_ptr<VisionLanguageModel>> VisionLanguageModel::Load(
+    const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype) {
+  ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<io::Checkpoint> checkpoint, io::Checkpoint::Open(dir));
+  absl::StatusOr<LlavaConfig> config = ParseLlavaConfig(checkpoint->config());
+  if (!config.ok()) return Annotate(config.status(), dir.string());
+  ATMAN_ASSIGN_OR_RETURN(Layout layout, DetectLayout(*checkpoint));
+  ATMAN_ASSIGN_OR_RETURN(
+      std::unique_ptr<CausalLM> language_model,
+      CausalLM::Load(*checkpoint, config->text_config, layout.text, device, dtype));
+  ATMAN_ASSIGN_OR_RETURN(
+      std::unique_ptr<ClipVisionTower> tower,
+      ClipVisionTower::Load(*checkpoint, config->vision, layout.tower, device, dtype));
+
+  const int64_t Ht = language_model->config().hidden_size;
+  const int64_t in =
+      config->vision.hidden_size * static_cast<int64_t>(config->feature_layers.size());
+  const std::string p = layout.projector;
+  Projector projector;
+  ATMAN_ASSIGN_OR_RETURN(
+      projector.w1,
+      LoadCheckedTensor(
+          *checkpoint, p + "linear_1.weight", {Ht, in},
+          "text_config.hidden_size, vision_config.hidden_size * len(vision_feature_layer)", device,
+          dtype));
+  ATMAN_ASSIGN_OR_RETURN(projector.w2,
+                         LoadCheckedTensor(*checkpoint, p + "linear_2.weight", {Ht, Ht},
+                                           "text_config.hidden_size", device, dtype));
+  if (config->projector_bias) {
+    ATMAN_ASSIGN_OR_RETURN(
+        projector.b1,
+        LoadCheckedTensor(*checkpoint, p + "linear_1.bias", {Ht},
+                          "text_config.hidden_size; multimodal_projector_bias", device, dtype));
+    ATMAN_ASSIGN_OR_RETURN(
+        projector.b2,
+        LoadCheckedTensor(*checkpoint, p + "linear_2.bias", {Ht},
+                          "text_config.hidden_size; multimodal_projector_bias", device, dtype));
+  } else if (checkpoint->Has(p + "linear_1.bias") || checkpoint->Has(p + "linear_2.bias")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir.string(), ": the projector has biases ('", p,
+                     "linear_*.bias') but config.json says multimodal_projector_bias = false"));
+  }
+  ATMAN_RETURN_IF_ERROR(CheckAllOwned(*checkpoint, layout));
+  return std::unique_ptr<VisionLanguageModel>(new VisionLanguageModel(
+      *std::move(config), std::move(tower), std::move(projector), std::move(language_model)));
+}
+
+int64_t VisionLanguageModel::tokens_per_image() const {
+  return config_.vision.num_patches() + image_token_offset();
+}
+
+absl::StatusOr<at::Tensor> VisionLanguageModel::EmbedImages(const at::Tensor& pixel_values) const {
+  // pixel_values [N, 3, S, S] -> hidden states [N, 1 + G*G, Hv] per feature layer
+  // -> selected [N, P, Hv] -> concatenated [N, P, Hv * #layers] -> projected [N, P, Ht]
+  ATMAN_ASSIGN_OR_RETURN(std::vector<at::Tensor> states,
+                         tower_->HiddenStates(pixel_values, config_.feature_layers));
+  try {
+    c10::InferenceMode guard;
+    if (config_.select == FeatureSelect::kDefault) {
+      for (at::Tensor& state : states) state = state.narrow(1, 1, state.size(1) - 1);
+    }
+    at::Tensor x = states.size() == 1 ? states[0] : at::cat(states, -1);
+    x = at::linear(x, projector_.w1, projector_.b1);
+    x = ApplyVisionActivation(config_.projector_activation, x);
+    return at::linear(x, projector_.w2, projector_.b2);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "projecting image features");
+  }
+}
+
+absl::StatusOr<at::Tensor> VisionLanguageModel::Embed(const at::Tensor& ids,
+                                                      const at::Tensor& image_features) const {
+  // ids [B, T], image_features [N, P, Ht] -> embeds [B, T, Ht]
+  const int64_t Ht = language_model_->config().hidden_size;
+  if (!ids.defined() || ids.dim() != 2 ||
+      !at::isIntegralType(ids.scalar_type(), /*includeBool=*/false)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ids must be an integer tensor [B, T], got ", ShapeString(ids)));
+  }
+  const bool has_images = image_features.defined() && image_features.numel() > 0;
+  if (has_images && (image_features.dim() != 3 || image_features.size(2) != Ht)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image_features has shape ", ShapeString(image_features), ", expected [N, P, ", Ht, "]"));
+  }
+  try {
+    c10::InferenceMode guard;
+    at::Tensor ids_here = ids.to(device(), at::kLong);
+    at::Tensor is_image = ids_here.eq(config_.image_token_id);
+    const int64_t tokens = is_image.sum().item<int64_t>();
+    const int64_t rows = has_images ? image_features.size(0) * image_features.size(1) : 0;
+    if (tokens != rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ids hold ", tokens, " image tokens (image_token_id ", config_.image_token_id,
+          ") but the image features ", has_images ? ShapeString(image_features) : "(none)",
+          " fill ", rows, " positions"));
+    }
+    // The image token may lie outside the embedding table: embed 0 there, it is overwritten.
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds,
+                           language_model_->Embed(at::where(is_image, 0, ids_here)));
+    if (!has_images) return embeds;
+    at::Tensor features = image_features.to(device(), dtype()).reshape({-1, Ht});
+    return embeds.masked_scatter(is_image.unsqueeze(-1), features);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "embedding ids and images");
+  }
+}
+
+std::vector<int64_t> VisionLanguageModel::ExpandImageTokens(std::span<const int64_t> ids,
+                                                            std::vector<ImageSpan>* spans) const {
+  const int64_t P = tokens_per_image();
+  std::vector<int64_t> out;
+  out.reserve(ids.size());
+  if (spans != nullptr) spans->clear();
+  for (int64_t id : ids) {
+    if (id != config_.image_token_id) {
+      out.push_back(id);
+      continue;
+    }
+    if (spans != nullptr) spans->push_back({static_cast<int64_t>(out.size()), P});
+    out.insert(out.end(), P, id);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ImageSpan>> VisionLanguageModel::FindImageSpans(
+    std::span<const int64_t> ids) const {
+  const int64_t P = tokens_per_image();
+  const int64_t T = static_cast<int64_t>(ids.size());
+  std::vector<ImageSpan> spans;
+  for (int64_t i = 0; i < T;) {
+    if (ids[i] != config_.image_token_id) {
+      ++i;
+      continue;
+    }
+    int64_t end = i;
+    while (end < T && ids[end] == config_.image_token_id) ++end;
+    if ((end - i) % P != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("image tokens at sequence indices [", i, ", ", end, "): ", end - i,
+                       " tokens, not a multiple of tokens_per_image ", P));
+    }
+    for (int64_t first = i; first < end; first += P) spans.push_back({first, P});
+    i = end;
+  }
+  return spans;
+}
+
+absl::StatusOr<vision::ClipImageProcessor> LoadImageProcessor(const std::filesystem::path& dir,
+                                                              const VisionLanguageModel& model) {
+  const std::filesystem::path path = dir / "preprocessor_config.json";
+  ATMAN_ASSIGN_OR_RETURN(vision::ClipImageProcessor processor,
+                         vision::ClipImageProcessor::FromFile(path, model.patch_size()));
+  const vision::ClipImageProcessorConfig& c = processor.config();
+  int64_t height = 0, width = 0;
+  if (c.do_center_crop) {
+    height = c.crop_height;
+    width = c.crop_width;
+  } else if (c.do_resize && c.shortest_edge == 0) {
+    height = c.resize_height;
+    width = c.resize_width;
+  }
+  if (height != model.image_size() || width != model.image_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path.string(), ": the processor's output (crop_size, or size without a crop) is ", height,
+        " x ", width, ", but vision_config.image_size is ", model.image_size()));
+  }
+  return processor;
+}
+
+}  // namespace atman::model

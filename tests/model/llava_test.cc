@@ -1,0 +1,309 @@
+// LLaVA-1.5 against transformers (tests/oracle/make_llava_cases.py): the CLIP tower's hidden
+// states, the projected image features (get_image_features), the logits of a prompt with two
+// images and text (float32, 1e-4 max abs), AtMan controls on image token positions in both
+// modes and on a layer subset, image token positions, every weight layout, and the whole path
+// from PNG bytes through our image processor to logits.
+#include "core/model/llava.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/stack.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/io/checkpoint.h"
+#include "core/io/safetensors.h"
+#include "core/vision/decode.h"
+#include "tests/model/model_cases.h"
+#include "tests/support/paths.h"
+
+namespace atman::model {
+namespace {
+
+using testing::ControlFromCase;
+using ::testing::HasSubstr;
+using testing::MaxAbsDiff;
+
+constexpr double kParity = 1e-4;    // logits, float32 (the issue's bar)
+constexpr double kFeatures = 1e-5;  // tower states and projected features, float32
+
+struct LlavaCases {
+  std::filesystem::path dir;
+  std::map<std::string, at::Tensor> tensors;
+  nlohmann::json meta;
+};
+
+LlavaCases ReadLlavaCases(const std::string& name) {
+  LlavaCases out;
+  out.dir = atman::testing::FixtureDir("llava_cases") / name;
+  auto file = io::SafetensorsFile::Open(out.dir / "cases.safetensors");
+  EXPECT_TRUE(file.ok()) << file.status();
+  if (file.ok()) {
+    for (const auto& entry : (*file)->entries()) {
+      auto view = (*file)->View(entry);
+      EXPECT_TRUE(view.ok()) << view.status();
+      if (view.ok()) out.tensors[entry.name] = view->clone();
+    }
+  }
+  auto json = io::ReadJsonFile(out.dir / "cases.json");
+  EXPECT_TRUE(json.ok()) << json.status();
+  if (json.ok()) out.meta = *json;
+  return out;
+}
+
+std::unique_ptr<VisionLanguageModel> LoadLlava(const std::filesystem::path& dir) {
+  auto model = VisionLanguageModel::Load(dir, c10::Device("cpu"), at::kFloat);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *std::move(model) : nullptr;
+}
+
+// Logits [1, T, V] of `ids` with the images `pixel_values`, through the public API.
+at::Tensor Logits(const VisionLanguageModel& model, const at::Tensor& ids,
+                  const at::Tensor& pixel_values, const AttentionControl* control = nullptr) {
+  auto features = model.EmbedImages(pixel_values);
+  EXPECT_TRUE(features.ok()) << features.status();
+  if (!features.ok()) return {};
+  auto embeds = model.Embed(ids, *features);
+  EXPECT_TRUE(embeds.ok()) << embeds.status();
+  if (!embeds.ok()) return {};
+  ForwardInput input;
+  input.embeds = *embeds;
+  input.control = control;
+  input.output.kind = OutputRequest::Kind::kAllLogits;
+  auto out = model.language_model().Forward(input);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? out->logits.to(at::kFloat) : at::Tensor();
+}
+
+std::vector<int64_t> ToVector(const at::Tensor& t) {
+  at::Tensor flat = t.reshape({-1}).to(at::kLong).contiguous();
+  return std::vector<int64_t>(flat.data_ptr<int64_t>(), flat.data_ptr<int64_t>() + flat.numel());
+}
+
+class LlavaParityTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    cases_ = ReadLlavaCases(GetParam());
+    model_ = LoadLlava(cases_.dir);
+    ASSERT_NE(model_, nullptr);
+  }
+  const at::Tensor& T(const std::string& name) {
+    auto it = cases_.tensors.find(name);
+    EXPECT_NE(it, cases_.tensors.end()) << name;
+    static const at::Tensor kNone;
+    return it == cases_.tensors.end() ? kNone : it->second;
+  }
+  at::Tensor PromptPixels() { return T("pixel_values").narrow(0, 0, 2); }
+
+  LlavaCases cases_;
+  std::unique_ptr<VisionLanguageModel> model_;
+};
+
+TEST_P(LlavaParityTest, TowerHiddenStatesMatchTransformers) {
+  const int64_t L = model_->config().vision.num_layers;
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l <= L; ++l) layers.push_back(l);
+  auto states = model_->vision_tower().HiddenStates(T("pixel_values"), layers);
+  ASSERT_TRUE(states.ok()) << states.status();
+  ASSERT_EQ(states->size(), static_cast<std::size_t>(L + 1));
+  for (int64_t l = 0; l <= L; ++l) {
+    EXPECT_LT(MaxAbsDiff((*states)[l], T(absl::StrCat("tower.", l))), kFeatures) << "layer " << l;
+  }
+  // Negative indices count from the end.
+  auto last = model_->vision_tower().HiddenStates(T("pixel_values"), std::vector<int64_t>{-1, -2});
+  ASSERT_TRUE(last.ok()) << last.status();
+  EXPECT_TRUE(at::equal((*last)[0], (*states)[L]));
+  EXPECT_TRUE(at::equal((*last)[1], (*states)[L - 1]));
+}
+
+TEST_P(LlavaParityTest, ImageFeaturesMatchGetImageFeatures) {
+  auto features = model_->EmbedImages(T("pixel_values"));
+  ASSERT_TRUE(features.ok()) << features.status();
+  EXPECT_EQ(features->size(1), cases_.meta.at("tokens_per_image").get<int64_t>());
+  EXPECT_EQ(features->size(1), model_->tokens_per_image());
+  EXPECT_LT(MaxAbsDiff(*features, T("features")), kFeatures);
+}
+
+TEST_P(LlavaParityTest, LogitsWithImagesMatchTransformers) {
+  at::Tensor ours = Logits(*model_, T("ids"), PromptPixels());
+  EXPECT_LT(MaxAbsDiff(ours, T("logits")), kParity);
+}
+
+TEST_P(LlavaParityTest, ControlsOnImageTokensMatchPatchedOracle) {
+  ASSERT_EQ(cases_.meta.at("cases").size(), 4u);
+  for (const auto& c : cases_.meta.at("cases")) {
+    const std::string name = c.at("name").get<std::string>();
+    AttentionControl control = ControlFromCase(c);
+    at::Tensor ours = Logits(*model_, T("ids"), PromptPixels(), &control);
+    const at::Tensor& expected = T("control." + name + ".logits");
+    EXPECT_LT(MaxAbsDiff(ours, expected), kParity) << name;
+    // The oracle checked that each control changes the logits; so must ours.
+    EXPECT_GT(MaxAbsDiff(ours, T("logits")), 1e-2) << name;
+  }
+}
+
+TEST_P(LlavaParityTest, ImageTokensSitWhereTheOracleExpandedThem) {
+  const std::vector<int64_t> ids = ToVector(T("ids"));
+  auto spans = model_->FindImageSpans(ids);
+  ASSERT_TRUE(spans.ok()) << spans.status();
+  const auto& expected = cases_.meta.at("image_spans");
+  ASSERT_EQ(spans->size(), expected.size());
+  for (std::size_t i = 0; i < spans->size(); ++i) {
+    EXPECT_EQ((*spans)[i].first, expected[i].at(0).get<int64_t>()) << "image " << i;
+    EXPECT_EQ((*spans)[i].length, expected[i].at(1).get<int64_t>()) << "image " << i;
+  }
+  // One image token per image, expanded, gives the oracle's prompt back.
+  std::vector<int64_t> collapsed;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const bool image = ids[i] == model_->image_token_id();
+    if (!image || i == 0 || ids[i - 1] != model_->image_token_id()) collapsed.push_back(ids[i]);
+  }
+  std::vector<ImageSpan> expanded_spans;
+  EXPECT_EQ(model_->ExpandImageTokens(collapsed, &expanded_spans), ids);
+  ASSERT_EQ(expanded_spans.size(), spans->size());
+  EXPECT_EQ(expanded_spans[1].first, (*spans)[1].first);
+
+  // Embed puts feature row j of image i at span i's index j, token embeddings elsewhere.
+  auto features = model_->EmbedImages(PromptPixels());
+  ASSERT_TRUE(features.ok()) << features.status();
+  auto embeds = model_->Embed(T("ids"), *features);
+  ASSERT_TRUE(embeds.ok()) << embeds.status();
+  for (std::size_t i = 0; i < spans->size(); ++i) {
+    at::Tensor placed = embeds->select(0, 0).narrow(0, (*spans)[i].first, (*spans)[i].length);
+    EXPECT_TRUE(at::equal(placed, (*features)[static_cast<int64_t>(i)])) << "image " << i;
+  }
+  auto text = model_->language_model().Embed(T("ids").narrow(1, 0, 4));
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_TRUE(at::equal(embeds->narrow(1, 0, 4), *text));
+}
+
+TEST_P(LlavaParityTest, WrongNumberOfImageTokensNamesBothCounts) {
+  auto features = model_->EmbedImages(PromptPixels());
+  ASSERT_TRUE(features.ok()) << features.status();
+  const int64_t P = model_->tokens_per_image();
+  // One image token replaced by text: 2P - 1 tokens for 2P feature rows.
+  at::Tensor ids = T("ids").clone();
+  ids.select(0, 0).select(0, cases_.meta.at("image_spans")[0].at(0).get<int64_t>()).fill_(5);
+  auto embeds = model_->Embed(ids, *features);
+  ASSERT_FALSE(embeds.ok());
+  EXPECT_EQ(embeds.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(embeds.status().message()),
+              HasSubstr(absl::StrCat("ids hold ", 2 * P - 1, " image tokens")));
+  EXPECT_THAT(std::string(embeds.status().message()), HasSubstr(absl::StrCat("fill ", 2 * P)));
+  // Images without tokens, and tokens without images.
+  auto none = model_->Embed(T("ids"), at::Tensor());
+  ASSERT_FALSE(none.ok());
+  EXPECT_THAT(std::string(none.status().message()), HasSubstr(absl::StrCat("ids hold ", 2 * P)));
+  // A broken run of image tokens is not an image.
+  auto spans = model_->FindImageSpans(ToVector(ids));
+  ASSERT_FALSE(spans.ok());
+  EXPECT_THAT(std::string(spans.status().message()),
+              HasSubstr(absl::StrCat(P - 1, " tokens, not a multiple of tokens_per_image ", P)));
+}
+
+TEST_P(LlavaParityTest, PngBytesThroughOurProcessorGiveTheSameLogits) {
+  auto processor = LoadImageProcessor(cases_.dir, *model_);
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  std::vector<at::Tensor> pixels;
+  for (const auto& name : cases_.meta.at("images")) {
+    std::ifstream in(cases_.dir / "images" / (name.get<std::string>() + ".png"), std::ios::binary);
+    ASSERT_TRUE(in) << name;
+    std::stringstream bytes;
+    bytes << in.rdbuf();
+    auto image = vision::DecodeImage(bytes.str());
+    ASSERT_TRUE(image.ok()) << image.status();
+    auto pre = processor->Preprocess(*image);
+    ASSERT_TRUE(pre.ok()) << pre.status();
+    EXPECT_EQ(pre->geometry.num_patches(), model_->config().vision.num_patches());
+    pixels.push_back(pre->pixel_values);
+  }
+  at::Tensor pixel_values = at::stack(pixels);
+  EXPECT_LT(MaxAbsDiff(pixel_values, T("pixel_values")), 1e-5);
+  at::Tensor ours = Logits(*model_, T("ids"), pixel_values.narrow(0, 0, 2));
+  EXPECT_LT(MaxAbsDiff(ours, T("logits")), kParity);
+}
+
+INSTANTIATE_TEST_SUITE_P(Llava, LlavaParityTest, ::testing::Values("llava", "llava-full"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& ch : name) {
+                             if (ch == '-') ch = '_';
+                           }
+                           return name;
+                         });
+
+// The llava-hf hub layout and transformers' in-memory layout hold the same weights under other
+// names: same logits.
+TEST(LlavaLayouts, EveryWeightLayoutLoadsTheSameModel) {
+  LlavaCases cases = ReadLlavaCases("llava");
+  at::Tensor pixels = cases.tensors.at("pixel_values").narrow(0, 0, 2);
+  for (const char* layout : {"llava-hf-layout", "llava-model-layout"}) {
+    auto model = LoadLlava(atman::testing::FixtureDir("llava_cases") / layout);
+    ASSERT_NE(model, nullptr) << layout;
+    EXPECT_LT(
+        MaxAbsDiff(Logits(*model, cases.tensors.at("ids"), pixels), cases.tensors.at("logits")),
+        kParity)
+        << layout;
+  }
+}
+
+TEST(LlavaRegistry, ModelTypeSelectsTheClass) {
+  auto llava =
+      io::ReadJsonFile(atman::testing::FixtureDir("llava_cases") / "llava" / "config.json");
+  ASSERT_TRUE(llava.ok()) << llava.status();
+  auto kind = ResolveModelKind(*llava);
+  ASSERT_TRUE(kind.ok()) << kind.status();
+  EXPECT_EQ(*kind, ModelKind::kVisionLanguage);
+  auto text = ResolveModelKind(llava->at("text_config"));
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, ModelKind::kCausalLM);
+  auto unknown = ResolveModelKind(nlohmann::json{{"model_type", "llava_next"}});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("llava_next"));
+}
+
+TEST(LlavaConfigTest, SparseHubConfigTakesTransformersDefaults) {
+  // The shape of llava-hf/llava-1.5-7b-hf's config.json: sparse nested configs.
+  const auto json = nlohmann::json::parse(R"({
+    "model_type": "llava", "image_token_index": 32000, "projector_hidden_act": "gelu",
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+    "text_config": {"model_type": "llama", "vocab_size": 32064, "rms_norm_eps": 1e-05,
+                    "max_position_embeddings": 4096},
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16,
+                      "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768}})");
+  auto config = ParseLlavaConfig(json);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->image_token_id, 32000);
+  EXPECT_EQ(config->feature_layers, std::vector<int64_t>{-2});
+  EXPECT_EQ(config->vision.grid(), 24);
+  EXPECT_EQ(config->vision.head_dim, 64);
+  EXPECT_EQ(config->vision.activation, VisionActivation::kQuickGelu);
+  auto text = ParseModelConfig(config->text_config);
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(text->hidden_size, 4096);
+  EXPECT_EQ(text->num_layers, 32);
+  EXPECT_EQ(text->vocab_size, 32064);
+
+  nlohmann::json bad = json;
+  bad["vision_feature_layer"] = -26;
+  auto error = ParseLlavaConfig(bad);
+  ASSERT_FALSE(error.ok());
+  EXPECT_THAT(std::string(error.status().message()),
+              HasSubstr("'vision_feature_layer' holds -26, outside [-25, 24]"));
+  bad = json;
+  bad["vision_feature_select_strategy"] = "cls";
+  EXPECT_EQ(ParseLlavaConfig(bad).status().code(), absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace atman::model
