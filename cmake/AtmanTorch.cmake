@@ -23,3 +23,11 @@ target_link_libraries(atman_torch INTERFACE ${TORCH_LIBRARIES})
 target_include_directories(atman_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 separate_arguments(_atman_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(atman_torch INTERFACE ${_atman_torch_flags})
+
+# The torch wheel's libtorch*.so carry their own copy of libstdc++'s std::filesystem and
+# export it. Linked in the default order they come before libstdc++.so in DT_NEEDED, so our
+# std::filesystem calls bind to that copy, whose layout does not match our compiler's headers:
+# directory_iterator and remove_all crash. Naming libstdc++ first makes the system library
+# win symbol lookup, for our code and LibTorch's alike.
+target_link_options(atman_torch INTERFACE "LINKER:--push-state,--no-as-needed" "-lstdc++"
+                    "LINKER:--pop-state")

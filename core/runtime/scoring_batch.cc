@@ -55,6 +55,7 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
     const ScoringRow& lead = rows[order[first]];
     const int64_t start = StartIndex(lead, limits.reuse_prefix);
     int64_t longest = lead.prefix->length();
+    int64_t ideal = longest - start;  // positions the batch's rows would compute alone
     for (size_t next = first + 1; next < order.size(); ++next) {
       const size_t i = order[next];
       if (placed[i] || !SameControls(rows[i], lead)) continue;
@@ -62,6 +63,10 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
       const int64_t length = std::max(longest, rows[i].prefix->length());
       const int64_t tokens = count * (length - start);
       if (count > limits.max_rows || tokens > limits.max_tokens) break;
+      const int64_t row_ideal = rows[i].prefix->length() - StartIndex(rows[i], limits.reuse_prefix);
+      if (static_cast<double>(tokens) > (1.0 + limits.max_waste) * static_cast<double>(ideal + row_ideal)) {
+        break;  // later rows start even later: they would waste more
+      }
       if (limits.memory_budget_bytes > 0 &&
           tokens * limits.bytes_per_row_position > limits.memory_budget_bytes) {
         break;
@@ -69,6 +74,7 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
       batch.push_back(i);
       placed[i] = true;
       longest = length;
+      ideal += row_ideal;
     }
     batches.push_back(std::move(batch));
   }

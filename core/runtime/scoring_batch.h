@@ -46,6 +46,9 @@ struct BatchLimits {
   // warm-up (bytes_per_row_position x recomputed positions).
   int64_t memory_budget_bytes = 0;
   int64_t bytes_per_row_position = 0;
+  // A batch recomputes every row from its smallest first index: rows join a batch only while
+  // its positions stay within (1 + max_waste) x what its rows would compute alone.
+  double max_waste = 0.1;
   // Continue rows from the unperturbed pass's KV cache (the default). Off: every row
   // recomputes from index 0 (for tests and benchmarks; scores are the same).
   bool reuse_prefix = true;

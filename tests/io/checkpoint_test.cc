@@ -135,6 +135,26 @@ TEST(Checkpoint, ViewsAreCopyOnWriteAndNeverTouchTheFile) {
   EXPECT_EQ(CheckAgainstManifest(**again, Manifest(source)), std::set<std::string>{});
 }
 
+// Regression: LibTorch exports its own std::filesystem; bound to it, directory_iterator and
+// remove_all crashed (see cmake/AtmanTorch.cmake). A folder of *.safetensors without an index
+// is found by listing it, and a non-empty folder can be removed.
+TEST(Checkpoint, FolderWithoutIndexIsListedAndRemovable) {
+  const auto dir = TempDir();
+  const auto source = FixtureDir("checkpoints") / "llama";
+  std::filesystem::copy(source / "config.json", dir / "config.json");
+  std::filesystem::copy(source / "model.safetensors", dir / "weights-a.safetensors");
+  auto checkpoint = Checkpoint::Open(dir);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  EXPECT_EQ(CheckAgainstManifest(**checkpoint, [&] {
+              auto m = Manifest(source);
+              for (auto& [name, info] : m["tensors"].items()) info["file"] = "weights-a.safetensors";
+              return m;
+            }()),
+            std::set<std::string>{});
+  checkpoint->reset();
+  EXPECT_EQ(std::filesystem::remove_all(dir), 3u);
+}
+
 // The manifest check is not vacuous: one flipped bit in one tensor is caught, in that tensor
 // and no other.
 TEST(Checkpoint, OneFlippedBitIsCaught) {
