@@ -241,6 +241,41 @@ TEST(Engine, EmptyTargetIsGeneratedGreedilyThenExplained) {
   EXPECT_EQ(explanation->target, *decoded);
 }
 
+// The service's batcher mixes requests: rows of two explanations of different lengths in one
+// batch give the log-probabilities each row gives alone.
+TEST(Engine, RowsOfTwoExplanationsInOneBatchScoreAsAlone) {
+  const Loaded& loaded = Load("gpt2");
+  ASSERT_TRUE(loaded.lm);
+  Explainer explainer(loaded.lm.get(), loaded.tokenizer.get(), {});
+  ExplainRequest a, b;
+  a.prompt = {PromptItem::Text("Tom lives in Rome. Anna lives in Paris.")};
+  a.target = " Paris";
+  a.options.text_granularity = TextGranularity::kWord;
+  b.prompt = {PromptItem::Text("Rivers flow to the sea; mountains rise")};
+  b.target = " to the sky";
+  b.options.text_granularity = TextGranularity::kToken;
+  auto pa = explainer.Prepare(a);
+  auto pb = explainer.Prepare(b);
+  ASSERT_TRUE(pa.ok() && pb.ok());
+  ASSERT_NE((*pa)->prefix->length(), (*pb)->prefix->length());
+  std::vector<const runtime::ScoringRow*> mixed;
+  for (size_t i = 0; i < 4; ++i) {
+    mixed.push_back(&(*pa)->rows[i + 2]);
+    mixed.push_back(&(*pb)->rows[i + 3]);
+  }
+  auto together = runtime::RunScoringBatch(*loaded.lm, mixed);
+  ASSERT_TRUE(together.ok()) << together.status();
+  for (size_t r = 0; r < mixed.size(); ++r) {
+    auto alone = runtime::RunScoringBatch(*loaded.lm, {mixed[r]});
+    ASSERT_TRUE(alone.ok());
+    const int64_t K = mixed[r]->prefix->num_targets();
+    for (int64_t k = 0; k < K; ++k) {
+      EXPECT_NEAR(together->log_probs[r][k].item<float>(), alone->log_probs[0][k].item<float>(), 1e-4)
+          << "row " << r << " target " << k;
+    }
+  }
+}
+
 class EngineRejects : public ::testing::Test {
  protected:
   const Loaded& loaded_ = Load("llama");
