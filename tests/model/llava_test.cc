@@ -255,6 +255,45 @@ TEST(LlavaLayouts, EveryWeightLayoutLoadsTheSameModel) {
   }
 }
 
+absl::Status LoadError(const std::string& folder) {
+  auto model = VisionLanguageModel::Load(atman::testing::FixtureDir("llava_cases") / folder,
+                                         c10::Device("cpu"), at::kFloat);
+  return model.status();
+}
+
+TEST(LlavaErrors, MissingProjectorTensorIsNamed) {
+  absl::Status status = LoadError("broken-missing");
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("missing tensor 'multi_modal_projector.linear_2.bias'"));
+}
+
+TEST(LlavaErrors, TensorOfNoPartIsNamed) {
+  absl::Status status = LoadError("broken-extra");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("1 tensor(s) outside the language model, vision tower and projector: "
+                        "image_newline"));
+}
+
+TEST(LlavaErrors, TowerTensorBeyondTheConfigIsNamed) {
+  absl::Status status = LoadError("broken-extra-tower");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr("(num_hidden_layers = 3): vision_tower.encoder.layers.3.mlp.fc1.bias"));
+}
+
+TEST(LlavaErrors, ProcessorThatDoesNotFitTheTowerIsRejected) {
+  const auto dir = atman::testing::FixtureDir("llava_cases") / "broken-processor";
+  auto model = LoadLlava(dir);
+  ASSERT_NE(model, nullptr);
+  auto processor = LoadImageProcessor(dir, *model);
+  ASSERT_FALSE(processor.ok());
+  EXPECT_EQ(processor.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(processor.status().message()),
+              HasSubstr("is 32 x 32, but vision_config.image_size is 28"));
+}
+
 TEST(LlavaRegistry, ModelTypeSelectsTheClass) {
   auto llava =
       io::ReadJsonFile(atman::testing::FixtureDir("llava_cases") / "llava" / "config.json");

@@ -30,6 +30,10 @@ Other weight layouts of the "llava" model (same config, renamed tensors):
   llava-hf-layout     the llava-hf hub checkpoints: vision_tower.vision_model.*
   llava-model-layout  transformers' in-memory names: model.language_model.*, lm_head.weight,
                       model.vision_tower.*, model.multi_modal_projector.*
+
+Broken copies of "llava" for the error tests: broken-missing (no linear_2.bias), broken-extra
+(an "image_newline" tensor no part uses), broken-extra-tower (a fourth tower layer's tensor),
+broken-processor (a preprocessor_config.json cropping to 32 px for a 28 px tower).
 """
 import argparse
 import shutil
@@ -218,6 +222,23 @@ def main() -> None:
         save_file(rename(saved, rules), str(folder / "model.safetensors"), metadata={"format": "pt"})
         for f in ("config.json", "preprocessor_config.json"):
             shutil.copy(args.out / "llava" / f, folder / f)
+
+    # Broken copies for the error tests.
+    missing = dict(saved)
+    del missing["multi_modal_projector.linear_2.bias"]
+    extra = dict(saved)
+    extra["image_newline"] = torch.zeros(32)
+    extra_tower = dict(saved)
+    extra_tower["vision_tower.encoder.layers.3.mlp.fc1.bias"] = torch.zeros(40)
+    for folder_name, tensors in (("broken-missing", missing), ("broken-extra", extra),
+                                 ("broken-extra-tower", extra_tower), ("broken-processor", saved)):
+        folder = args.out / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copy(args.out / "llava" / "config.json", folder / "config.json")
+    # A processor whose crop (32 px) is not the tower's image_size (28 px).
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                          ).save_pretrained(args.out / "broken-processor")
 
 
 if __name__ == "__main__":
