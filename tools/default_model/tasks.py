@@ -80,6 +80,8 @@ class Item:
     sentence_span / entity_span / subject_span: [start, end) character offsets into `prompt`
       of the answering sentence, of the answer-bearing word in it (city or colour) and of its
       subject (person or object), when evidence is "text".
+    other_questions: every other (question, answer) the same context answers unambiguously;
+      training appends some of them as further turns, for more supervision per sequence.
     """
 
     task: str
@@ -93,6 +95,7 @@ class Item:
     sentence_span: Optional[tuple[int, int]] = None
     entity_span: Optional[tuple[int, int]] = None
     subject_span: Optional[tuple[int, int]] = None
+    other_questions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -162,6 +165,30 @@ def _scene_with_unique(rng: random.Random, target_kind: str) -> tuple[list[_Shap
     return shapes, shapes[0]
 
 
+def _scene_questions(shapes: list[_Shape], colour_only: bool = False) -> list[tuple[str, str]]:
+    """Every question the scene answers unambiguously, in a fixed order."""
+    questions = []
+    for kind in SHAPES:
+        of_kind = [s for s in shapes if s.kind == kind]
+        if not of_kind:
+            continue
+        if not colour_only:
+            questions.append((f"How many {kind}s are there?", " " + COUNT_WORDS[len(of_kind)]))
+        if len(of_kind) != 1:
+            continue
+        s = of_kind[0]
+        questions.append((f"What colour is the {kind}?", " " + s.colour))
+        if colour_only:
+            continue
+        if abs(s.cx - IMAGE_SIZE / 2) >= 5:
+            side = "left" if s.cx < IMAGE_SIZE / 2 else "right"
+            questions.append((f"Is the {kind} left or right?", " " + side))
+        if abs(s.cy - IMAGE_SIZE / 2) >= 5:
+            side = "top" if s.cy < IMAGE_SIZE / 2 else "bottom"
+            questions.append((f"Is the {kind} top or bottom?", " " + side))
+    return questions
+
+
 def _shapes_item(rng: random.Random) -> Item:
     kind = rng.choice(("colour", "horizontal", "vertical", "count"))
     target = rng.choice(SHAPES)
@@ -194,7 +221,9 @@ def _shapes_item(rng: random.Random) -> Item:
     for s in relevant:
         mask |= _shape_mask(s)
     prompt = f"{BOS}{IMAGE_TOKEN}\nQuestion: {question}\nAnswer:"
-    return Item("shapes", kind, prompt, " " + answer, "image", image, mask, patch_fraction(mask))
+    others = [qa for qa in _scene_questions(shapes) if qa[0] != question]
+    return Item("shapes", kind, prompt, " " + answer, "image", image, mask, patch_fraction(mask),
+                other_questions=others)
 
 
 def _facts_item(rng: random.Random) -> Item:
@@ -214,8 +243,11 @@ def _facts_item(rng: random.Random) -> Item:
                      (start, start + len(name)))
     question = rng.choice(("Where does {} live?", "In which city does {} live?"))
     prompt += f"\nQuestion: {question.format(names[asked])}\nAnswer:"
+    others = [(f"Where does {name} live?", " " + city)
+              for i, (name, city) in enumerate(zip(names, cities)) if i != asked]
     return Item("facts", "retrieval", prompt, " " + cities[asked], "text",
-                sentence_span=spans[0], entity_span=spans[1], subject_span=spans[2])
+                sentence_span=spans[0], entity_span=spans[1], subject_span=spans[2],
+                other_questions=others)
 
 
 def _mixed_item(rng: random.Random) -> Item:
@@ -226,6 +258,8 @@ def _mixed_item(rng: random.Random) -> Item:
     caption_colour = rng.choice([c for c in COLOURS if c != t.colour])
     caption = f"The {obj} is {caption_colour}."
     head = f"{BOS}{IMAGE_TOKEN}\n"
+    caption_question = (f"What colour is the {obj}?", " " + caption_colour)
+    image_questions = _scene_questions(shapes, colour_only=True)
     if rng.random() < 0.5:
         prompt = f"{head}{caption}\nQuestion: What colour is the {obj}?\nAnswer:"
         start = len(head)
@@ -234,11 +268,14 @@ def _mixed_item(rng: random.Random) -> Item:
         return Item("mixed", "caption", prompt, " " + caption_colour, "text", image,
                     sentence_span=(start, start + len(caption)),
                     entity_span=(colour_start, colour_start + len(caption_colour)),
-                    subject_span=(subject_start, subject_start + len(obj)))
+                    subject_span=(subject_start, subject_start + len(obj)),
+                    other_questions=image_questions)
     prompt = f"{head}{caption}\nQuestion: What colour is the {target}?\nAnswer:"
     mask = _shape_mask(t)
+    question = f"What colour is the {target}?"
+    others = [caption_question] + [qa for qa in image_questions if qa[0] != question]
     return Item("mixed", "image", prompt, " " + t.colour, "image", image, mask,
-                patch_fraction(mask))
+                patch_fraction(mask), other_questions=others)
 
 
 _GENERATORS = {"shapes": _shapes_item, "facts": _facts_item, "mixed": _mixed_item}

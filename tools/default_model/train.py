@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pathlib
+import random
 import sys
 import time
 
@@ -100,18 +101,39 @@ def encode(tok: Tokenizer, item: tasks.Item) -> tuple[list[int], int, int]:
     return prompt_ids + answer_ids + [2], answer_ids[0], len(prompt_ids) - 1
 
 
-def collate(tok: Tokenizer, items: list[tasks.Item]) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels only on the answer token and the EOS after it."""
-    encoded = [encode(tok, it) for it in items]
-    width = max(len(ids) for ids, _, _ in encoded)
+def encode_turns(tok: Tokenizer, item: tasks.Item,
+                 extra: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """Training sequence: the item's prompt and answer, then each extra (question, answer) as
+    a further turn "\nQuestion: ...\nAnswer: ...", then EOS. Returns the ids and the
+    positions that carry a loss (every answer token and the final EOS); the end of a
+    non-final answer carries none, so EOS stays the only thing taught after an answer."""
+    ids, _, last_prompt = encode(tok, item)
+    ids = ids[:-1]  # the EOS goes after the last turn
+    targets = list(range(last_prompt + 1, len(ids)))
+    for question, answer in extra:
+        ids += tok.encode(f"\nQuestion: {question}\nAnswer:").ids
+        start = len(ids)
+        ids += tok.encode(answer).ids
+        targets += range(start, len(ids))
+    ids.append(2)
+    targets.append(len(ids) - 1)
+    return ids, targets
+
+
+def collate(tok: Tokenizer, items: list[tasks.Item],
+            extras: list[list[tuple[str, str]]] | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels only on answer tokens and the final EOS."""
+    extras = extras or [[] for _ in items]
+    encoded = [encode_turns(tok, it, ex) for it, ex in zip(items, extras)]
+    width = max(len(ids) for ids, _ in encoded)
     input_ids = torch.zeros(len(items), width, dtype=torch.long)
     attention = torch.zeros(len(items), width, dtype=torch.long)
     labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for row, (ids, _, last_prompt) in enumerate(encoded):
+    for row, (ids, targets) in enumerate(encoded):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention[row, : len(ids)] = 1
         # transformers shifts labels: labels[t] is predicted from position t - 1.
-        labels[row, last_prompt + 1 : len(ids)] = input_ids[row, last_prompt + 1 : len(ids)]
+        labels[row, targets] = input_ids[row, targets]
     batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
     images = [pixel_values(it.image) for it in items if it.image is not None]
     if images:
@@ -175,10 +197,12 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--extra-turns", type=int, default=2,
+                        help="further questions about the same context per training sequence")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads; part of what fixes the result")
@@ -213,9 +237,13 @@ def main() -> int:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     stream = tasks.stream(args.seed)
+    turns_rng = random.Random(f"turns:{args.seed}")
     history = []
     for step in range(1, args.steps + 1):
-        batch = collate(tok, [next(stream) for _ in range(args.batch_size)])
+        items = [next(stream) for _ in range(args.batch_size)]
+        extras = [turns_rng.sample(it.other_questions, min(args.extra_turns, len(it.other_questions)))
+                  for it in items]
+        batch = collate(tok, items, extras)
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -232,7 +260,7 @@ def main() -> int:
 
     elapsed = time.monotonic() - started
     report = {
-        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "seed": args.seed, "steps": args.steps, "extra_turns": args.extra_turns, "batch_size": args.batch_size, "lr": args.lr,
         "threads": args.threads, "parameters": parameters, "vocab_size": tok.get_vocab_size(),
         "train_seconds": round(elapsed, 1), "held_out_per_task": args.eval_count,
         "held_out_seed": args.seed + HELD_OUT_SEED_OFFSET,
