@@ -1,0 +1,164 @@
+// DynamicBatcher: one scheduler shared by every request of a process. Requests submit the
+// ScoringRows their explanation needs (after Explainer::Prepare); worker threads pack rows of
+// many requests into batches and run them with RunScoringBatch; each request gets its
+// rows' log-probabilities back in submission order, exactly as Explainer::Explain computes
+// them (scores do not depend on which rows share a batch).
+//
+// Scheduling:
+//   - Batches obey BatchLimits (max_rows, max_tokens = rows x recomputed positions, and the
+//     memory budget = estimated bytes = tokens x bytes_per_row_position).
+//   - Fairness: requests are served round-robin; each contributes at most
+//     ceil(max_rows / active requests) rows per batch (its rows in order of first manipulated
+//     index), and the request that leads a batch rotates, so a request of 2,000 rows cannot
+//     starve one of 10: the small one is in the next batch formed.
+//   - max_queue_delay: a worker that finds fewer than max_rows rows waiting waits up to this
+//     long after the oldest waiting row arrived for more rows to fill the batch.
+//   - Only rows with equal control mode and layers share a batch (RunScoringBatch's rule).
+//   - N workers per device (Options::workers_per_device), one device per model in
+//     Options::models; any worker runs any request's rows (a prefix cache lives on the device
+//     of the model that prepared it, so callers submit to the batcher of that device).
+//
+// Lifecycle of a request: Submit() -> rows queued -> batches -> done(log_probs) once, from a
+// worker thread. Cancel(), an expired deadline, a failed batch or Shutdown() end it with
+// CANCELLED / DEADLINE_EXCEEDED / the error / UNAVAILABLE: its queued rows leave the queue at
+// once (a batch already running finishes, its rows' results are dropped) and done() runs
+// exactly once.
+//
+// Overload: Submit() refuses with RESOURCE_EXHAUSTED when max_queued_requests requests are
+// already in the batcher, and with UNAVAILABLE once Drain() was called.
+//
+// Out of memory: a batch failing with an out-of-memory error (c10::OutOfMemoryError, whose
+// message says "out of memory", or the CPU allocator's "not enough memory"), or - when
+// Options::simulated_device_bytes > 0 - a batch whose estimated bytes exceed that figure, is
+// split in two and both halves are requeued at the front; the memory budget shrinks to 3/4 of
+// the failed batch's estimate (or the max_tokens cap to 3/4 of its tokens when no per-position
+// figure is known); Stats::oom_retries counts it. A single row that still fails fails its
+// request with RESOURCE_EXHAUSTED.
+//
+// Thread safety: every public method may be called from any thread. Callbacks (progress,
+// done, observer) run on worker or timer threads without the batcher's lock held; they must
+// not block for long. The destructor calls Shutdown().
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/model/causal_lm.h"
+#include "core/runtime/scoring_batch.h"
+
+namespace atman::runtime {
+
+class DynamicBatcher {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  struct Options {
+    // One model per device; each gets workers_per_device worker threads. Borrowed.
+    std::vector<const model::CausalLM*> models;
+    int32_t workers_per_device = 1;
+    BatchLimits limits;
+    std::chrono::microseconds max_queue_delay{5000};
+    int64_t max_queued_requests = 256;
+    // > 0: simulate a device of this many bytes (tests, capacity planning): a batch whose
+    // estimated bytes exceed it fails as out of memory before it runs.
+    int64_t simulated_device_bytes = 0;
+  };
+
+  // What happened to one executed batch (for metrics).
+  struct BatchInfo {
+    int64_t rows = 0;
+    int64_t positions_computed = 0;
+    int32_t requests = 0;  // distinct requests in the batch
+    double seconds = 0;
+  };
+  struct Observer {
+    std::function<void(const BatchInfo&)> on_batch;
+    std::function<void()> on_oom_retry;
+  };
+
+  // Per-request result: log_probs [n, K] float32 (row k of the submission in row k) and what
+  // the request's rows cost.
+  struct Result {
+    at::Tensor log_probs;
+    int64_t forward_passes = 0;      // batches that carried at least one of its rows
+    int64_t positions_computed = 0;  // its share: its rows x the batch's recomputed positions
+    double queue_seconds = 0;        // from Submit to its first row starting to run
+  };
+  using DoneFn = std::function<void(absl::StatusOr<Result>)>;
+  using ProgressFn = std::function<void(int64_t rows_done, int64_t rows_total)>;
+
+  struct Stats {
+    int64_t queued_rows = 0;
+    int64_t queued_requests = 0;  // requests in the batcher (rows waiting or running)
+    int64_t oom_retries = 0;
+    int64_t memory_budget_bytes = 0;  // current (after shrinking)
+    int64_t max_tokens = 0;           // current
+  };
+
+  class Request;  // opaque handle
+
+  DynamicBatcher(Options options, Observer observer = {});
+  ~DynamicBatcher();
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Queues `rows` (non-empty; every prefix on the device of `device_index`'s model). `done`
+  // runs exactly once. Errors (done is then not called): RESOURCE_EXHAUSTED (queue full),
+  // UNAVAILABLE (draining), INVALID_ARGUMENT (no rows, bad device index).
+  absl::StatusOr<std::shared_ptr<Request>> Submit(std::vector<ScoringRow> rows,
+                                                  Clock::time_point deadline, DoneFn done,
+                                                  ProgressFn progress = {},
+                                                  size_t device_index = 0);
+  // Ends the request with `status` (CANCELLED by default) if it has not ended.
+  void Cancel(const std::shared_ptr<Request>& request,
+              absl::Status status = absl::CancelledError("cancelled by the client"));
+
+  // New submissions get UNAVAILABLE; queued work continues.
+  void Drain();
+  // Blocks until no request is left or `deadline` passes; true when none is left.
+  bool WaitIdle(Clock::time_point deadline);
+  // Ends every remaining request with UNAVAILABLE and joins the threads. Idempotent.
+  void Shutdown();
+
+  Stats stats() const;
+  const Options& options() const { return options_; }
+
+ private:
+  struct Pending;  // one queued row
+  struct Batch;
+
+  void WorkerLoop(size_t device_index);
+  void TimerLoop();
+  // Under mu_: forms the next batch for `device_index`, or returns false.
+  bool FormBatch(size_t device_index, Batch* batch);
+  void RunBatch(size_t device_index, Batch& batch);
+  // Under mu_: removes the request's queued rows and marks it ended; returns its done fn.
+  DoneFn EndLocked(Request& request);
+  int64_t EstimateBytes(int64_t tokens) const;
+
+  Options options_;
+  Observer observer_;
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_, idle_cv_, timer_cv_;
+  std::list<std::shared_ptr<Request>> active_;  // requests with queued rows, round-robin order
+  std::vector<std::shared_ptr<Request>> all_;   // every request not yet ended
+  int64_t queued_rows_ = 0;
+  int64_t oom_retries_ = 0;
+  bool draining_ = false, stopping_ = false;
+  std::vector<std::thread> workers_;
+  std::thread timer_;
+};
+
+}  // namespace atman::runtime
