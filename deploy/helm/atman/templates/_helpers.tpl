@@ -1,0 +1,86 @@
+{{/* Names and labels shared by every template of the chart. */}}
+
+{{- define "atman.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-atman, or the release name alone when it already contains the chart name. */}}
+{{- define "atman.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "atman.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "atman.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "atman.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "atman.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: server
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "atman.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "atman.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "atman.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding tls.crt / tls.key / ca.crt. */}}
+{{- define "atman.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "atman.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/* The Secret holding the bearer tokens (key: tokens). */}}
+{{- define "atman.authSecretName" -}}
+{{- default (printf "%s-auth" (include "atman.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* One health probe: native gRPC without TLS, atman-health over TLS otherwise. */}}
+{{- define "atman.probe" -}}
+{{- $root := .root -}}
+{{- if $root.Values.tls.enabled }}
+exec:
+  command:
+    - atman-health
+    - --addr=127.0.0.1:{{ $root.Values.ports.grpc }}
+    - --service={{ .service }}
+    - --timeout-ms={{ mul .cfg.timeoutSeconds 1000 }}
+    - --tls
+    - --tls-ca=/etc/atman/tls/ca.crt
+    - --tls-server-name={{ default (printf "%s.%s.svc" (include "atman.fullname" $root) $root.Release.Namespace) $root.Values.tls.serverName }}
+    {{- if $root.Values.tls.mutual }}
+    - --tls-cert=/etc/atman/tls/tls.crt
+    - --tls-key=/etc/atman/tls/tls.key
+    {{- end }}
+{{- else }}
+grpc:
+  port: {{ $root.Values.ports.grpc }}
+  service: {{ .service | quote }}
+{{- end }}
+periodSeconds: {{ .cfg.periodSeconds }}
+failureThreshold: {{ .cfg.failureThreshold }}
+timeoutSeconds: {{ .cfg.timeoutSeconds }}
+{{- end -}}

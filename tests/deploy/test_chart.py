@@ -1,0 +1,289 @@
+"""The Helm chart in deploy/helm/atman, rendered by Helm's own engine and validated offline.
+
+Helm: helm-python-sdk (PyPI) binds Helm v4's Go SDK (the code the `helm` CLI runs) through a C
+ABI, so `render`, `lint` and values.schema.json validation here are Helm's, not a re-implementation.
+Kubernetes objects are validated with kubernetes-validate (PyPI), which ships the Kubernetes
+JSON schemas (strict: unknown fields are errors). The two custom resources (ServiceMonitor,
+ScaledObject) have no schema there: they are checked against SUBSET schemas written here from
+the operators' API references, covering every field the chart sets.
+"""
+import copy
+import os
+import pathlib
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = pathlib.Path(os.environ.get("ATMAN_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
+CHART = ROOT / "deploy" / "helm" / "atman"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion: native gRPC probes are GA in
+# 1.27) and the newest whose schemas kubernetes-validate ships.
+KUBE_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
+
+PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
+# GPU, TLS (mutual), tokens, HPA autoscaling and a ServiceMonitor together.
+PRODUCTION = {
+    "replicaCount": 2,
+    "image": {"repository": "registry.example/atman-server", "tag": "0.1.0", "digest": "sha256:" + "a" * 64},
+    "server": {"devices": "cuda:0", "dtype": "bfloat16", "maxBatchRows": 64},
+    "gpu": {"count": 1},
+    "resources": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "48Gi"}},
+    "nodeSelector": {"nvidia.com/gpu.present": "true"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "runtimeClassName": "nvidia",
+    "model": {"source": "pvc", "path": "/models/llama", "pvc": {"claimName": "models", "subPath": "llama-3-8b"}},
+    "tls": {"enabled": True, "mutual": True, "cert": PEM_CERT, "key": PEM_KEY, "ca": PEM_CERT},
+    "auth": {"enabled": True, "tokens": ["0123456789abcdef0123"]},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "autoscaling": {"enabled": True, "mode": "hpa", "minReplicas": 2, "maxReplicas": 8},
+}
+
+
+def merged(base, override):
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def render(values):
+    """Renders like `helm template rel . -n ns` (schema first, as install does): a list of objects."""
+    chart = helm.Chart.load(CHART)
+    chart.validate_schema(values)
+    rendered = chart.render(values, name="rel", namespace="ns", is_install=True)
+    objects = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc is not None:
+                objects.append(doc)
+    return objects
+
+
+def by_kind(objects, kind, name=None):
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+SERVICE_MONITOR_SUBSET = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "additionalProperties": False,
+                             "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                      "properties": {"any": {"type": "boolean"},
+                                                     "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "port": {"type": "string"}, "path": {"type": "string"},
+                        "scheme": {"enum": ["http", "https"]},
+                        "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                    }}},
+            },
+        },
+    },
+}
+
+SCALED_OBJECT_SUBSET = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "ScaledObject"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["scaleTargetRef", "triggers"],
+            "properties": {
+                "scaleTargetRef": {"type": "object", "additionalProperties": False, "required": ["name"],
+                                   "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                                  "name": {"type": "string"}}},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "advanced": {"type": "object", "additionalProperties": False, "properties": {
+                    "horizontalPodAutoscalerConfig": {"type": "object", "additionalProperties": False,
+                                                      "properties": {"behavior": {"type": "object"}}}}},
+                "triggers": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["type", "metadata"],
+                    "properties": {"type": {"const": "prometheus"},
+                                   # KEDA reads trigger metadata as strings only.
+                                   "metadata": {"type": "object", "required": ["serverAddress", "query", "threshold"],
+                                                "additionalProperties": {"type": "string"}}}}},
+            },
+        },
+    },
+}
+CRD_SUBSETS = {"ServiceMonitor": SERVICE_MONITOR_SUBSET, "ScaledObject": SCALED_OBJECT_SUBSET}
+
+
+def validate_all(objects):
+    """Every object against its Kubernetes (or CRD subset) schema; returns the kinds seen."""
+    kinds = []
+    for obj in objects:
+        kinds.append(obj["kind"])
+        if obj["kind"] in CRD_SUBSETS:
+            jsonschema.Draft7Validator(CRD_SUBSETS[obj["kind"]]).validate(obj)
+            continue
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    return sorted(kinds)
+
+
+def test_lint_strict_passes():
+    report = helm.lint(CHART, strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert problems == [], problems
+
+
+def test_default_values_render_and_validate():
+    objects = render({})
+    assert validate_all(objects) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
+                                     "ServiceAccount"]
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # Native gRPC probes on the standard health service: liveness/startup on "", readiness on ours.
+    assert container["startupProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] == 600
+    assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "atman.v1.Atman"}
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert pod["volumes"][-1] == {"name": "model", "persistentVolumeClaim": {"claimName": "atman-model", "readOnly": True}}
+    headless = by_kind(objects, "Service", "rel-atman-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    config = by_kind(objects, "ConfigMap")["data"]["atman.json"]
+    assert yaml.safe_load(config)["model"] == "/models/model"
+
+
+def assert_hardened(pod):
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        ctx = container["securityContext"]
+        assert ctx["readOnlyRootFilesystem"] is True, container["name"]
+        assert ctx["allowPrivilegeEscalation"] is False, container["name"]
+        assert ctx["capabilities"] == {"drop": ["ALL"]}, container["name"]
+
+
+def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
+    objects = render(PRODUCTION)
+    assert validate_all(objects) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                                     "Secret", "Secret", "Service", "Service", "ServiceAccount", "ServiceMonitor"]
+    deployment = by_kind(objects, "Deployment")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    pod = deployment["spec"]["template"]["spec"]
+    assert_hardened(pod)
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/atman-server:0.1.0@sha256:" + "a" * 64
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # kubelet's gRPC probe cannot speak TLS: the probes run atman-health with the mounted CA.
+    readiness = container["readinessProbe"]
+    assert "grpc" not in readiness
+    assert readiness["exec"]["command"] == [
+        "atman-health", "--addr=127.0.0.1:50051", "--service=atman.v1.Atman", "--timeout-ms=5000", "--tls",
+        "--tls-ca=/etc/atman/tls/ca.crt", "--tls-server-name=rel-atman.ns.svc",
+        "--tls-cert=/etc/atman/tls/tls.crt", "--tls-key=/etc/atman/tls/tls.key"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["model"] == {"name": "model", "mountPath": "/models/llama", "readOnly": True, "subPath": "llama-3-8b"}
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
+    assert config["devices"] == "cuda:0" and config["dtype"] == "bfloat16" and config["max-batch-rows"] == 64
+    assert config["tls-cert"] == "/etc/atman/tls/tls.crt" and config["tls-client-ca"] == "/etc/atman/tls/ca.crt"
+    assert config["auth-tokens-file"] == "/etc/atman/auth/tokens"
+    tls = by_kind(objects, "Secret", "rel-atman-tls")
+    assert tls["type"] == "kubernetes.io/tls" and sorted(tls["data"]) == ["ca.crt", "tls.crt", "tls.key"]
+    hpa = by_kind(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "atman_queue_depth_rows"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    monitor = by_kind(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_keda_object_storage_variant_renders_and_validates():
+    values = merged(PRODUCTION, {
+        "autoscaling": {"mode": "keda"},
+        "model": {"source": "objectStorage", "objectStorage": {"uri": "s3://models/llama", "credentialsSecret": "s3"}},
+        "tls": {"enabled": False}, "auth": {"enabled": False},
+    })
+    objects = render(values)
+    kinds = validate_all(objects)
+    assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
+    scaled = by_kind(objects, "ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["query"] == \
+        'sum(atman_queue_depth_rows{namespace="ns",service="rel-atman"})'
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    assert_hardened(pod)
+    (init,) = pod["initContainers"]
+    assert init["args"][-2:] == ["s3://models/llama", "/models/llama"]
+    assert {"name": "model", "emptyDir": {"sizeLimit": "64Gi"}} in pod["volumes"]
+
+
+def test_host_path_and_demo_image_variants_render_and_validate():
+    host = render({"model": {"source": "hostPath", "hostPath": {"path": "/data/models/llama"}}})
+    validate_all(host)
+    volumes = by_kind(host, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "model", "hostPath": {"path": "/data/models/llama", "type": "Directory"}} in volumes
+    demo = render({"model": {"source": "image", "path": "/opt/atman/models/default"}})
+    validate_all(demo)
+    pod = by_kind(demo, "Deployment")["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"replicaCount": "three"}, "replicaCount"),
+    ({"gpu": {"count": 1.5}}, "count"),
+    ({"server": {"devices": "gpu0"}}, "devices"),
+    ({"server": {"dtype": "int8"}}, "dtype"),
+    ({"tls": {"enabled": "yes"}}, "enabled"),
+    ({"autoscaling": {"mode": "vpa"}}, "mode"),
+    ({"ports": {"grpc": 70000}}, "grpc"),
+    ({"model": {"source": "nfs"}}, "source"),
+    ({"replicas": 3}, "replicas"),  # unknown key (a typo of replicaCount)
+    ({"server": {"maxBatchRow": 8}}, "maxBatchRow"),
+])
+def test_values_schema_rejects(values, message):
+    chart = helm.Chart.load(CHART)
+    with pytest.raises(helm.HelmValuesError) as error:
+        chart.validate_schema(values)
+    assert message in str(error.value)
+    # Helm's lint runs the same schema check.
+    report = helm.lint(CHART, values, strict=True)
+    assert any(message in str(m["error"]) for m in report["messages"] if m["severity"] == 3), report
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
+    ({"auth": {"enabled": True}}, "auth.enabled needs auth.existingSecret"),
+    ({"model": {"source": "objectStorage"}}, "model.source=objectStorage needs model.objectStorage.uri"),
+    ({"model": {"source": "hostPath"}}, "model.source=hostPath needs model.hostPath.path"),
+])
+def test_incomplete_values_fail_with_a_message(values, message):
+    with pytest.raises(helm.HelmRenderError) as error:
+        render(values)
+    assert message in str(error.value)
