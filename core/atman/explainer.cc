@@ -4,6 +4,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/argmax.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
@@ -44,10 +45,21 @@ struct Explainer::Sequence {
   // Per prompt item: the positions of its tokens and, for text, the encoding (spans).
   struct Item {
     std::vector<int64_t> positions;
-    text::Encoding encoding;
+    text::Encoding encoding;                  // text items
+    std::optional<vision::ImageGeometry> geometry;  // image items
+    at::Tensor pixel_values;                  // image items: [3, S, S]
   };
   std::vector<Item> items;
+  bool has_images = false;
 };
+
+Explainer::Explainer(const model::VisionLanguageModel* vlm,
+                     const vision::ClipImageProcessor* processor,
+                     const text::Tokenizer* tokenizer, Options options)
+    : Explainer(&vlm->language_model(), tokenizer, options) {
+  vlm_ = vlm;
+  processor_ = processor;
+}
 
 Explainer::Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options)
     : lm_(lm), tokenizer_(tokenizer), options_(options) {
@@ -159,10 +171,27 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const ExplainReque
           seq.ids.push_back(id);
         }
         break;
-      case PromptItem::Kind::kImage:
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ": an image, but the loaded model (", lm_->config().model_type,
-            ") has no vision tower"));
+      case PromptItem::Kind::kImage: {
+        if (vlm_ == nullptr) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              field, ": an image, but the loaded model (", lm_->config().model_type,
+              ") has no vision tower"));
+        }
+        vision::DecodeOptions decode;
+        decode.limits = options_.image_limits;
+        auto image = vision::DecodeImage(item.image, decode);
+        if (!image.ok()) return Annotate(image.status(), absl::StrCat(field, ".image"));
+        auto preprocessed = processor_->Preprocess(*image);
+        if (!preprocessed.ok()) return Annotate(preprocessed.status(), absl::StrCat(field, ".image"));
+        out.geometry = preprocessed->geometry;
+        out.pixel_values = preprocessed->pixel_values;
+        for (int64_t t = 0; t < vlm_->tokens_per_image(); ++t) {
+          out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
+          seq.ids.push_back(static_cast<int32_t>(vlm_->image_token_id()));
+        }
+        seq.has_images = true;
+        break;
+      }
     }
     seq.items.push_back(std::move(out));
   }
@@ -172,18 +201,29 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const ExplainReque
   return seq;
 }
 
-absl::StatusOr<std::vector<int32_t>> Explainer::Generate(const std::vector<int32_t>& prompt,
+absl::StatusOr<at::Tensor> Explainer::EmbedPrompt(const Sequence& seq) const {
+  std::vector<int64_t> ids(seq.ids.begin(), seq.ids.end());
+  const at::Tensor id_tensor = LongTensor(ids).unsqueeze(0);
+  if (!seq.has_images) return lm_->Embed(id_tensor);
+  std::vector<at::Tensor> pixels;
+  for (const auto& item : seq.items) {
+    if (item.pixel_values.defined()) pixels.push_back(item.pixel_values);
+  }
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor features, vlm_->EmbedImages(at::stack(pixels)));
+  return vlm_->Embed(id_tensor, features);
+}
+
+absl::StatusOr<std::vector<int32_t>> Explainer::Generate(const at::Tensor& prompt_embeds,
                                                          int32_t max_new_tokens,
                                                          Usage* usage) const {
   const std::optional<int32_t> eos = tokenizer_->special_ids().eos;
   std::vector<int32_t> out;
   model::KvCache cache;
-  std::vector<int64_t> next(prompt.begin(), prompt.end());
+  at::Tensor embeds = prompt_embeds;  // [1, T, H]: the prompt, then one token per step
   int64_t past = 0;
   for (int32_t step = 0; step < max_new_tokens; ++step) {
-    if (past + static_cast<int64_t>(next.size()) > options_.max_sequence) break;
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds, lm_->Embed(LongTensor(next).unsqueeze(0)));
-    const auto T = static_cast<int64_t>(next.size());
+    const int64_t T = embeds.size(1);
+    if (past + T > options_.max_sequence) break;
     model::KvCache present;
     model::ForwardInput input;
     input.embeds = embeds;
@@ -200,7 +240,7 @@ absl::StatusOr<std::vector<int32_t>> Explainer::Generate(const std::vector<int32
     out.push_back(token);
     cache = std::move(present);
     past += T;
-    next = {token};
+    ATMAN_ASSIGN_OR_RETURN(embeds, lm_->Embed(LongTensor({token}).unsqueeze(0)));
   }
   return out;
 }
@@ -256,6 +296,38 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
       break;
     }
   }
+  // Image items: one unit per tile of the patch grid (tiles that show only padding are
+  // skipped). 6x6 and 3x3 shrink to the grid when it is smaller.
+  for (size_t i = 0; i < request.prompt.size(); ++i) {
+    if (request.prompt[i].kind != PromptItem::Kind::kImage) continue;
+    const vision::ImageGeometry& geometry = *seq.items[i].geometry;
+    const int64_t rows = geometry.grid_rows(), cols = geometry.grid_cols();
+    absl::StatusOr<std::vector<vision::Tile>> tiles;
+    switch (o.image_granularity) {
+      case ImageGranularity::kNative: tiles = geometry.NativeTiles(); break;
+      case ImageGranularity::kTiles6x6: tiles = geometry.TileGrid(std::min<int64_t>(6, rows), std::min<int64_t>(6, cols)); break;
+      case ImageGranularity::kTiles3x3: tiles = geometry.TileGrid(std::min<int64_t>(3, rows), std::min<int64_t>(3, cols)); break;
+      case ImageGranularity::kWhole: tiles = geometry.TileGrid(1, 1); break;
+      case ImageGranularity::kGrid: tiles = geometry.TileGrid(o.image_rows, o.image_cols); break;
+    }
+    if (!tiles.ok()) {
+      return Annotate(tiles.status(), absl::StrCat("image_rows x image_cols (", o.image_rows, " x ",
+                                                   o.image_cols, ") for prompt[", i, "]"));
+    }
+    const int64_t offset = vlm_->image_token_offset();  // the class token, with "full" features
+    for (const vision::Tile& tile : *tiles) {
+      if (tile.original.empty()) continue;
+      Unit unit{UnitScore::Kind::kImage, static_cast<int32_t>(i), 0, 0, {}};
+      for (int64_t patch : tile.patches) {
+        unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(offset + patch)]);
+      }
+      unit.left = tile.original.x0;
+      unit.top = tile.original.y0;
+      unit.width = tile.original.x1 - tile.original.x0;
+      unit.height = tile.original.y1 - tile.original.y0;
+      units.push_back(std::move(unit));
+    }
+  }
   // Raw token-id items: one unit per token.
   for (size_t i = 0; i < request.prompt.size(); ++i) {
     if (request.prompt[i].kind != PromptItem::Kind::kTokenIds) continue;
@@ -297,10 +369,12 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
                                                    options_.max_sequence));
   }
 
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor prompt_embeds, EmbedPrompt(seq));
+
   // The target: given, or generated greedily.
   if (request.target.empty()) {
     ATMAN_ASSIGN_OR_RETURN(prepared->target_ids,
-                           Generate(seq.ids, request.options.max_new_tokens, &prepared->usage));
+                           Generate(prompt_embeds, request.options.max_new_tokens, &prepared->usage));
     if (prepared->target_ids.empty()) {
       return absl::FailedPreconditionError(
           "target: empty, and greedy generation produced no token before the end of text");
@@ -335,11 +409,15 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
   try {
     // Input = prompt followed by the target without its last token; output at P-1+j predicts
     // target token j.
-    std::vector<int64_t> input(seq.ids.begin(), seq.ids.end());
-    input.insert(input.end(), prepared->target_ids.begin(), prepared->target_ids.end() - 1);
     const c10::Device device = lm_->device();
     auto prefix = std::make_shared<runtime::KvPrefixCache>();
-    ATMAN_ASSIGN_OR_RETURN(prefix->embeds, lm_->Embed(LongTensor(input).unsqueeze(0)));
+    if (m > 1) {
+      std::vector<int64_t> rest(prepared->target_ids.begin(), prepared->target_ids.end() - 1);
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor target_embeds, lm_->Embed(LongTensor(rest).unsqueeze(0)));
+      prefix->embeds = at::cat({prompt_embeds, target_embeds}, 1);
+    } else {
+      prefix->embeds = prompt_embeds;
+    }
     prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
     std::vector<int64_t> indices, tokens;
     for (int64_t j = 0; j < m; ++j) {
@@ -433,6 +511,10 @@ absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepare
         score.item = unit.item;
         score.start = unit.start;
         score.length = unit.length;
+        score.left = unit.left;
+        score.top = unit.top;
+        score.width = unit.width;
+        score.height = unit.height;
         if (unit.kind == UnitScore::Kind::kTarget) {
           const auto& span = prepared.target_spans[static_cast<size_t>(unit.start)];
           score.start = span.first;

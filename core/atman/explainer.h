@@ -11,7 +11,8 @@
 //   Finish    log-probabilities -> cross-entropies -> relevance -> scores per unit, mapped to
 //             code-point spans, token indices and target spans.
 //
-// Ownership: the Explainer borrows the model and tokenizer (they must outlive it). Thread
+// Ownership: the Explainer borrows the model, image processor and tokenizer (they must
+// outlive it). Thread
 // safety: Prepare, Finish and Explain are const and may run concurrently; Warmup() must run
 // before concurrent use.
 #pragma once
@@ -25,9 +26,12 @@
 #include "absl/status/statusor.h"
 #include "core/atman/explain_request.h"
 #include "core/model/causal_lm.h"
+#include "core/model/llava.h"
 #include "core/runtime/kv_prefix_cache.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
+#include "core/vision/clip_image_processor.h"
+#include "core/vision/decode.h"
 
 namespace atman::atman {
 
@@ -37,6 +41,7 @@ struct Unit {
   int32_t item = 0;
   int32_t start = 0, length = 0;  // see UnitScore
   std::vector<int64_t> positions;  // sequence indices, ascending
+  double left = 0, top = 0, width = 0, height = 0;  // kImage: of the original image, [0, 1]
 };
 
 struct PreparedExplanation {
@@ -61,9 +66,15 @@ class Explainer {
     int32_t max_units = 1024;           // more units in one request is INVALID_ARGUMENT
     int32_t max_new_tokens_limit = 256; // cap on ExplainOptions::max_new_tokens
     int64_t max_sequence = 0;           // 0: the model's position limit, else 4096
+    vision::DecodeLimits image_limits;  // per image: encoded bytes and pixels
   };
 
+  // A text-only model.
   Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options);
+  // A vision-language model and its image processor (model::LoadImageProcessor); image items
+  // become the model's image tokens, and their tiles become units.
+  Explainer(const model::VisionLanguageModel* vlm, const vision::ClipImageProcessor* processor,
+            const text::Tokenizer* tokenizer, Options options);
 
   // Measures the device memory one scoring row adds per recomputed position (a row over
   // `length` positions from index 0) and stores it in the batch limits, so that the memory
@@ -84,12 +95,15 @@ class Explainer {
 
   absl::Status Validate(const ExplainRequest& request) const;
   absl::StatusOr<Sequence> TokenizePrompt(const ExplainRequest& request) const;
-  absl::StatusOr<std::vector<int32_t>> Generate(const std::vector<int32_t>& prompt,
+  absl::StatusOr<at::Tensor> EmbedPrompt(const Sequence& seq) const;
+  absl::StatusOr<std::vector<int32_t>> Generate(const at::Tensor& prompt_embeds,
                                                 int32_t max_new_tokens, Usage* usage) const;
   absl::StatusOr<std::vector<Unit>> MakeUnits(const ExplainRequest& request, const Sequence& seq,
                                               int64_t num_targets) const;
 
   const model::CausalLM* lm_;
+  const model::VisionLanguageModel* vlm_ = nullptr;       // null for text-only models
+  const vision::ClipImageProcessor* processor_ = nullptr;  // with vlm_
   const text::Tokenizer* tokenizer_;
   Options options_;
   std::vector<int32_t> leading_specials_;

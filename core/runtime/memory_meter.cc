@@ -7,12 +7,14 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <unordered_map>
 
 namespace atman::runtime {
 namespace {
 
-// Counts bytes handed out by the wrapped allocator. Each allocation's DataPtr gets a small
-// context that remembers the inner DataPtr and its size, and un-counts on delete.
+// Counts bytes handed out by the wrapped allocator. The DataPtrs it returns are "simple"
+// (context == data), as LibTorch's raw_allocate()/raw_deallocate() users (oneDNN scratch
+// space, for one) require: sizes and the wrapped deleters are kept in a table by address.
 class CountingCpuAllocator final : public c10::Allocator {
  public:
   explicit CountingCpuAllocator(c10::Allocator* inner) : inner_(inner) {}
@@ -21,10 +23,19 @@ class CountingCpuAllocator final : public c10::Allocator {
     c10::DataPtr inner = inner_->allocate(n);
     void* data = inner.get();
     const c10::Device device = inner.device();
+    if (data == nullptr) return inner;  // zero-byte allocations
+    TORCH_INTERNAL_ASSERT(inner.get_context() == data, "wrapped CPU allocator is not simple");
+    c10::DeleterFnPtr deleter = inner.get_deleter();
+    inner.release_context();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_[data] = {static_cast<int64_t>(n), deleter};
+    }
     Add(static_cast<int64_t>(n));
-    auto* context = new Context{std::move(inner), static_cast<int64_t>(n), this};
-    return {data, context, &Delete, device};
+    return {data, data, &Delete, device};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &Delete; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     inner_->copy_data(dest, src, count);
@@ -37,17 +48,12 @@ class CountingCpuAllocator final : public c10::Allocator {
   void ResetPeak() { peak_.store(current_.load()); }
 
  private:
-  struct Context {
-    c10::DataPtr inner;
+  struct Allocation {
     int64_t bytes;
-    CountingCpuAllocator* owner;
+    c10::DeleterFnPtr deleter;
   };
 
-  static void Delete(void* ptr) {
-    auto* context = static_cast<Context*>(ptr);
-    context->owner->Add(-context->bytes);
-    delete context;  // frees the inner allocation through its own deleter
-  }
+  static void Delete(void* ptr);
 
   void Add(int64_t bytes) {
     const int64_t now = current_.fetch_add(bytes) + bytes;
@@ -57,8 +63,11 @@ class CountingCpuAllocator final : public c10::Allocator {
   }
 
   c10::Allocator* inner_;
+  std::mutex mutex_;
+  std::unordered_map<void*, Allocation> live_;
   std::atomic<int64_t> current_{0};
   std::atomic<int64_t> peak_{0};
+
 };
 
 std::once_flag install_once;
@@ -75,6 +84,25 @@ void InstallCpuAccounting() {
 }
 
 bool CpuAccountingInstalled() { return counting != nullptr; }
+
+void CountingCpuAllocator::Delete(void* ptr) {
+  Allocation allocation{};
+  {
+    std::lock_guard<std::mutex> lock(counting->mutex_);
+    auto it = counting->live_.find(ptr);
+    if (it == counting->live_.end()) {
+      // Memory allocated before the counter was installed, freed through the current CPU
+      // allocator's raw_deallocate (oneDNN does this): the wrapped allocator owns it.
+      allocation.deleter = counting->inner_->raw_deleter();
+    } else {
+      allocation = it->second;
+      counting->live_.erase(it);
+    }
+  }
+  counting->Add(-allocation.bytes);
+  TORCH_INTERNAL_ASSERT(allocation.deleter != nullptr, "no deleter for a CPU allocation");
+  allocation.deleter(ptr);
+}
 
 MemoryReading ReadMemory(c10::Device device) {
   if (device.is_cpu()) return counting ? counting->Read() : MemoryReading{};

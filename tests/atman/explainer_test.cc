@@ -24,9 +24,18 @@ using ::atman::testing::FixtureDir;
 using ::testing::HasSubstr;
 
 struct Loaded {
-  std::unique_ptr<model::CausalLM> lm;
+  std::unique_ptr<model::CausalLM> lm;                 // text-only models
+  std::unique_ptr<model::VisionLanguageModel> vlm;     // llava
+  std::optional<vision::ClipImageProcessor> processor; // llava
   std::unique_ptr<text::Tokenizer> tokenizer;
   nlohmann::json cases;
+  std::filesystem::path dir;
+
+  const model::CausalLM* language_model() const { return vlm ? &vlm->language_model() : lm.get(); }
+  Explainer MakeExplainer(Explainer::Options options = {}) const {
+    if (vlm) return Explainer(vlm.get(), &*processor, tokenizer.get(), options);
+    return Explainer(lm.get(), tokenizer.get(), options);
+  }
 };
 
 // Models are loaded once per process and model name.
@@ -36,9 +45,21 @@ const Loaded& Load(const std::string& name) {
   if (it != cache.end()) return it->second;
   Loaded loaded;
   const auto dir = FixtureDir("atman_cases") / name;
-  auto lm = model::CausalLM::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
-  EXPECT_TRUE(lm.ok()) << lm.status();
-  if (lm.ok()) loaded.lm = *std::move(lm);
+  loaded.dir = dir;
+  if (name == "llava") {
+    auto vlm = model::VisionLanguageModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
+    EXPECT_TRUE(vlm.ok()) << vlm.status();
+    if (vlm.ok()) {
+      loaded.vlm = *std::move(vlm);
+      auto processor = model::LoadImageProcessor(dir, *loaded.vlm);
+      EXPECT_TRUE(processor.ok()) << processor.status();
+      if (processor.ok()) loaded.processor = *std::move(processor);
+    }
+  } else {
+    auto lm = model::CausalLM::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
+    EXPECT_TRUE(lm.ok()) << lm.status();
+    if (lm.ok()) loaded.lm = *std::move(lm);
+  }
   auto tokenizer = text::Tokenizer::FromFile(dir / "tokenizer.json");
   EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
   if (tokenizer.ok()) loaded.tokenizer = *std::move(tokenizer);
@@ -48,10 +69,18 @@ const Loaded& Load(const std::string& name) {
   return cache.emplace(name, std::move(loaded)).first->second;
 }
 
-ExplainRequest RequestFromJson(const nlohmann::json& c) {
+std::string ReadBytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << path;
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+ExplainRequest RequestFromJson(const nlohmann::json& c, const std::filesystem::path& dir) {
   ExplainRequest request;
   for (const auto& item : c.at("prompt")) {
-    if (item.contains("text")) {
+    if (item.contains("image")) {
+      request.prompt.push_back(PromptItem::Image(ReadBytes(dir / "images" / item.at("image").get<std::string>())));
+    } else if (item.contains("text")) {
       request.prompt.push_back(PromptItem::Text(item.at("text")));
     } else {
       request.prompt.push_back(PromptItem::Tokens(item.at("tokens").get<std::vector<int32_t>>()));
@@ -68,6 +97,14 @@ ExplainRequest RequestFromJson(const nlohmann::json& c) {
                          : granularity == "custom"    ? TextGranularity::kCustom
                                                       : TextGranularity::kAuto;
   opt.custom_delimiter = o.value("custom_delimiter", "");
+  const std::string image = o.value("image_granularity", "native");
+  opt.image_granularity = image == "6x6"    ? ImageGranularity::kTiles6x6
+                          : image == "3x3"  ? ImageGranularity::kTiles3x3
+                          : image == "1"    ? ImageGranularity::kWhole
+                          : image == "grid" ? ImageGranularity::kGrid
+                                            : ImageGranularity::kNative;
+  opt.image_rows = o.value("image_rows", 0);
+  opt.image_cols = o.value("image_cols", 0);
   opt.auto_max_units = o.value("auto_max_units", 30);
   opt.control_factor = o.value("control_factor", 0.1);
   opt.mode = *model::ParseControlMode(o.value("mode", "log_additive"));
@@ -135,14 +172,14 @@ class EngineMatchesReference
 TEST_P(EngineMatchesReference, UnitsAndScores) {
   const auto& [model_name, case_name] = GetParam();
   const Loaded& loaded = Load(model_name);
-  ASSERT_TRUE(loaded.lm && loaded.tokenizer);
+  ASSERT_TRUE(loaded.language_model() && loaded.tokenizer);
   const nlohmann::json* found = nullptr;
   for (const auto& c : loaded.cases.at("cases")) {
     if (c.at("name") == case_name) found = &c;
   }
   ASSERT_NE(found, nullptr) << "the oracle wrote no case " << case_name;
   const nlohmann::json& expected = found->at("expected");
-  const ExplainRequest request = RequestFromJson(*found);
+  const ExplainRequest request = RequestFromJson(*found, loaded.dir);
 
   for (const Execution& exec : kExecutions) {
     SCOPED_TRACE(exec.name);
@@ -150,7 +187,7 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
     options.limits.max_rows = exec.max_rows;
     options.limits.max_tokens = exec.max_tokens;
     options.limits.reuse_prefix = exec.reuse_prefix;
-    Explainer explainer(loaded.lm.get(), loaded.tokenizer.get(), options);
+    Explainer explainer = loaded.MakeExplainer(options);
     int64_t last_done = -1, total = -1;
     auto explanation = explainer.Explain(request, [&](int64_t done, int64_t n) {
       EXPECT_GE(done, last_done);
@@ -169,7 +206,13 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
     for (size_t k = 0; k < scores.size(); ++k) {
       EXPECT_EQ(KindName(scores[k].kind), ref_units[k].at("kind").get<std::string>()) << k;
       EXPECT_EQ(scores[k].item, ref_units[k].at("item").get<int32_t>()) << k;
-      if (scores[k].kind != UnitScore::Kind::kTarget) {
+      if (scores[k].kind == UnitScore::Kind::kImage) {
+        const auto& rect = ref_units[k].at("rect");
+        EXPECT_NEAR(scores[k].left, rect[0].get<double>(), 1e-9) << k;
+        EXPECT_NEAR(scores[k].top, rect[1].get<double>(), 1e-9) << k;
+        EXPECT_NEAR(scores[k].width, rect[2].get<double>(), 1e-9) << k;
+        EXPECT_NEAR(scores[k].height, rect[3].get<double>(), 1e-9) << k;
+      } else if (scores[k].kind != UnitScore::Kind::kTarget) {
         EXPECT_EQ(scores[k].start, ref_units[k].at("start").get<int32_t>()) << k;
         EXPECT_EQ(scores[k].length, ref_units[k].at("length").get<int32_t>()) << k;
       } else {
@@ -196,15 +239,25 @@ const std::string kCases[] = {"token-log_additive",       "word-multiplicative",
                               "custom-suppression-token", "auto-square-normalize",
                               "token-suppression-amplify", "mixed-items"};
 
+const std::string kImageCases[] = {"image-native", "image-grid-suppression",
+                                   "images-3x3-multiplicative-token", "image-whole-removal"};
+
+auto CaseName = [](const auto& info) {
+  std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);
+  for (char& c : name) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return name;
+};
+
+INSTANTIATE_TEST_SUITE_P(ImageCases, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("llava")),
+                                            ::testing::ValuesIn(kImageCases)),
+                         CaseName);
+
 INSTANTIATE_TEST_SUITE_P(
     Cases, EngineMatchesReference,
     ::testing::Combine(::testing::Values(std::string("llama"), std::string("gpt2")),
                        ::testing::ValuesIn(kCases)),
-    [](const auto& info) {
-      std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);
-      for (char& c : name) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-      return name;
-    });
+    CaseName);
 
 TEST(Engine, PrefixReuseComputesFewerPositions) {
   const Loaded& loaded = Load("llama");
@@ -352,6 +405,35 @@ TEST_F(EngineRejects, NonFiniteAndOutOfRangeParameters) {
   r = Valid();
   r.prompt.push_back(PromptItem::Image("\x89PNG"));
   EXPECT_THAT(Error(r), HasSubstr("prompt[1]: an image, but the loaded model (llama) has no vision tower"));
+}
+
+TEST(EngineRejectsImages, CorruptOversizedAndOverfineImages) {
+  const Loaded& loaded = Load("llava");
+  ASSERT_TRUE(loaded.vlm);
+  const std::string png = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
+  auto error = [&](const ExplainRequest& r, Explainer::Options options = {}) {
+    auto e = loaded.MakeExplainer(options).Explain(r);
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument) << e.status();
+    return std::string(e.status().message());
+  };
+  ExplainRequest r;
+  r.prompt = {PromptItem::Text("Look: "), PromptItem::Image(png.substr(0, png.size() / 2))};
+  r.target = " red";
+  EXPECT_THAT(error(r), HasSubstr("prompt[1].image: "));
+  r.prompt[1] = PromptItem::Image("GIF89a-not-really");
+  EXPECT_THAT(error(r), HasSubstr("prompt[1].image: "));
+  r.prompt[1] = PromptItem::Image(png);
+  Explainer::Options small;
+  small.image_limits.max_pixels = 100;  // 40 x 28 = 1120 pixels
+  EXPECT_THAT(error(r, small), HasSubstr("prompt[1].image: "));
+  EXPECT_THAT(error(r, small), HasSubstr("100"));
+  r.options.image_granularity = ImageGranularity::kGrid;
+  r.options.image_rows = 5;  // the grid is 4 x 4
+  r.options.image_cols = 2;
+  EXPECT_THAT(error(r), HasSubstr("image_rows x image_cols (5 x 2) for prompt[1]"));
+  // And the same request with a valid grid works.
+  r.options.image_rows = 2;
+  EXPECT_TRUE(loaded.MakeExplainer().Explain(r).ok());
 }
 
 }  // namespace

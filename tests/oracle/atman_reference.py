@@ -59,8 +59,9 @@ def text_units(text, kind, delimiter=""):
 
 # ---- The prompt as a sequence ----------------------------------------------------------------
 
-def build_sequence(tokenizer, prompt, add_special_tokens=True):
-    """ids, and per item: positions and (text items) token offsets."""
+def build_sequence(tokenizer, prompt, add_special_tokens=True, image=None):
+    """ids, and per item: positions and (text items) token offsets. `image` (for a LLaVA
+    model): {"token_id", "tokens_per_image"}; an image item becomes that many image tokens."""
     ids = []
     if add_special_tokens:
         probe = tokenizer.encode("a", add_special_tokens=True)
@@ -75,13 +76,42 @@ def build_sequence(tokenizer, prompt, add_special_tokens=True):
             items.append({"positions": list(range(len(ids), len(ids) + len(enc.ids))),
                           "offsets": list(enc.offsets)})
             ids += enc.ids
+        elif "image" in item:
+            n = image["tokens_per_image"]
+            items.append({"positions": list(range(len(ids), len(ids) + n))})
+            ids += [image["token_id"]] * n
         else:
             items.append({"positions": list(range(len(ids), len(ids) + len(item["tokens"])))})
             ids += item["tokens"]
     return ids, items
 
 
-def make_units(prompt, items, options, prompt_length, num_targets):
+def image_tiles(width, height, options, processor_size, patch):
+    """(patch indices, rect) per tile for an image of width x height under CLIP's shortest-edge
+    resize to `processor_size` and centre crop to the same size (transformers' arithmetic)."""
+    if width <= height:
+        new_w, new_h = processor_size, int(processor_size * height / width)
+    else:
+        new_w, new_h = int(processor_size * width / height), processor_size
+    left, top = int((new_w - processor_size) / 2.0), int((new_h - processor_size) / 2.0)
+    grid = processor_size // patch
+    granularity = options.get("image_granularity", "native")
+    rows, cols = {"native": (grid, grid), "6x6": (min(6, grid), min(6, grid)),
+                  "3x3": (min(3, grid), min(3, grid)), "1": (1, 1),
+                  "grid": (options.get("image_rows"), options.get("image_cols"))}[granularity]
+    tiles = []
+    for r in range(rows):
+        r0, r1 = r * grid // rows, (r + 1) * grid // rows
+        for c in range(cols):
+            c0, c1 = c * grid // cols, (c + 1) * grid // cols
+            patches = [i * grid + j for i in range(r0, r1) for j in range(c0, c1)]
+            x0, x1 = (left + c0 * patch) / new_w, (left + c1 * patch) / new_w
+            y0, y1 = (top + r0 * patch) / new_h, (top + r1 * patch) / new_h
+            tiles.append((patches, (x0, y0, x1 - x0, y1 - y0)))
+    return tiles
+
+
+def make_units(prompt, items, options, prompt_length, num_targets, image=None):
     def text_level(kind):
         units = []
         for i, item in enumerate(prompt):
@@ -107,6 +137,13 @@ def make_units(prompt, items, options, prompt_length, num_targets):
     else:
         units = text_level(granularity)
     for i, item in enumerate(prompt):
+        if "image" in item:
+            for patches, (x, y, w, h) in image_tiles(item["width"], item["height"], options,
+                                                     image["size"], image["patch"]):
+                units.append({"kind": "image", "item": i, "start": 0, "length": 0,
+                              "positions": [items[i]["positions"][p] for p in patches],
+                              "rect": [x, y, w, h]})
+    for i, item in enumerate(prompt):
         if "tokens" in item:
             units += [{"kind": "token", "item": i, "start": t, "length": 1, "positions": [p]}
                       for t, p in enumerate(items[i]["positions"])]
@@ -120,11 +157,13 @@ def make_units(prompt, items, options, prompt_length, num_targets):
 # ---- Forward passes ---------------------------------------------------------------------------
 
 @torch.no_grad()
-def target_cross_entropy(model, input_ids, target_ids, prompt_length, control=None):
+def target_cross_entropy(model, input_ids, target_ids, prompt_length, control=None,
+                         pixel_values=None):
     """CE_j = -log p(t_j | ...) for every target token, one full forward pass."""
     patched.CONTROL = control
+    extra = {} if pixel_values is None else {"pixel_values": pixel_values}
     try:
-        logits = model(input_ids=torch.tensor([input_ids])).logits[0].double()
+        logits = model(input_ids=torch.tensor([input_ids]), **extra).logits[0].double()
     finally:
         patched.CONTROL = None
     logp = torch.log_softmax(logits, dim=-1)
@@ -148,18 +187,40 @@ def suppression_factors(unit_positions, factor, threshold, embeddings, prompt_le
     return f
 
 
-def explain(model, tokenizer, prompt, target, options):
-    """The reference explanation: units, raw relevance [m, n] and the score rows."""
-    model.set_attn_implementation("atman")
-    ids, items = build_sequence(tokenizer, prompt, options.get("add_special_tokens", True))
+def explain(model, tokenizer, prompt, target, options, processor=None):
+    """The reference explanation: units, raw relevance [m, n] and the score rows. For a LLaVA
+    model, `processor` is its (Pillow) CLIP image processor and image items carry "path"."""
+    # The manipulation lives in the language model's attention (a LLaVA vision tower keeps its
+    # own, unmanipulated attention).
+    language_model = model.model.language_model if processor is not None else model
+    model.set_attn_implementation("eager")
+    language_model.set_attn_implementation("atman")
+    image, pixel_values = None, None
+    if processor is not None:
+        from PIL import Image
+        config = model.config
+        image = {"token_id": config.image_token_index,
+                 "tokens_per_image": (config.vision_config.image_size // config.vision_config.patch_size) ** 2,
+                 "size": config.vision_config.image_size, "patch": config.vision_config.patch_size}
+        pictures = [Image.open(item["path"]).convert("RGB") for item in prompt if "image" in item]
+        for item, picture in zip([it for it in prompt if "image" in it], pictures):
+            item["width"], item["height"] = picture.size
+        if pictures:
+            pixel_values = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in pictures])
+    ids, items = build_sequence(tokenizer, prompt, options.get("add_special_tokens", True), image)
     target_enc = tokenizer.encode(target, add_special_tokens=False)
     target_ids = target_enc.ids
     P, m = len(ids), len(target_ids)
     input_ids = ids + target_ids[:-1]
     L = len(input_ids)
-    base = target_cross_entropy(model, input_ids, target_ids, P)
-    units = make_units(prompt, items, options, P, m)
-    embeddings = model.get_input_embeddings()(torch.tensor(input_ids)).detach()
+    base = target_cross_entropy(model, input_ids, target_ids, P, pixel_values=pixel_values)
+    units = make_units(prompt, items, options, P, m, image)
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings()(torch.tensor(input_ids)).detach()
+        if pixel_values is not None:
+            features = torch.stack(list(model.get_image_features(pixel_values=pixel_values).pooler_output))
+            mask = torch.tensor(input_ids) == image["token_id"]
+            embeddings[mask] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
     factor = options.get("control_factor", 0.1)
     mode = options.get("mode", "log_additive")
     layers = options.get("layers") or None
@@ -172,7 +233,8 @@ def explain(model, tokenizer, prompt, target, options):
         f = suppression_factors(unit["positions"], factor, threshold, embeddings, P, L)
         suppressed_extra += int((f != 1).sum()) - len(unit["positions"])
         ce = target_cross_entropy(model, input_ids, target_ids, P,
-                                  {"mode": mode, "layers": layers, "factors": f[None].float()})
+                                  {"mode": mode, "layers": layers, "factors": f[None].float()},
+                                  pixel_values)
         R[k] = ce - base
         if unit["kind"] == "target":
             applicable[k, : unit["start"] + 1] = False

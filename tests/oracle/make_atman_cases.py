@@ -5,8 +5,9 @@
   <out>/<model>/cases.json  requests (prompt items, target, options) and what the plain
                           reference (atman_reference.py) says: units, raw relevance, scores
 
-Models: "llama" (grouped-query attention; the tokenizer's post-processor adds a BOS) and
-"gpt2" (no BOS). Cases cover every text granularity, both manipulation modes, conceptual
+Models: "llama" (grouped-query attention; the tokenizer's post-processor adds a BOS), "gpt2"
+(no BOS) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
+Llama decoder; images of other aspect ratios so that the centre crop cuts them). Cases cover every text granularity, both manipulation modes, conceptual
 suppression, both target granularities, postprocessing and normalisation, a layer subset,
 factor 0, and a prompt mixing text and raw token ids.
 """
@@ -15,7 +16,11 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+import numpy as np
+from PIL import Image
+from transformers import (CLIPVisionConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from atman_reference import explain
 from common import seed_everything, write_json
@@ -59,6 +64,46 @@ def model_for(name: str, vocab: int):
                                       bos_token_id=0, eos_token_id=1))
 
 
+def llava_model(tokenizer):
+    return LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, image_size=28, patch_size=7,
+                                       projection_dim=16, initializer_range=0.2,
+                                       hidden_act="quick_gelu"),
+        text_config=LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=48,
+                                intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=256,
+                                initializer_range=0.2, tie_word_embeddings=False),
+        image_token_index=tokenizer.token_to_id("<image>"), projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=16))
+
+
+def write_images(folder: Path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:28, 0:40]
+    wide = np.stack([xx * 6, yy * 9, ((xx // 7 + yy // 7) % 2) * 255], -1)
+    yy, xx = np.mgrid[0:35, 0:21]
+    tall = np.clip(np.stack([xx * 12, yy * 7, 128 + 0 * xx], -1) + rng.normal(0, 20, (35, 21, 3)), 0, 255)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for name, pixels in (("wide_40x28", wide), ("tall_21x35", tall)):
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / "images" / f"{name}.png")
+
+
+def llava_cases(folder: Path):
+    wide = {"image": "wide_40x28.png", "path": str(folder / "images" / "wide_40x28.png")}
+    tall = {"image": "tall_21x35.png", "path": str(folder / "images" / "tall_21x35.png")}
+    yield "image-native", [{"text": "Look: "}, dict(wide), {"text": " What colour is it?"}], " red", {
+        "text_granularity": "word", "image_granularity": "native"}
+    yield "image-grid-suppression", [dict(wide), {"text": " Where does Anna live?"}], " Paris", {
+        "text_granularity": "word", "image_granularity": "grid", "image_rows": 2, "image_cols": 3,
+        "contextual_control_threshold": 0.3}
+    yield "images-3x3-multiplicative-token", [dict(tall), {"text": " and "}, dict(wide)], " two red", {
+        "text_granularity": "token", "image_granularity": "3x3", "mode": "multiplicative",
+        "target_granularity": "token"}
+    yield "image-whole-removal", [{"text": "Tom lives in Rome."}, dict(tall)], " Rome", {
+        "text_granularity": "sentence", "image_granularity": "1", "control_factor": 0.0}
+
+
 def cases(name: str):
     yield "token-log_additive", [{"text": PROMPT_A}], " Paris", {"text_granularity": "token"}
     yield "word-multiplicative", [{"text": PROMPT_A}], " Paris", {
@@ -84,29 +129,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    for name in ("llama", "gpt2"):
+    for name in ("llama", "gpt2", "llava"):
         seed_everything(0)
-        tokenizer = train_tokenizer(bos=name == "llama")
-        model = model_for(name, tokenizer.get_vocab_size()).eval()
+        tokenizer = train_tokenizer(bos=name != "gpt2")
         folder = args.out / name
+        processor = None
+        if name == "llava":
+            tokenizer.add_special_tokens(["<image>"])
+            model = llava_model(tokenizer).eval()
+            processor = CLIPImageProcessorPil(size={"shortest_edge": 28},
+                                              crop_size={"height": 28, "width": 28})
+            processor.save_pretrained(folder)
+            write_images(folder)
+            case_list = llava_cases(folder)
+        else:
+            model = model_for(name, tokenizer.get_vocab_size()).eval()
+            case_list = cases(name)
         model.save_pretrained(folder)
         tokenizer.save(str(folder / "tokenizer.json"))
         out = []
-        for case, prompt, target, options in cases(name):
-            ref = explain(model, tokenizer, prompt, target, options)
+        for case, prompt, target, options in case_list:
+            ref = explain(model, tokenizer, prompt, target, options, processor)
             if options.get("contextual_control_threshold") is not None:
                 # Conceptual suppression must reach beyond the unit, or the test proves nothing.
                 assert ref["similarity_suppressed"] > 0, (name, case)
+            for item in prompt:
+                item.pop("path", None)
             out.append({"name": case, "prompt": prompt, "target": target, "options": options,
                         "expected": ref})
-        # Greedy continuation (no end-of-text token), for the empty-target path.
-        ids = tokenizer.encode(PROMPT_A).ids
-        greedy = []
-        with torch.no_grad():
-            for _ in range(4):
-                next_id = int(model(input_ids=torch.tensor([ids + greedy])).logits[0, -1].argmax())
-                greedy.append(next_id)
-        write_json(folder / "cases.json", {"cases": out, "greedy": {"prompt": PROMPT_A, "ids": greedy}})
+        result = {"cases": out}
+        if name != "llava":
+            # Greedy continuation (no end-of-text token), for the empty-target path.
+            ids = tokenizer.encode(PROMPT_A).ids
+            greedy = []
+            with torch.no_grad():
+                for _ in range(4):
+                    next_id = int(model(input_ids=torch.tensor([ids + greedy])).logits[0, -1].argmax())
+                    greedy.append(next_id)
+            result["greedy"] = {"prompt": PROMPT_A, "ids": greedy}
+        write_json(folder / "cases.json", result)
 
 
 if __name__ == "__main__":
