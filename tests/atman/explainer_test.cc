@@ -278,6 +278,39 @@ TEST(Engine, PrefixReuseComputesFewerPositions) {
   EXPECT_LT(a->usage.positions_computed, 0.6 * (n + 1) * L);
 }
 
+// Warm-up measures the memory a row adds per position; a budget of two full-length rows then
+// caps every batch at two rows, and the scores do not change.
+TEST(Engine, MeasuredMemoryBudgetCapsBatches) {
+  const Loaded& loaded = Load("llama");
+  ASSERT_TRUE(loaded.lm);
+  Explainer::Options options;
+  Explainer measured(loaded.lm.get(), loaded.tokenizer.get(), options);
+  ASSERT_TRUE(measured.Warmup(32).ok());
+  const int64_t per_position = measured.options().limits.bytes_per_row_position;
+  EXPECT_GT(per_position, 1000);  // activations of a 48-wide, 3-layer model per position
+
+  ExplainRequest request;
+  request.prompt = {PromptItem::Text(loaded.cases.at("greedy").at("prompt"))};
+  request.target = " Paris";
+  request.options.text_granularity = TextGranularity::kToken;
+  options.limits.max_waste = 1e9;  // only rows and the budget limit the batches
+  auto free = Explainer(loaded.lm.get(), loaded.tokenizer.get(), options).Explain(request);
+  ASSERT_TRUE(free.ok());
+  const int64_t L = free->prompt_tokens, n = free->usage.perturbed_rows;
+  EXPECT_EQ(free->usage.forward_passes, 1 + (n + 31) / 32);
+  options.limits.bytes_per_row_position = per_position;
+  options.limits.memory_budget_bytes = 2 * L * per_position;  // two rows of full length
+  auto capped = Explainer(loaded.lm.get(), loaded.tokenizer.get(), options).Explain(request);
+  ASSERT_TRUE(capped.ok());
+  // Every batch stayed within 2 L positions (the budget / measured bytes per position).
+  const int64_t batches = capped->usage.forward_passes - 1;
+  EXPECT_GT(batches, free->usage.forward_passes - 1);
+  EXPECT_LE(capped->usage.positions_computed - L, batches * 2 * L);
+  const auto a = Rows(free->unit_relevance), b = Rows(capped->unit_relevance);
+  for (size_t k = 0; k < a[0].size(); ++k) EXPECT_NEAR(a[0][k], b[0][k], 1e-4);
+  EXPECT_GT(capped->usage.peak_memory_bytes, 0);
+}
+
 TEST(Engine, EmptyTargetIsGeneratedGreedilyThenExplained) {
   const Loaded& loaded = Load("llama");
   ASSERT_TRUE(loaded.lm);
