@@ -1,5 +1,10 @@
 #include "core/vision/decode.h"
 
+#include <csetjmp>
+#include <cstdio>
+
+#include <jpeglib.h>
+
 #include <stb_image.h>
 
 #include <algorithm>
@@ -330,6 +335,70 @@ absl::StatusOr<ImageHeader> ReadImageHeader(std::string_view bytes, const Decode
   return header;
 }
 
+// JPEG through libjpeg-turbo, the decoder Pillow bundles, with Pillow's settings (default
+// islow IDCT, fancy upsampling, output in RGB or grey), so decoded pixels equal Pillow's.
+// libjpeg reports errors through error_exit, which must not return: it longjmps back here.
+struct JpegErrorManager {
+  jpeg_error_mgr base;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void JpegErrorExit(j_common_ptr info) {
+  auto* errors = reinterpret_cast<JpegErrorManager*>(info->err);
+  (*info->err->format_message)(info, errors->message);
+  std::longjmp(errors->jump, 1);
+}
+
+void JpegSilence(j_common_ptr, int) {}  // warnings (e.g. extraneous bytes) are not errors
+
+absl::StatusOr<Image> DecodeJpeg(std::string_view bytes, const ImageHeader& header) {
+  jpeg_decompress_struct info{};
+  JpegErrorManager errors{};
+  info.err = jpeg_std_error(&errors.base);
+  errors.base.error_exit = JpegErrorExit;
+  errors.base.emit_message = JpegSilence;
+  std::vector<uint8_t> rgb(static_cast<size_t>(header.width * header.height * 3));
+  std::vector<uint8_t> line;
+  // Nothing with a destructor may be created between setjmp and the end of decoding.
+  if (setjmp(errors.jump) != 0) {
+    jpeg_destroy_decompress(&info);
+    return absl::InvalidArgumentError(absl::StrCat("corrupt JPEG: ", errors.message));
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, reinterpret_cast<const unsigned char*>(bytes.data()),
+               static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&info, TRUE);
+  const bool grey = info.jpeg_color_space == JCS_GRAYSCALE;
+  if (!grey && info.num_components != 3) {
+    jpeg_destroy_decompress(&info);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unsupported JPEG: ", info.num_components, " colour components (CMYK is not supported)"));
+  }
+  info.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&info);
+  if (static_cast<int64_t>(info.output_width) != header.width ||
+      static_cast<int64_t>(info.output_height) != header.height) {
+    jpeg_destroy_decompress(&info);
+    return absl::InvalidArgumentError("corrupt JPEG: frame size differs from the header");
+  }
+  line.resize(static_cast<size_t>(header.width) * info.output_components);
+  while (info.output_scanline < info.output_height) {
+    const auto y = static_cast<int64_t>(info.output_scanline);
+    unsigned char* row = line.data();
+    jpeg_read_scanlines(&info, &row, 1);
+    uint8_t* out = rgb.data() + y * header.width * 3;
+    if (grey) {
+      for (int64_t x = 0; x < header.width; ++x) out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = line[x];
+    } else {
+      std::memcpy(out, line.data(), line.size());
+    }
+  }
+  jpeg_finish_decompress(&info);
+  jpeg_destroy_decompress(&info);
+  return Image::FromRgb(header.width, header.height, std::move(rgb));
+}
+
 absl::StatusOr<Image> DecodeImage(std::string_view bytes, const DecodeOptions& options) {
   ATMAN_ASSIGN_OR_RETURN(const ImageHeader header, ReadImageHeader(bytes, options.limits));
   const std::string_view name = ImageFormatName(header.format);
@@ -338,6 +407,7 @@ absl::StatusOr<Image> DecodeImage(std::string_view bytes, const DecodeOptions& o
     ATMAN_ASSIGN_OR_RETURN(png, CheckPngChunks(bytes));
   } else if (header.format == ImageFormat::kJpeg) {
     ATMAN_RETURN_IF_ERROR(CheckJpegMarkers(bytes));
+    return DecodeJpeg(bytes, header);
   }
   const int size = static_cast<int>(bytes.size());
   int width = 0, height = 0, channels = 0;
