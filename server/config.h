@@ -1,0 +1,55 @@
+// atman-server's configuration: every flag of docs/operations.md, read from (highest first)
+// command-line flags, ATMAN_<FLAG> environment variables, a config file (--config FILE, a
+// JSON object or `key=value` lines, one flag per key), and the defaults below.
+//
+// Names are the service contract's (docs/operations.md): flag `--max-batch-rows`, file key
+// `max-batch-rows` (or `max_batch_rows`), environment `ATMAN_MAX_BATCH_ROWS`. Plain value
+// type; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace atman::server {
+
+struct Config {
+  std::string model = "models/default";
+  std::string devices = "cpu";  // "cpu" or "cuda:0,cuda:1"
+  std::string dtype = "float32";
+  std::string host = "0.0.0.0";
+  int32_t port = 50051;
+  int32_t metrics_port = 9090;  // 0: no metrics endpoint
+  int32_t workers_per_device = 1;
+  int32_t prepare_threads = 2;  // tokenize + unperturbed pass + scoring, and Generate
+  int64_t max_batch_rows = 32;
+  int64_t max_batch_tokens = 16384;
+  int64_t memory_budget_bytes = 0;  // 0: measured free memory
+  int64_t simulated_device_bytes = 0;  // > 0: batches estimated above this fail as OOM (tests)
+  int64_t max_queue_delay_ms = 5;
+  int64_t max_queued_requests = 256;
+  int64_t drain_grace_seconds = 30;
+  std::string tls_cert, tls_key, tls_client_ca;
+  std::string auth_tokens_file;
+  std::vector<std::string> auth_tokens;  // from ATMAN_AUTH_TOKENS (comma-separated) + file
+  int64_t max_message_bytes = 33554432;
+  int64_t max_prompt_tokens = 4096;
+  int64_t max_image_bytes = 20971520;
+  int64_t max_image_pixels = 40000000;
+  int64_t max_units = 1024;
+  int32_t max_new_tokens = 256;
+  std::string log_format = "text";  // text | json
+  std::string log_level = "info";   // trace debug info warn error critical off
+};
+
+// Builds the configuration from argv, the environment (`environ`) and the --config file.
+// INVALID_ARGUMENT names the flag and its source ("flag --port", "env ATMAN_PORT",
+// "file x.conf:3") for unknown flags, bad numbers and bad values; also reads the tokens file.
+absl::StatusOr<Config> LoadConfig(int argc, char** argv);
+
+// The usage text listing every flag.
+std::string Usage();
+
+}  // namespace atman::server

@@ -1,0 +1,322 @@
+// atman-server: loads the model once, warms it up, then serves atman.v1.Atman over gRPC
+// with health, reflection and Prometheus metrics until SIGTERM/SIGINT, then drains.
+// Flags: docs/operations.md.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/io/checkpoint.h"
+#include "core/model/llava.h"
+#include "core/runtime/memory_meter.h"
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/service.h"
+
+namespace atman::server {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int64_t MemAvailableBytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit) {
+    if (key == "MemAvailable:") return kb * 1024;
+  }
+  return 0;
+}
+
+int64_t ProcessRssBytes() {
+  std::ifstream in("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  in >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+std::shared_ptr<spdlog::logger> MakeLogger(const Config& config) {
+  auto log = std::make_shared<spdlog::logger>("atman", std::make_shared<spdlog::sinks::stdout_sink_mt>());
+  if (config.log_format == "json") {
+    // Messages of JSON lines are whole JSON objects built by the caller (CallDone) or
+    // wrapped here by Log().
+    log->set_pattern("%v");
+  } else {
+    log->set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
+  }
+  log->set_level(spdlog::level::from_str(config.log_level));
+  log->flush_on(spdlog::level::info);
+  return log;
+}
+
+// A lifecycle message in the configured format.
+void Log(const std::shared_ptr<spdlog::logger>& log, const Config& config,
+         spdlog::level::level_enum level, const std::string& message) {
+  if (config.log_format == "json") {
+    log->log(level, nlohmann::json{{"event", "lifecycle"}, {"level", spdlog::level::to_string_view(level).data()},
+                                   {"message", message}}
+                        .dump());
+  } else {
+    log->log(level, message);
+  }
+}
+
+int Run(int argc, char** argv) {
+  // SIGTERM/SIGINT are taken by sigwait() in the main thread: block them before any thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--help") {
+      std::cout << Usage();
+      return 0;
+    }
+  }
+  auto config_or = LoadConfig(argc, argv);
+  if (!config_or.ok()) {
+    std::cerr << "atman-server: " << config_or.status().message() << "\n" << Usage();
+    return 2;
+  }
+  const Config config = *std::move(config_or);
+  auto log = MakeLogger(config);
+
+  auto metrics_or = Metrics::Create(
+      config.metrics_port > 0 ? absl::StrCat(config.host, ":", config.metrics_port) : "", kVersion);
+  if (!metrics_or.ok()) {
+    Log(log, config, spdlog::level::critical, std::string(metrics_or.status().message()));
+    return 1;
+  }
+  std::unique_ptr<Metrics> metrics = *std::move(metrics_or);
+
+  // --- the model, once per device ---
+  auto dtype = model::ParseDtype(config.dtype);
+  if (!dtype.ok()) {
+    Log(log, config, spdlog::level::critical, absl::StrCat("--dtype: ", dtype.status().message()));
+    return 2;
+  }
+  const std::filesystem::path dir = config.model;
+  auto model_json = io::ReadJsonFile(dir / "config.json");
+  if (!model_json.ok()) {
+    Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", model_json.status().message()));
+    return 1;
+  }
+  auto kind = model::ResolveModelKind(*model_json);
+  if (!kind.ok()) {
+    Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", kind.status().message()));
+    return 1;
+  }
+  auto tokenizer_or = text::Tokenizer::FromFolder(dir);
+  if (!tokenizer_or.ok()) {
+    Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", tokenizer_or.status().message()));
+    return 1;
+  }
+  std::unique_ptr<text::Tokenizer> tokenizer = *std::move(tokenizer_or);
+
+  atman::Explainer::Options engine_options;
+  engine_options.limits.max_rows = config.max_batch_rows;
+  engine_options.limits.max_tokens = config.max_batch_tokens;
+  engine_options.max_units = static_cast<int32_t>(config.max_units);
+  engine_options.max_new_tokens_limit = config.max_new_tokens;
+
+  std::vector<std::unique_ptr<DeviceEngine>> engines;
+  for (absl::string_view name : absl::StrSplit(config.devices, ',', absl::SkipWhitespace())) {
+    auto device = model::ParseDevice(std::string(name));
+    if (!device.ok()) {
+      Log(log, config, spdlog::level::critical, absl::StrCat("--devices: ", device.status().message()));
+      return 2;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto engine = std::make_unique<DeviceEngine>();
+    engine->device_name = std::string(name);
+    if (*kind == model::ModelKind::kVisionLanguage) {
+      auto vlm = model::VisionLanguageModel::Load(dir, *device, *dtype);
+      if (!vlm.ok()) {
+        Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", vlm.status().message()));
+        return 1;
+      }
+      engine->lm = &(*vlm)->language_model();
+      engine->owner = std::shared_ptr<model::VisionLanguageModel>(std::move(*vlm));
+    } else {
+      auto lm = model::CausalLM::Load(dir, *device, *dtype);
+      if (!lm.ok()) {
+        Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", lm.status().message()));
+        return 1;
+      }
+      engine->lm = lm->get();
+      engine->owner = std::shared_ptr<model::CausalLM>(std::move(*lm));
+    }
+    engine->explainer = std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
+    // Warm-up: one scoring row, which also measures bytes per row position for the budget.
+    if (auto s = engine->explainer->Warmup(); !s.ok()) {
+      Log(log, config, spdlog::level::critical, absl::StrCat("warm-up on ", name, ": ", s.message()));
+      return 1;
+    }
+    Log(log, config, spdlog::level::info,
+        absl::StrCat("model ", config.model, " loaded and warmed up on ", name, " in ",
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                     "s; bytes per row position ", engine->explainer->options().limits.bytes_per_row_position));
+    engines.push_back(std::move(engine));
+  }
+  if (engines.empty()) {
+    Log(log, config, spdlog::level::critical, "--devices: no device");
+    return 2;
+  }
+
+  // --- the batcher ---
+  runtime::DynamicBatcher::Options batcher_options;
+  for (const auto& e : engines) batcher_options.models.push_back(e->lm);
+  batcher_options.workers_per_device = config.workers_per_device;
+  batcher_options.limits = engines.front()->explainer->options().limits;
+  int64_t budget = config.memory_budget_bytes;
+  if (budget == 0 && engines.front()->lm->device().is_cpu()) budget = MemAvailableBytes() / 2;
+  batcher_options.limits.memory_budget_bytes = budget;
+  batcher_options.max_queue_delay = std::chrono::milliseconds(config.max_queue_delay_ms);
+  batcher_options.max_queued_requests = config.max_queued_requests;
+  batcher_options.simulated_device_bytes = config.simulated_device_bytes;
+  runtime::DynamicBatcher::Observer observer;
+  Metrics* m = metrics.get();
+  observer.on_batch = [m](const runtime::DynamicBatcher::BatchInfo& b) {
+    m->batch_rows->Observe(static_cast<double>(b.rows));
+    m->forward_passes->Increment();
+    m->positions->Increment(static_cast<double>(b.positions_computed));
+  };
+  observer.on_oom_retry = [m] { m->oom_retries->Increment(); };
+  runtime::DynamicBatcher batcher(batcher_options, observer);
+  ThreadPool pool(config.prepare_threads);
+
+  v1::ModelInfo info;
+  info.set_name(dir.filename().empty() ? dir.parent_path().filename().string() : dir.filename().string());
+  info.set_model_type(model_json->value("model_type", ""));
+  const model::ModelConfig& mc = engines.front()->lm->config();
+  info.set_vocab_size(mc.vocab_size);
+  info.set_num_layers(mc.num_layers);
+  info.set_max_positions(mc.max_positions);
+  info.set_supports_images(*kind == model::ModelKind::kVisionLanguage);
+  info.set_device(engines.front()->device_name);
+  info.set_dtype(config.dtype);
+  info.set_max_prompt_tokens(config.max_prompt_tokens);
+  info.set_max_units(config.max_units);
+  info.set_max_image_bytes(config.max_image_bytes);
+  info.set_max_image_pixels(config.max_image_pixels);
+  info.set_max_message_bytes(config.max_message_bytes);
+  info.set_max_new_tokens(config.max_new_tokens);
+  info.set_server_version(kVersion);
+
+  std::vector<DeviceEngine*> engine_ptrs;
+  for (const auto& e : engines) engine_ptrs.push_back(e.get());
+  AtmanService service(config, engine_ptrs, tokenizer.get(), &batcher, &pool, metrics.get(), log, info);
+
+  // --- gRPC ---
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!config.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl(config.tls_client_ca.empty()
+                                              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    const std::string cert = ReadFile(config.tls_cert), key = ReadFile(config.tls_key);
+    if (cert.empty() || key.empty()) {
+      Log(log, config, spdlog::level::critical, "--tls-cert/--tls-key: empty or unreadable");
+      return 2;
+    }
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    if (!config.tls_client_ca.empty()) {
+      ssl.pem_root_certs = ReadFile(config.tls_client_ca);
+      if (ssl.pem_root_certs.empty()) {
+        Log(log, config, spdlog::level::critical, "--tls-client-ca: empty or unreadable");
+        return 2;
+      }
+    }
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(config.host, ":", config.port);
+  int bound_port = 0;
+  builder.AddListeningPort(address, credentials, &bound_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) {
+    Log(log, config, spdlog::level::critical, absl::StrCat("--port: cannot listen on ", address));
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus("atman.v1.Atman", true);
+  metrics->ready->Set(1);
+  Log(log, config, spdlog::level::info,
+      absl::StrCat("SERVING on ", config.host, ":", bound_port, config.tls_cert.empty() ? "" : " (TLS)",
+                   config.tls_client_ca.empty() ? "" : " (mutual TLS)", "; metrics on :",
+                   config.metrics_port, "; auth ", config.auth_tokens.empty() ? "off" : "on"));
+
+  // Device memory gauges, refreshed in the background.
+  std::atomic<bool> stop_meter{false};
+  std::thread meter([&] {
+    while (!stop_meter) {
+      for (const auto& e : engines) {
+        const c10::Device device = e->lm->device();
+        const runtime::MemoryReading r = runtime::ReadMemory(device);
+        const double reserved = device.is_cpu() ? static_cast<double>(ProcessRssBytes())
+                                                : static_cast<double>(r.reserved_bytes);
+        metrics->SetMemory(e->device_name, static_cast<double>(r.allocated_bytes), reserved,
+                           static_cast<double>(r.peak_bytes));
+      }
+      const auto stats = batcher.stats();
+      metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
+      metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  Log(log, config, spdlog::level::info,
+      absl::StrCat("signal ", signal, ": NOT_SERVING, draining ", service.inflight(),
+                   " in-flight calls (grace ", config.drain_grace_seconds, "s)"));
+  health->SetServingStatus("", false);
+  health->SetServingStatus("atman.v1.Atman", false);
+  metrics->ready->Set(0);
+  service.StartDraining();
+  batcher.Drain();
+  const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(config.drain_grace_seconds);
+  const bool drained = service.WaitForIdle(grace);
+  Log(log, config, drained ? spdlog::level::info : spdlog::level::warn,
+      drained ? "drained: every in-flight call finished"
+              : absl::StrCat("grace period over: ", service.inflight(), " calls cut short"));
+  batcher.Shutdown();  // ends what is left with UNAVAILABLE
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  pool.Shutdown();
+  stop_meter = true;
+  meter.join();
+  Log(log, config, spdlog::level::info, "stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace atman::server
+
+int main(int argc, char** argv) { return atman::server::Run(argc, argv); }

@@ -1,0 +1,401 @@
+"""atman-server against clients that are not ours (Python grpcio with stubs generated from the
+proto, and a reflection-only client), on 127.0.0.1: the same scores as the engine computes in
+process, concurrency, cancellation, deadlines, overload, drain on SIGTERM, OOM split, TLS, mTLS,
+tokens, bad inputs, metrics."""
+import concurrent.futures
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import (MODEL, Server, assert_scores_close, engine_scores, flat_scores, pb, pb_grpc,
+                      to_proto, health_pb2, health_pb2_grpc)
+
+PROMPT_A = "Tom lives in Rome. Anna lives in Paris.\n\nWhere does Anna live? She lives in"
+PROMPT_B = "Rivers flow to the sea; mountains rise to the sky; people walk between them"
+LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 7)  # about 220 tokens
+
+REQUESTS = [
+    {"prompt": [{"text": PROMPT_A}], "target": " Paris", "text_granularity": "token"},
+    {"prompt": [{"text": PROMPT_A}], "target": " Paris", "text_granularity": "word"},
+    {"prompt": [{"text": PROMPT_B}], "target": " the sea", "text_granularity": "sentence"},
+    {"prompt": [{"text": PROMPT_B}], "target": "", "text_granularity": "auto"},
+    {"prompt": [{"text": "Tom lives in"}, {"token_ids": [5, 17, 42]}], "target": " Rome",
+     "text_granularity": "token", "control_factor": 0.0},
+]
+
+
+def big_request(n_copies=1):
+    """About 200 token units over about 220 positions."""
+    return pb.ExplainRequest(prompt=[pb.PromptItem(text=LONG)], target=" It was not amused!",
+                             options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_TOKEN))
+
+
+def test_scores_equal_the_engine_in_process(server):
+    expected = engine_scores(REQUESTS)
+    for r, e in zip(REQUESTS, expected):
+        response = server.stub.Explain(to_proto(r), timeout=60)
+        assert response.target == e["target"]
+        assert_scores_close(flat_scores(response), e["scores"], str(r))
+        assert response.usage.forward_passes >= 2
+        assert response.usage.perturbed_rows == e["units"]
+        assert response.usage.positions_computed > 0
+
+
+def test_text_spans_are_code_points_of_the_item(server):
+    text = "Tōm lives in Rome."
+    r = server.stub.Explain(pb.ExplainRequest(prompt=[pb.PromptItem(text=text)], target=" Paris",
+                                              options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_WORD)))
+    spans = [(s.start, s.length) for s in r.explanations[0].items[0].text]
+    assert [text[a:a + n] for a, n in spans] == ["Tōm", "lives", "in", "Rome."]
+
+
+def test_relevance_tensor_on_request(server):
+    req = to_proto(REQUESTS[0])
+    req.options.return_relevance_tensor = True
+    r = server.stub.Explain(req)
+    m, n = r.unit_relevance.shape
+    assert m == len(r.target_token_ids) and n == len(flat_scores(r))
+    assert len(r.unit_relevance.values) == m * n
+    # complete granularity, no postprocessing: the score is the sum over target tokens
+    for k, score in enumerate(flat_scores(r)):
+        assert abs(sum(r.unit_relevance.values[j * n + k] for j in range(m)) - score) < 1e-4
+
+
+def test_stream_sends_progress_then_the_result(server):
+    events = list(server.stub.ExplainStream(big_request(), timeout=60))
+    assert events[-1].WhichOneof("event") == "result"
+    progress = [e.progress for e in events[:-1]]
+    assert all(e.WhichOneof("event") == "progress" for e in events[:-1])
+    assert progress and progress[0].rows_total == events[-1].result.usage.perturbed_rows
+    done = [p.rows_done for p in progress]
+    assert done == sorted(done)
+    unary = server.stub.Explain(big_request(), timeout=60)
+    assert_scores_close(flat_scores(events[-1].result), flat_scores(unary), "stream vs unary")
+
+
+def test_a_reflection_only_client_gets_the_engine_scores(server):
+    """No generated code: the schema comes from the server's reflection service."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+    services = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = [s.name for s in services.list_services_response.service]
+    assert "atman.v1.Atman" in names and "grpc.health.v1.Health" in names
+    reply = next(stub.ServerReflectionInfo(iter([
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="atman.v1.Atman")])))
+    pool = descriptor_pool.DescriptorPool()
+    for raw in reply.file_descriptor_response.file_descriptor_proto:
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(raw))
+    method = pool.FindServiceByName("atman.v1.Atman").FindMethodByName("Explain")
+    Request = message_factory.GetMessageClass(method.input_type)
+    Response = message_factory.GetMessageClass(method.output_type)
+    req = Request()
+    req.prompt.add(text=PROMPT_A)
+    req.target = " Paris"
+    req.options.text_granularity = 1  # TOKEN
+    call = server.channel.unary_unary("/atman.v1.Atman/Explain", request_serializer=Request.SerializeToString,
+                                      response_deserializer=Response.FromString)
+    r = call(req, timeout=60)
+    scores = [s.score for e in r.explanations for i in e.items for s in i.text]
+    assert_scores_close(scores, engine_scores([REQUESTS[0]])[0]["scores"], "reflection")
+
+
+def test_sixteen_concurrent_clients_get_their_own_results(server):
+    words = ["Rome", "Paris", "Berlin", "Madrid"]
+    requests = []
+    for i in range(16):
+        requests.append({"prompt": [{"text": f"{PROMPT_A} {words[i % 4]}" + " again" * (i // 4)}],
+                         "target": f" {words[(i + 1) % 4]}", "text_granularity": ["token", "word"][i % 2]})
+    expected = engine_scores(requests)
+    barrier = threading.Barrier(16)
+
+    def client(i):
+        channel = grpc.insecure_channel(server.address)
+        stub = pb_grpc.AtmanStub(channel)
+        barrier.wait()
+        r = stub.Explain(to_proto(requests[i]), timeout=120)
+        channel.close()
+        return r
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(client, range(16)))
+    for i, r in enumerate(results):
+        assert_scores_close(flat_scores(r), expected[i]["scores"], f"client {i}")
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """One row per batch, one worker: a big request takes a while."""
+    s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0")
+    yield s
+    assert s.stop() == 0, s.output()
+
+
+def test_cancellation_drops_the_request(slow_server):
+    server = slow_server
+    before = server.metrics()
+    futures = [server.stub.Explain.future(big_request(), timeout=60) for _ in range(4)]
+    time.sleep(0.1)
+    for f in futures:
+        f.cancel()
+    for f in futures:
+        assert f.cancelled() or f.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK)
+    # the server saw the cancellations and its queue is empty again
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        m = server.metrics()
+        if m.get("atman_queue_depth_rows", 1) == 0 and m.get("atman_inflight_requests", 1) == 0:
+            break
+        time.sleep(0.1)
+    key = 'atman_requests_total{code="CANCELLED",method="Explain"}'
+    assert m.get(key, 0) > before.get(key, 0), "no Explain call ended CANCELLED on the server"
+    assert m["atman_queue_depth_rows"] == 0 and m["atman_inflight_requests"] == 0
+    # and keeps serving
+    assert server.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
+
+
+def test_deadline_exceeded(slow_server):
+    server = slow_server
+    with pytest.raises(grpc.RpcError) as e:
+        server.stub.Explain(big_request(), timeout=0.05)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert server.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
+
+
+def test_overload_is_resource_exhausted():
+    s = Server("--max-queued-requests", "1", "--max-batch-rows", "1", "--max-queue-delay-ms", "0")
+    try:
+        first = s.stub.Explain.future(big_request(), timeout=120)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as e:
+            s.stub.Explain(to_proto(REQUESTS[0]), timeout=60)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queued_requests" in e.value.details()
+        assert first.result().explanations
+        assert s.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero():
+    s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0", "--drain-grace-seconds", "60")
+    health = health_pb2_grpc.HealthStub(s.channel)
+    in_flight = [s.stub.Explain.future(big_request(), timeout=120) for _ in range(2)]
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub.Explain(to_proto(REQUESTS[0]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    for f in in_flight:
+        assert f.result().explanations  # finished, not cut
+    assert s.proc.wait(timeout=60) == 0, s.output()
+    assert "drained" in s.output()
+    s.stop()
+
+
+def test_out_of_memory_splits_and_still_succeeds():
+    s = Server("--simulated-device-bytes", "300000")
+    try:
+        expected = engine_scores(REQUESTS[:1])[0]["scores"]
+        r = s.stub.Explain(to_proto(REQUESTS[0]), timeout=60)
+        assert_scores_close(flat_scores(r), expected, "after OOM split")
+        assert s.metrics()["atman_oom_retries_total"] > 0
+    finally:
+        assert s.stop() == 0
+
+
+def _certs(tmp: Path):
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=atman-test-ca",
+        "-keyout", str(tmp / "ca.key"), "-out", str(tmp / "ca.pem"))
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(tmp / f"{name}.key"),
+            "-out", str(tmp / f"{name}.csr"))
+        (tmp / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", str(tmp / f"{name}.csr"), "-CA", str(tmp / "ca.pem"), "-CAkey", str(tmp / "ca.key"),
+            "-CAcreateserial", "-days", "1", "-extfile", str(tmp / f"{name}.ext"), "-out", str(tmp / f"{name}.pem"))
+    return {p.stem + p.suffix: p.read_bytes() for p in tmp.iterdir()}
+
+
+def test_tls_and_mutual_tls():
+    tmp = Path(tempfile.mkdtemp(prefix="atman-certs-"))
+    c = _certs(tmp)
+    server_creds = grpc.ssl_channel_credentials(root_certificates=c["ca.pem"])
+    s = Server("--tls-cert", str(tmp / "server.pem"), "--tls-key", str(tmp / "server.key"),
+               secure_channel=lambda a: grpc.secure_channel(a, server_creds))
+    try:
+        assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
+        with pytest.raises(grpc.RpcError) as e:  # plaintext to a TLS port
+            pb_grpc.AtmanStub(grpc.insecure_channel(s.address)).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert s.stop() == 0
+
+    mutual = grpc.ssl_channel_credentials(root_certificates=c["ca.pem"], private_key=c["client.key"],
+                                          certificate_chain=c["client.pem"])
+    s = Server("--tls-cert", str(tmp / "server.pem"), "--tls-key", str(tmp / "server.key"),
+               "--tls-client-ca", str(tmp / "ca.pem"), secure_channel=lambda a: grpc.secure_channel(a, mutual))
+    try:
+        assert s.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
+        with pytest.raises(grpc.RpcError) as e:  # TLS without a client certificate
+            pb_grpc.AtmanStub(grpc.secure_channel(s.address, server_creds)).GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        assert s.stop() == 0
+
+
+def test_bearer_tokens():
+    tokens = Path(tempfile.mkdtemp()) / "tokens"
+    tokens.write_text("# comment\nfile-token-1\n")
+    s = Server("--auth-tokens-file", str(tokens), env={"ATMAN_AUTH_TOKENS": "env-token-a, env-token-b"})
+    try:
+        req = pb.GetModelInfoRequest()
+        for metadata in ([], [("authorization", "Bearer nope")], [("authorization", "file-token-1")],
+                         [("authorization", "Bearer file-token-")]):
+            with pytest.raises(grpc.RpcError) as e:
+                s.stub.GetModelInfo(req, metadata=metadata, timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        for token in ("file-token-1", "env-token-a", "env-token-b"):
+            assert s.stub.GetModelInfo(req, metadata=[("authorization", f"Bearer {token}")], timeout=10).vocab_size
+        r = s.stub.Explain(to_proto(REQUESTS[0]), metadata=[("authorization", "Bearer env-token-a")], timeout=60)
+        assert r.explanations
+    finally:
+        assert s.stop() == 0
+
+
+def _png(width, height):
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bad_inputs():
+    ok = dict(target=" Paris", options=pb.ExplainOptions())
+    text = pb.PromptItem(text=PROMPT_A)
+    return [
+        ("empty prompt", pb.ExplainRequest(**ok), "prompt"),
+        ("empty text", pb.ExplainRequest(prompt=[pb.PromptItem(text="")], **ok), "prompt"),
+        ("unset item", pb.ExplainRequest(prompt=[pb.PromptItem()], **ok), "prompt[0]"),
+        ("unknown granularity", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                                  options=pb.ExplainOptions(text_granularity=99)), "options.text_granularity"),
+        ("unknown mode", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                           options=pb.ExplainOptions(control_mode=7)), "options.control_mode"),
+        ("unknown postprocessing", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                                     options=pb.ExplainOptions(postprocessing=9)), "options.postprocessing"),
+        ("NaN factor", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                         options=pb.ExplainOptions(control_factor=float("nan"))), "options.control_factor"),
+        ("negative factor", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                              options=pb.ExplainOptions(control_factor=-1)), "options.control_factor"),
+        ("threshold > 1", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                            options=pb.ExplainOptions(contextual_control_threshold=1.5)),
+         "options.contextual_control_threshold"),
+        ("layer outside", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                            options=pb.ExplainOptions(layers=[3])), "layers"),
+        ("oversized image", pb.ExplainRequest(prompt=[pb.PromptItem(image=b"\x89PNG" + b"0" * 300_000)], target=" x"),
+         "prompt[0].image"),
+        ("corrupt image", pb.ExplainRequest(prompt=[pb.PromptItem(image=b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)],
+                                            target=" x"), "prompt[0].image"),
+        ("too many pixels", pb.ExplainRequest(prompt=[pb.PromptItem(image=_png(120, 100))], target=" x"),
+         "prompt[0].image"),
+        ("image for a text-only model", pb.ExplainRequest(prompt=[pb.PromptItem(image=_png(8, 8))], target=" x"),
+         "image"),
+        ("token id out of range", pb.ExplainRequest(prompt=[pb.PromptItem(token_ids=pb.TokenIds(ids=[1, 100000]))],
+                                                    target=" x"), "prompt[0].token_ids.ids[1]"),
+        ("negative token id", pb.ExplainRequest(prompt=[pb.PromptItem(token_ids=pb.TokenIds(ids=[-1]))],
+                                                target=" x"), "prompt[0].token_ids.ids[0]"),
+        ("too many units", pb.ExplainRequest(prompt=[pb.PromptItem(text=LONG)], target=" x",
+                                             options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_TOKEN)),
+         "units"),
+        ("prompt too long", pb.ExplainRequest(prompt=[pb.PromptItem(text=LONG * 3)], target=" x"), "max_prompt_tokens"),
+        ("target too long", pb.ExplainRequest(prompt=[text], target=LONG + LONG), "target"),
+        ("forward pass budget", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                                  options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_TOKEN,
+                                                                            max_forward_passes=3)),
+         "options.max_forward_passes"),
+        ("max_new_tokens 0", pb.ExplainRequest(prompt=[text], options=pb.ExplainOptions(max_new_tokens=0)),
+         "options.max_new_tokens"),
+        ("custom without delimiter", pb.ExplainRequest(prompt=[text], target=" Paris",
+                                                       options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_CUSTOM)),
+         "custom_delimiter"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def limited_server():
+    s = Server("--max-units", "100", "--max-prompt-tokens", "300", "--max-image-bytes", "200000",
+               "--max-image-pixels", "10000")
+    yield s
+    assert s.stop() == 0, s.output()
+
+
+@pytest.mark.parametrize("name,request_,field", bad_inputs(), ids=[b[0] for b in bad_inputs()])
+def test_bad_input_is_invalid_argument_naming_the_field(limited_server, name, request_, field):
+    with pytest.raises(grpc.RpcError) as e:
+        limited_server.stub.Explain(request_, timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, e.value.details())
+    assert field in e.value.details(), (name, e.value.details())
+    # still serving
+    assert limited_server.stub.Explain(to_proto(REQUESTS[1]), timeout=60).explanations
+
+
+def test_metrics_move_after_requests(server):
+    before = server.metrics()
+    n = 3
+    for _ in range(n):
+        server.stub.Explain(to_proto(REQUESTS[0]), timeout=60)
+    time.sleep(0.5)  # gauges refresh every 200 ms
+    after = server.metrics()
+    ok = 'atman_requests_total{code="OK",method="Explain"}'
+    assert after[ok] - before.get(ok, 0) == n
+    assert after['atman_request_duration_seconds_count{method="Explain"}'] - \
+        before.get('atman_request_duration_seconds_count{method="Explain"}', 0) == n
+    assert after["atman_queue_wait_seconds_count"] - before.get("atman_queue_wait_seconds_count", 0) == n
+    assert after["atman_forward_passes_total"] - before["atman_forward_passes_total"] >= 2 * n
+    assert after["atman_positions_computed_total"] > before["atman_positions_computed_total"]
+    assert after["atman_batch_rows_count"] > before.get("atman_batch_rows_count", 0)
+    assert after["atman_batch_rows_sum"] - before.get("atman_batch_rows_sum", 0) >= n * 20  # ~24 units each
+    assert after['atman_device_memory_allocated_bytes{device="cpu"}'] > 0
+    assert after['atman_device_memory_reserved_bytes{device="cpu"}'] > 0
+    assert after['atman_device_memory_peak_bytes{device="cpu"}'] > 0
+    assert after["atman_ready"] == 1
+    assert after['atman_build_info{version="0.1.0"}'] == 1
+    assert after["atman_inflight_requests"] == 0 and after["atman_queued_requests"] == 0
+    assert after["atman_queue_depth_rows"] == 0 and after["atman_oom_retries_total"] == 0
+
+
+def test_generate_tokenize_and_model_info(server):
+    info = server.stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.model_type == "llama" and info.num_layers == 3 and info.max_units == 1024
+    assert not info.supports_images
+    import json
+    greedy = json.loads((MODEL / "cases.json").read_text())["greedy"]
+    r = server.stub.Generate(pb.GenerateRequest(prompt=[pb.PromptItem(text=greedy["prompt"])],
+                                                max_new_tokens=len(greedy["ids"]), stop_at_eos=False))
+    assert list(r.token_ids) == greedy["ids"]  # transformers' greedy generate
+    sampled = [server.stub.Generate(pb.GenerateRequest(prompt=[pb.PromptItem(text=PROMPT_A)], max_new_tokens=8,
+                                                       temperature=1.0, top_k=20, seed=7, stop_at_eos=False))
+               for _ in range(2)]
+    assert sampled[0].token_ids == sampled[1].token_ids and len(sampled[0].token_ids) == 8
+    steered = server.stub.Generate(pb.GenerateRequest(
+        prompt=[pb.PromptItem(text=PROMPT_A)], max_new_tokens=8, stop_at_eos=False,
+        controls=[pb.AttentionControl(item=0, start=0, length=18, factor=0.0)]))
+    assert len(steered.token_ids) == 8
+    t = server.stub.Tokenize(pb.TokenizeRequest(text="Tom lives"))
+    assert t.tokens[0].special and [x.text for x in t.tokens if not x.special]
+    with pytest.raises(grpc.RpcError) as e:
+        server.stub.Generate(pb.GenerateRequest(prompt=[pb.PromptItem(text=PROMPT_A)], temperature=float("nan")))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "temperature" in e.value.details()
