@@ -139,6 +139,8 @@ int Run(int argc, char** argv) {
   engine_options.limits.max_tokens = config.max_batch_tokens;
   engine_options.max_units = static_cast<int32_t>(config.max_units);
   engine_options.max_new_tokens_limit = config.max_new_tokens;
+  engine_options.image_limits.max_bytes = config.max_image_bytes;
+  engine_options.image_limits.max_pixels = config.max_image_pixels;
 
   std::vector<std::unique_ptr<DeviceEngine>> engines;
   for (absl::string_view name : absl::StrSplit(config.devices, ',', absl::SkipWhitespace())) {
@@ -156,7 +158,15 @@ int Run(int argc, char** argv) {
         Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", vlm.status().message()));
         return 1;
       }
+      auto processor = model::LoadImageProcessor(dir, **vlm);
+      if (!processor.ok()) {
+        Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", processor.status().message()));
+        return 1;
+      }
+      engine->image_processor = std::make_unique<vision::ClipImageProcessor>(*std::move(processor));
       engine->lm = &(*vlm)->language_model();
+      engine->explainer = std::make_unique<atman::Explainer>(vlm->get(), engine->image_processor.get(),
+                                                             tokenizer.get(), engine_options);
       engine->owner = std::shared_ptr<model::VisionLanguageModel>(std::move(*vlm));
     } else {
       auto lm = model::CausalLM::Load(dir, *device, *dtype);
@@ -167,7 +177,9 @@ int Run(int argc, char** argv) {
       engine->lm = lm->get();
       engine->owner = std::shared_ptr<model::CausalLM>(std::move(*lm));
     }
-    engine->explainer = std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
+    if (!engine->explainer) {
+      engine->explainer = std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
+    }
     // Warm-up: one scoring row, which also measures bytes per row position for the budget.
     if (auto s = engine->explainer->Warmup(); !s.ok()) {
       Log(log, config, spdlog::level::critical, absl::StrCat("warm-up on ", name, ": ", s.message()));

@@ -61,6 +61,9 @@ struct DeviceEngine {
   std::string device_name;  // "cpu", "cuda:0"
   std::shared_ptr<void> owner;  // keeps the loaded model (CausalLM or VisionLanguageModel)
   const model::CausalLM* lm = nullptr;
+  // Vision-language models: the image processor the explainer borrows (from the model folder's
+  // preprocessor_config.json).
+  std::unique_ptr<vision::ClipImageProcessor> image_processor;
   std::unique_ptr<atman::Explainer> explainer;
 };
 

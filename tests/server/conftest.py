@@ -55,11 +55,11 @@ def free_port() -> int:
 class Server:
     """One atman-server process."""
 
-    def __init__(self, *flags, env=None, secure_channel=None):
+    def __init__(self, *flags, env=None, secure_channel=None, model=None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="atman-server-", suffix=".log", delete=False)
-        args = [SERVER, "--model", str(MODEL), "--devices", "cpu", "--host", "127.0.0.1",
+        args = [SERVER, "--model", str(model or MODEL), "--devices", "cpu", "--host", "127.0.0.1",
                 "--port", str(self.port), "--metrics-port", str(self.metrics_port), *flags]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATMAN_")}
         full_env["OMP_NUM_THREADS"] = "1"

@@ -3,6 +3,7 @@ proto, and a reflection-only client), on 127.0.0.1: the same scores as the engin
 process, concurrency, cancellation, deadlines, overload, drain on SIGTERM, OOM split, TLS, mTLS,
 tokens, bad inputs, metrics."""
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import (MODEL, Server, assert_scores_close, engine_scores, flat_scores, pb, pb_grpc,
+from conftest import (FIXTURES, MODEL, Server, assert_scores_close, engine_scores, flat_scores, pb, pb_grpc,
                       to_proto, health_pb2, health_pb2_grpc)
 
 PROMPT_A = "Tom lives in Rome. Anna lives in Paris.\n\nWhere does Anna live? She lives in"
@@ -399,3 +400,41 @@ def test_generate_tokenize_and_model_info(server):
     with pytest.raises(grpc.RpcError) as e:
         server.stub.Generate(pb.GenerateRequest(prompt=[pb.PromptItem(text=PROMPT_A)], temperature=float("nan")))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "temperature" in e.value.details()
+
+
+def test_images_are_explained_like_the_reference():
+    """A LLaVA model behind the server: an image item's tiles come back as rectangles of the
+    original image with the scores of the plain Python reference (tests/oracle)."""
+    folder = FIXTURES / "atman_cases" / "llava"
+    case = next(c for c in json.loads((folder / "cases.json").read_text())["cases"]
+                if c["name"] == "image-native")
+    s = Server(model=folder)
+    try:
+        req = pb.ExplainRequest(target=case["target"])
+        for item in case["prompt"]:
+            if "image" in item:
+                req.prompt.add(image=(folder / "images" / item["image"]).read_bytes())
+            else:
+                req.prompt.add(text=item["text"])
+        req.options.text_granularity = pb.TEXT_GRANULARITY_WORD
+        req.options.image_granularity = pb.IMAGE_GRANULARITY_NATIVE
+        response = s.stub.Explain(req, timeout=120)
+        assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).supports_images
+    finally:
+        s.stop()
+    expected = case["expected"]
+    ours = {}
+    for item in response.explanations[0].items:
+        ours[item.item] = item
+    reference_rects = [u for u in expected["units"] if u["kind"] == "image"]
+    image_item = next(i for i, it in enumerate(case["prompt"]) if "image" in it)
+    rects = list(ours[image_item].image)
+    assert len(rects) == len(reference_rects) == 16
+    for got, want in zip(rects, reference_rects):
+        assert [got.left, got.top, got.width, got.height] == pytest.approx(want["rect"], abs=1e-9)
+    # Scores in unit order: the engine orders units by position, which is prompt order here.
+    flat = []
+    for i in range(len(case["prompt"])):
+        if i in ours:
+            flat += [x.score for x in ours[i].text] + [x.score for x in ours[i].image]
+    assert_scores_close(flat, expected["scores"][0], "image-native")
