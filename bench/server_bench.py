@@ -45,7 +45,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-GRANULARITY = os.environ.get("ATMAN_BENCH_GRANULARITY", "word")
+# Sentence granularity (4 units a request) is the workload where sharing batches across
+# requests pays: one request's rows fill a small batch alone. With word or token granularity
+# one request already fills a batch of 32 (see docs/performance.md for all three).
+GRANULARITY = os.environ.get("ATMAN_BENCH_GRANULARITY", "sentence")
 SENTENCES = ["Tom lives in Rome.", "Anna lives in Paris.", "Rivers flow to the sea.",
              "A red triangle sits left of a blue square.", "The green circle is at the top.",
              "The quick brown fox jumps over the lazy dog."]
