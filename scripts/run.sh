@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# README command (1): set up, build, and start atman on a model folder (default:
-# models/default, the embedded default model).
-#
-# NOTE: the gRPC service does not exist yet. Until it does, this command loads the model
-# folder with the engine's checkpoint loader (core/io) through tools/atman-inspect and prints
-# what it found. It will start the server once server/ lands.
+# README command (1): set up, build, and start the atman gRPC service on a model folder
+# (default: models/default, the embedded default model). Extra arguments go to atman-server
+# (see docs/operations.md), e.g. `bash scripts/run.sh --port 50052`; ATMAN_MODEL picks another
+# checkpoint folder.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-model="${1:-$ATMAN_ROOT/models/default}"
-"$ATMAN_ROOT/scripts/build.sh" --target atman-inspect
-if [[ ! -d "$model" ]]; then
-  atman_log "no model folder at $model (the embedded default model has not landed yet);"
-  atman_log "pass a Hugging Face checkpoint folder: bash scripts/run.sh <folder>"
+model="${ATMAN_MODEL:-$ATMAN_ROOT/models/default}"
+"$ATMAN_ROOT/scripts/build.sh" --target atman-server
+if [[ ! -f "$model/config.json" ]]; then
+  atman_log "no model at $model: set ATMAN_MODEL to a Hugging Face checkpoint folder"
   exit 2
 fi
-exec "$ATMAN_BUILD/tools/atman-inspect" "$model"
+atman_log "starting atman-server on $model (gRPC :50051, metrics :9090/metrics; Ctrl-C stops)"
+exec "$ATMAN_BUILD/server/atman-server" --model "$model" "$@"
