@@ -11,5 +11,5 @@ if [[ ! -f "$model/config.json" ]]; then
   atman_log "no model at $model: set ATMAN_MODEL to a Hugging Face checkpoint folder"
   exit 2
 fi
-atman_log "starting atman-server on $model (gRPC :50051, metrics :9090/metrics; Ctrl-C stops)"
+atman_log "starting atman-server on $model (defaults: gRPC :50051, metrics :9090/metrics; Ctrl-C stops)"
 exec "$ATMAN_BUILD/server/atman-server" --model "$model" "$@"
