@@ -63,8 +63,12 @@ td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
 pre { background: #f6f6f6; padding: 8px; font-size: 13px; max-width: 60em; overflow: auto; }
 )";
 
-// Reports broken images as console errors, so that a headless check sees them.
+// Reports broken images and blocked fetches as console errors, so that a headless check sees
+// them.
 constexpr const char* kScript = R"(
+document.addEventListener('securitypolicyviolation', function (e) {
+  console.error('blocked by the report policy: ' + e.blockedURI);
+});
 window.addEventListener('load', function () {
   for (const img of document.images) {
     if (!img.complete || img.naturalWidth === 0) console.error('image not decoded: ' + img.alt);

@@ -1,0 +1,346 @@
+"""The `atman` tool against a real atman-server process on 127.0.0.1 (see conftest.py).
+
+Colours are checked against the scale documented in client/heatmap.h and docs/cli.md, written
+out again here: t = score / max|score|; t >= 0 blends white to (215,48,39), t < 0 white to
+(69,117,180); image overlays use opacity 0.65 |t|.
+"""
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from PIL import Image
+
+from conftest import CLI, LLAVA, Server, free_port, pb, run_cli
+
+HOT, COLD, WHITE = (215, 48, 39), (69, 117, 180), (255, 255, 255)
+FRAME = (40, 44, 52)
+
+
+def colour(score: float, max_abs: float) -> tuple:
+    t = max(-1.0, min(1.0, score / max_abs))
+    end = HOT if t >= 0 else COLD
+    return tuple(int(math.floor(w + (e - w) * abs(t) + 0.5)) for w, e in zip(WHITE, end))
+
+
+def grey_image(path: Path, width: int, height: int) -> Path:
+    """A grey (R = G = B) image with texture, so overlay tints are measurable."""
+    y, x = np.mgrid[0:height, 0:width]
+    g = (96 + 40 * np.sin(x / 3.0) * np.cos(y / 4.0)).astype(np.uint8)
+    Image.fromarray(np.stack([g, g, g], axis=-1)).save(path)
+    return path
+
+
+def explain_args(server, *more):
+    return ["explain", "--address", server.address, "--request-id", "cli-test", *more]
+
+
+def direct(server, request: "pb.ExplainRequest") -> "pb.ExplainResponse":
+    return server.stub.Explain(request, timeout=120)
+
+
+def without_timings(r: "pb.ExplainResponse") -> "pb.ExplainResponse":
+    """The response less what differs between two runs of one request (wall times, the
+    process-wide memory peak)."""
+    r = type(r).FromString(r.SerializeToString())
+    r.usage.queue_seconds = 0
+    r.usage.compute_seconds = 0
+    r.usage.peak_memory_bytes = 0
+    return r
+
+
+def test_json_output_equals_the_rpc_response(server, tmp_path):
+    image = grey_image(tmp_path / "g.png", 40, 30)
+    proc = run_cli(*explain_args(server, "--prompt", "USER: ", "--image", image, "--prompt",
+                                 " what is it? ASSISTANT:", "--target", " a cat",
+                                 "--text-granularity", "word", "--return-relevance-tensor",
+                                 "--json"))
+    assert proc.returncode == 0, proc.stderr
+    ours = json_format.Parse(proc.stdout.decode(), pb.ExplainResponse())
+    request = pb.ExplainRequest(target=" a cat", request_id="cli-test")
+    request.prompt.add(text="USER: ")
+    request.prompt.add(image=image.read_bytes())
+    request.prompt.add(text=" what is it? ASSISTANT:")
+    request.options.text_granularity = pb.TEXT_GRANULARITY_WORD
+    request.options.return_relevance_tensor = True
+    theirs = direct(server, request)
+    assert len(theirs.explanations[0].items) == 3
+    assert len(theirs.unit_relevance.values) > 0
+    assert without_timings(ours) == without_timings(theirs)
+
+
+def test_token_granularity_json_equals_the_rpc_response(server):
+    proc = run_cli(*explain_args(server, "--prompt", "The cat sat on the mat.", "--target",
+                                 " yes", "--target-granularity", "token", "--control-factor",
+                                 "0", "--postprocessing", "absolute", "--normalize", "--json"))
+    assert proc.returncode == 0, proc.stderr
+    ours = json_format.Parse(proc.stdout.decode(), pb.ExplainResponse())
+    request = pb.ExplainRequest(target=" yes", request_id="cli-test")
+    request.prompt.add(text="The cat sat on the mat.")
+    o = request.options
+    o.target_granularity = pb.TARGET_GRANULARITY_TOKEN
+    o.control_factor = 0.0
+    o.postprocessing = pb.POSTPROCESSING_ABSOLUTE
+    o.normalize = True
+    theirs = direct(server, request)
+    assert len(theirs.explanations) == theirs.usage.target_tokens > 1
+    assert without_timings(ours) == without_timings(theirs)
+
+
+def test_generate_tokenize_info_health_equal_the_rpcs(server):
+    proc = run_cli("generate", "--address", server.address, "--prompt", "Hello",
+                   "--max-new-tokens", "5", "--request-id", "g", "--json")
+    assert proc.returncode == 0, proc.stderr
+    ours = json_format.Parse(proc.stdout.decode(), pb.GenerateResponse())
+    request = pb.GenerateRequest(max_new_tokens=5, request_id="g")
+    request.prompt.add(text="Hello")
+    theirs = server.stub.Generate(request, timeout=60)
+    theirs.usage.queue_seconds = ours.usage.queue_seconds
+    theirs.usage.compute_seconds = ours.usage.compute_seconds
+    theirs.usage.peak_memory_bytes = ours.usage.peak_memory_bytes
+    assert ours == theirs and len(ours.token_ids) == 5
+
+    proc = run_cli("tokenize", "--address", server.address, "--text", "héllo wörld", "--json")
+    assert proc.returncode == 0, proc.stderr
+    ours = json_format.Parse(proc.stdout.decode(), pb.TokenizeResponse())
+    assert ours == server.stub.Tokenize(pb.TokenizeRequest(text="héllo wörld"), timeout=60)
+    # The plain listing: one line per token with its code-point span and the text under it.
+    proc = run_cli("tokenize", "--address", server.address, "--text", "héllo",
+                   "--no-special-tokens")
+    assert proc.returncode == 0, proc.stderr
+    tokens = server.stub.Tokenize(pb.TokenizeRequest(text="héllo", add_special_tokens=False))
+    lines = proc.stdout.decode().splitlines()
+    assert [int(line.split("\t")[0]) for line in lines] == [t.id for t in tokens.tokens]
+    spans = [tuple(map(int, re.search(r"\[(\d+),(\d+)\)", line).groups())) for line in lines]
+    assert spans == [(t.start, t.start + t.length) for t in tokens.tokens]
+    # Byte-level pieces of one character (é) both show the character they belong to.
+    assert [re.search(r'"(.*)"', line).group(1) for line in lines] == \
+        ["héllo"[a:b] for a, b in spans]
+
+    proc = run_cli("info", "--address", server.address, "--json")
+    assert proc.returncode == 0, proc.stderr
+    ours = json_format.Parse(proc.stdout.decode(), pb.ModelInfo())
+    assert ours == server.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
+    assert ours.supports_images
+
+    proc = run_cli("health", "--address", server.address)
+    assert (proc.returncode, proc.stdout) == (0, b"SERVING\n"), proc.stderr
+    proc = run_cli("health", "--address", server.address, "--service", "no.such.Service")
+    assert proc.returncode == 1 and "NOT_FOUND" in proc.stderr, proc.stderr
+
+
+def screenshot(html: Path, out: Path) -> str:
+    """Headless Chromium's screenshot of `html`; returns its console lines."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (scripts/apt-packages.txt)"
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--force-device-scale-factor=1", "--force-color-profile=srgb", "--window-size=1000,1600",
+         "--enable-logging=stderr", "--v=0", f"--user-data-dir={out.parent / 'chromium'}",
+         f"--screenshot={out}", html.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and out.exists(), proc.stderr
+    return "\n".join(line for line in proc.stderr.splitlines() if ":CONSOLE" in line)
+
+
+def test_html_report_renders_in_chromium_with_the_heatmap_colours(server, tmp_path):
+    image = grey_image(tmp_path / "g.png", 40, 30)
+    html = tmp_path / "report.html"
+    proc = run_cli(*explain_args(server, "--prompt", "USER: ", "--image", image, "--prompt",
+                                 " what is it? ASSISTANT:", "--target", " a cat",
+                                 "--text-granularity", "token", "--html", html, "--json"))
+    assert proc.returncode == 0, proc.stderr
+    response = json_format.Parse(proc.stdout.decode(), pb.ExplainResponse())
+    text = html.read_text()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", text), "a non-data: reference"
+
+    shot = tmp_path / "shot.png"
+    console = screenshot(html, shot)
+    assert console == "", f"console output:\n{console}"
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+    explanation = response.explanations[0]
+    scores = [s.score for item in explanation.items for s in list(item.text) + list(item.image)]
+    max_abs = max(abs(s) for s in scores)
+    # Text: every strongly scored unit's exact background colour is on the page.
+    strong = [s.score for item in explanation.items for s in item.text if abs(s.score) >= 0.5 * max_abs]
+    assert strong
+    for score in strong:
+        c = colour(score, max_abs)
+        count = int(np.all(pixels == c, axis=-1).sum())
+        assert count >= 30, f"unit colour {c} (score {score}) on {count} pixels"
+
+    # Image: the frame is where the layout contract puts it, each region blended at its centre.
+    ys, xs = np.nonzero(np.all(pixels == FRAME, axis=-1))
+    assert len(xs), "no image frame on the page"
+    left, top = xs.min() + 3, ys.min() + 3
+    width, height = xs.max() - 2 - left, ys.max() - 2 - top
+    assert (width, height) == (320, 240)  # 40 x 30 enlarged 8 times
+    source = np.asarray(Image.open(image).convert("RGB")).astype(int)
+    image_scores = [s for item in explanation.items for s in item.image]
+    assert len(image_scores) > 1
+    for s in image_scores:
+        cx = left + int((s.left + s.width / 2) * width)
+        cy = top + int((s.top + s.height / 2) * height)
+        under = source[(cy - top) // 8, (cx - left) // 8]
+        a = 0.65 * abs(s.score) / max_abs
+        expected = np.rint((1 - a) * under + a * np.array(colour(s.score, max_abs)))
+        got = pixels[cy, cx]
+        assert np.abs(got - expected).max() <= 3, f"region {s}: {got} vs {expected}"
+
+    # The check can fail: a broken image is reported on the console.
+    broken = tmp_path / "broken.html"
+    broken.write_text(text.replace(";base64,", ";base64,AAAA", 1))
+    assert "image not decoded" in screenshot(broken, tmp_path / "broken.png")
+
+
+def test_png_overlay_hottest_pixels_lie_in_the_top_rectangle(server, tmp_path):
+    image = grey_image(tmp_path / "g.png", 48, 36)
+    out = tmp_path / "overlay.png"
+    proc = run_cli(*explain_args(server, "--prompt", "USER: ", "--image", image, "--prompt",
+                                 " describe it. ASSISTANT:", "--target", " a grey square",
+                                 "--image-granularity", "grid", "--image-rows", "3",
+                                 "--image-cols", "4", "--normalize", "--png", out, "--json"))
+    assert proc.returncode == 0, proc.stderr
+    response = json_format.Parse(proc.stdout.decode(), pb.ExplainResponse())
+    regions = [s for item in response.explanations[0].items for s in item.image]
+    assert len(regions) == 12
+    top_region = max(regions, key=lambda s: s.score)
+    assert sorted(s.score for s in regions)[-2] < top_region.score
+
+    picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    k = 512 // 48
+    assert picture.shape == (36 * k + 6 + 16, 48 * k, 3)
+    picture = picture[: 36 * k]
+    heat = picture[..., 0] - picture[..., 2]  # the grey image has R = B: this is the tint
+    ys, xs = np.nonzero(heat == heat.max())
+    w, h = picture.shape[1], picture.shape[0]
+    cx, cy = (xs + 0.5) / w, (ys + 0.5) / h
+    inside = ((cx >= top_region.left) & (cx < top_region.left + top_region.width) &
+              (cy >= top_region.top) & (cy < top_region.top + top_region.height))
+    assert inside.all(), f"{(~inside).sum()} of {len(xs)} hottest pixels outside {top_region}"
+    # ... and they spread over it (rounding of the blend leaves some a unit cooler).
+    assert (cx.max() - cx.min()) >= 0.8 * top_region.width
+    assert (cy.max() - cy.min()) >= 0.8 * top_region.height
+
+
+def explain_total(metrics: str) -> dict:
+    """atman_requests_total{method="Explain"} by code."""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith("atman_requests_total{") and 'method="Explain"' in line:
+            code = re.search(r'code="([A-Z_]+)"', line).group(1)
+            out[code] = out.get(code, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def test_bench_counts_match_the_server_metrics(server, tmp_path):
+    image = grey_image(tmp_path / "g.png", 40, 30)
+    requests = tmp_path / "requests.jsonl"
+    lines = [
+        {"prompt": [{"text": "The cat sat on the mat."}], "target": " yes"},
+        {"prompt": [{"text": "USER: "}, {"image": base64.b64encode(image.read_bytes()).decode()},
+                    {"text": " what? ASSISTANT:"}], "target": " grey",
+         "options": {"imageGranularity": "IMAGE_GRANULARITY_WHOLE"}},
+        {"prompt": [{"text": "x"}], "options": {"maxForwardPasses": 1, "textGranularity":
+                                                "TEXT_GRANULARITY_TOKEN"}, "target": "y y y"},
+    ]
+    requests.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    def measured(*args):
+        before = explain_total(server.metrics())
+        proc = run_cli("bench", "--address", server.address, "--requests", requests, *args)
+        assert proc.returncode == 0, proc.stderr
+        return before, proc.stdout.decode()
+
+    def server_delta(before, expected_total):
+        # The server counts a call when it finishes it; give its counter a moment to catch up.
+        for _ in range(50):
+            after = explain_total(server.metrics())
+            delta = {c: after.get(c, 0) - before.get(c, 0) for c in after}
+            delta = {c: n for c, n in delta.items() if n}
+            if sum(delta.values()) >= expected_total:
+                return delta
+            time.sleep(0.1)
+        return delta
+
+    before, out = measured("--concurrency", "1,4", "--duration", "2s")
+    levels = json.loads(out)
+    assert [lvl["concurrency"] for lvl in levels] == [1, 4]
+    total = sum(lvl["requests"] for lvl in levels)
+    codes = {}
+    for lvl in levels:
+        assert lvl["requests"] == sum(lvl["codes"].values()) > 0
+        assert 1.9 <= lvl["seconds"] < 30
+        assert lvl["ok"] == lvl["codes"].get("OK", 0) > 0
+        assert lvl["latency_ms"]["p50"] <= lvl["latency_ms"]["p90"] <= lvl["latency_ms"]["p99"]
+        assert lvl["server_compute_mean_seconds"] > 0
+        for c, n in lvl["codes"].items():
+            codes[c] = codes.get(c, 0) + n
+    assert codes.get("INVALID_ARGUMENT", 0) > 0  # the over-budget request
+    assert server_delta(before, total) == codes
+
+    # The request budget bounds a level exactly, long before its duration.
+    before, out = measured("--concurrency", "3", "--duration", "120s", "--max-requests", "7",
+                           "--format", "csv")
+    header, row = out.strip().splitlines()
+    assert header.startswith("concurrency,requests,ok,seconds,")
+    fields = dict(zip(header.split(","), row.split(",")))
+    assert (fields["concurrency"], fields["requests"]) == ("3", "7")
+    assert float(fields["seconds"]) < 60
+    csv_codes = dict(part.split("=") for part in fields["codes"].split(";"))
+    assert server_delta(before, 7) == {c: int(n) for c, n in csv_codes.items()}
+
+
+def test_bad_arguments_exit_2_with_usage(tmp_path):
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("not an image")
+    cases = [
+        [],
+        ["explian"],
+        ["explain", "--prompt", "x", "--colour"],
+        ["explain", "--prompt"],
+        ["explain", "--prompt", "x", "--image", tmp_path / "missing.png"],
+        ["explain", "--prompt", "x", "--image", not_image],
+        ["explain", "--prompt", "x", "--text-granularity", "letters"],
+        ["explain", "--prompt", "x", "--timeout", "forever"],
+        ["generate", "--prompt", "x", "--control", "1:2"],
+        ["tokenize"],
+        ["bench", "--requests", tmp_path / "missing.jsonl"],
+        ["bench", "--requests", not_image],
+        ["bench", "--requests", not_image, "--concurrency", "1,0"],
+        ["bench", "--requests", not_image, "--address", "192.0.2.1:50051"],
+    ]
+    for args in cases:
+        # A port where nothing listens: no case may get as far as a call.
+        proc = run_cli(*args, env={"ATMAN_ADDRESS": f"127.0.0.1:{free_port()}"}, timeout=60)
+        assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
+        assert "usage: atman" in proc.stderr, (args, proc.stderr)
+        for crash in ("terminate called", "what():", "Aborted", "Segmentation", "Traceback"):
+            assert crash not in proc.stderr, (args, proc.stderr)
+        assert proc.stdout == b"", args
+
+
+def test_unavailable_at_start_is_retried(tmp_path):
+    port = free_port()
+    started = time.time()
+    cli = subprocess.Popen([CLI, "info", "--address", f"127.0.0.1:{port}", "--retries", "10",
+                            "--timeout", "120s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    assert cli.poll() is None, "the tool gave up before the server started"
+    server = Server(port=port, wait=False)
+    try:
+        out, err = cli.communicate(timeout=120)
+        assert cli.returncode == 0, err.decode()
+        assert b"model: llava" in out
+        assert time.time() - started > 1.0
+    finally:
+        assert server.stop() == 0, server.output()
