@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 
 namespace atman::client {
 namespace {
@@ -155,9 +156,16 @@ absl::StatusOr<std::string> RenderTerminal(const pb::ExplainRequest& request,
           if (!piece.score) {
             absl::StrAppend(&out, piece.text);
           } else if (truecolor) {
-            absl::StrAppend(&out, Truecolour(scale.At(*piece.score)), piece.text, kReset);
+            // The colour stops at line ends, so that it does not fill the rest of the line.
+            const std::string colour = Truecolour(scale.At(*piece.score));
+            absl::StrAppend(
+                &out, colour,
+                absl::StrReplaceAll(piece.text, {{"\n", absl::StrCat(kReset, "\n", colour)}}),
+                kReset);
           } else {
-            absl::StrAppend(&out, "[", piece.text, "|", FormatScore(*piece.score), "]");
+            // A unit's line breaks are shown as \n inside its marks.
+            absl::StrAppend(&out, "[", absl::StrReplaceAll(piece.text, {{"\n", "\\n"}}), "|",
+                            FormatScore(*piece.score), "]");
           }
         }
         absl::StrAppend(&out, "\n");

@@ -70,7 +70,8 @@ absl::StatusOr<std::vector<TextPiece>> CutText(
 std::string TargetPiece(const std::string& target, const pb::TargetExplanation& explanation);
 
 // The terminal view of a response: per explanation the target (piece), each text item as a
-// heatmap (24-bit background colours when `truecolor`, else `[piece|+0.123]` marks), image and
+// heatmap (24-bit background colours when `truecolor`, else `[piece|+0.1234]` marks, a line
+// break inside a unit shown as `\n`), image and
 // token-id items as score lists, then the usage. Errors: spans that do not fit the request.
 absl::StatusOr<std::string> RenderTerminal(const pb::ExplainRequest& request,
                                            const pb::ExplainResponse& response, bool truecolor);

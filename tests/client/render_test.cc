@@ -130,6 +130,22 @@ TEST(RenderTerminal, TruecolourUsesTheScaleColours) {
                                             half_cold.b, "m")));
 }
 
+TEST(RenderTerminal, LineBreaksInsideUnitsStayReadable) {
+  pb::ExplainRequest request;
+  request.add_prompt()->set_text("a\nb");
+  pb::ExplainResponse response;
+  pb::TextScore* s = response.add_explanations()->add_items()->add_text();
+  s->set_length(3);
+  s->set_score(1.0);
+  auto plain = RenderTerminal(request, response, false);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_THAT(*plain, HasSubstr("[a\\nb|+1.0000]"));
+  auto colour = RenderTerminal(request, response, true);
+  ASSERT_TRUE(colour.ok()) << colour.status();
+  const std::string hot = "\x1b[48;2;215;48;39m\x1b[38;2;255;255;255m";
+  EXPECT_THAT(*colour, HasSubstr(hot + "a\x1b[0m\n" + hot + "b\x1b[0m"));
+}
+
 TEST(RenderTerminal, ItemIndexOutsideThePromptIsAnError) {
   pb::ExplainResponse response = TextResponse();
   response.mutable_explanations(0)->mutable_items(0)->set_item(3);
