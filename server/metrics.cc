@@ -99,6 +99,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
       .Register(r)
       .Add({{"version", version}})
       .Set(1);
+  // Every method's series exist from the start (at 0), so dashboards and alerts see the
+  // families before the first request, as Prometheus' guidelines recommend.
+  for (const char* method : {"Explain", "ExplainStream", "Generate", "Tokenize", "GetModelInfo"}) {
+    m->requests_->Add({{"method", method}, {"code", "OK"}});
+    m->duration_->Add({{"method", method}}, SecondsBuckets());
+  }
   if (!bind.empty()) {
     const auto colon = bind.rfind(':');
     const std::string host = bind.substr(0, colon);
