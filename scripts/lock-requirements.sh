@@ -10,6 +10,6 @@ python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q -r "$root/requirements.in"
 {
   echo "# Fully pinned lock of requirements.in (made by scripts/lock-requirements.sh). Do not edit by hand."
-  "$tmp/venv/bin/python" -m pip freeze --all | grep -v -E '^(pip|setuptools|wheel)=='
+  "$tmp/venv/bin/python" -m pip freeze --all | grep -v -E '^(pip|wheel)=='
 } >"$root/requirements.txt"
 echo "wrote requirements.txt"
