@@ -42,6 +42,7 @@ def _generate_stubs() -> Path:
 sys.path.insert(0, str(_generate_stubs()))
 from atman.v1 import atman_pb2 as pb  # noqa: E402
 from atman.v1 import atman_pb2_grpc as pb_grpc  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 
 def free_port() -> int:
@@ -53,31 +54,37 @@ def free_port() -> int:
 class Server:
     """One atman-server process on 127.0.0.1."""
 
-    def __init__(self, model: Path = LLAVA, port: int | None = None, wait: bool = True):
+    def __init__(self, *flags, model: Path = LLAVA, port: int | None = None, wait: bool = True,
+                 env: dict | None = None, credentials=None):
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="atman-server-", suffix=".log", delete=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ATMAN_")}
-        env["OMP_NUM_THREADS"] = "1"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATMAN_")}
+        full_env["OMP_NUM_THREADS"] = "1"
+        full_env.update(env or {})
         self.proc = subprocess.Popen(
             [SERVER, "--model", str(model), "--devices", "cpu", "--host", "127.0.0.1",
-             "--port", str(self.port), "--metrics-port", str(self.metrics_port)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.channel = grpc.insecure_channel(self.address)
+             "--port", str(self.port), "--metrics-port", str(self.metrics_port), *map(str, flags)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.channel = (grpc.secure_channel(self.address, credentials) if credentials
+                        else grpc.insecure_channel(self.address))
         self.stub = pb_grpc.AtmanStub(self.channel)
         if wait:
             self.wait_serving()
 
     def wait_serving(self, timeout: float = 120.0):
+        health = health_pb2_grpc.HealthStub(self.channel)
         end = time.time() + timeout
         while time.time() < end:
             assert self.proc.poll() is None, f"server exited early:\n{self.output()}"
             try:
-                self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
-                return
+                request = health_pb2.HealthCheckRequest(service="atman.v1.Atman")
+                if health.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
             except grpc.RpcError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise AssertionError(f"server not answering after {timeout}s:\n{self.output()}")
 
     def output(self) -> str:

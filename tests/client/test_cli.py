@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
@@ -344,3 +345,70 @@ def test_unavailable_at_start_is_retried(tmp_path):
         assert time.time() - started > 1.0
     finally:
         assert server.stop() == 0, server.output()
+
+
+def make_certificates(folder: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+            "-keyout", folder / "ca.key", "-out", folder / "ca.pem")
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1"),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.csr")
+        (folder / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", folder / f"{name}.csr", "-CA", folder / "ca.pem",
+                "-CAkey", folder / "ca.key", "-CAcreateserial", "-days", "1",
+                "-extfile", folder / f"{name}.ext", "-out", folder / f"{name}.pem")
+    return folder
+
+
+def test_mutual_tls_and_bearer_token(tmp_path):
+    certs = make_certificates(tmp_path)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-1\n")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.pem").read_bytes(),
+        private_key=(certs / "client.key").read_bytes(),
+        certificate_chain=(certs / "client.pem").read_bytes())
+    server = Server("--tls-cert", certs / "server.pem", "--tls-key", certs / "server.key",
+                    "--tls-client-ca", certs / "ca.pem", "--auth-tokens-file", tokens,
+                    credentials=credentials)
+    try:
+        tls = ["--address", server.address, "--tls-ca", certs / "ca.pem",
+               "--tls-cert", certs / "client.pem", "--tls-key", certs / "client.key"]
+        ok = run_cli("info", *tls, "--token", "secret-1", "--json")
+        assert ok.returncode == 0, ok.stderr
+        assert json_format.Parse(ok.stdout.decode(), pb.ModelInfo()) == server.stub.GetModelInfo(
+            pb.GetModelInfoRequest(), metadata=[("authorization", "Bearer secret-1")], timeout=30)
+        token_file = tmp_path / "token"
+        token_file.write_text("secret-1\n")
+        from_file = run_cli("info", *tls, "--token-file", token_file)
+        assert from_file.returncode == 0, from_file.stderr
+        from_env = run_cli("info", *tls, env={"ATMAN_TOKEN": "secret-1"})
+        assert from_env.returncode == 0, from_env.stderr
+
+        wrong = run_cli("info", *tls, "--token", "secret-2")
+        assert wrong.returncode == 1 and "UNAUTHENTICATED" in wrong.stderr, wrong.stderr
+        no_client_cert = run_cli("info", "--address", server.address, "--tls-ca", certs / "ca.pem",
+                                 "--token", "secret-1", "--retries", "0", "--timeout", "10s")
+        assert no_client_cert.returncode == 1, no_client_cert.stderr
+        plaintext = run_cli("info", "--address", server.address, "--token", "secret-1",
+                            "--retries", "0", "--timeout", "10s")
+        assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr, plaintext.stderr
+    finally:
+        assert server.stop() == 0, server.output()
+
+
+def test_stream_prints_progress_and_the_rpc_result(server):
+    args = ["--prompt", "The cat sat on the mat. It was happy.", "--target", " yes",
+            "--text-granularity", "token", "--json"]
+    streamed = run_cli(*explain_args(server, *args, "--stream"))
+    assert streamed.returncode == 0, streamed.stderr
+    assert re.search(r"progress: \d+/\d+ rows", streamed.stderr), streamed.stderr
+    plain = run_cli(*explain_args(server, *args))
+    assert plain.returncode == 0, plain.stderr
+    ours = json_format.Parse(streamed.stdout.decode(), pb.ExplainResponse())
+    assert without_timings(ours) == without_timings(
+        json_format.Parse(plain.stdout.decode(), pb.ExplainResponse()))
