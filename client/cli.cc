@@ -332,6 +332,14 @@ int RunExplain(const ParsedArgs& args, const Client& client, const CliEnvironmen
                std::ostream& out, std::ostream& err) {
   auto request = ExplainRequestFromArgs(args);
   if (!request.ok()) return UsageError(request.status(), "explain", err);
+  std::vector<int> images;  // prompt indices of the image items
+  for (int i = 0; i < request->prompt_size(); ++i) {
+    if (request->prompt(i).has_image()) images.push_back(i);
+  }
+  if (args.Has("png") && images.empty()) {
+    return UsageError(absl::InvalidArgumentError("--png: the prompt has no --image"), "explain",
+                      err);
+  }
   absl::StatusOr<pb::ExplainResponse> response;
   if (args.Has("stream")) {
     response = client.ExplainStream(*request, [&](const pb::ExplainProgress& p) {
@@ -358,14 +366,6 @@ int RunExplain(const ParsedArgs& args, const Client& client, const CliEnvironmen
     if (auto s = WriteOutputFile("html", args.Get("html"), *html); !s.ok()) return Failure(s, err);
   }
   if (args.Has("png")) {
-    std::vector<int> images;
-    for (int i = 0; i < request->prompt_size(); ++i) {
-      if (request->prompt(i).has_image()) images.push_back(i);
-    }
-    if (images.empty()) {
-      return UsageError(absl::InvalidArgumentError("--png: the prompt has no --image"), "explain",
-                        err);
-    }
     if (response->explanations_size() == 0) {
       return Failure(absl::InternalError("the response has no explanation"), err);
     }

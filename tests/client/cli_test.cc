@@ -168,6 +168,7 @@ TEST(RunCli, BadUsageExitsTwoWithTheUsage) {
       {"explain", "--prompt", "x", "--image", not_image},
       {"explain", "--prompt", "x", "--timeout", "soon"},
       {"explain", "--prompt", "x", "--tls-ca", (dir / "missing-ca.pem").string()},
+      {"explain", "--prompt", "x", "--png", (dir / "out.png").string()},
       {"tokenize"},
       {"bench", "--requests", (dir / "missing.jsonl").string()},
       {"bench", "--requests", not_image, "--concurrency", "0"},
