@@ -1,14 +1,45 @@
 #include "client/overlay.h"
 
+#include <stb_easy_font.h>
 #include <stb_image.h>
 #include <stb_image_write.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
 namespace atman::client {
+namespace {
+
+// Draws `text` with stb_easy_font at (x, y) (top left), each font unit `scale` pixels.
+void DrawText(RgbImage& image, std::string text, int x, int y, int scale, const Rgb& colour) {
+  // stb_easy_font: 4 vertices of 16 bytes (x, y, z floats, RGBA) per axis-aligned quad.
+  std::vector<char> vertices(64 * 4 * 16 * (text.size() + 1));
+  const int quads = stb_easy_font_print(0, 0, text.data(), nullptr, vertices.data(),
+                                        static_cast<int>(vertices.size()));
+  for (int q = 0; q < quads; ++q) {
+    float corner[4][2];
+    for (int v = 0; v < 4; ++v) {
+      std::memcpy(corner[v], &vertices[(static_cast<size_t>(q) * 4 + v) * 16], 2 * sizeof(float));
+    }
+    const int x0 = x + static_cast<int>(std::lround(std::min(corner[0][0], corner[2][0]) * scale));
+    const int x1 = x + static_cast<int>(std::lround(std::max(corner[0][0], corner[2][0]) * scale));
+    const int y0 = y + static_cast<int>(std::lround(std::min(corner[0][1], corner[2][1]) * scale));
+    const int y1 = y + static_cast<int>(std::lround(std::max(corner[0][1], corner[2][1]) * scale));
+    for (int py = std::max(0, y0); py < std::min(image.height, y1); ++py) {
+      for (int px = std::max(0, x0); px < std::min(image.width, x1); ++px) {
+        uint8_t* p = &image.pixels[(static_cast<size_t>(py) * image.width + px) * 3];
+        p[0] = colour.r;
+        p[1] = colour.g;
+        p[2] = colour.b;
+      }
+    }
+  }
+}
+
+}  // namespace
 
 std::string ImageMimeType(const std::string& bytes) {
   if (bytes.rfind("\x89PNG\r\n\x1a\n", 0) == 0) return "image/png";
@@ -51,7 +82,7 @@ RgbImage RenderOverlay(const RgbImage& image,
   RgbImage out;
   out.width = image.width * k;
   const int picture_height = image.height * k;
-  out.height = picture_height + kColourBarGap + kColourBarHeight;
+  out.height = picture_height + kColourBarGap + kColourBarHeight + kColourBarLabelHeight;
   out.pixels.assign(static_cast<size_t>(out.width) * out.height * 3, 255);
   for (int y = 0; y < picture_height; ++y) {
     for (int x = 0; x < out.width; ++x) {
@@ -80,16 +111,26 @@ RgbImage RenderOverlay(const RgbImage& image,
   }
   // The colour bar: column x shows the score -m + 2m * (x + 0.5) / width.
   const int bar_top = picture_height + kColourBarGap;
+  const int bar_bottom = bar_top + kColourBarHeight;
   for (int x = 0; x < out.width; ++x) {
     const double score = scale.max_abs() * (2.0 * (x + 0.5) / out.width - 1.0);
     const Rgb c = scale.At(score);
-    for (int y = bar_top; y < out.height; ++y) {
+    for (int y = bar_top; y < bar_bottom; ++y) {
       uint8_t* p = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
       p[0] = c.r;
       p[1] = c.g;
       p[2] = c.b;
     }
   }
+  // Labels: -m at the left end, 0 in the middle, +m at the right end.
+  const int font = out.width >= 200 ? 2 : 1;
+  const Rgb ink{34, 34, 34};
+  const int label_top = bar_bottom + 4;
+  auto width_of = [&](std::string text) { return stb_easy_font_width(text.data()) * font; };
+  const std::string low = FormatScore(-scale.max_abs()), high = FormatScore(scale.max_abs());
+  DrawText(out, low, 2, label_top, font, ink);
+  DrawText(out, "0", (out.width - width_of("0")) / 2, label_top, font, ink);
+  DrawText(out, high, out.width - width_of(high) - 2, label_top, font, ink);
   return out;
 }
 

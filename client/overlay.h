@@ -36,12 +36,14 @@ absl::StatusOr<RgbImage> DecodeImage(const std::string& bytes, const std::string
 // factor keeping the longer side <= 512 px (at least 1).
 int OverlayScale(int width, int height);
 
-// Height of the colour bar strip under the picture (a 6 px gap, then the bar).
+// Under the picture: a 6 px gap, the colour bar (16 px), then its labels (22 px).
 inline constexpr int kColourBarGap = 6;
 inline constexpr int kColourBarHeight = 16;
+inline constexpr int kColourBarLabelHeight = 22;
 
 // The overlay picture of one image item: the enlarged image blended with `scores`, then the
-// colour bar from -max|score| (left, blue) to +max|score| (right, red) under it.
+// colour bar from -max|score| (left, blue) to +max|score| (right, red) under it, labelled with
+// those two values and 0 (stb_easy_font, dark grey on white).
 RgbImage RenderOverlay(const RgbImage& image,
                        const google::protobuf::RepeatedPtrField<pb::ImageScore>& scores,
                        const ColourScale& scale);

@@ -188,7 +188,7 @@ TEST(Overlay, BlendsEachRectangleOverItsPixelsAndDrawsTheBar) {
   const ColourScale scale(2.0);
   const RgbImage out = RenderOverlay(image, scores, scale);
   ASSERT_EQ(out.width, 512);
-  ASSERT_EQ(out.height, 256 + kColourBarGap + kColourBarHeight);
+  ASSERT_EQ(out.height, 256 + kColourBarGap + kColourBarHeight + kColourBarLabelHeight);
   auto pixel = [&](int x, int y) {
     const uint8_t* p = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
     return Rgb{p[0], p[1], p[2]};
@@ -207,8 +207,21 @@ TEST(Overlay, BlendsEachRectangleOverItsPixelsAndDrawsTheBar) {
   EXPECT_EQ(pixel(256, 127), (Rgb{100, 100, 100}));
   // Gap white; the bar runs from the cold end to the hot end.
   EXPECT_EQ(pixel(10, 256 + 2), kWhite);
-  EXPECT_EQ(pixel(0, out.height - 1), scale.At(-2.0 * 511.0 / 512.0));
-  EXPECT_EQ(pixel(511, out.height - 1), scale.At(2.0 * 511.0 / 512.0));
+  const int bar = 256 + kColourBarGap + kColourBarHeight - 1;
+  EXPECT_EQ(pixel(0, bar), scale.At(-2.0 * 511.0 / 512.0));
+  EXPECT_EQ(pixel(511, bar), scale.At(2.0 * 511.0 / 512.0));
+  // Labels under the bar: ink at the left end, the middle and the right end, nothing else.
+  auto ink_in = [&](int x0, int x1) {
+    int n = 0;
+    for (int y = bar + 1; y < out.height; ++y) {
+      for (int x = x0; x < x1; ++x) n += pixel(x, y) == Rgb{34, 34, 34};
+    }
+    return n;
+  };
+  EXPECT_GT(ink_in(0, 100), 20);    // "-2.0000"
+  EXPECT_GT(ink_in(246, 266), 5);   // "0"
+  EXPECT_GT(ink_in(412, 512), 20);  // "+2.0000"
+  EXPECT_EQ(ink_in(120, 230), 0);
 }
 
 TEST(Overlay, PngRoundTripsThroughTheDecoder) {

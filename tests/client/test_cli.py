@@ -219,7 +219,7 @@ def test_png_overlay_hottest_pixels_lie_in_the_top_rectangle(server, tmp_path):
 
     picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
     k = 512 // 48
-    assert picture.shape == (36 * k + 6 + 16, 48 * k, 3)
+    assert picture.shape == (36 * k + 6 + 16 + 22, 48 * k, 3)  # picture, gap, bar, labels
     picture = picture[: 36 * k]
     heat = picture[..., 0] - picture[..., 2]  # the grey image has R = B: this is the tint
     ys, xs = np.nonzero(heat == heat.max())
