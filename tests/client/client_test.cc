@@ -85,7 +85,7 @@ TEST(Retries, TheDeadlineBoundsTheRetries) {
   EXPECT_FALSE(info.ok());
   EXPECT_LE((*client)->attempts(), 6);  // at most one per 200 ms within 1 s
   EXPECT_GE((*client)->attempts(), 2);
-  EXPECT_LT(elapsed, 1500ms);
+  EXPECT_LT(elapsed, 3000ms);  // the deadline (1 s) plus slack for a loaded machine
 }
 
 TEST(Retries, HealthIsNotRetried) {
