@@ -13,6 +13,7 @@ Not thread-safe; one process drives one engine subprocess and one transformers m
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -28,6 +29,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "default_model"))
 import tasks  # noqa: E402  (tools/default_model/tasks.py: generators with ground truth)
+
+
+def use_tasks(path: Path) -> None:
+    """Generate items with another copy of tasks.py (e.g. the revision a model was trained
+    with); replaces this module's `tasks`."""
+    global tasks
+    spec = importlib.util.spec_from_file_location("tasks", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tasks"] = module
+    spec.loader.exec_module(module)
+    tasks = module
 
 from metrics import deletion_counts, deletion_order  # noqa: E402
 
