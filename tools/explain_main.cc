@@ -34,11 +34,14 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/atman/explainer.h"
 #include "core/atman/relevance.h"
 #include "core/base/status_macros.h"
@@ -112,8 +115,8 @@ std::optional<Args> ParseArgs(int argc, char** argv) {
     } else if (flag == "--max-rows" || flag == "--max-tokens") {
       const auto n = ParsePositive(v);
       if (!n) {
-        std::fprintf(stderr, "atman-explain: %s takes a positive integer, got '%s'\n",
-                     flag.c_str(), v);
+        std::fprintf(stderr, "atman-explain: %s takes a positive integer, got '%s'\n", flag.c_str(),
+                     v);
         return std::nullopt;
       }
       (flag == "--max-rows" ? args.max_rows : args.max_tokens) = *n;
@@ -183,36 +186,46 @@ absl::StatusOr<T> Field(const nlohmann::json& object, const std::string& key,
   }
 }
 
+template <typename E>
+using NameTable = std::vector<std::pair<std::string_view, E>>;
+
+const NameTable<TextGranularity> kTextGranularities = {
+    {"token", TextGranularity::kToken},       {"word", TextGranularity::kWord},
+    {"sentence", TextGranularity::kSentence}, {"paragraph", TextGranularity::kParagraph},
+    {"custom", TextGranularity::kCustom},     {"auto", TextGranularity::kAuto}};
+const NameTable<ImageGranularity> kImageGranularities = {{"native", ImageGranularity::kNative},
+                                                         {"6x6", ImageGranularity::kTiles6x6},
+                                                         {"3x3", ImageGranularity::kTiles3x3},
+                                                         {"1", ImageGranularity::kWhole},
+                                                         {"grid", ImageGranularity::kGrid}};
+
+// The enum value named `name`, or INVALID_ARGUMENT naming options.<field> and the choices.
+template <typename E>
+absl::StatusOr<E> Lookup(const NameTable<E>& table, const std::string& name,
+                         const std::string& field) {
+  std::vector<std::string> names;
+  for (const auto& [n, value] : table) {
+    if (n == name) return value;
+    names.emplace_back(n);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("options.", field, ": '", name, "' is not one of ", absl::StrJoin(names, ", ")));
+}
+
 absl::Status ParseOptions(const nlohmann::json& o, ExplainOptions* opt) {
   if (!o.is_object()) return absl::InvalidArgumentError("options: must be an object");
   const std::string at = "options.";
   for (const auto& [key, value] : o.items()) {
     if (key == "text_granularity") {
       ATMAN_ASSIGN_OR_RETURN(const std::string g, Field<std::string>(o, key, at));
-      if (g == "token") opt->text_granularity = TextGranularity::kToken;
-      else if (g == "word") opt->text_granularity = TextGranularity::kWord;
-      else if (g == "sentence") opt->text_granularity = TextGranularity::kSentence;
-      else if (g == "paragraph") opt->text_granularity = TextGranularity::kParagraph;
-      else if (g == "custom") opt->text_granularity = TextGranularity::kCustom;
-      else if (g == "auto") opt->text_granularity = TextGranularity::kAuto;
-      else
-        return absl::InvalidArgumentError(absl::StrCat(
-            "options.text_granularity: '", g,
-            "' is not one of token, word, sentence, paragraph, custom, auto"));
+      ATMAN_ASSIGN_OR_RETURN(opt->text_granularity, Lookup(kTextGranularities, g, key));
     } else if (key == "custom_delimiter") {
       ATMAN_ASSIGN_OR_RETURN(opt->custom_delimiter, Field<std::string>(o, key, at));
     } else if (key == "auto_max_units") {
       ATMAN_ASSIGN_OR_RETURN(opt->auto_max_units, Field<int32_t>(o, key, at));
     } else if (key == "image_granularity") {
       ATMAN_ASSIGN_OR_RETURN(const std::string g, Field<std::string>(o, key, at));
-      if (g == "native") opt->image_granularity = ImageGranularity::kNative;
-      else if (g == "6x6") opt->image_granularity = ImageGranularity::kTiles6x6;
-      else if (g == "3x3") opt->image_granularity = ImageGranularity::kTiles3x3;
-      else if (g == "1") opt->image_granularity = ImageGranularity::kWhole;
-      else if (g == "grid") opt->image_granularity = ImageGranularity::kGrid;
-      else
-        return absl::InvalidArgumentError(absl::StrCat(
-            "options.image_granularity: '", g, "' is not one of native, 6x6, 3x3, 1, grid"));
+      ATMAN_ASSIGN_OR_RETURN(opt->image_granularity, Lookup(kImageGranularities, g, key));
     } else if (key == "image_rows") {
       ATMAN_ASSIGN_OR_RETURN(opt->image_rows, Field<int32_t>(o, key, at));
     } else if (key == "image_cols") {
@@ -278,8 +291,8 @@ absl::StatusOr<ExplainRequest> ParseRequest(const nlohmann::json& r) {
                              Field<std::vector<int32_t>>(item, "tokens", where));
       request.prompt.push_back(PromptItem::Tokens(std::move(ids)));
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("prompt[", i, "]: unknown item field '",
-                                                     item.begin().key(), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt[", i, "]: unknown item field '", item.begin().key(), "'"));
     }
   }
   if (r.contains("target")) {
@@ -291,10 +304,14 @@ absl::StatusOr<ExplainRequest> ParseRequest(const nlohmann::json& r) {
 
 const char* KindName(UnitScore::Kind kind) {
   switch (kind) {
-    case UnitScore::Kind::kText: return "text";
-    case UnitScore::Kind::kImage: return "image";
-    case UnitScore::Kind::kToken: return "token";
-    case UnitScore::Kind::kTarget: return "target";
+    case UnitScore::Kind::kText:
+      return "text";
+    case UnitScore::Kind::kImage:
+      return "image";
+    case UnitScore::Kind::kToken:
+      return "token";
+    case UnitScore::Kind::kTarget:
+      return "target";
   }
   return "unknown";
 }
@@ -330,14 +347,11 @@ nlohmann::json ToJson(const atman::Explanation& e, double seconds) {
   }
   out["unit_relevance"] = std::move(relevance);
   const atman::Usage& u = e.usage;
-  out["usage"] = {{"forward_passes", u.forward_passes},
-                  {"perturbed_rows", u.perturbed_rows},
-                  {"positions_computed", u.positions_computed},
-                  {"peak_memory_bytes", u.peak_memory_bytes},
-                  {"prepare_seconds", u.prepare_seconds},
-                  {"perturbed_seconds", u.perturbed_seconds},
-                  {"score_seconds", u.score_seconds},
-                  {"seconds", seconds}};
+  out["usage"] = {
+      {"forward_passes", u.forward_passes},         {"perturbed_rows", u.perturbed_rows},
+      {"positions_computed", u.positions_computed}, {"peak_memory_bytes", u.peak_memory_bytes},
+      {"prepare_seconds", u.prepare_seconds},       {"perturbed_seconds", u.perturbed_seconds},
+      {"score_seconds", u.score_seconds},           {"seconds", seconds}};
   return out;
 }
 
@@ -353,14 +367,13 @@ int Run(const Args& args) {
   options.limits.max_tokens = args.max_tokens;
   options.limits.reuse_prefix = args.reuse_prefix;
   std::unique_ptr<atman::Explainer> explainer =
-      loaded->vlm ? std::make_unique<atman::Explainer>(loaded->vlm.get(), &*loaded->processor,
-                                                       loaded->tokenizer.get(), options)
-                  : std::make_unique<atman::Explainer>(loaded->lm.get(), loaded->tokenizer.get(),
-                                                       options);
+      loaded->vlm
+          ? std::make_unique<atman::Explainer>(loaded->vlm.get(), &*loaded->processor,
+                                               loaded->tokenizer.get(), options)
+          : std::make_unique<atman::Explainer>(loaded->lm.get(), loaded->tokenizer.get(), options);
   if (args.warmup) {
     if (absl::Status s = explainer->Warmup(); !s.ok()) {
-      std::fprintf(stderr, "atman-explain: warm-up failed: %s\n",
-                   std::string(s.message()).c_str());
+      std::fprintf(stderr, "atman-explain: warm-up failed: %s\n", std::string(s.message()).c_str());
       return 1;
     }
   }
