@@ -37,6 +37,8 @@ import numpy as np
 IMAGE_SIZE = 48  # pixels; the images are generated at the model's input size
 PATCH_SIZE = 8  # the vision tower's patch size: a 6 x 6 grid of patches
 GRID = IMAGE_SIZE // PATCH_SIZE
+CELL = 2 * PATCH_SIZE  # shapes sit in whole 2 x 2 patch blocks: a 3 x 3 grid of cells
+CELLS = IMAGE_SIZE // CELL
 
 BOS = "<s>"
 EOS = "</s>"
@@ -82,6 +84,10 @@ class Item:
       subject (person or object), when evidence is "text".
     other_questions: every other (question, answer) the same context answers unambiguously;
       training appends some of them as further turns, for more supervision per sequence.
+    patch_shape / patch_colour / patch_count: int64 (GRID, GRID), for every image, what lies
+      under each patch: 1 + index into SHAPES, 1 + index into COLOURS, and how many shapes of
+      that kind the image holds (all 0 on background). Training uses them for an auxiliary
+      per-patch loss on the vision tower; they are not model inputs.
     """
 
     task: str
@@ -96,6 +102,9 @@ class Item:
     entity_span: Optional[tuple[int, int]] = None
     subject_span: Optional[tuple[int, int]] = None
     other_questions: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    patch_shape: Optional[np.ndarray] = None
+    patch_colour: Optional[np.ndarray] = None
+    patch_count: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass
@@ -114,7 +123,7 @@ def _shape_mask(shape: _Shape) -> np.ndarray:
     if shape.kind == "circle":
         return dx * dx + dy * dy <= shape.r * shape.r
     if shape.kind == "square":
-        h = shape.r * 0.85
+        h = shape.r * 0.9
         return (np.abs(dx) <= h) & (np.abs(dy) <= h)
     # Upward triangle: apex at (cx, cy - r), base at y = cy + r * 0.8, half-width r.
     top, bottom = shape.cy - shape.r, shape.cy + shape.r * 0.8
@@ -129,21 +138,33 @@ def patch_fraction(mask: np.ndarray) -> np.ndarray:
 
 
 def _place(rng: random.Random, kinds_colours: list[tuple[str, str]]) -> list[_Shape]:
-    """Places shapes without overlap (1 px gap at least); retries until it fits."""
-    while True:
-        placed: list[_Shape] = []
-        for kind, colour in kinds_colours:
-            for _ in range(100):
-                r = rng.uniform(5.0, 7.5)
-                cx = rng.uniform(r + 1, IMAGE_SIZE - r - 1)
-                cy = rng.uniform(r + 1, IMAGE_SIZE - r - 1)
-                if all((cx - s.cx) ** 2 + (cy - s.cy) ** 2 >= (r + s.r + 2) ** 2 for s in placed):
-                    placed.append(_Shape(kind, colour, cx, cy, r))
-                    break
-            else:
-                break
-        if len(placed) == len(kinds_colours):
-            return placed
+    """Places each shape in its own CELL x CELL cell of the image (a CELLS x CELLS grid whose
+    cells are whole 2 x 2 blocks of patches), centred with at most 1 px of jitter, so a shape
+    covers the same four patches wherever it is."""
+    cells = rng.sample(range(CELLS * CELLS), len(kinds_colours))
+    placed = []
+    for (kind, colour), cell in zip(kinds_colours, cells):
+        r = rng.uniform(6.0, 7.0)
+        cx = (cell % CELLS + 0.5) * CELL + rng.uniform(-1.0, 1.0)
+        cy = (cell // CELLS + 0.5) * CELL + rng.uniform(-1.0, 1.0)
+        placed.append(_Shape(kind, colour, cx, cy, r))
+    return placed
+
+
+def _patch_labels(shapes: list[_Shape]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What lies under each patch (the shape covering most of it, if it covers a quarter)."""
+    kind_ids = np.zeros((GRID, GRID), dtype=np.int64)
+    colour_ids = np.zeros((GRID, GRID), dtype=np.int64)
+    counts = np.zeros((GRID, GRID), dtype=np.int64)
+    best = np.full((GRID, GRID), 0.25, dtype=np.float32)
+    for s in shapes:
+        frac = patch_fraction(_shape_mask(s))
+        take = frac > best
+        best[take] = frac[take]
+        kind_ids[take] = 1 + SHAPES.index(s.kind)
+        colour_ids[take] = 1 + list(COLOURS).index(s.colour)
+        counts[take] = sum(1 for o in shapes if o.kind == s.kind)
+    return kind_ids, colour_ids, counts
 
 
 def _render(rng: random.Random, shapes: list[_Shape]) -> np.ndarray:
@@ -157,10 +178,10 @@ def _render(rng: random.Random, shapes: list[_Shape]) -> np.ndarray:
 
 
 def _scene_with_unique(rng: random.Random, target_kind: str) -> tuple[list[_Shape], _Shape]:
-    """A target shape of `target_kind` plus 1-2 distractors of other kinds."""
+    """A target shape of `target_kind` plus 1-3 distractors of other kinds."""
     others = [k for k in SHAPES if k != target_kind]
     spec = [(target_kind, rng.choice(list(COLOURS)))]
-    spec += [(rng.choice(others), rng.choice(list(COLOURS))) for _ in range(rng.randint(1, 2))]
+    spec += [(rng.choice(others), rng.choice(list(COLOURS))) for _ in range(rng.randint(1, 3))]
     shapes = _place(rng, spec)
     return shapes, shapes[0]
 
@@ -189,6 +210,11 @@ def _scene_questions(shapes: list[_Shape], colour_only: bool = False) -> list[tu
     return questions
 
 
+def _labels(shapes: list[_Shape]) -> dict:
+    kind_ids, colour_ids, counts = _patch_labels(shapes)
+    return {"patch_shape": kind_ids, "patch_colour": colour_ids, "patch_count": counts}
+
+
 def _shapes_item(rng: random.Random) -> Item:
     kind = rng.choice(("colour", "horizontal", "vertical", "count"))
     target = rng.choice(SHAPES)
@@ -196,7 +222,7 @@ def _shapes_item(rng: random.Random) -> Item:
         n = rng.randint(1, 3)
         others = [k for k in SHAPES if k != target]
         spec = [(target, rng.choice(list(COLOURS))) for _ in range(n)]
-        spec += [(rng.choice(others), rng.choice(list(COLOURS))) for _ in range(rng.randint(0, 1))]
+        spec += [(rng.choice(others), rng.choice(list(COLOURS))) for _ in range(rng.randint(0, 2))]
         shapes = _place(rng, spec)
         relevant = shapes[:n]
         question, answer = f"How many {target}s are there?", COUNT_WORDS[n]
@@ -223,7 +249,7 @@ def _shapes_item(rng: random.Random) -> Item:
     prompt = f"{BOS}{IMAGE_TOKEN}\nQuestion: {question}\nAnswer:"
     others = [qa for qa in _scene_questions(shapes) if qa[0] != question]
     return Item("shapes", kind, prompt, " " + answer, "image", image, mask, patch_fraction(mask),
-                other_questions=others)
+                other_questions=others, **_labels(shapes))
 
 
 def _facts_item(rng: random.Random) -> Item:
@@ -234,9 +260,11 @@ def _facts_item(rng: random.Random) -> Item:
     prompt = BOS
     spans = None
     for i, (name, city) in enumerate(zip(names, cities)):
-        start = len(prompt) + (1 if i else 0)
+        # Every sentence, the first included, starts with a space, so each name is the same
+        # token (" Tom") as in the question.
+        start = len(prompt) + 1
         sentence = f"{name} lives in {city}."
-        prompt += (" " if i else "") + sentence
+        prompt += " " + sentence
         if i == asked:
             city_start = start + len(sentence) - len(city) - 1
             spans = ((start, start + len(sentence)), (city_start, city_start + len(city)),
@@ -269,13 +297,13 @@ def _mixed_item(rng: random.Random) -> Item:
                     sentence_span=(start, start + len(caption)),
                     entity_span=(colour_start, colour_start + len(caption_colour)),
                     subject_span=(subject_start, subject_start + len(obj)),
-                    other_questions=image_questions)
+                    other_questions=image_questions, **_labels(shapes))
     prompt = f"{head}{caption}\nQuestion: What colour is the {target}?\nAnswer:"
     mask = _shape_mask(t)
     question = f"What colour is the {target}?"
     others = [caption_question] + [qa for qa in image_questions if qa[0] != question]
     return Item("mixed", "image", prompt, " " + t.colour, "image", image, mask,
-                patch_fraction(mask), other_questions=others)
+                patch_fraction(mask), other_questions=others, **_labels(shapes))
 
 
 _GENERATORS = {"shapes": _shapes_item, "facts": _facts_item, "mixed": _mixed_item}
@@ -290,11 +318,14 @@ def generate(task: str, count: int, seed: int) -> list[Item]:
     return [_GENERATORS[task](rng) for _ in range(count)]
 
 
-def stream(seed: int):
-    """Endless training stream mixing the three tasks uniformly, deterministic in `seed`."""
+def stream(seed: int, weights: Optional[dict[str, float]] = None):
+    """Endless training stream mixing the tasks (uniformly, or by `weights`), deterministic in
+    `seed` and `weights`."""
     rng = random.Random(f"stream:{seed}")
+    names = list(TASKS)
+    w = [1.0] * len(names) if weights is None else [float(weights.get(t, 0.0)) for t in names]
     while True:
-        task = rng.choice(TASKS)
+        task = rng.choices(names, weights=w)[0]
         yield _GENERATORS[task](rng)
 
 

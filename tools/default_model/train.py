@@ -142,12 +142,15 @@ def collate(tok: Tokenizer, items: list[tasks.Item],
 
 
 @torch.no_grad()
-def accuracy(model, tok: Tokenizer, items: list[tasks.Item], batch_size: int = 64) -> float:
+def accuracy(model, tok: Tokenizer, items: list[tasks.Item], batch_size: int = 64,
+             by_kind: dict | None = None) -> float:
     """Fraction of items whose greedy continuation is exactly answer + EOS. Answers are one
     token, so greedy decoding is right iff the argmax at the last prompt position is the answer
-    and the argmax after the answer is EOS; one teacher-forced pass checks both."""
+    and the argmax after the answer is EOS; one teacher-forced pass checks both. `by_kind`,
+    when given, receives each question kind's accuracy."""
     model.eval()
     right = 0
+    kinds: dict[str, list[int]] = {}
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         batch = collate(tok, chunk)
@@ -157,8 +160,44 @@ def accuracy(model, tok: Tokenizer, items: list[tasks.Item], batch_size: int = 6
         target = labels[:, 1:]
         ok = ((predicted == target) | (target == -100)).all(dim=1)
         right += int(ok.sum())
+        for item, good in zip(chunk, ok.tolist()):
+            kinds.setdefault(item.kind, []).append(int(good))
     model.train()
+    if by_kind is not None:
+        by_kind.update({k: round(sum(v) / len(v), 3) for k, v in sorted(kinds.items())})
     return right / len(items)
+
+
+class PatchProbe(torch.nn.Module):
+    """Training-only auxiliary heads on the vision features the projector receives: predict,
+    for each patch, the shape kind, colour and same-kind count under it (tasks.Item
+    patch_shape / patch_colour / patch_count, and the cell column and row). They give the
+    vision tower a direct signal for binding a shape's kind to its colour and place; they are
+    not part of the saved model."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.shape = torch.nn.Linear(width, 1 + len(tasks.SHAPES))
+        self.colour = torch.nn.Linear(width, 1 + len(tasks.COLOURS))
+        self.count = torch.nn.Linear(width, 1 + max(tasks.COUNT_WORDS))
+        self.column = torch.nn.Linear(width, tasks.CELLS)
+        self.row = torch.nn.Linear(width, tasks.CELLS)
+
+    def loss(self, features: torch.Tensor, items: list[tasks.Item]) -> torch.Tensor:
+        with_image = [it for it in items if it.image is not None]
+        labels = {name: torch.stack([torch.from_numpy(getattr(it, "patch_" + name)).reshape(-1)
+                                     for it in with_image])
+                  for name in ("shape", "colour", "count")}
+        cell = torch.arange(tasks.GRID) // (tasks.CELL // tasks.PATCH_SIZE)
+        labels["column"] = cell.repeat(tasks.GRID).expand(len(with_image), -1)
+        labels["row"] = cell.repeat_interleave(tasks.GRID).expand(len(with_image), -1)
+        total = 0.0
+        for name in ("shape", "colour", "count", "column", "row"):
+            head = getattr(self, name)
+            logits = head(features)
+            total = total + torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels[name].reshape(-1))
+        return total
 
 
 def weights_digest(model) -> str:
@@ -203,6 +242,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--extra-turns", type=int, default=2,
                         help="further questions about the same context per training sequence")
+    parser.add_argument("--aux-weight", type=float, default=1.0,
+                        help="weight of the per-patch auxiliary loss on the vision features")
+    parser.add_argument("--task-weights", default="shapes=1,facts=1,mixed=1",
+                        help="relative frequency of each task in the training stream")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads; part of what fixes the result")
@@ -226,8 +269,13 @@ def main() -> int:
 
     held_out = {t: tasks.generate(t, args.eval_count, args.seed + HELD_OUT_SEED_OFFSET)
                 for t in tasks.TASKS}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98),
-                                  weight_decay=0.01)
+    probe = PatchProbe(config.vision_config.hidden_size)
+    captured = {}
+    projector = model.model.multi_modal_projector
+    hook = projector.register_forward_hook(
+        lambda module, inputs, output: captured.__setitem__("features", inputs[0]))
+    optimizer = torch.optim.AdamW(list(model.parameters()) + list(probe.parameters()),
+                                  lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -236,7 +284,8 @@ def main() -> int:
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    stream = tasks.stream(args.seed)
+    weights = {k: float(v) for k, v in (kv.split("=") for kv in args.task_weights.split(","))}
+    stream = tasks.stream(args.seed, weights)
     turns_rng = random.Random(f"turns:{args.seed}")
     history = []
     for step in range(1, args.steps + 1):
@@ -244,23 +293,34 @@ def main() -> int:
         extras = [turns_rng.sample(it.other_questions, min(args.extra_turns, len(it.other_questions)))
                   for it in items]
         batch = collate(tok, items, extras)
+        captured.clear()
         loss = model(**batch).loss
+        aux = torch.zeros(())
+        if args.aux_weight > 0 and "features" in captured:
+            aux = probe.loss(captured["features"], items)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + args.aux_weight * aux).backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(probe.parameters()), 1.0)
         optimizer.step()
         scheduler.step()
         if step % 50 == 0:
-            print(f"step {step} loss {loss.item():.4f} "
+            print(f"step {step} loss {loss.item():.4f} aux {aux.item():.4f} "
                   f"elapsed {time.monotonic() - started:.0f}s", flush=True)
         if step % args.eval_every == 0 or step == args.steps:
-            acc = {t: accuracy(model, tok, items) for t, items in held_out.items()}
-            history.append({"step": step, "accuracy": acc})
-            print(f"step {step} held-out accuracy {acc}", flush=True)
+            kinds: dict = {}
+            acc = {t: accuracy(model, tok, items, by_kind=kinds.setdefault(t, {}))
+                   for t, items in held_out.items()}
+            history.append({"step": step, "accuracy": acc, "by_kind": kinds,
+                            "elapsed_s": round(time.monotonic() - started, 1)})
+            print(f"step {step} held-out accuracy {acc} by kind {kinds}", flush=True)
 
+    hook.remove()
     elapsed = time.monotonic() - started
     report = {
-        "seed": args.seed, "steps": args.steps, "extra_turns": args.extra_turns, "batch_size": args.batch_size, "lr": args.lr,
+        "arguments": {k: (str(v) if isinstance(v, pathlib.Path) else v)
+                      for k, v in vars(args).items()},
+        "seed": args.seed, "steps": args.steps, "extra_turns": args.extra_turns,
+        "batch_size": args.batch_size, "lr": args.lr,
         "threads": args.threads, "parameters": parameters, "vocab_size": tok.get_vocab_size(),
         "train_seconds": round(elapsed, 1), "held_out_per_task": args.eval_count,
         "held_out_seed": args.seed + HELD_OUT_SEED_OFFSET,
