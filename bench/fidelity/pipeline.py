@@ -81,13 +81,15 @@ class PeakRss:
 
 
 def prompt_items(item: tasks.Item) -> list[dict]:
-    """The engine prompt of an item: text items around the image item (the "<image>" marker
-    is where the image goes; it is not sent as text)."""
-    parts = item.prompt.split(tasks.IMAGE_TOKEN)
+    """The engine prompt of an item: "<s>" as a text item of its own (so that it never fuses
+    with the first word into one word unit), then the text around the image item (the
+    "<image>" marker is where the image goes; it is not sent as text)."""
+    assert item.prompt.startswith(tasks.BOS), item.prompt
+    parts = item.prompt[len(tasks.BOS):].split(tasks.IMAGE_TOKEN)
     if len(parts) == 1:
-        return [{"text": parts[0]}]
-    assert len(parts) == 2, item.prompt
-    return [{"text": parts[0]}, {"image": True}, {"text": parts[1]}]
+        return [{"text": tasks.BOS}, {"text": parts[0]}]
+    assert len(parts) == 2 and parts[0] == "", item.prompt
+    return [{"text": tasks.BOS}, {"image": True}, {"text": parts[1]}]
 
 
 def item_offsets(item: tasks.Item) -> list[int]:
