@@ -47,6 +47,7 @@ absl::StatusOr<SparseFactors> SuppressionFactors(const std::vector<int64_t>& uni
       if (!eligible[static_cast<size_t>(j)] || factors.contains(j)) continue;
       double best = -1.0;
       for (int64_t u : unit_positions) best = std::max(best, s[j][u]);
+      best = std::min(best, 1.0);  // rounding can put a cosine just above 1
       if (best >= *threshold) {
         factors[j] = static_cast<float>((1.0 - factor) * (1.0 - best) + factor);
       }

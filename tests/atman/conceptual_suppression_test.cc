@@ -1,5 +1,6 @@
 #include "core/atman/conceptual_suppression.h"
 
+#include <ATen/ops/eye.h>
 #include <ATen/ops/tensor.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -59,6 +60,16 @@ TEST(ConceptualSuppression, AmplificationScalesTheSameWay) {
   ASSERT_TRUE(f.ok());
   EXPECT_THAT(*f, ElementsAre(Pair(0, 3.0f), Pair(1, FloatNear(3.0f, 1e-6)),
                               Pair(2, FloatNear(2.0f, 1e-6))));
+}
+
+// A cosine that rounds to just above 1 must not give a negative factor with f = 0.
+TEST(ConceptualSuppression, CosineRoundedAboveOneStaysAtTheControlFactor) {
+  at::Tensor sim = at::eye(3, at::kDouble);
+  sim[0][1].fill_(1.0 + 4e-16);
+  sim[1][0].fill_(1.0 + 4e-16);
+  auto f = SuppressionFactors({0}, 0.0f, 0.5, sim, std::vector<bool>(3, true));
+  ASSERT_TRUE(f.ok());
+  EXPECT_THAT(*f, ElementsAre(Pair(0, 0.0f), Pair(1, 0.0f)));
 }
 
 TEST(ConceptualSuppression, RejectsBadThresholdAndPositions) {
