@@ -130,7 +130,14 @@ absl::StatusOr<std::string> RenderTerminal(const pb::ExplainRequest& request,
   std::string out;
   const bool per_token = response.explanations_size() > 1 ||
                          request.options().target_granularity() == pb::TARGET_GRANULARITY_TOKEN;
-  absl::StrAppend(&out, "target: \"", response.target(), "\"\n");
+  absl::StrAppend(&out, "target: \"", response.target(), "\"");
+  if (response.target_log_probs_size() > 0) {
+    // The model's probability of the whole target (product over its tokens).
+    double log_p = 0;
+    for (double lp : response.target_log_probs()) log_p += lp;
+    absl::StrAppend(&out, absl::StrFormat(" (p = %.4g)", std::exp(log_p)));
+  }
+  absl::StrAppend(&out, "\n");
   for (int e = 0; e < response.explanations_size(); ++e) {
     const pb::TargetExplanation& explanation = response.explanations(e);
     const ColourScale scale = ColourScale::For(explanation);

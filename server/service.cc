@@ -187,6 +187,7 @@ void ToResponse(const atman::Explanation& e, const std::vector<atman::PromptItem
                 bool tensors, pb::ExplainResponse* out) {
   out->set_target(e.target);
   for (int32_t id : e.target_ids) out->add_target_token_ids(id);
+  for (double lp : e.target_log_probs) out->add_target_log_probs(lp);
   for (const atman::TargetExplanation& t : e.explanations) {
     pb::TargetExplanation* te = out->add_explanations();
     te->set_target_start(t.target_start);

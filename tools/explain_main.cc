@@ -15,7 +15,7 @@
 //   target_granularity (complete|token), postprocessing (none|absolute|square), normalize,
 //   layers, add_special_tokens, max_new_tokens. Defaults are ExplainOptions' (docs/engine.md).
 //
-// Answer: {"id", "target", "target_ids", "prompt_tokens", "explanations": [{"target_start",
+// Answer: {"id", "target", "target_ids", "target_log_probs", "prompt_tokens", "explanations": [{"target_start",
 //   "target_length", "units": [{"kind": "text"|"image"|"token"|"target", "item", "start",
 //   "length", "rect": [left, top, width, height] (image units), "score"}]}],
 //   "unit_relevance": [[...]] (target token x unit, before postprocessing), "usage": {...}}
@@ -320,6 +320,7 @@ nlohmann::json ToJson(const atman::Explanation& e, double seconds) {
   nlohmann::json out;
   out["target"] = e.target;
   out["target_ids"] = e.target_ids;
+  out["target_log_probs"] = e.target_log_probs;
   out["prompt_tokens"] = e.prompt_tokens;
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& row : e.explanations) {

@@ -87,6 +87,9 @@ struct Usage {
 struct Explanation {
   std::string target;               // explained target (generated when the request had none)
   std::vector<int32_t> target_ids;
+  // log p(target_j | prompt, target_<j) of the unperturbed pass, one per target token: how
+  // confident the model is in what is being explained.
+  std::vector<double> target_log_probs;
   std::vector<TargetExplanation> explanations;
   // Raw relevance before postprocessing: [m, n] (target token x unit) and [m, L] (target
   // token x input position; a position carries its unit's relevance, 0 outside units).

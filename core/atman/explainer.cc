@@ -8,6 +8,7 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <set>
@@ -486,7 +487,10 @@ absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepare
   Explanation out;
   try {
     const at::Tensor perturbed_ce = -row_log_probs.slice(1, 0, m).to(at::kDouble);
-    const at::Tensor base_ce = -prepared.prefix->base_log_probs.to(at::kDouble);
+    const at::Tensor base = prepared.prefix->base_log_probs.to(at::kDouble).contiguous();  // [m]
+    const at::Tensor base_ce = -base;
+    out.target_log_probs.assign(base.data_ptr<double>(),
+                                base.data_ptr<double>() + std::min<int64_t>(m, base.numel()));
     ATMAN_ASSIGN_OR_RETURN(at::Tensor relevance,
                            DeltaCrossEntropy(perturbed_ce, base_ce, prepared.applicable));
     const ExplainOptions& o = prepared.options;

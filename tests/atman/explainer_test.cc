@@ -199,6 +199,11 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
 
     EXPECT_EQ(explanation->prompt_tokens, expected.at("prompt_tokens").get<int64_t>());
     EXPECT_EQ(explanation->target_ids, expected.at("target_ids").get<std::vector<int32_t>>());
+    const auto base_ce = expected.at("base_cross_entropy").get<std::vector<double>>();
+    ASSERT_EQ(explanation->target_log_probs.size(), base_ce.size());
+    for (size_t j = 0; j < base_ce.size(); ++j) {
+      EXPECT_NEAR(explanation->target_log_probs[j], -base_ce[j], 1e-4) << "target token " << j;
+    }
     const auto& ref_units = expected.at("units");
     ASSERT_FALSE(explanation->explanations.empty());
     const auto& scores = explanation->explanations.front().scores;

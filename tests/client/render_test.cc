@@ -1,5 +1,6 @@
 // Rendering of the `atman` tool without a server: the colour scale, cutting text at code-point
 // spans, the terminal heatmap, the PNG overlay and the HTML report of responses built here.
+#include <cmath>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -118,6 +119,15 @@ TEST(RenderTerminal, PlainMarksCarryEveryScore) {
   EXPECT_THAT(*text, HasSubstr("prompt_tokens=7"));
   EXPECT_THAT(*text, HasSubstr("queue=0.250s"));
   EXPECT_THAT(*text, Not(HasSubstr("\x1b[")));
+}
+
+TEST(RenderTerminal, ShowsTheTargetProbability) {
+  pb::ExplainResponse response = TextResponse();
+  EXPECT_THAT(*RenderTerminal(TextRequest(), response, false), HasSubstr("target: \" down\"\n"));
+  response.add_target_log_probs(std::log(0.5));
+  response.add_target_log_probs(std::log(0.5));
+  EXPECT_THAT(*RenderTerminal(TextRequest(), response, false),
+              HasSubstr("target: \" down\" (p = 0.25)\n"));
 }
 
 TEST(RenderTerminal, TruecolourUsesTheScaleColours) {

@@ -63,6 +63,8 @@ def test_relevance_tensor_on_request(server):
     r = server.stub.Explain(req)
     m, n = r.unit_relevance.shape
     assert m == len(r.target_token_ids) and n == len(flat_scores(r))
+    # One unperturbed log-probability per target token (checked against the oracle in C++).
+    assert len(r.target_log_probs) == m and all(-50 < lp <= 0 for lp in r.target_log_probs)
     assert len(r.unit_relevance.values) == m * n
     # complete granularity, no postprocessing: the score is the sum over target tokens
     for k, score in enumerate(flat_scores(r)):
