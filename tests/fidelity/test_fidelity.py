@@ -98,9 +98,10 @@ def test_schema_and_errors(items):
                              {"id": 8, "prompt": [{"image_path": "/no/such.png"}]}])
     assert len(answers) == 3
     a = answers[0]
-    assert set(a) == {"id", "target", "target_ids", "prompt_tokens", "explanations",
-                      "unit_relevance", "usage"}
+    assert set(a) == {"id", "target", "target_ids", "target_log_probs", "prompt_tokens",
+                      "explanations", "unit_relevance", "usage"}
     assert a["id"] == "a" and a["target"] == item.answer
+    assert len(a["target_log_probs"]) == len(a["target_ids"])
     assert len(a["explanations"]) == 1
     units = a["explanations"][0]["units"]
     image_units = [u for u in units if u["kind"] == "image"]
