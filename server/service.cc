@@ -545,7 +545,7 @@ void AtmanService::RunExplain(std::shared_ptr<ExplainJob> job) {
     };
     if (n == 0) {
       runtime::DynamicBatcher::Result empty;
-      empty.log_probs = at::zeros({0, prepared->prefix->num_targets()}, at::TensorOptions().dtype(at::kFloat));
+      empty.log_probs = at::zeros({0, prepared->prefix->num_targets()}, at::TensorOptions().dtype(at::kDouble));
       return finish(std::move(empty));
     }
     const auto started = Clock::now();

@@ -87,7 +87,7 @@ absl::Status Explainer::Warmup(int64_t length) {
     prefix->positions = at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
     prefix->target_indices = LongTensor({length - 1});
     prefix->target_tokens = LongTensor({0});
-    prefix->base_log_probs = at::zeros({1}, at::TensorOptions().dtype(at::kFloat));
+    prefix->base_log_probs = at::zeros({1}, at::TensorOptions().dtype(at::kDouble));
     runtime::ScoringRow row;
     row.prefix = prefix;
     row.factors = {{0, 0.1}};  // from index 0: the whole sequence is recomputed
@@ -436,7 +436,7 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
     pass.output.indices = prefix->target_indices.unsqueeze(0).to(device);
     pass.output.targets = prefix->target_tokens.unsqueeze(0).to(device);
     ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput base, lm_->Forward(pass));
-    prefix->base_log_probs = base.log_probs[0].to(at::kCPU).to(at::kFloat);
+    prefix->base_log_probs = base.log_probs[0].to(at::kCPU).to(at::kDouble);
     prepared->usage.forward_passes += 1;
     prepared->usage.positions_computed += L;
 
@@ -556,7 +556,7 @@ absl::StatusOr<Explanation> Explainer::Explain(const ExplainRequest& request,
   const auto started = Clock::now();
   const auto n = static_cast<int64_t>(prepared->rows.size());
   const int64_t K = prepared->prefix->num_targets();
-  at::Tensor log_probs = at::zeros({n, K}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor log_probs = at::zeros({n, K}, at::TensorOptions().dtype(at::kDouble));
   int64_t done = 0;
   if (progress) progress(0, n);
   for (const std::vector<size_t>& batch : runtime::PackBatches(prepared->rows, options_.limits)) {

@@ -86,7 +86,7 @@ class Explainer {
                                       const ProgressFn& progress = {}) const;
 
   absl::StatusOr<std::unique_ptr<PreparedExplanation>> Prepare(const ExplainRequest& request) const;
-  // row_log_probs [n, K] float32: log p(target_k) of row k (RunScoringBatch's rows).
+  // row_log_probs [n, K] float64: log p(target_k) of row k (RunScoringBatch's rows).
   absl::StatusOr<Explanation> Finish(const PreparedExplanation& prepared,
                                      const at::Tensor& row_log_probs) const;
 

@@ -355,13 +355,18 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
       if (request.kind == OutputRequest::Kind::kLogits) {
         out.logits = logits;
       } else {
-        at::Tensor targets = request.targets.to(device_, at::kLong).unsqueeze(-1);
-        out.log_probs = at::log_softmax(logits, -1, at::kFloat).gather(-1, targets).squeeze(-1);
+        out.log_probs = TargetLogProbs(logits, request.targets.to(device_, at::kLong));
       }
       break;
     }
   }
   return out;
+}
+
+at::Tensor TargetLogProbs(const at::Tensor& logits, const at::Tensor& targets) {
+  return at::log_softmax(logits, -1, at::kDouble)
+      .gather(-1, targets.to(at::kLong).unsqueeze(-1))
+      .squeeze(-1);
 }
 
 }  // namespace atman::model

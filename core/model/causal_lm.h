@@ -101,8 +101,14 @@ struct ForwardInput {
   OutputRequest output;
 };
 
+// log p(targets[b, k]) under logits[b, k, :] ([B, K, V], any float dtype; targets [B, K]
+// integer, same device), as [B, K] float64. The softmax runs in float64: a confident model's
+// log p(target) = -log(1 + sum_i exp(l_i - l_top)) is often below float32's resolution near 0
+// (p rounds to 1), and AtMan's relevance is a difference of such values.
+at::Tensor TargetLogProbs(const at::Tensor& logits, const at::Tensor& targets);
+
 struct ForwardOutput {
-  at::Tensor log_probs;  // [B, K] float32 (kLogProbs)
+  at::Tensor log_probs;  // [B, K] float64 (kLogProbs)
   at::Tensor logits;     // [B, K, V] or [B, T, V] (kLogits, kAllLogits)
 };
 

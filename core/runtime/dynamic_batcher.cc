@@ -91,7 +91,7 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher::Request>> DynamicBatcher::Submit(
   int64_t K = 0;
   for (const ScoringRow& row : rows) K = std::max(K, row.prefix->num_targets());
   request->log_probs =
-      at::zeros({static_cast<int64_t>(rows.size()), K}, at::TensorOptions().dtype(at::kFloat));
+      at::zeros({static_cast<int64_t>(rows.size()), K}, at::TensorOptions().dtype(at::kDouble));
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   const bool reuse = options_.limits.reuse_prefix;

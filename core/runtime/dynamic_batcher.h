@@ -88,7 +88,7 @@ class DynamicBatcher {
     std::function<void()> on_oom_retry;
   };
 
-  // Per-request result: log_probs [n, K] float32 (row k of the submission in row k) and what
+  // Per-request result: log_probs [n, K] float64 (row k of the submission in row k) and what
   // the request's rows cost.
   struct Result {
     at::Tensor log_probs;

@@ -11,7 +11,7 @@
 //   cache           KvCache of batch 1 and length L
 //   target_indices  [K] int64  sequence index whose output predicts target token k
 //   target_tokens   [K] int64  the target token ids
-//   base_log_probs  [K] float32 log p(target_k) of the unperturbed pass
+//   base_log_probs  [K] float64 log p(target_k) of the unperturbed pass
 //
 // Immutable once built and shared (std::shared_ptr<const KvPrefixCache>) by every row of the
 // explanation, from any thread.

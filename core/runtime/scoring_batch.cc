@@ -153,7 +153,7 @@ absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
     // entries) point at `start` and are replaced by the unperturbed values below.
     at::Tensor indices = at::full({B, max_targets}, start, long_cpu);
     at::Tensor targets = at::zeros({B, max_targets}, long_cpu);
-    at::Tensor base = at::zeros({B, max_targets}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor base = at::zeros({B, max_targets}, at::TensorOptions().dtype(at::kDouble));
     at::Tensor recomputed = at::zeros({B, max_targets}, at::TensorOptions().dtype(at::kBool));
     for (int64_t b = 0; b < B; ++b) {
       const KvPrefixCache& prefix = *rows[b]->prefix;
@@ -162,7 +162,7 @@ absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
       const at::Tensor keep = idx >= start;
       indices[b].slice(0, 0, K).copy_(at::where(keep, idx, at::full_like(idx, start)));
       targets[b].slice(0, 0, K).copy_(at::where(keep, prefix.target_tokens.to(at::kCPU), at::zeros_like(idx)));
-      base[b].slice(0, 0, K).copy_(prefix.base_log_probs.to(at::kCPU).to(at::kFloat));
+      base[b].slice(0, 0, K).copy_(prefix.base_log_probs.to(at::kCPU).to(at::kDouble));
       recomputed[b].slice(0, 0, K).copy_(keep);
     }
     input.output.kind = model::OutputRequest::Kind::kLogProbs;
@@ -171,7 +171,7 @@ absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
 
     ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput out, model.Forward(input));
     BatchResult result;
-    result.log_probs = at::where(recomputed, out.log_probs.to(at::kCPU).to(at::kFloat), base);
+    result.log_probs = at::where(recomputed, out.log_probs.to(at::kCPU).to(at::kDouble), base);
     result.start_index = start;
     result.positions_computed = B * T;
     return result;

@@ -61,7 +61,7 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
                                              const BatchLimits& limits);
 
 struct BatchResult {
-  // [B, K_max] float32 on the CPU: log p(target_k) for row b; entries k >= K of the row's
+  // [B, K_max] float64 on the CPU: log p(target_k) for row b; entries k >= K of the row's
   // prefix are 0. Targets predicted before the batch's start index are unaffected by the
   // row's manipulation and are copied from the unperturbed pass.
   at::Tensor log_probs;

@@ -8,6 +8,8 @@
 #include <ATen/ops/log_softmax.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/model/causal_lm.h"
 #include "tests/model/model_cases.h"
 
@@ -176,6 +178,22 @@ TEST(Precision, BFloat16StaysWithinToleranceOfFloat32) {
     EXPECT_LT(diff, 0.05 * scale) << "max logit " << scale;
     EXPECT_GT(diff, 0.0);  // it really ran in bfloat16
   }
+}
+
+TEST(TargetLogProbs, ResolvesConfidentTargetsThatFloat32RoundsToZero) {
+  // Row 0: the target leads two others by 30 logits, log p = -log(1 + 2 e^-30) = -1.9e-13,
+  // which a float32 softmax rounds to 0 (so AtMan would see no change at all). Row 1: uniform.
+  const float values[] = {0.f, -30.f, -30.f, 0.f, 0.f, 0.f};
+  const at::Tensor logits = at::from_blob(const_cast<float*>(values), {1, 2, 3}, at::kFloat).clone();
+  const int64_t ids[] = {0, 2};
+  const at::Tensor targets = at::from_blob(const_cast<int64_t*>(ids), {1, 2}, at::kLong).clone();
+  const at::Tensor lp = TargetLogProbs(logits, targets);
+  ASSERT_EQ(lp.scalar_type(), at::kDouble);
+  EXPECT_EQ(at::log_softmax(logits, -1)[0][0][0].item<float>(), 0.0f);  // what float32 gives
+  // log(1 + x) near 1 in float64: absolute error ~1e-16, here 0.1% of the value.
+  EXPECT_NEAR(lp[0][0].item<double>(), -std::log1p(2 * std::exp(-30.0)), 1e-15);
+  EXPECT_LT(lp[0][0].item<double>(), -1e-13);
+  EXPECT_NEAR(lp[0][1].item<double>(), -std::log(3.0), 1e-12);
 }
 
 }  // namespace
