@@ -47,8 +47,9 @@ PY
 }
 
 # Text: which sentence answers the question?
-text_prompt=$'<s>Tom lives in Rome. Anna lives in Paris. Ben lives in Oslo.\nQuestion: Where does Anna live?\nAnswer:'
+text_prompt=$'<s> Tom lives in Rome. Anna lives in Paris. Ben lives in Oslo.\nQuestion: Where does Anna live?\nAnswer:'
 "$atman" explain --prompt "$text_prompt" --target " Paris" --text-granularity word \
+  --control-mode multiplicative \
   --html "$work/text.html" | tee "$out/text-example.txt"
 shot "$work/text.html" "$out/text-example.png"
 
@@ -65,5 +66,6 @@ open(sys.argv[2], "w").write(after)
 open(sys.argv[3], "w").write(item.answer)
 PY
 "$atman" explain --prompt "<s>" --image "$out/shapes.png" --prompt "$(cat "$work/question.txt")" \
-  --target "$(cat "$work/answer.txt")" --png "$out/image-example.png" | tee "$out/image-example.txt"
+  --target "$(cat "$work/answer.txt")" --control-mode multiplicative --image-granularity tiles-3x3 \
+  --png "$out/image-example.png" | tee "$out/image-example.txt"
 echo "wrote $out/text-example.png $out/image-example.png"
