@@ -257,7 +257,7 @@ def test_bench_counts_match_the_server_metrics(server, tmp_path):
     requests.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
 
     def measured(*args):
-        before = explain_total(server.metrics())
+        before = explain_total(server.metrics_text())
         proc = run_cli("bench", "--address", server.address, "--requests", requests, *args)
         assert proc.returncode == 0, proc.stderr
         return before, proc.stdout.decode()
@@ -265,7 +265,7 @@ def test_bench_counts_match_the_server_metrics(server, tmp_path):
     def server_delta(before, expected_total):
         # The server counts a call when it finishes it; give its counter a moment to catch up.
         for _ in range(50):
-            after = explain_total(server.metrics())
+            after = explain_total(server.metrics_text())
             delta = {c: after.get(c, 0) - before.get(c, 0) for c in after}
             delta = {c: n for c, n in delta.items() if n}
             if sum(delta.values()) >= expected_total:
