@@ -118,7 +118,12 @@ std::string TargetPiece(const std::string& target, const pb::TargetExplanation& 
   return target.substr(offsets[start], offsets[end] - offsets[start]);
 }
 
-std::string FormatScore(double score) { return absl::StrFormat("%+.4f", score); }
+std::string FormatScore(double score) {
+  // Four decimals, except for magnitudes that would print as +-0.0000: a confident model's
+  // relevance can be ~1e-7 (docs/fidelity.md), and a bare sign hides it.
+  if (score != 0 && std::abs(score) < 5e-5) return absl::StrFormat("%+.2e", score);
+  return absl::StrFormat("%+.4f", score);
+}
 
 bool TerminalHasTrueColour(const char* colorterm) {
   return colorterm != nullptr &&

@@ -79,7 +79,8 @@ absl::StatusOr<std::string> RenderTerminal(const pb::ExplainRequest& request,
 // True when COLORTERM announces 24-bit colour ("truecolor" or "24bit").
 bool TerminalHasTrueColour(const char* colorterm);
 
-// "%+.4f" of `score`.
+// `score` with four decimals ("+0.5000"), or in scientific notation ("+1.01e-07") when its
+// magnitude is below 5e-5 and would print as +-0.0000.
 std::string FormatScore(double score);
 
 }  // namespace atman::client

@@ -121,6 +121,15 @@ TEST(RenderTerminal, PlainMarksCarryEveryScore) {
   EXPECT_THAT(*text, Not(HasSubstr("\x1b[")));
 }
 
+TEST(FormatScore, FourDecimalsOrScientificWhenThatWouldRoundToZero) {
+  EXPECT_EQ(FormatScore(0.5), "+0.5000");
+  EXPECT_EQ(FormatScore(-18.78304), "-18.7830");
+  EXPECT_EQ(FormatScore(0.0), "+0.0000");
+  EXPECT_EQ(FormatScore(1.0056e-7), "+1.01e-07");
+  EXPECT_EQ(FormatScore(-4.9e-5), "-4.90e-05");
+  EXPECT_EQ(FormatScore(5e-5), "+0.0001");
+}
+
 TEST(RenderTerminal, ShowsTheTargetProbability) {
   pb::ExplainResponse response = TextResponse();
   EXPECT_THAT(*RenderTerminal(TextRequest(), response, false), HasSubstr("target: \" down\"\n"));
