@@ -679,17 +679,16 @@ class ExplainStreamReactor final : public grpc::ServerWriteReactor<pb::ExplainEv
 
 }  // namespace
 
-grpc::ServerUnaryReactor* AtmanService::Explain(grpc::CallbackServerContext* ctx,
-                                                const pb::ExplainRequest* request,
-                                                pb::ExplainResponse* response) {
-  auto* reactor = new ExplainReactor;
-  CallInfo call{"Explain",
-                request->request_id().empty() ? absl::StrCat("r", next_id_++) : request->request_id(),
+std::shared_ptr<ExplainJob> AtmanService::BeginExplain(grpc::CallbackServerContext* ctx,
+                                                       const pb::ExplainRequest& request,
+                                                       const char* method, ExplainFinish finish) {
+  CallInfo call{method,
+                request.request_id().empty() ? absl::StrCat("r", next_id_++) : request.request_id(),
                 Peer(ctx), Clock::now()};
   if (grpc::Status s = Admit(ctx, /*counts_against_queue=*/true); !s.ok()) {
     CallDone(call, s, "");
-    reactor->Finish(s);
-    return reactor;
+    finish(s, nullptr);
+    return nullptr;
   }
   auto end = [this, call](const grpc::Status& s, const std::string& details) {
     {
@@ -702,20 +701,34 @@ grpc::ServerUnaryReactor* AtmanService::Explain(grpc::CallbackServerContext* ctx
     CallDone(call, s, details);
   };
   grpc::Status refused;
-  std::shared_ptr<ExplainJob> job = StartExplain(ctx, *request, call, &refused);
+  std::shared_ptr<ExplainJob> job = StartExplain(ctx, request, call, &refused);
   if (!job) {
     end(refused, "");
-    reactor->Finish(refused);
-    return reactor;
+    finish(refused, nullptr);
+    return nullptr;
   }
-  job->on_done = [reactor, response, end, job_ptr = job.get()](const grpc::Status& s,
-                                                                pb::ExplainResponse* r) {
-    if (s.ok()) *response = std::move(*r);
+  job->on_done = [finish = std::move(finish), end, job_ptr = job.get()](
+                     const grpc::Status& s, pb::ExplainResponse* r) {
     end(s, job_ptr->details);
-    reactor->Finish(s);
+    finish(s, r);
   };
-  reactor->Start(job);
-  RunExplain(job);
+  return job;
+}
+
+grpc::ServerUnaryReactor* AtmanService::Explain(grpc::CallbackServerContext* ctx,
+                                                const pb::ExplainRequest* request,
+                                                pb::ExplainResponse* response) {
+  auto* reactor = new ExplainReactor;
+  std::shared_ptr<ExplainJob> job =
+      BeginExplain(ctx, *request, "Explain",
+                   [reactor, response](const grpc::Status& s, pb::ExplainResponse* r) {
+                     if (s.ok() && r != nullptr) *response = std::move(*r);
+                     reactor->Finish(s);
+                   });
+  if (job) {
+    reactor->Start(job);
+    RunExplain(job);
+  }
   return reactor;
 }
 
@@ -723,38 +736,16 @@ grpc::ServerWriteReactor<pb::ExplainEvent>* AtmanService::ExplainStream(
     grpc::CallbackServerContext* ctx, const pb::ExplainRequest* request) {
   auto* reactor = new ExplainStreamReactor;
   std::shared_ptr<StreamSink> sink = reactor->sink();
-  CallInfo call{"ExplainStream",
-                request->request_id().empty() ? absl::StrCat("r", next_id_++) : request->request_id(),
-                Peer(ctx), Clock::now()};
-  if (grpc::Status s = Admit(ctx, /*counts_against_queue=*/true); !s.ok()) {
-    CallDone(call, s, "");
-    sink->Finish(s, nullptr);
-    return reactor;
+  std::shared_ptr<ExplainJob> job =
+      BeginExplain(ctx, *request, "ExplainStream",
+                   [sink](const grpc::Status& s, pb::ExplainResponse* r) { sink->Finish(s, r); });
+  if (job) {
+    job->on_progress = [sink](int64_t done, int64_t total, double eta) {
+      sink->Progress(done, total, eta);
+    };
+    reactor->Start(job);
+    RunExplain(job);
   }
-  auto end = [this, call](const grpc::Status& s, const std::string& details) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --queued_explains_;
-      --inflight_;
-      metrics_->inflight->Set(static_cast<double>(inflight_));
-      if (inflight_ == 0) idle_cv_.notify_all();
-    }
-    CallDone(call, s, details);
-  };
-  grpc::Status refused;
-  std::shared_ptr<ExplainJob> job = StartExplain(ctx, *request, call, &refused);
-  if (!job) {
-    end(refused, "");
-    sink->Finish(refused, nullptr);
-    return reactor;
-  }
-  job->on_progress = [sink](int64_t done, int64_t total, double eta) { sink->Progress(done, total, eta); };
-  job->on_done = [sink, end, job_ptr = job.get()](const grpc::Status& s, pb::ExplainResponse* r) {
-    end(s, job_ptr->details);
-    sink->Finish(s, r);
-  };
-  reactor->Start(job);
-  RunExplain(job);
   return reactor;
 }
 

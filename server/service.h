@@ -115,6 +115,14 @@ class AtmanService final : public ::atman::v1::Atman::CallbackService {
                                            const ::atman::v1::ExplainRequest& request,
                                            CallInfo call, grpc::Status* refused);
   void RunExplain(std::shared_ptr<ExplainJob> job);
+  // What Explain and ExplainStream share: admit, count, validate and prepare the request. The
+  // final status (and the response when OK) goes to `finish` exactly once, after the call's
+  // accounting (queue, inflight, CallDone). Returns the job to run, or null when the call has
+  // already been finished (refused or invalid).
+  using ExplainFinish = std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)>;
+  std::shared_ptr<ExplainJob> BeginExplain(grpc::CallbackServerContext* ctx,
+                                           const ::atman::v1::ExplainRequest& request,
+                                           const char* method, ExplainFinish finish);
   grpc::Status RunGenerate(const ::atman::v1::GenerateRequest& request,
                            ::atman::v1::GenerateResponse* response);
 
