@@ -35,28 +35,11 @@ using testing::MaxAbsDiff;
 constexpr double kParity = 1e-4;    // logits, float32 (the bar)
 constexpr double kFeatures = 1e-5;  // tower states and projected features, float32
 
-struct LlavaCases {
-  std::filesystem::path dir;
-  std::map<std::string, at::Tensor> tensors;
-  nlohmann::json meta;
-};
+// <fixtures>/llava_cases/<name>: the saved model, its tensors and cases.json.
+using LlavaCases = testing::OracleOutput;
 
 LlavaCases ReadLlavaCases(const std::string& name) {
-  LlavaCases out;
-  out.dir = atman::testing::FixtureDir("llava_cases") / name;
-  auto file = io::SafetensorsFile::Open(out.dir / "cases.safetensors");
-  EXPECT_TRUE(file.ok()) << file.status();
-  if (file.ok()) {
-    for (const auto& entry : (*file)->entries()) {
-      auto view = (*file)->View(entry);
-      EXPECT_TRUE(view.ok()) << view.status();
-      if (view.ok()) out.tensors[entry.name] = view->clone();
-    }
-  }
-  auto json = io::ReadJsonFile(out.dir / "cases.json");
-  EXPECT_TRUE(json.ok()) << json.status();
-  if (json.ok()) out.meta = *json;
-  return out;
+  return testing::ReadOracleOutput("llava_cases", name);
 }
 
 std::unique_ptr<VisionLanguageModel> LoadLlava(const std::filesystem::path& dir) {
@@ -96,10 +79,7 @@ class LlavaParityTest : public ::testing::TestWithParam<std::string> {
     ASSERT_NE(model_, nullptr);
   }
   const at::Tensor& T(const std::string& name) {
-    auto it = cases_.tensors.find(name);
-    EXPECT_NE(it, cases_.tensors.end()) << name;
-    static const at::Tensor kNone;
-    return it == cases_.tensors.end() ? kNone : it->second;
+    return testing::TensorNamed(cases_.tensors, name);
   }
   at::Tensor PromptPixels() { return T("pixel_values").narrow(0, 0, 2); }
 
@@ -127,7 +107,7 @@ TEST_P(LlavaParityTest, TowerHiddenStatesMatchTransformers) {
 TEST_P(LlavaParityTest, ImageFeaturesMatchGetImageFeatures) {
   auto features = model_->EmbedImages(T("pixel_values"));
   ASSERT_TRUE(features.ok()) << features.status();
-  EXPECT_EQ(features->size(1), cases_.meta.at("tokens_per_image").get<int64_t>());
+  EXPECT_EQ(features->size(1), cases_.json.at("tokens_per_image").get<int64_t>());
   EXPECT_EQ(features->size(1), model_->tokens_per_image());
   EXPECT_LT(MaxAbsDiff(*features, T("features")), kFeatures);
 }
@@ -138,8 +118,8 @@ TEST_P(LlavaParityTest, LogitsWithImagesMatchTransformers) {
 }
 
 TEST_P(LlavaParityTest, ControlsOnImageTokensMatchPatchedOracle) {
-  ASSERT_EQ(cases_.meta.at("cases").size(), 4u);
-  for (const auto& c : cases_.meta.at("cases")) {
+  ASSERT_EQ(cases_.json.at("cases").size(), 4u);
+  for (const auto& c : cases_.json.at("cases")) {
     const std::string name = c.at("name").get<std::string>();
     AttentionControl control = ControlFromCase(c);
     at::Tensor ours = Logits(*model_, T("ids"), PromptPixels(), &control);
@@ -154,7 +134,7 @@ TEST_P(LlavaParityTest, ImageTokensSitWhereTheOracleExpandedThem) {
   const std::vector<int64_t> ids = ToVector(T("ids"));
   auto spans = model_->FindImageSpans(ids);
   ASSERT_TRUE(spans.ok()) << spans.status();
-  const auto& expected = cases_.meta.at("image_spans");
+  const auto& expected = cases_.json.at("image_spans");
   ASSERT_EQ(spans->size(), expected.size());
   for (std::size_t i = 0; i < spans->size(); ++i) {
     EXPECT_EQ((*spans)[i].first, expected[i].at(0).get<int64_t>()) << "image " << i;
@@ -191,7 +171,7 @@ TEST_P(LlavaParityTest, WrongNumberOfImageTokensNamesBothCounts) {
   const int64_t P = model_->tokens_per_image();
   // One image token replaced by text: 2P - 1 tokens for 2P feature rows.
   at::Tensor ids = T("ids").clone();
-  ids.select(0, 0).select(0, cases_.meta.at("image_spans")[0].at(0).get<int64_t>()).fill_(5);
+  ids.select(0, 0).select(0, cases_.json.at("image_spans")[0].at(0).get<int64_t>()).fill_(5);
   auto embeds = model_->Embed(ids, *features);
   ASSERT_FALSE(embeds.ok());
   EXPECT_EQ(embeds.status().code(), absl::StatusCode::kInvalidArgument);
@@ -213,7 +193,7 @@ TEST_P(LlavaParityTest, PngBytesThroughOurProcessorGiveTheSameLogits) {
   auto processor = LoadImageProcessor(cases_.dir, *model_);
   ASSERT_TRUE(processor.ok()) << processor.status();
   std::vector<at::Tensor> pixels;
-  for (const auto& name : cases_.meta.at("images")) {
+  for (const auto& name : cases_.json.at("images")) {
     std::ifstream in(cases_.dir / "images" / (name.get<std::string>() + ".png"), std::ios::binary);
     ASSERT_TRUE(in) << name;
     std::stringstream bytes;

@@ -16,9 +16,9 @@ const std::vector<std::string>& OracleModels() {
   return kModels;
 }
 
-ModelCases ReadCases(const std::string& name) {
-  ModelCases out;
-  out.dir = atman::testing::FixtureDir("model_cases") / name;
+OracleOutput ReadOracleOutput(const std::string& fixture, const std::string& name) {
+  OracleOutput out;
+  out.dir = atman::testing::FixtureDir(fixture) / name;
   auto file = io::SafetensorsFile::Open(out.dir / "cases.safetensors");
   EXPECT_TRUE(file.ok()) << file.status();
   if (file.ok()) {
@@ -30,7 +30,24 @@ ModelCases ReadCases(const std::string& name) {
   }
   auto json = io::ReadJsonFile(out.dir / "cases.json");
   EXPECT_TRUE(json.ok()) << json.status();
-  if (json.ok()) out.cases = json->at("cases");
+  if (json.ok()) out.json = *json;
+  return out;
+}
+
+const at::Tensor& TensorNamed(const std::map<std::string, at::Tensor>& tensors,
+                              const std::string& name) {
+  auto it = tensors.find(name);
+  EXPECT_NE(it, tensors.end()) << name;
+  static const at::Tensor kNone;
+  return it == tensors.end() ? kNone : it->second;
+}
+
+ModelCases ReadCases(const std::string& name) {
+  OracleOutput oracle = ReadOracleOutput("model_cases", name);
+  ModelCases out;
+  out.dir = oracle.dir;
+  out.tensors = std::move(oracle.tensors);
+  if (oracle.json.contains("cases")) out.cases = oracle.json.at("cases");
   return out;
 }
 

@@ -20,6 +20,19 @@ namespace atman::model::testing {
 // The families/switches the oracle writes, one folder each.
 const std::vector<std::string>& OracleModels();
 
+// An oracle's output folder <fixtures>/<fixture>/<name>: its cases.safetensors (every tensor,
+// copied) and cases.json. Fails the test on error.
+struct OracleOutput {
+  std::filesystem::path dir;
+  std::map<std::string, at::Tensor> tensors;
+  nlohmann::json json;
+};
+OracleOutput ReadOracleOutput(const std::string& fixture, const std::string& name);
+
+// tensors[name], failing the test (and returning an undefined tensor) when it is missing.
+const at::Tensor& TensorNamed(const std::map<std::string, at::Tensor>& tensors,
+                              const std::string& name);
+
 struct ModelCases {
   std::filesystem::path dir;
   std::map<std::string, at::Tensor> tensors;  // "padded.ids", "cached.logits", ...

@@ -37,10 +37,7 @@ class ParityTest : public ::testing::TestWithParam<std::string> {
     ASSERT_NE(model_, nullptr);
   }
   const at::Tensor& T(const std::string& name) {
-    auto it = cases_.tensors.find(name);
-    EXPECT_NE(it, cases_.tensors.end()) << name;
-    static const at::Tensor kNone;
-    return it == cases_.tensors.end() ? kNone : it->second;
+    return testing::TensorNamed(cases_.tensors, name);
   }
   // Runs the prefix (first `cached` tokens, batch 1) into a cache, then continues every row
   // of `ids` from position p <= cached. Returns logits [B, T - p, V].
