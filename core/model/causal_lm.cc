@@ -355,7 +355,7 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
       if (request.kind == OutputRequest::Kind::kLogits) {
         out.logits = logits;
       } else {
-        out.log_probs = TargetLogProbs(logits, request.targets.to(device_, at::kLong));
+        out.log_probs = TargetLogProbs(logits, request.targets.to(device_));
       }
       break;
     }

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import atman_service  # noqa: E402
-from atman_service import SOURCE, free_port, pb, pb_grpc  # noqa: E402,F401
+from atman_service import free_port, pb  # noqa: E402,F401
 
 FIXTURES = Path(os.environ["ATMAN_FIXTURES"])
 CLI = os.environ["ATMAN_CLI"]

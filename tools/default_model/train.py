@@ -180,7 +180,6 @@ def further_turns(rng: random.Random, item: tasks.Item, count: int,
 # name, shape or object asked about, wherever the question template puts it); and for facts
 # "subject", at each city, to the name of its sentence. "asked" and "subject" are the lookup's
 # first hop: the answer head then matches the asked subject against each candidate's.
-ROUTES = ("answer", "asked", "subject")
 
 
 def subject_ids(tok: Tokenizer) -> set[int]:
