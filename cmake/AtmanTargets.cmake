@@ -13,6 +13,11 @@
 function(atman_target_flags target)
   target_compile_features(${target} PUBLIC cxx_std_20)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wno-unused-parameter)
+  # clang checks the ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED annotations (g++ ignores
+  # them): the sanitizer and fuzz builds compile with clang.
+  if(CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    target_compile_options(${target} PRIVATE -Wthread-safety)
+  endif()
   if(ATMAN_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

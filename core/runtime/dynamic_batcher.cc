@@ -1,12 +1,17 @@
 #include "core/runtime/dynamic_batcher.h"
 
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/from_blob.h>
 
 #include <algorithm>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <limits>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 
 namespace atman::runtime {
 namespace {
@@ -30,42 +35,62 @@ double Seconds(DynamicBatcher::Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+absl::Time ToAbslTime(DynamicBatcher::Clock::time_point t) {
+  if (t == DynamicBatcher::Clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::Now() + absl::FromChrono(t - DynamicBatcher::Clock::now());
+}
+
 }  // namespace
 
+// One request. Guarded by the batcher's mu_, except `rows` entries (immutable once shared)
+// and `outbox`/`delivering`, which are guarded by mu_ too but drained outside it.
 class DynamicBatcher::Request {
  public:
-  std::vector<ScoringRow> rows;
+  using Rows = std::shared_ptr<const std::vector<ScoringRow>>;
+  Rows rows;                  // null once ended
   std::deque<size_t> queued;  // rows not yet run, in order of start index
   size_t device = 0;
+  int64_t num_rows = 0, num_targets = 0;
   Clock::time_point submitted, deadline, queued_since;
   DoneFn done;
   ProgressFn progress;
-  at::Tensor log_probs;  // [n, K]
+  std::vector<double> log_probs;  // [num_rows, num_targets], row-major
   int64_t rows_done = 0;
   bool ended = false;
   bool in_active = false;
   bool started = false;
   Result result;
+  // Callbacks waiting to run, in order; one thread at a time runs them (Deliver).
+  std::deque<Delivery> outbox;
+  bool delivering = false;
 };
 
 struct DynamicBatcher::Batch {
   struct Entry {
     std::shared_ptr<Request> request;
+    Request::Rows rows;  // keeps the row alive while the batch runs, even if the request ends
     size_t row = 0;
   };
   std::vector<Entry> entries;
   int64_t start = 0, longest = 0;
-  int64_t tokens() const {
-    return static_cast<int64_t>(entries.size()) * (longest - start);
-  }
+  int64_t tokens() const { return static_cast<int64_t>(entries.size()) * (longest - start); }
 };
 
 DynamicBatcher::DynamicBatcher(Options options, Observer observer)
-    : options_(std::move(options)), observer_(std::move(observer)) {
-  options_.workers_per_device = std::max<int32_t>(1, options_.workers_per_device);
-  options_.limits.max_rows = std::max<int64_t>(1, options_.limits.max_rows);
-  for (size_t d = 0; d < options_.models.size(); ++d) {
-    for (int32_t w = 0; w < options_.workers_per_device; ++w) {
+    : models_(options.models),
+      workers_per_device_(std::max<int32_t>(1, options.workers_per_device)),
+      max_queue_delay_(options.max_queue_delay),
+      max_queued_requests_(options.max_queued_requests),
+      simulated_device_bytes_(options.simulated_device_bytes),
+      options_(options),
+      observer_(std::move(observer)) {
+  {
+    absl::MutexLock lock(&mu_);
+    limits_ = options.limits;
+    limits_.max_rows = std::max<int64_t>(1, limits_.max_rows);
+  }
+  for (size_t d = 0; d < models_.size(); ++d) {
+    for (int32_t w = 0; w < workers_per_device_; ++w) {
       workers_.emplace_back([this, d] { WorkerLoop(d); });
     }
   }
@@ -78,9 +103,12 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher::Request>> DynamicBatcher::Submit(
     std::vector<ScoringRow> rows, Clock::time_point deadline, DoneFn done, ProgressFn progress,
     size_t device_index) {
   if (rows.empty()) return absl::InvalidArgumentError("dynamic batcher: a request without rows");
-  if (device_index >= options_.models.size()) {
+  if (device_index >= models_.size()) {
     return absl::InvalidArgumentError(absl::StrCat("dynamic batcher: device index ", device_index,
-                                                   " >= ", options_.models.size(), " devices"));
+                                                   " >= ", models_.size(), " devices"));
+  }
+  for (const ScoringRow& row : rows) {
+    if (!row.prefix) return absl::InvalidArgumentError("dynamic batcher: a row without a prefix");
   }
   auto request = std::make_shared<Request>();
   request->device = device_index;
@@ -90,8 +118,9 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher::Request>> DynamicBatcher::Submit(
   request->progress = std::move(progress);
   int64_t K = 0;
   for (const ScoringRow& row : rows) K = std::max(K, row.prefix->num_targets());
-  request->log_probs =
-      at::zeros({static_cast<int64_t>(rows.size()), K}, at::TensorOptions().dtype(at::kDouble));
+  request->num_rows = static_cast<int64_t>(rows.size());
+  request->num_targets = K;
+  request->log_probs.assign(static_cast<size_t>(request->num_rows * K), 0.0);
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   const bool reuse = options_.limits.reuse_prefix;
@@ -99,94 +128,140 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher::Request>> DynamicBatcher::Submit(
     return StartIndex(rows[a], reuse) < StartIndex(rows[b], reuse);
   });
   request->queued.assign(order.begin(), order.end());
-  request->rows = std::move(rows);
+  request->rows = std::make_shared<const std::vector<ScoringRow>>(std::move(rows));
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (draining_ || stopping_) {
       return absl::UnavailableError("the server is draining; retry on another replica");
     }
-    if (static_cast<int64_t>(all_.size()) >= options_.max_queued_requests) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("queue full: ", all_.size(), " requests queued (max_queued_requests ",
-                       options_.max_queued_requests, ")"));
+    if (static_cast<int64_t>(all_.size()) >= max_queued_requests_) {
+      return absl::ResourceExhaustedError(absl::StrCat("queue full: ", all_.size(),
+                                                       " requests queued (max_queued_requests ",
+                                                       max_queued_requests_, ")"));
     }
     queued_rows_ += static_cast<int64_t>(request->queued.size());
     all_.push_back(request);
     active_.push_back(request);
     request->in_active = true;
   }
-  work_cv_.notify_all();
-  timer_cv_.notify_all();
+  work_cv_.SignalAll();
+  timer_cv_.SignalAll();
   return request;
 }
 
-DynamicBatcher::DoneFn DynamicBatcher::EndLocked(Request& request) {
-  if (request.ended) return {};
-  request.ended = true;
-  queued_rows_ -= static_cast<int64_t>(request.queued.size());
-  request.queued.clear();
-  active_.remove_if([&](const std::shared_ptr<Request>& r) { return r.get() == &request; });
-  request.in_active = false;
-  all_.erase(std::remove_if(all_.begin(), all_.end(),
-                            [&](const std::shared_ptr<Request>& r) { return r.get() == &request; }),
-             all_.end());
-  if (all_.empty()) idle_cv_.notify_all();
-  return std::move(request.done);
+void DynamicBatcher::EndLocked(const std::shared_ptr<Request>& request, absl::Status error) {
+  Request& r = *request;
+  if (r.ended) return;
+  r.ended = true;
+  queued_rows_ -= static_cast<int64_t>(r.queued.size());
+  r.queued.clear();
+  if (r.in_active) {
+    active_.remove(request);
+    r.in_active = false;
+  }
+  all_.erase(std::remove(all_.begin(), all_.end(), request), all_.end());
+  if (all_.empty()) idle_cv_.SignalAll();
+  // Drop everything the request holds: rows (their prefix caches), callbacks (what they
+  // captured) and results. A batch still running on its rows keeps its own reference.
+  r.rows.reset();
+  r.progress = nullptr;
+  std::vector<double>().swap(r.log_probs);
+  if (r.done && !error.ok()) {
+    r.outbox.push_back([done = std::move(r.done), error = std::move(error)]() { done(error); });
+  }
+  r.done = nullptr;
+}
+
+void DynamicBatcher::Deliver(const std::shared_ptr<Request>& request) {
+  absl::MutexLock lock(&mu_);
+  if (request->delivering) return;
+  request->delivering = true;
+  while (!request->outbox.empty()) {
+    Delivery next = std::move(request->outbox.front());
+    request->outbox.pop_front();
+    mu_.Unlock();
+    try {
+      next();
+    } catch (...) {
+      // A callback must not throw; the batcher keeps its promises to other requests.
+    }
+    next = nullptr;  // destroy what the callback captured outside the lock
+    mu_.Lock();
+  }
+  request->delivering = false;
 }
 
 void DynamicBatcher::Cancel(const std::shared_ptr<Request>& request, absl::Status status) {
   if (!request) return;
-  DoneFn done;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    done = EndLocked(*request);
+    absl::MutexLock lock(&mu_);
+    EndLocked(request, std::move(status));
   }
-  if (done) done(std::move(status));
+  Deliver(request);
 }
 
 void DynamicBatcher::Drain() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   draining_ = true;
+  work_cv_.SignalAll();
+}
+
+void DynamicBatcher::Hold() {
+  absl::MutexLock lock(&mu_);
+  held_ = true;
+}
+
+void DynamicBatcher::Release() {
+  {
+    absl::MutexLock lock(&mu_);
+    held_ = false;
+  }
+  work_cv_.SignalAll();
 }
 
 bool DynamicBatcher::WaitIdle(Clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, deadline, [&] { return all_.empty(); });
+  const absl::Time until = ToAbslTime(deadline);
+  absl::MutexLock lock(&mu_);
+  while (!all_.empty()) {
+    if (idle_cv_.WaitWithDeadline(&mu_, until) && !all_.empty()) return false;
+  }
+  return true;
 }
 
 void DynamicBatcher::Shutdown() {
-  std::vector<DoneFn> dones;
+  std::lock_guard<std::mutex> once(shutdown_mu_);
+  if (joined_) return;
+  std::vector<std::shared_ptr<Request>> left;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_ && workers_.empty()) return;
+    absl::MutexLock lock(&mu_);
     stopping_ = draining_ = true;
-    std::vector<std::shared_ptr<Request>> left = all_;
-    for (const auto& r : left) {
-      if (DoneFn done = EndLocked(*r)) dones.push_back(std::move(done));
-    }
+    left = all_;
+    for (const auto& r : left) EndLocked(r, absl::UnavailableError("the server is shutting down"));
   }
-  for (DoneFn& done : dones) done(absl::UnavailableError("the server is shutting down"));
-  work_cv_.notify_all();
-  timer_cv_.notify_all();
+  for (const auto& r : left) Deliver(r);
+  work_cv_.SignalAll();
+  timer_cv_.SignalAll();
   for (std::thread& t : workers_) {
     if (t.joinable()) t.join();
   }
-  workers_.clear();
   if (timer_.joinable()) timer_.join();
+  joined_ = true;
 }
 
 DynamicBatcher::Stats DynamicBatcher::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return {queued_rows_, static_cast<int64_t>(all_.size()), oom_retries_,
-          options_.limits.memory_budget_bytes, options_.limits.max_tokens};
+  absl::MutexLock lock(&mu_);
+  return {queued_rows_,       static_cast<int64_t>(all_.size()),
+          oom_retries_,       limits_.memory_budget_bytes,
+          limits_.max_tokens, held_,
+          batches_running_};
 }
 
 int64_t DynamicBatcher::EstimateBytes(int64_t tokens) const {
-  return tokens * options_.limits.bytes_per_row_position;
+  return tokens * limits_.bytes_per_row_position;
 }
 
 void DynamicBatcher::TimerLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (!stopping_) {
     const auto now = Clock::now();
     auto next = Clock::time_point::max();
@@ -199,22 +274,17 @@ void DynamicBatcher::TimerLoop() {
       }
     }
     if (!expired.empty()) {
-      std::vector<DoneFn> dones;
       for (const auto& r : expired) {
-        if (DoneFn done = EndLocked(*r)) dones.push_back(std::move(done));
+        EndLocked(r,
+                  absl::DeadlineExceededError("the deadline passed before the request finished"));
       }
-      lock.unlock();
-      for (DoneFn& done : dones) {
-        done(absl::DeadlineExceededError("the deadline passed before the request finished"));
-      }
-      lock.lock();
+      mu_.Unlock();
+      for (const auto& r : expired) Deliver(r);
+      expired.clear();
+      mu_.Lock();
       continue;
     }
-    if (next == Clock::time_point::max()) {
-      timer_cv_.wait(lock);
-    } else {
-      timer_cv_.wait_until(lock, next);
-    }
+    timer_cv_.WaitWithDeadline(&mu_, ToAbslTime(next));
   }
 }
 
@@ -224,26 +294,26 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
     if (r->device == device_index && !r->queued.empty()) candidates.push_back(r);
   }
   if (candidates.empty()) return false;
-  const BatchLimits& limits = options_.limits;
+  const BatchLimits& limits = limits_;
   const auto n = static_cast<int64_t>(candidates.size());
   const int64_t quantum = (limits.max_rows + n - 1) / n;
-  const ScoringRow& lead = candidates.front()->rows[candidates.front()->queued.front()];
+  const ScoringRow& lead = (*candidates.front()->rows)[candidates.front()->queued.front()];
   batch->start = std::numeric_limits<int64_t>::max();
   batch->longest = 0;
   for (const auto& r : candidates) {
     for (int64_t taken = 0; taken < quantum && !r->queued.empty(); ++taken) {
-      const ScoringRow& row = r->rows[r->queued.front()];
+      const ScoringRow& row = (*r->rows)[r->queued.front()];
       if (!SameControls(row, lead)) break;
       const int64_t start = std::min(batch->start, StartIndex(row, limits.reuse_prefix));
       const int64_t longest = std::max(batch->longest, row.prefix->length());
       const auto count = static_cast<int64_t>(batch->entries.size()) + 1;
       const int64_t tokens = count * (longest - start);
-      if (!batch->entries.empty() &&
-          (count > limits.max_rows || tokens > limits.max_tokens ||
-           (limits.memory_budget_bytes > 0 && EstimateBytes(tokens) > limits.memory_budget_bytes))) {
+      if (!batch->entries.empty() && (count > limits.max_rows || tokens > limits.max_tokens ||
+                                      (limits.memory_budget_bytes > 0 &&
+                                       EstimateBytes(tokens) > limits.memory_budget_bytes))) {
         break;
       }
-      batch->entries.push_back({r, r->queued.front()});
+      batch->entries.push_back({r, r->rows, r->queued.front()});
       batch->start = start;
       batch->longest = longest;
       r->queued.pop_front();
@@ -254,94 +324,111 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
   // Rotate: the request that led this batch goes to the back of the round-robin order.
   auto it = std::find(active_.begin(), active_.end(), candidates.front());
   if (it != active_.end()) active_.splice(active_.end(), active_, it);
+  for (auto& e : batch->entries) {
+    if (!e.request->started) {
+      e.request->started = true;
+      e.request->result.queue_seconds = Seconds(Clock::now() - e.request->submitted);
+    }
+  }
+  ++batches_running_;
   return true;
 }
 
 void DynamicBatcher::WorkerLoop(size_t device_index) {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (true) {
     if (stopping_) return;
     int64_t waiting = 0;
     auto oldest = Clock::time_point::max();
-    for (const auto& r : active_) {
-      if (r->device != device_index || r->queued.empty()) continue;
-      waiting += static_cast<int64_t>(r->queued.size());
-      oldest = std::min(oldest, r->queued_since);
+    if (!held_) {
+      for (const auto& r : active_) {
+        if (r->device != device_index || r->queued.empty()) continue;
+        waiting += static_cast<int64_t>(r->queued.size());
+        oldest = std::min(oldest, r->queued_since);
+      }
     }
     if (waiting == 0) {
-      work_cv_.wait(lock);
+      work_cv_.Wait(&mu_);
       continue;
     }
-    if (waiting < options_.limits.max_rows && options_.max_queue_delay.count() > 0 && !draining_) {
-      const auto ready = oldest + options_.max_queue_delay;
+    if (waiting < limits_.max_rows && max_queue_delay_.count() > 0 && !draining_) {
+      const auto ready = oldest + max_queue_delay_;
       if (Clock::now() < ready) {
-        work_cv_.wait_until(lock, ready);
+        work_cv_.WaitWithDeadline(&mu_, ToAbslTime(ready));
         continue;
       }
     }
     Batch batch;
     if (!FormBatch(device_index, &batch)) continue;
-    lock.unlock();
-    work_cv_.notify_one();  // more rows may be left for another worker
+    mu_.Unlock();
+    work_cv_.Signal();  // more rows may be left for another worker
     RunBatch(device_index, batch);
-    lock.lock();
+    batch.entries.clear();  // drop the rows' references outside the lock
+    mu_.Lock();
   }
 }
 
 void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   const auto started = Clock::now();
   const int64_t tokens = batch.tokens();
-  absl::StatusOr<BatchResult> result;
+  int64_t estimate = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& e : batch.entries) {
-      if (!e.request->started) {
-        e.request->started = true;
-        e.request->result.queue_seconds = Seconds(started - e.request->submitted);
-      }
-    }
+    absl::MutexLock lock(&mu_);
+    estimate = EstimateBytes(tokens);
   }
-  if (options_.simulated_device_bytes > 0 && EstimateBytes(tokens) > options_.simulated_device_bytes) {
-    result = absl::ResourceExhaustedError(absl::StrCat(
-        "simulated device: out of memory (batch of ", batch.entries.size(), " rows needs about ",
-        EstimateBytes(tokens), " bytes, device has ", options_.simulated_device_bytes, ")"));
-  } else {
-    std::vector<const ScoringRow*> rows;
-    rows.reserve(batch.entries.size());
-    for (const auto& e : batch.entries) rows.push_back(&e.request->rows[e.row]);
-    result = RunScoringBatch(*options_.models[device_index], rows, options_.limits.reuse_prefix);
+  // Everything that allocates or may throw runs here, outside the lock: the batch, and the
+  // copy of its results to host float64.
+  absl::StatusOr<BatchResult> result;
+  std::vector<double> host;  // [rows, K_max] of the batch
+  int64_t batch_k = 0;
+  try {
+    if (simulated_device_bytes_ > 0 && estimate > simulated_device_bytes_) {
+      result = absl::ResourceExhaustedError(absl::StrCat(
+          "simulated device: out of memory (batch of ", batch.entries.size(), " rows needs about ",
+          estimate, " bytes, device has ", simulated_device_bytes_, ")"));
+    } else {
+      std::vector<const ScoringRow*> rows;
+      rows.reserve(batch.entries.size());
+      for (const auto& e : batch.entries) rows.push_back(&(*e.rows)[e.row]);
+      result = RunScoringBatch(*models_[device_index], rows, options_.limits.reuse_prefix);
+    }
+    if (result.ok()) {
+      const at::Tensor lp = result->log_probs.to(at::kCPU).to(at::kDouble).contiguous();
+      batch_k = lp.size(1);
+      host.resize(static_cast<size_t>(lp.numel()));
+      if (!host.empty())
+        std::memcpy(host.data(), lp.data_ptr<double>(), host.size() * sizeof(double));
+    }
+  } catch (const std::exception& e) {
+    result = absl::InternalError(absl::StrCat("scoring batch failed: ", e.what()));
+  } catch (...) {
+    result = absl::InternalError("scoring batch failed with an unknown exception");
   }
   const double seconds = Seconds(Clock::now() - started);
 
-  struct Callback {
-    std::shared_ptr<Request> request;
-    DoneFn done;
-    absl::StatusOr<Result> outcome;
-    int64_t rows_done = 0, rows_total = 0;
-  };
-  std::vector<Callback> callbacks;
+  std::vector<std::shared_ptr<Request>> touched;  // requests whose outbox may have grown
   std::optional<BatchInfo> batch_info;
   bool oom = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
+    --batches_running_;
+    for (const auto& e : batch.entries) {
+      if (std::find(touched.begin(), touched.end(), e.request) == touched.end()) {
+        touched.push_back(e.request);
+      }
+    }
     if (!result.ok() && IsOutOfMemory(result.status())) {
       oom = true;
       ++oom_retries_;
-      BatchLimits& limits = options_.limits;
-      if (limits.bytes_per_row_position > 0) {
-        limits.memory_budget_bytes = std::max<int64_t>(1, EstimateBytes(tokens) * 3 / 4);
+      if (limits_.bytes_per_row_position > 0) {
+        limits_.memory_budget_bytes = std::max<int64_t>(1, estimate * 3 / 4);
       } else {
-        limits.max_tokens = std::max<int64_t>(1, tokens * 3 / 4);
+        limits_.max_tokens = std::max<int64_t>(1, tokens * 3 / 4);
       }
       if (batch.entries.size() == 1) {
-        auto& r = batch.entries.front().request;
-        if (DoneFn done = EndLocked(*r)) {
-          callbacks.push_back({r, std::move(done),
-                               absl::ResourceExhaustedError(absl::StrCat(
-                                   "one scoring row does not fit on the device: ",
-                                   result.status().message())),
-                               0, 0});
-        }
+        EndLocked(batch.entries.front().request,
+                  absl::ResourceExhaustedError(absl::StrCat(
+                      "one scoring row does not fit on the device: ", result.status().message())));
       } else {
         // Requeue the rows at the front of their requests, in their original order; the
         // shrunken limits split them over smaller batches.
@@ -357,65 +444,73 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
         }
       }
     } else if (!result.ok()) {
-      for (auto& e : batch.entries) {
-        if (DoneFn done = EndLocked(*e.request)) {
-          callbacks.push_back({e.request, std::move(done), result.status(), 0, 0});
-        }
-      }
+      for (auto& e : batch.entries) EndLocked(e.request, result.status());
     } else {
       const int64_t T = batch.longest - batch.start;
-      std::vector<Request*> seen;
       for (size_t b = 0; b < batch.entries.size(); ++b) {
         Request& r = *batch.entries[b].request;
         if (r.ended) continue;
-        const int64_t K = r.log_probs.size(1);
-        r.log_probs[static_cast<int64_t>(batch.entries[b].row)].copy_(
-            result->log_probs[static_cast<int64_t>(b)].slice(0, 0, K));
+        const int64_t K = std::min(r.num_targets, batch_k);
+        const auto row = static_cast<int64_t>(batch.entries[b].row);
+        std::copy_n(host.begin() + static_cast<int64_t>(b) * batch_k, K,
+                    r.log_probs.begin() + row * r.num_targets);
         ++r.rows_done;
         r.result.positions_computed += T;
-        if (std::find(seen.begin(), seen.end(), &r) == seen.end()) {
-          seen.push_back(&r);
-          ++r.result.forward_passes;
+      }
+      int32_t distinct = 0;
+      for (const auto& request : touched) {
+        Request& r = *request;
+        if (r.ended) continue;
+        ++distinct;
+        ++r.result.forward_passes;
+        if (r.progress) {
+          r.outbox.push_back([progress = r.progress, done = r.rows_done, total = r.num_rows] {
+            progress(done, total);
+          });
+        }
+        if (r.rows_done == r.num_rows) {
+          Result out = r.result;
+          // The tensor is made by the delivering thread, outside the lock.
+          auto values = std::make_shared<std::vector<double>>(std::move(r.log_probs));
+          const int64_t n = r.num_rows, k = r.num_targets;
+          r.outbox.push_back([done = std::move(r.done), out = std::move(out), values, n,
+                              k]() mutable {
+            absl::StatusOr<Result> outcome;
+            try {
+              out.log_probs =
+                  at::from_blob(values->data(), {n, k}, at::TensorOptions().dtype(at::kDouble))
+                      .clone();
+              outcome = std::move(out);
+            } catch (const std::exception& e) {
+              outcome = absl::InternalError(absl::StrCat("collecting results failed: ", e.what()));
+            }
+            done(std::move(outcome));
+          });
+          r.done = nullptr;
+          r.log_probs.clear();
+          EndLocked(request, absl::OkStatus());  // done is queued above: this drops the rest
         }
       }
-      for (Request* r : seen) {
-        std::shared_ptr<Request> owner;
-        for (auto& e : batch.entries) {
-          if (e.request.get() == r) owner = e.request;
-        }
-        const auto total = static_cast<int64_t>(r->rows.size());
-        if (r->rows_done == total) {
-          r->result.log_probs = r->log_probs;
-          Result out = r->result;
-          if (DoneFn done = EndLocked(*r)) {
-            callbacks.push_back({owner, std::move(done), std::move(out), total, total});
-          }
-        } else {
-          callbacks.push_back({owner, {}, absl::UnknownError(""), r->rows_done, total});
-        }
-      }
-      batch_info = BatchInfo{static_cast<int64_t>(batch.entries.size()),
-                             result->positions_computed, static_cast<int32_t>(seen.size()),
-                             seconds};
+      batch_info = BatchInfo{static_cast<int64_t>(batch.entries.size()), result->positions_computed,
+                             distinct, seconds};
     }
     for (auto& e : batch.entries) {
-      if (!e.request->ended && e.request->queued.empty() && e.request->in_active) {
+      Request& r = *e.request;
+      if (!r.ended && r.queued.empty() && r.in_active) {
         active_.remove(e.request);
-        e.request->in_active = false;
+        r.in_active = false;
       }
     }
   }
   if (oom) {
     if (observer_.on_oom_retry) observer_.on_oom_retry();
-    work_cv_.notify_all();
+    work_cv_.SignalAll();
   }
   if (batch_info && observer_.on_batch) observer_.on_batch(*batch_info);
-  for (Callback& c : callbacks) {
-    if (c.request && c.request->progress && c.rows_total > 0) {
-      c.request->progress(c.rows_done, c.rows_total);
-    }
-    if (c.done) c.done(std::move(c.outcome));
-  }
+  // The batch lets go of its rows before anyone hears of the results: when a request's done()
+  // runs, nothing of it is left here.
+  for (auto& e : batch.entries) e.rows.reset();
+  for (const auto& r : touched) Deliver(r);
 }
 
 }  // namespace atman::runtime

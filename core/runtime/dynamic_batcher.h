@@ -18,11 +18,20 @@
 //     Options::models; any worker runs any request's rows (a prefix cache lives on the device
 //     of the model that prepared it, so callers submit to the batcher of that device).
 //
-// Lifecycle of a request: Submit() -> rows queued -> batches -> done(log_probs) once, from a
-// worker thread. Cancel(), an expired deadline, a failed batch or Shutdown() end it with
-// CANCELLED / DEADLINE_EXCEEDED / the error / UNAVAILABLE: its queued rows leave the queue at
-// once (a batch already running finishes, its rows' results are dropped) and done() runs
-// exactly once.
+// Lifecycle of a request: Submit() -> rows queued -> batches -> done(log_probs) once.
+// Cancel(), an expired deadline, a failed batch or Shutdown() end it with CANCELLED /
+// DEADLINE_EXCEEDED / the error / UNAVAILABLE: its queued rows leave the queue at once (a
+// batch already running finishes, its rows' results are dropped) and done() runs exactly once.
+// When a request ends, the batcher drops everything it held for it: its rows (and with them
+// their KvPrefixCache), its progress callback (and whatever it captured) and its results,
+// before done() runs; the done callback itself is destroyed right after it returns. The handle
+// Submit() returned stays valid but owns nothing heavy.
+//
+// Callbacks: a request's progress and done callbacks run one at a time and in order
+// (progress counts only grow; nothing runs after done), on whichever thread delivers them (a
+// worker, the deadline timer, or the thread calling Cancel/Shutdown), never with a batcher
+// lock held, so a callback may call Cancel() (its effect is delivered after the callback
+// returns). Callbacks must not block for long; an exception escaping one is swallowed.
 //
 // Overload: Submit() refuses with RESOURCE_EXHAUSTED when max_queued_requests requests are
 // already in the batcher, and with UNAVAILABLE once Drain() was called.
@@ -33,19 +42,20 @@
 // split in two and both halves are requeued at the front; the memory budget shrinks to 3/4 of
 // the failed batch's estimate (or the max_tokens cap to 3/4 of its tokens when no per-position
 // figure is known); Stats::oom_retries counts it. A single row that still fails fails its
-// request with RESOURCE_EXHAUSTED.
+// request with RESOURCE_EXHAUSTED. Any other exception from a batch fails that batch's
+// requests with INTERNAL; the worker keeps serving.
 //
-// Thread safety: every public method may be called from any thread. Callbacks (progress,
-// done, observer) run on worker or timer threads without the batcher's lock held; they must
-// not block for long. The destructor calls Shutdown().
+// Hold(): an observable pause for tests and operators: while held, no new batch starts (one
+// already running finishes); requests still queue, expire and cancel. Release() resumes.
+//
+// Thread safety: every public method may be called from any thread; shared state is guarded
+// by one mutex (annotated for clang's -Wthread-safety). The destructor calls Shutdown().
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -53,8 +63,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "core/model/causal_lm.h"
 #include "core/runtime/scoring_batch.h"
 
@@ -105,6 +117,8 @@ class DynamicBatcher {
     int64_t oom_retries = 0;
     int64_t memory_budget_bytes = 0;  // current (after shrinking)
     int64_t max_tokens = 0;           // current
+    bool held = false;                // Hold() in effect
+    int64_t batches_running = 0;
   };
 
   class Request;  // opaque handle
@@ -116,12 +130,15 @@ class DynamicBatcher {
 
   // Queues `rows` (non-empty; every prefix on the device of `device_index`'s model). `done`
   // runs exactly once. Errors (done is then not called): RESOURCE_EXHAUSTED (queue full),
-  // UNAVAILABLE (draining), INVALID_ARGUMENT (no rows, bad device index).
+  // UNAVAILABLE (draining), INVALID_ARGUMENT (no rows, bad device index, a row without a
+  // prefix).
   absl::StatusOr<std::shared_ptr<Request>> Submit(std::vector<ScoringRow> rows,
                                                   Clock::time_point deadline, DoneFn done,
                                                   ProgressFn progress = {},
                                                   size_t device_index = 0);
-  // Ends the request with `status` (CANCELLED by default) if it has not ended.
+  // Ends the request with `status` (CANCELLED by default) if it has not ended. Its done()
+  // has run when Cancel returns, unless Cancel was called from inside one of the request's
+  // own callbacks (then it runs right after that callback).
   void Cancel(const std::shared_ptr<Request>& request,
               absl::Status status = absl::CancelledError("cancelled by the client"));
 
@@ -129,8 +146,12 @@ class DynamicBatcher {
   void Drain();
   // Blocks until no request is left or `deadline` passes; true when none is left.
   bool WaitIdle(Clock::time_point deadline);
-  // Ends every remaining request with UNAVAILABLE and joins the threads. Idempotent.
+  // Ends every remaining request with UNAVAILABLE and joins the threads. Idempotent and safe
+  // to call from several threads at once (all return after the threads are joined).
   void Shutdown();
+  // No new batch starts until Release() (see the file comment).
+  void Hold();
+  void Release();
 
   Stats stats() const;
   const Options& options() const { return options_; }
@@ -138,25 +159,46 @@ class DynamicBatcher {
  private:
   struct Pending;  // one queued row
   struct Batch;
+  using Delivery = std::function<void()>;
 
   void WorkerLoop(size_t device_index);
   void TimerLoop();
-  // Under mu_: forms the next batch for `device_index`, or returns false.
-  bool FormBatch(size_t device_index, Batch* batch);
-  void RunBatch(size_t device_index, Batch& batch);
-  // Under mu_: removes the request's queued rows and marks it ended; returns its done fn.
-  DoneFn EndLocked(Request& request);
-  int64_t EstimateBytes(int64_t tokens) const;
+  // Forms the next batch for `device_index`, or returns false.
+  bool FormBatch(size_t device_index, Batch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunBatch(size_t device_index, Batch& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes the request's queued rows, marks it ended, drops what it holds and queues its
+  // done callback (if still set) with `error` (not OK). No-op for an ended request.
+  void EndLocked(const std::shared_ptr<Request>& request, absl::Status error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs the request's queued callbacks in order unless another thread is running them.
+  void Deliver(const std::shared_ptr<Request>& request) ABSL_LOCKS_EXCLUDED(mu_);
+  int64_t EstimateBytes(int64_t tokens) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  Options options_;
+  const std::vector<const model::CausalLM*> models_;
+  const int32_t workers_per_device_;
+  const std::chrono::microseconds max_queue_delay_;
+  const int64_t max_queued_requests_;
+  const int64_t simulated_device_bytes_;
+  const Options options_;  // as given (limits_ below is the live copy)
   Observer observer_;
-  mutable std::mutex mu_;
-  std::condition_variable work_cv_, idle_cv_, timer_cv_;
-  std::list<std::shared_ptr<Request>> active_;  // requests with queued rows, round-robin order
-  std::vector<std::shared_ptr<Request>> all_;   // every request not yet ended
-  int64_t queued_rows_ = 0;
-  int64_t oom_retries_ = 0;
-  bool draining_ = false, stopping_ = false;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar work_cv_, idle_cv_, timer_cv_;
+  BatchLimits limits_ ABSL_GUARDED_BY(mu_);
+  // Requests with queued rows, in round-robin order.
+  std::list<std::shared_ptr<Request>> active_ ABSL_GUARDED_BY(mu_);
+  // Every request not yet ended.
+  std::vector<std::shared_ptr<Request>> all_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_rows_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t oom_retries_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t batches_running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Serialises Shutdown(): the threads are joined once.
+  std::mutex shutdown_mu_;
+  bool joined_ = false;  // guarded by shutdown_mu_
   std::vector<std::thread> workers_;
   std::thread timer_;
 };
