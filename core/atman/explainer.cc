@@ -11,6 +11,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <map>
+#include <random>
 #include <set>
 
 #include "absl/status/status.h"
@@ -46,17 +49,17 @@ struct Explainer::Sequence {
   // Per prompt item: the positions of its tokens and, for text, the encoding (spans).
   struct Item {
     std::vector<int64_t> positions;
-    text::Encoding encoding;                  // text items
+    text::Encoding encoding;                        // text items
     std::optional<vision::ImageGeometry> geometry;  // image items
-    at::Tensor pixel_values;                  // image items: [3, S, S]
+    at::Tensor pixel_values;                        // image items: [3, S, S]
   };
   std::vector<Item> items;
   bool has_images = false;
 };
 
 Explainer::Explainer(const model::VisionLanguageModel* vlm,
-                     const vision::ClipImageProcessor* processor,
-                     const text::Tokenizer* tokenizer, Options options)
+                     const vision::ClipImageProcessor* processor, const text::Tokenizer* tokenizer,
+                     Options options)
     : Explainer(&vlm->language_model(), tokenizer, options) {
   vlm_ = vlm;
   processor_ = processor;
@@ -84,7 +87,8 @@ absl::Status Explainer::Warmup(int64_t length) {
     ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds, lm_->Embed(LongTensor(ids).unsqueeze(0)));
     auto prefix = std::make_shared<runtime::KvPrefixCache>();
     prefix->embeds = embeds;
-    prefix->positions = at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    prefix->positions =
+        at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
     prefix->target_indices = LongTensor({length - 1});
     prefix->target_tokens = LongTensor({0});
     prefix->base_log_probs = at::zeros({1}, at::TensorOptions().dtype(at::kDouble));
@@ -106,48 +110,53 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
   const ExplainOptions& o = request.options;
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: empty (no items)");
   if (!std::isfinite(o.control_factor) || o.control_factor < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "control_factor: ", o.control_factor, " is not a finite number >= 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.control_factor: ", o.control_factor, " is not a finite number >= 0"));
   }
   if (o.contextual_control_threshold.has_value() &&
       !(std::isfinite(*o.contextual_control_threshold) && *o.contextual_control_threshold > 0 &&
         *o.contextual_control_threshold <= 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("contextual_control_threshold: ",
-                                                   *o.contextual_control_threshold,
-                                                   " is outside (0, 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.contextual_control_threshold: ", *o.contextual_control_threshold,
+                     " is outside (0, 1]"));
   }
   const int64_t layers = lm_->config().num_layers;
   for (int64_t l : o.layers) {
     if (l < 0 || l >= layers) {
       return absl::InvalidArgumentError(
-          absl::StrCat("layers: ", l, " is outside [0, ", layers, ")"));
+          absl::StrCat("options.layers: ", l, " is outside [0, ", layers, ")"));
     }
   }
   if (o.text_granularity == TextGranularity::kCustom && o.custom_delimiter.empty()) {
-    return absl::InvalidArgumentError("custom_delimiter: empty, but text_granularity is custom");
+    return absl::InvalidArgumentError(
+        "options.custom_delimiter: empty, but options.text_granularity is custom");
   }
   if (o.auto_max_units < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("auto_max_units: ", o.auto_max_units, " < 1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.auto_max_units: ", o.auto_max_units, " < 1"));
   }
   if (o.image_granularity == ImageGranularity::kGrid && (o.image_rows < 1 || o.image_cols < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("image_rows x image_cols: ", o.image_rows, " x ",
-                                                   o.image_cols, " must both be >= 1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.image_rows, options.image_cols: ", o.image_rows, " x ", o.image_cols,
+                     " (image_granularity grid needs both >= 1)"));
   }
   if (request.target.empty() &&
       (o.max_new_tokens < 1 || o.max_new_tokens > options_.max_new_tokens_limit)) {
-    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", o.max_new_tokens,
-                                                   " is outside [1, ", options_.max_new_tokens_limit,
-                                                   "] (the target is empty, so it is generated)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("options.max_new_tokens: ", o.max_new_tokens, " is outside [1, ",
+                     options_.max_new_tokens_limit, "] (the target is empty, so it is generated)"));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const ExplainRequest& request) const {
+absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<PromptItem>& prompt,
+                                                              bool add_special_tokens) const {
+  if (prompt.empty()) return absl::InvalidArgumentError("prompt: empty (no items)");
   Sequence seq;
-  if (request.options.add_special_tokens) seq.ids = leading_specials_;
+  if (add_special_tokens) seq.ids = leading_specials_;
   const auto vocab = lm_->config().vocab_size;
-  for (size_t i = 0; i < request.prompt.size(); ++i) {
-    const PromptItem& item = request.prompt[i];
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    const PromptItem& item = prompt[i];
     Sequence::Item out;
     const std::string field = absl::StrCat("prompt[", i, "]");
     switch (item.kind) {
@@ -165,8 +174,9 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const ExplainReque
         for (size_t t = 0; t < item.token_ids.size(); ++t) {
           const int32_t id = item.token_ids[t];
           if (id < 0 || id >= vocab) {
-            return absl::InvalidArgumentError(absl::StrCat(field, ".token_ids[", t, "]: ", id,
-                                                           " is outside the vocabulary [0, ", vocab, ")"));
+            return absl::InvalidArgumentError(absl::StrCat(field, ".token_ids.ids[", t, "]: ", id,
+                                                           " is outside the vocabulary [0, ", vocab,
+                                                           ")"));
           }
           out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
           seq.ids.push_back(id);
@@ -174,16 +184,17 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const ExplainReque
         break;
       case PromptItem::Kind::kImage: {
         if (vlm_ == nullptr) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              field, ": an image, but the loaded model (", lm_->config().model_type,
-              ") has no vision tower"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(field, ".image: an image, but the loaded model (",
+                           lm_->config().model_type, ") is text-only (no vision tower)"));
         }
         vision::DecodeOptions decode;
         decode.limits = options_.image_limits;
         auto image = vision::DecodeImage(item.image, decode);
         if (!image.ok()) return Annotate(image.status(), absl::StrCat(field, ".image"));
         auto preprocessed = processor_->Preprocess(*image);
-        if (!preprocessed.ok()) return Annotate(preprocessed.status(), absl::StrCat(field, ".image"));
+        if (!preprocessed.ok())
+          return Annotate(preprocessed.status(), absl::StrCat(field, ".image"));
         out.geometry = preprocessed->geometry;
         out.pixel_values = preprocessed->pixel_values;
         for (int64_t t = 0; t < vlm_->tokens_per_image(); ++t) {
@@ -214,35 +225,165 @@ absl::StatusOr<at::Tensor> Explainer::EmbedPrompt(const Sequence& seq) const {
   return vlm_->Embed(id_tensor, features);
 }
 
-absl::StatusOr<std::vector<int32_t>> Explainer::Generate(const at::Tensor& prompt_embeds,
-                                                         int32_t max_new_tokens,
-                                                         Usage* usage) const {
+absl::StatusOr<Explainer::Decoded> Explainer::Decode(const at::Tensor& prompt_embeds,
+                                                     const DecodeParams& params,
+                                                     const StepCheck& check, Usage* usage) const {
   const std::optional<int32_t> eos = tokenizer_->special_ids().eos;
-  std::vector<int32_t> out;
+  std::mt19937_64 rng(params.seed);
+  Decoded out;
   model::KvCache cache;
   at::Tensor embeds = prompt_embeds;  // [1, T, H]: the prompt, then one token per step
   int64_t past = 0;
-  for (int32_t step = 0; step < max_new_tokens; ++step) {
+  for (int32_t step = 0; step < params.max_new_tokens; ++step) {
+    if (check) ATMAN_RETURN_IF_ERROR(check(step));
     const int64_t T = embeds.size(1);
-    if (past + T > options_.max_sequence) break;
+    if (past + T > options_.max_sequence) {
+      out.finish_reason = Generation::FinishReason::kContext;
+      return out;
+    }
     model::KvCache present;
     model::ForwardInput input;
     input.embeds = embeds;
     input.past = past > 0 ? &cache : nullptr;
     input.past_length = past;
     input.present = &present;
+    input.control = params.control;
     input.output.kind = model::OutputRequest::Kind::kLogits;
     input.output.indices = LongTensor({past + T - 1}).unsqueeze(0).to(lm_->device());
     ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput result, lm_->Forward(input));
     usage->forward_passes += 1;
     usage->positions_computed += T;
-    const auto token = static_cast<int32_t>(at::argmax(result.logits.reshape({-1})).item<int64_t>());
-    if (eos.has_value() && token == *eos) break;
-    out.push_back(token);
+    ATMAN_ASSIGN_OR_RETURN(const int32_t token,
+                           SampleNextToken(result.logits, params.sampling, rng));
+    if (params.stop_at_eos && eos.has_value() && token == *eos) {
+      out.finish_reason = Generation::FinishReason::kEos;
+      return out;
+    }
+    out.ids.push_back(token);
     cache = std::move(present);
     past += T;
     ATMAN_ASSIGN_OR_RETURN(embeds, lm_->Embed(LongTensor({token}).unsqueeze(0)));
   }
+  out.finish_reason = Generation::FinishReason::kLength;
+  return out;
+}
+
+absl::Status Explainer::ValidateGeneration(const GenerationRequest& r) const {
+  if (r.max_new_tokens < 1 || r.max_new_tokens > options_.max_new_tokens_limit) {
+    return absl::InvalidArgumentError(absl::StrCat("max_new_tokens: ", r.max_new_tokens,
+                                                   " is outside [1, ",
+                                                   options_.max_new_tokens_limit, "]"));
+  }
+  if (!std::isfinite(r.temperature) || r.temperature < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature: ", r.temperature, " is not a finite number >= 0"));
+  }
+  if (r.top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k: ", r.top_k, " < 0"));
+  if (!std::isfinite(r.top_p) || r.top_p < 0 || r.top_p > 1) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p: ", r.top_p, " is outside [0, 1]"));
+  }
+  const int64_t layers = lm_->config().num_layers;
+  for (size_t i = 0; i < r.layers.size(); ++i) {
+    if (r.layers[i] < 0 || r.layers[i] >= layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layers[", i, "]: ", r.layers[i], " is outside [0, ", layers, ")"));
+    }
+  }
+  for (size_t c = 0; c < r.controls.size(); ++c) {
+    const PromptControl& ctl = r.controls[c];
+    const std::string field = absl::StrCat("controls[", c, "]");
+    if (ctl.item < 0 || static_cast<size_t>(ctl.item) >= r.prompt.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".item: ", ctl.item,
+                                                     " is not a prompt item index (the prompt has ",
+                                                     r.prompt.size(), " items)"));
+    }
+    if (!std::isfinite(ctl.factor) || ctl.factor < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".factor: ", ctl.factor, " is not a finite number >= 0"));
+    }
+    if (ctl.start < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".start: ", ctl.start, " < 0"));
+    }
+    if (ctl.length < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ".length: ", ctl.length, " < 0"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Generation> Explainer::Generate(const GenerationRequest& request,
+                                               const StepCheck& check) const {
+  try {
+    return GenerateOrThrow(request, check);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "generate");
+  }
+}
+
+absl::StatusOr<Generation> Explainer::GenerateOrThrow(const GenerationRequest& request,
+                                                      const StepCheck& check) const {
+  ATMAN_RETURN_IF_ERROR(ValidateGeneration(request));
+  ATMAN_ASSIGN_OR_RETURN(Sequence seq, TokenizePrompt(request.prompt, request.add_special_tokens));
+  const auto P = static_cast<int64_t>(seq.ids.size());
+  if (P > options_.max_sequence) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", P, " tokens exceed the model's context of ", options_.max_sequence));
+  }
+  // Controls -> key factors on prompt positions (a later control wins on a shared token).
+  std::map<int64_t, double> factors;
+  for (const PromptControl& ctl : request.controls) {
+    const Sequence::Item& item = seq.items[static_cast<size_t>(ctl.item)];
+    const PromptItem::Kind kind = request.prompt[static_cast<size_t>(ctl.item)].kind;
+    // int64 throughout: start + length may exceed int32 (a client's "to the end").
+    const int64_t end =
+        ctl.length == 0
+            ? std::numeric_limits<int64_t>::max()
+            : ctl.start +
+                  std::min<int64_t>(ctl.length, std::numeric_limits<int64_t>::max() - ctl.start);
+    if (kind == PromptItem::Kind::kText) {
+      for (size_t t = 0; t < item.positions.size(); ++t) {
+        const auto& span = item.encoding.spans[t];
+        const int64_t lo = std::max<int64_t>(span.char_begin, ctl.start);
+        const int64_t hi = std::min<int64_t>(span.char_end, end);
+        if (hi <= lo) continue;
+        const double fraction = span.char_end > span.char_begin
+                                    ? static_cast<double>(hi - lo) /
+                                          static_cast<double>(span.char_end - span.char_begin)
+                                    : 1.0;
+        factors[item.positions[t]] =
+            request.partial_overlap ? 1.0 + (ctl.factor - 1.0) * fraction : ctl.factor;
+      }
+    } else if (kind == PromptItem::Kind::kTokenIds) {
+      const auto count = static_cast<int64_t>(item.positions.size());
+      for (int64_t t = std::min(ctl.start, count); t < std::min(end, count); ++t) {
+        factors[item.positions[static_cast<size_t>(t)]] = ctl.factor;
+      }
+    } else {  // an image: every one of its tokens
+      for (int64_t position : item.positions) factors[position] = ctl.factor;
+    }
+  }
+  model::AttentionControl control;
+  control.mode = request.mode;
+  control.layers = request.layers;
+  control.rows.emplace_back();
+  for (const auto& [position, factor] : factors) {
+    if (factor != 1.0) control.rows[0].push_back({position, factor});
+  }
+
+  Generation out;
+  out.prompt_tokens = P;
+  if (check) ATMAN_RETURN_IF_ERROR(check(0));
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor prompt_embeds, EmbedPrompt(seq));
+  DecodeParams params;
+  params.max_new_tokens = request.max_new_tokens;
+  params.sampling = {request.temperature, request.top_k, request.top_p};
+  params.seed = request.seed;
+  params.stop_at_eos = request.stop_at_eos;
+  params.control = control.rows[0].empty() ? nullptr : &control;
+  ATMAN_ASSIGN_OR_RETURN(Decoded decoded, Decode(prompt_embeds, params, check, &out.usage));
+  out.token_ids = std::move(decoded.ids);
+  out.finish_reason = decoded.finish_reason;
+  ATMAN_ASSIGN_OR_RETURN(out.text, tokenizer_->Decode(out.token_ids));
   return out;
 }
 
@@ -259,16 +400,22 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
       if (!kind.has_value()) {
         for (size_t t = 0; t < item.positions.size(); ++t) {
           const auto& span = item.encoding.spans[t];
-          units.push_back({UnitScore::Kind::kText, static_cast<int32_t>(i), span.char_begin,
-                           span.char_end - span.char_begin, {item.positions[t]}});
+          units.push_back({UnitScore::Kind::kText,
+                           static_cast<int32_t>(i),
+                           span.char_begin,
+                           span.char_end - span.char_begin,
+                           {item.positions[t]}});
         }
         continue;
       }
-      ATMAN_ASSIGN_OR_RETURN(auto pieces, text::SplitUnits(request.prompt[i].text, *kind,
-                                                           o.custom_delimiter));
+      ATMAN_ASSIGN_OR_RETURN(auto pieces,
+                             text::SplitUnits(request.prompt[i].text, *kind, o.custom_delimiter));
       for (const text::TextUnit& piece : pieces) {
-        Unit unit{UnitScore::Kind::kText, static_cast<int32_t>(i), piece.char_begin,
-                  piece.char_end - piece.char_begin, {}};
+        Unit unit{UnitScore::Kind::kText,
+                  static_cast<int32_t>(i),
+                  piece.char_begin,
+                  piece.char_end - piece.char_begin,
+                  {}};
         for (int32_t t : text::TokensOverlapping(item.encoding, piece)) {
           unit.positions.push_back(item.positions[static_cast<size_t>(t)]);
         }
@@ -280,11 +427,26 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
 
   std::vector<Unit> units;
   switch (o.text_granularity) {
-    case TextGranularity::kToken: { ATMAN_ASSIGN_OR_RETURN(units, text_units(std::nullopt)); break; }
-    case TextGranularity::kWord: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kWord)); break; }
-    case TextGranularity::kSentence: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kSentence)); break; }
-    case TextGranularity::kParagraph: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kParagraph)); break; }
-    case TextGranularity::kCustom: { ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kDelimiter)); break; }
+    case TextGranularity::kToken: {
+      ATMAN_ASSIGN_OR_RETURN(units, text_units(std::nullopt));
+      break;
+    }
+    case TextGranularity::kWord: {
+      ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kWord));
+      break;
+    }
+    case TextGranularity::kSentence: {
+      ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kSentence));
+      break;
+    }
+    case TextGranularity::kParagraph: {
+      ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kParagraph));
+      break;
+    }
+    case TextGranularity::kCustom: {
+      ATMAN_ASSIGN_OR_RETURN(units, text_units(text::UnitKind::kDelimiter));
+      break;
+    }
     case TextGranularity::kAuto: {
       // The finest level with at most auto_max_units text units; paragraphs otherwise.
       const std::optional<text::UnitKind> levels[] = {std::nullopt, text::UnitKind::kWord,
@@ -305,15 +467,26 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
     const int64_t rows = geometry.grid_rows(), cols = geometry.grid_cols();
     absl::StatusOr<std::vector<vision::Tile>> tiles;
     switch (o.image_granularity) {
-      case ImageGranularity::kNative: tiles = geometry.NativeTiles(); break;
-      case ImageGranularity::kTiles6x6: tiles = geometry.TileGrid(std::min<int64_t>(6, rows), std::min<int64_t>(6, cols)); break;
-      case ImageGranularity::kTiles3x3: tiles = geometry.TileGrid(std::min<int64_t>(3, rows), std::min<int64_t>(3, cols)); break;
-      case ImageGranularity::kWhole: tiles = geometry.TileGrid(1, 1); break;
-      case ImageGranularity::kGrid: tiles = geometry.TileGrid(o.image_rows, o.image_cols); break;
+      case ImageGranularity::kNative:
+        tiles = geometry.NativeTiles();
+        break;
+      case ImageGranularity::kTiles6x6:
+        tiles = geometry.TileGrid(std::min<int64_t>(6, rows), std::min<int64_t>(6, cols));
+        break;
+      case ImageGranularity::kTiles3x3:
+        tiles = geometry.TileGrid(std::min<int64_t>(3, rows), std::min<int64_t>(3, cols));
+        break;
+      case ImageGranularity::kWhole:
+        tiles = geometry.TileGrid(1, 1);
+        break;
+      case ImageGranularity::kGrid:
+        tiles = geometry.TileGrid(o.image_rows, o.image_cols);
+        break;
     }
     if (!tiles.ok()) {
-      return Annotate(tiles.status(), absl::StrCat("image_rows x image_cols (", o.image_rows, " x ",
-                                                   o.image_cols, ") for prompt[", i, "]"));
+      return Annotate(tiles.status(),
+                      absl::StrCat("options.image_rows, options.image_cols (", o.image_rows, " x ",
+                                   o.image_cols, ") for prompt[", i, "]"));
     }
     const int64_t offset = vlm_->image_token_offset();  // the class token, with "full" features
     for (const vision::Tile& tile : *tiles) {
@@ -333,7 +506,10 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
   for (size_t i = 0; i < request.prompt.size(); ++i) {
     if (request.prompt[i].kind != PromptItem::Kind::kTokenIds) continue;
     for (size_t t = 0; t < seq.items[i].positions.size(); ++t) {
-      units.push_back({UnitScore::Kind::kToken, static_cast<int32_t>(i), static_cast<int32_t>(t), 1,
+      units.push_back({UnitScore::Kind::kToken,
+                       static_cast<int32_t>(i),
+                       static_cast<int32_t>(t),
+                       1,
                        {seq.items[i].positions[t]}});
     }
   }
@@ -341,7 +517,8 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
   if (o.target_granularity == TargetGranularity::kToken) {
     const auto prompt_length = static_cast<int64_t>(seq.ids.size());
     for (int64_t i = 0; i + 1 < num_targets; ++i) {
-      units.push_back({UnitScore::Kind::kTarget, -1, static_cast<int32_t>(i), 1, {prompt_length + i}});
+      units.push_back(
+          {UnitScore::Kind::kTarget, -1, static_cast<int32_t>(i), 1, {prompt_length + i}});
     }
   }
   // Units in the order of their first position, so scores read left to right.
@@ -358,24 +535,38 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
 }
 
 absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
-    const ExplainRequest& request) const {
+    const ExplainRequest& request, const StepCheck& check) const {
+  // No exception leaves the engine: image decoding, embedding and the passes below all run
+  // LibTorch code that may throw (out of memory, a device error).
+  try {
+    return PrepareOrThrow(request, check);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "explain: prepare");
+  }
+}
+
+absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
+    const ExplainRequest& request, const StepCheck& check) const {
   const auto started = Clock::now();
   ATMAN_RETURN_IF_ERROR(Validate(request));
   auto prepared = std::make_unique<PreparedExplanation>();
   prepared->options = request.options;
-  ATMAN_ASSIGN_OR_RETURN(Sequence seq, TokenizePrompt(request));
+  ATMAN_ASSIGN_OR_RETURN(Sequence seq,
+                         TokenizePrompt(request.prompt, request.options.add_special_tokens));
   const auto P = static_cast<int64_t>(seq.ids.size());
   if (P > options_.max_sequence) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt: ", P, " tokens exceed the model's context of ",
-                                                   options_.max_sequence));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", P, " tokens exceed the model's context of ", options_.max_sequence));
   }
 
   ATMAN_ASSIGN_OR_RETURN(at::Tensor prompt_embeds, EmbedPrompt(seq));
 
   // The target: given, or generated greedily.
   if (request.target.empty()) {
-    ATMAN_ASSIGN_OR_RETURN(prepared->target_ids,
-                           Generate(prompt_embeds, request.options.max_new_tokens, &prepared->usage));
+    DecodeParams greedy;
+    greedy.max_new_tokens = request.options.max_new_tokens;
+    ATMAN_ASSIGN_OR_RETURN(Decoded decoded, Decode(prompt_embeds, greedy, check, &prepared->usage));
+    prepared->target_ids = std::move(decoded.ids);
     if (prepared->target_ids.empty()) {
       return absl::FailedPreconditionError(
           "target: empty, and greedy generation produced no token before the end of text");
@@ -396,7 +587,8 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
     if (encoding->ids.empty()) return absl::InvalidArgumentError("target: tokenizes to no tokens");
     prepared->target = request.target;
     prepared->target_ids = encoding->ids;
-    for (const auto& span : encoding->spans) prepared->target_spans.emplace_back(span.char_begin, span.char_end);
+    for (const auto& span : encoding->spans)
+      prepared->target_spans.emplace_back(span.char_begin, span.char_end);
   }
   const auto m = static_cast<int64_t>(prepared->target_ids.size());
   const int64_t L = P + m - 1;
@@ -406,6 +598,7 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
                                                    options_.max_sequence));
   }
   prepared->prompt_tokens = P;
+  if (check) ATMAN_RETURN_IF_ERROR(check(0));
 
   try {
     // Input = prompt followed by the target without its last token; output at P-1+j predicts
@@ -419,7 +612,8 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::Prepare(
     } else {
       prefix->embeds = prompt_embeds;
     }
-    prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    prefix->positions =
+        at::arange(L, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
     std::vector<int64_t> indices, tokens;
     for (int64_t j = 0; j < m; ++j) {
       indices.push_back(P - 1 + j);
@@ -550,6 +744,15 @@ absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepare
 
 absl::StatusOr<Explanation> Explainer::Explain(const ExplainRequest& request,
                                                const ProgressFn& progress) const {
+  try {
+    return ExplainOrThrow(request, progress);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "explain");
+  }
+}
+
+absl::StatusOr<Explanation> Explainer::ExplainOrThrow(const ExplainRequest& request,
+                                                      const ProgressFn& progress) const {
   const c10::Device device = lm_->device();
   runtime::ResetPeak(device);
   ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<PreparedExplanation> prepared, Prepare(request));
@@ -562,9 +765,11 @@ absl::StatusOr<Explanation> Explainer::Explain(const ExplainRequest& request,
   for (const std::vector<size_t>& batch : runtime::PackBatches(prepared->rows, options_.limits)) {
     std::vector<const runtime::ScoringRow*> rows;
     for (size_t i : batch) rows.push_back(&prepared->rows[i]);
-    ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result, runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix));
+    ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result,
+                           runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix));
     for (size_t b = 0; b < batch.size(); ++b) {
-      log_probs[static_cast<int64_t>(batch[b])].copy_(result.log_probs[static_cast<int64_t>(b)].slice(0, 0, K));
+      log_probs[static_cast<int64_t>(batch[b])].copy_(
+          result.log_probs[static_cast<int64_t>(b)].slice(0, 0, K));
     }
     prepared->usage.forward_passes += 1;
     prepared->usage.positions_computed += result.positions_computed;

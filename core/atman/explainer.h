@@ -10,6 +10,12 @@
 //             many requests.
 //   Finish    log-probabilities -> cross-entropies -> relevance -> scores per unit, mapped to
 //             code-point spans, token indices and target spans.
+//   Generate  steered generation (generation.h): the same prompt pipeline (text, images,
+//             token ids), then a decode loop with attention controls on prompt ranges.
+//
+// Validation: the engine is the validator of what it is asked; INVALID_ARGUMENT messages
+// start with the field path of the service's request (`options.layers: ...`,
+// `controls[2].item: ...`, `prompt[1].image: ...`).
 //
 // Ownership: the Explainer borrows the model, image processor and tokenizer (they must
 // outlive it). Thread
@@ -25,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/atman/explain_request.h"
+#include "core/atman/generation.h"
 #include "core/model/causal_lm.h"
 #include "core/model/llava.h"
 #include "core/runtime/kv_prefix_cache.h"
@@ -39,8 +46,8 @@ namespace atman::atman {
 struct Unit {
   UnitScore::Kind kind = UnitScore::Kind::kText;
   int32_t item = 0;
-  int32_t start = 0, length = 0;  // see UnitScore
-  std::vector<int64_t> positions;  // sequence indices, ascending
+  int32_t start = 0, length = 0;                    // see UnitScore
+  std::vector<int64_t> positions;                   // sequence indices, ascending
   double left = 0, top = 0, width = 0, height = 0;  // kImage: of the original image, [0, 1]
 };
 
@@ -63,10 +70,10 @@ class Explainer {
  public:
   struct Options {
     runtime::BatchLimits limits;
-    int32_t max_units = 1024;           // more units in one request is INVALID_ARGUMENT
-    int32_t max_new_tokens_limit = 256; // cap on ExplainOptions::max_new_tokens
-    int64_t max_sequence = 0;           // 0: the model's position limit, else 4096
-    vision::DecodeLimits image_limits;  // per image: encoded bytes and pixels
+    int32_t max_units = 1024;            // more units in one request is INVALID_ARGUMENT
+    int32_t max_new_tokens_limit = 256;  // cap on ExplainOptions::max_new_tokens
+    int64_t max_sequence = 0;            // 0: the model's position limit, else 4096
+    vision::DecodeLimits image_limits;   // per image: encoded bytes and pixels
   };
 
   // A text-only model.
@@ -85,24 +92,53 @@ class Explainer {
   absl::StatusOr<Explanation> Explain(const ExplainRequest& request,
                                       const ProgressFn& progress = {}) const;
 
-  absl::StatusOr<std::unique_ptr<PreparedExplanation>> Prepare(const ExplainRequest& request) const;
+  // `check` runs before every step of the target's generation (empty target) and before the
+  // unperturbed pass; a non-OK status stops Prepare and is returned as is.
+  absl::StatusOr<std::unique_ptr<PreparedExplanation>> Prepare(const ExplainRequest& request,
+                                                               const StepCheck& check = {}) const;
   // row_log_probs [n, K] float64: log p(target_k) of row k (RunScoringBatch's rows).
   absl::StatusOr<Explanation> Finish(const PreparedExplanation& prepared,
                                      const at::Tensor& row_log_probs) const;
 
+  // Completes the prompt (generation.h); `check` runs before every step.
+  absl::StatusOr<Generation> Generate(const GenerationRequest& request,
+                                      const StepCheck& check = {}) const;
+
  private:
   struct Sequence;  // the tokenized prompt and where each position came from
 
+  struct DecodeParams {
+    int32_t max_new_tokens = 16;
+    SamplingParams sampling;
+    uint64_t seed = 0;
+    bool stop_at_eos = true;
+    const model::AttentionControl* control = nullptr;  // on prompt positions; may be null
+  };
+  struct Decoded {
+    std::vector<int32_t> ids;
+    Generation::FinishReason finish_reason = Generation::FinishReason::kLength;
+  };
+
+  // The public entry points without their exception guard.
+  absl::StatusOr<std::unique_ptr<PreparedExplanation>> PrepareOrThrow(const ExplainRequest& request,
+                                                                      const StepCheck& check) const;
+  absl::StatusOr<Generation> GenerateOrThrow(const GenerationRequest& request,
+                                             const StepCheck& check) const;
+  absl::StatusOr<Explanation> ExplainOrThrow(const ExplainRequest& request,
+                                             const ProgressFn& progress) const;
   absl::Status Validate(const ExplainRequest& request) const;
-  absl::StatusOr<Sequence> TokenizePrompt(const ExplainRequest& request) const;
+  absl::Status ValidateGeneration(const GenerationRequest& request) const;
+  absl::StatusOr<Sequence> TokenizePrompt(const std::vector<PromptItem>& prompt,
+                                          bool add_special_tokens) const;
   absl::StatusOr<at::Tensor> EmbedPrompt(const Sequence& seq) const;
-  absl::StatusOr<std::vector<int32_t>> Generate(const at::Tensor& prompt_embeds,
-                                                int32_t max_new_tokens, Usage* usage) const;
+  // The decode loop shared by Generate and Prepare (empty target).
+  absl::StatusOr<Decoded> Decode(const at::Tensor& prompt_embeds, const DecodeParams& params,
+                                 const StepCheck& check, Usage* usage) const;
   absl::StatusOr<std::vector<Unit>> MakeUnits(const ExplainRequest& request, const Sequence& seq,
                                               int64_t num_targets) const;
 
   const model::CausalLM* lm_;
-  const model::VisionLanguageModel* vlm_ = nullptr;       // null for text-only models
+  const model::VisionLanguageModel* vlm_ = nullptr;        // null for text-only models
   const vision::ClipImageProcessor* processor_ = nullptr;  // with vlm_
   const text::Tokenizer* tokenizer_;
   Options options_;

@@ -5,12 +5,15 @@
 // with prefix reuse on or off.
 #include "core/atman/explainer.h"
 
+#include <ATen/ops/tensor.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
@@ -22,11 +25,12 @@ namespace {
 
 using ::atman::testing::FixtureDir;
 using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 struct Loaded {
-  std::unique_ptr<model::CausalLM> lm;                 // text-only models
-  std::unique_ptr<model::VisionLanguageModel> vlm;     // llava
-  std::optional<vision::ClipImageProcessor> processor; // llava
+  std::unique_ptr<model::CausalLM> lm;                  // text-only models
+  std::unique_ptr<model::VisionLanguageModel> vlm;      // llava
+  std::optional<vision::ClipImageProcessor> processor;  // llava
   std::unique_ptr<text::Tokenizer> tokenizer;
   nlohmann::json cases;
   std::filesystem::path dir;
@@ -47,7 +51,8 @@ const Loaded& Load(const std::string& name) {
   const auto dir = FixtureDir("atman_cases") / name;
   loaded.dir = dir;
   if (name == "llava") {
-    auto vlm = model::VisionLanguageModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
+    auto vlm =
+        model::VisionLanguageModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
     EXPECT_TRUE(vlm.ok()) << vlm.status();
     if (vlm.ok()) {
       loaded.vlm = *std::move(vlm);
@@ -79,7 +84,8 @@ ExplainRequest RequestFromJson(const nlohmann::json& c, const std::filesystem::p
   ExplainRequest request;
   for (const auto& item : c.at("prompt")) {
     if (item.contains("image")) {
-      request.prompt.push_back(PromptItem::Image(ReadBytes(dir / "images" / item.at("image").get<std::string>())));
+      request.prompt.push_back(
+          PromptItem::Image(ReadBytes(dir / "images" / item.at("image").get<std::string>())));
     } else if (item.contains("text")) {
       request.prompt.push_back(PromptItem::Text(item.at("text")));
     } else {
@@ -120,25 +126,31 @@ ExplainRequest RequestFromJson(const nlohmann::json& c, const std::filesystem::p
 
 std::string KindName(UnitScore::Kind kind) {
   switch (kind) {
-    case UnitScore::Kind::kText: return "text";
-    case UnitScore::Kind::kImage: return "image";
-    case UnitScore::Kind::kToken: return "token";
-    case UnitScore::Kind::kTarget: return "target";
+    case UnitScore::Kind::kText:
+      return "text";
+    case UnitScore::Kind::kImage:
+      return "image";
+    case UnitScore::Kind::kToken:
+      return "token";
+    case UnitScore::Kind::kTarget:
+      return "target";
   }
   return "?";
 }
 
 // |ours - ref| <= 1e-4 x the largest |ref| of the matrix (+ 1e-6 for all-zero matrices).
-void ExpectClose(const std::vector<std::vector<double>>& ours,
-                 const nlohmann::json& ref, const std::string& what) {
+void ExpectClose(const std::vector<std::vector<double>>& ours, const nlohmann::json& ref,
+                 const std::string& what) {
   ASSERT_EQ(ours.size(), ref.size()) << what;
   double scale = 0;
-  for (const auto& row : ref) for (double v : row) scale = std::max(scale, std::abs(v));
+  for (const auto& row : ref)
+    for (double v : row) scale = std::max(scale, std::abs(v));
   const double tol = 1e-4 * scale + 1e-6;
   for (size_t r = 0; r < ours.size(); ++r) {
     ASSERT_EQ(ours[r].size(), ref[r].size()) << what << " row " << r;
     for (size_t k = 0; k < ours[r].size(); ++k) {
-      EXPECT_NEAR(ours[r][k], ref[r][k].get<double>(), tol) << what << " [" << r << "][" << k << "]";
+      EXPECT_NEAR(ours[r][k], ref[r][k].get<double>(), tol)
+          << what << " [" << r << "][" << k << "]";
     }
   }
 }
@@ -239,9 +251,9 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
   }
 }
 
-const std::string kCases[] = {"token-log_additive",       "word-multiplicative",
-                              "sentence-target_token",    "paragraph-removal-layer1",
-                              "custom-suppression-token", "auto-square-normalize",
+const std::string kCases[] = {"token-log_additive",        "word-multiplicative",
+                              "sentence-target_token",     "paragraph-removal-layer1",
+                              "custom-suppression-token",  "auto-square-normalize",
                               "token-suppression-amplify", "mixed-items"};
 
 const std::string kImageCases[] = {"image-native", "image-grid-suppression",
@@ -249,7 +261,8 @@ const std::string kImageCases[] = {"image-native", "image-grid-suppression",
 
 auto CaseName = [](const auto& info) {
   std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);
-  for (char& c : name) if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  for (char& c : name)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
   return name;
 };
 
@@ -258,11 +271,11 @@ INSTANTIATE_TEST_SUITE_P(ImageCases, EngineMatchesReference,
                                             ::testing::ValuesIn(kImageCases)),
                          CaseName);
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, EngineMatchesReference,
-    ::testing::Combine(::testing::Values(std::string("llama"), std::string("gpt2")),
-                       ::testing::ValuesIn(kCases)),
-    CaseName);
+INSTANTIATE_TEST_SUITE_P(Cases, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("llama"),
+                                                              std::string("gpt2")),
+                                            ::testing::ValuesIn(kCases)),
+                         CaseName);
 
 TEST(Engine, PrefixReuseComputesFewerPositions) {
   const Loaded& loaded = Load("llama");
@@ -361,7 +374,8 @@ TEST(Engine, RowsOfTwoExplanationsInOneBatchScoreAsAlone) {
     ASSERT_TRUE(alone.ok());
     const int64_t K = mixed[r]->prefix->num_targets();
     for (int64_t k = 0; k < K; ++k) {
-      EXPECT_NEAR(together->log_probs[r][k].item<float>(), alone->log_probs[0][k].item<float>(), 1e-4)
+      EXPECT_NEAR(together->log_probs[r][k].item<float>(), alone->log_probs[0][k].item<float>(),
+                  1e-4)
           << "row " << r << " target " << k;
     }
   }
@@ -426,23 +440,24 @@ TEST_F(EngineRejects, SequenceOverTheContext) {
 TEST_F(EngineRejects, NonFiniteAndOutOfRangeParameters) {
   ExplainRequest r = Valid();
   r.options.control_factor = std::nan("");
-  EXPECT_THAT(Error(r), HasSubstr("control_factor: nan"));
+  EXPECT_THAT(Error(r), StartsWith("options.control_factor: nan"));
   r.options.control_factor = std::numeric_limits<double>::infinity();
-  EXPECT_THAT(Error(r), HasSubstr("control_factor: inf"));
+  EXPECT_THAT(Error(r), StartsWith("options.control_factor: inf"));
   r.options.control_factor = -0.5;
-  EXPECT_THAT(Error(r), HasSubstr("control_factor: -0.5"));
+  EXPECT_THAT(Error(r), StartsWith("options.control_factor: -0.5"));
   r = Valid();
   r.options.contextual_control_threshold = std::nan("");
-  EXPECT_THAT(Error(r), HasSubstr("contextual_control_threshold: nan"));
+  EXPECT_THAT(Error(r), StartsWith("options.contextual_control_threshold: nan"));
   r = Valid();
   r.options.layers = {7};
-  EXPECT_THAT(Error(r), HasSubstr("layers: 7 is outside [0, 3)"));
+  EXPECT_THAT(Error(r), StartsWith("options.layers: 7 is outside [0, 3)"));
   r = Valid();
   r.prompt.push_back(PromptItem::Tokens({1, 99999}));
-  EXPECT_THAT(Error(r), HasSubstr("prompt[1].token_ids[1]: 99999 is outside the vocabulary"));
+  EXPECT_THAT(Error(r), StartsWith("prompt[1].token_ids.ids[1]: 99999 is outside the vocabulary"));
   r = Valid();
   r.prompt.push_back(PromptItem::Image("\x89PNG"));
-  EXPECT_THAT(Error(r), HasSubstr("prompt[1]: an image, but the loaded model (llama) has no vision tower"));
+  EXPECT_THAT(Error(r),
+              StartsWith("prompt[1].image: an image, but the loaded model (llama) is text-only"));
 }
 
 TEST(EngineRejectsImages, CorruptOversizedAndOverfineImages) {
@@ -468,10 +483,201 @@ TEST(EngineRejectsImages, CorruptOversizedAndOverfineImages) {
   r.options.image_granularity = ImageGranularity::kGrid;
   r.options.image_rows = 5;  // the grid is 4 x 4
   r.options.image_cols = 2;
-  EXPECT_THAT(error(r), HasSubstr("image_rows x image_cols (5 x 2) for prompt[1]"));
+  EXPECT_THAT(error(r), StartsWith("options.image_rows, options.image_cols (5 x 2) for prompt[1]"));
   // And the same request with a valid grid works.
   r.options.image_rows = 2;
   EXPECT_TRUE(loaded.MakeExplainer().Explain(r).ok());
+}
+
+// --- Steered generation --------------------------------------------------------------------
+
+std::vector<PromptItem> PromptFromJson(const nlohmann::json& prompt,
+                                       const std::filesystem::path& dir) {
+  std::vector<PromptItem> out;
+  for (const auto& item : prompt) {
+    if (item.contains("image")) {
+      out.push_back(
+          PromptItem::Image(ReadBytes(dir / "images" / item.at("image").get<std::string>())));
+    } else if (item.contains("text")) {
+      out.push_back(PromptItem::Text(item.at("text")));
+    } else {
+      out.push_back(PromptItem::Tokens(item.at("tokens").get<std::vector<int32_t>>()));
+    }
+  }
+  return out;
+}
+
+GenerationRequest GenerationFromJson(const nlohmann::json& c, const std::filesystem::path& dir) {
+  GenerationRequest r;
+  r.prompt = PromptFromJson(c.at("prompt"), dir);
+  for (const auto& control : c.at("controls")) {
+    r.controls.push_back(
+        {control.at("item").get<int32_t>(), 0, 0, control.at("factor").get<double>()});
+  }
+  r.mode = *model::ParseControlMode(c.at("mode").get<std::string>());
+  r.max_new_tokens = static_cast<int32_t>(c.at("ids").size());
+  r.stop_at_eos = false;
+  return r;
+}
+
+class EngineGenerates : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EngineGenerates, SteeredGreedyEqualsThePatchedReference) {
+  const Loaded& loaded = Load(GetParam());
+  const Explainer explainer = loaded.MakeExplainer();
+  ASSERT_FALSE(loaded.cases.at("generation").empty());
+  for (const auto& c : loaded.cases.at("generation")) {
+    const std::string name = c.at("name");
+    const GenerationRequest r = GenerationFromJson(c, loaded.dir);
+    auto g = explainer.Generate(r);
+    ASSERT_TRUE(g.ok()) << name << ": " << g.status();
+    EXPECT_EQ(g->token_ids, c.at("ids").get<std::vector<int32_t>>()) << name;
+    EXPECT_EQ(g->finish_reason, Generation::FinishReason::kLength) << name;
+    EXPECT_EQ(g->usage.forward_passes, r.max_new_tokens) << name;  // one pass per token, cached
+    auto text = loaded.tokenizer->Decode(g->token_ids);
+    ASSERT_TRUE(text.ok());
+    EXPECT_EQ(g->text, *text) << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates, ::testing::Values("llama", "gpt2", "llava"));
+
+TEST(EngineGenerate, ACharacterRangeOverAWholeItemEqualsTheItemControl) {
+  const Loaded& loaded = Load("llama");
+  const Explainer explainer = loaded.MakeExplainer();
+  for (const auto& c : loaded.cases.at("generation")) {
+    if (c.at("name") != "text-suppressed") continue;
+    GenerationRequest r = GenerationFromJson(c, loaded.dir);
+    const auto expected = c.at("ids").get<std::vector<int32_t>>();
+    // [0, whole text) in code points, and a length whose start + length overflows int32.
+    const auto chars = static_cast<int64_t>(r.prompt[0].text.size());  // ASCII
+    for (int64_t length : {chars, int64_t{2147483647}, int64_t{9223372036854775807}}) {
+      r.controls[0].start = 0;
+      r.controls[0].length = length;
+      for (bool partial : {true, false}) {
+        r.partial_overlap = partial;
+        auto g = explainer.Generate(r);
+        ASSERT_TRUE(g.ok()) << g.status();
+        EXPECT_EQ(g->token_ids, expected) << "length " << length << " partial " << partial;
+      }
+    }
+    r.controls[0].start = 1;  // from the second character on: the first token is cut
+    r.controls[0].length = 2147483647;
+    r.partial_overlap = true;
+    EXPECT_TRUE(explainer.Generate(r).ok());
+    return;
+  }
+  FAIL() << "no text-suppressed generation case";
+}
+
+TEST(EngineGenerate, AStepCheckStopsTheGenerationWithItsStatus) {
+  const Loaded& loaded = Load("llama");
+  const Explainer explainer = loaded.MakeExplainer();
+  GenerationRequest r;
+  r.prompt = {PromptItem::Text("Tom lives in")};
+  r.max_new_tokens = 200;
+  r.stop_at_eos = false;
+  int calls = 0;
+  auto g = explainer.Generate(r, [&](int32_t step) {
+    ++calls;
+    return step == 3 ? absl::CancelledError("the client went away") : absl::OkStatus();
+  });
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(std::string(g.status().message()), HasSubstr("the client went away"));
+  EXPECT_LE(calls, 5);  // the prompt check and steps 0..3, not 200
+  // Prepare's generation of an empty target stops the same way.
+  ExplainRequest e;
+  e.prompt = r.prompt;
+  e.options.max_new_tokens = 200;
+  auto p = explainer.Prepare(e, [](int32_t) { return absl::DeadlineExceededError("late"); });
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(EngineGenerate, RejectsBadRequestsNamingTheField) {
+  const Loaded& loaded = Load("llama");
+  const Explainer explainer = loaded.MakeExplainer();
+  auto error = [&](const GenerationRequest& r) {
+    auto g = explainer.Generate(r);
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument) << g.status();
+    return std::string(g.status().message());
+  };
+  const GenerationRequest valid = [] {
+    GenerationRequest r;
+    r.prompt = {PromptItem::Text("Tom lives in"), PromptItem::Tokens({5, 17})};
+    return r;
+  }();
+  GenerationRequest r = valid;
+  r.max_new_tokens = 0;
+  EXPECT_THAT(error(r), StartsWith("max_new_tokens: 0 is outside [1, 256]"));
+  r = valid;
+  r.temperature = std::nan("");
+  EXPECT_THAT(error(r), StartsWith("temperature: nan"));
+  r = valid;
+  r.top_p = 1.5;
+  EXPECT_THAT(error(r), StartsWith("top_p: 1.5 is outside [0, 1]"));
+  r = valid;
+  r.top_k = -1;
+  EXPECT_THAT(error(r), StartsWith("top_k: -1 < 0"));
+  r = valid;
+  r.layers = {0, 3};
+  EXPECT_THAT(error(r), StartsWith("layers[1]: 3 is outside [0, 3)"));
+  r = valid;
+  r.controls = {{2, 0, 0, 0.5}};
+  EXPECT_THAT(error(r), StartsWith("controls[0].item: 2 is not a prompt item index"));
+  r.controls = {{0, 0, 0, 0.5}, {1, 0, 0, -1}};
+  EXPECT_THAT(error(r), StartsWith("controls[1].factor: -1 is not a finite number >= 0"));
+  r.controls = {{0, -3, 0, 0.5}};
+  EXPECT_THAT(error(r), StartsWith("controls[0].start: -3 < 0"));
+  r.controls = {{0, 0, -1, 0.5}};
+  EXPECT_THAT(error(r), StartsWith("controls[0].length: -1 < 0"));
+  r = valid;
+  r.prompt.push_back(PromptItem::Image("\x89PNG"));
+  EXPECT_THAT(error(r),
+              StartsWith("prompt[2].image: an image, but the loaded model (llama) is text-only"));
+  r = valid;
+  r.prompt = {};
+  EXPECT_THAT(error(r), StartsWith("prompt: empty"));
+}
+
+TEST(SampleNextToken, TinyTemperaturesGiveTheArgmaxNeverNaN) {
+  const at::Tensor logits = at::tensor({1.0f, 3.0f, 2.9999f, -5.0f});
+  std::mt19937_64 rng(7);
+  for (double t : {0.0, 1e-6, 1e-30, 1e-300, 5e-324}) {
+    for (int draw = 0; draw < 20; ++draw) {
+      auto token = SampleNextToken(logits, {t, 0, 0}, rng);
+      ASSERT_TRUE(token.ok()) << token.status();
+      EXPECT_EQ(*token, 1) << "temperature " << t;
+    }
+  }
+}
+
+TEST(SampleNextToken, NonFiniteLogitsAreAnInternalError) {
+  std::mt19937_64 rng(7);
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    auto token = SampleNextToken(at::tensor({1.0f, bad}), {1.0, 0, 0}, rng);
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kInternal);
+    EXPECT_THAT(std::string(token.status().message()), HasSubstr("non-finite logit"));
+    token = SampleNextToken(at::tensor({1.0f, bad}), {0.0, 0, 0}, rng);  // greedy too
+    EXPECT_EQ(token.status().code(), absl::StatusCode::kInternal);
+  }
+}
+
+TEST(SampleNextToken, DrawsFollowTheTemperedDistributionTopKAndTopP) {
+  // p = softmax([0, log 3]) = [0.25, 0.75] at temperature 1.
+  const at::Tensor logits = at::tensor({0.0f, std::log(3.0f), -30.0f});
+  std::mt19937_64 rng(1234);
+  int ones = 0;
+  const int n = 8000;
+  for (int i = 0; i < n; ++i) ones += *SampleNextToken(logits, {1.0, 0, 0}, rng) == 1;
+  EXPECT_NEAR(static_cast<double>(ones) / n, 0.75, 0.03);
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(*SampleNextToken(logits, {1.0, 1, 0}, rng), 1);    // top_k 1: the argmax
+    EXPECT_EQ(*SampleNextToken(logits, {1.0, 0, 0.7}, rng), 1);  // 0.75 >= 0.7: the argmax
+  }
+  std::mt19937_64 a(99), b(99);
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(*SampleNextToken(logits, {1.0, 0, 0}, a), *SampleNextToken(logits, {1.0, 0, 0}, b));
+  }
 }
 
 }  // namespace

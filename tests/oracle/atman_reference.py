@@ -269,3 +269,43 @@ def explain(model, tokenizer, prompt, target, options, processor=None):
         "similarity_suppressed": suppressed_extra,
         "base_cross_entropy": base.tolist(),
     }
+
+
+# ---- Steered generation --------------------------------------------------------------------
+
+@torch.no_grad()
+def steered_greedy(model, tokenizer, prompt, controls, steps, mode="log_additive",
+                   processor=None):
+    """Greedy generation of `steps` tokens with attention controls on whole prompt items
+    ({"item": i, "factor": f}: every position of item i), applied at every step: each step is
+    one full forward pass of prompt + generated tokens through the patched attention (no KV
+    cache), the factors covering the prompt positions and 1 for generated ones."""
+    language_model = model.model.language_model if processor is not None else model
+    model.set_attn_implementation("eager")
+    language_model.set_attn_implementation("atman")
+    image, pixel_values = None, None
+    if processor is not None:
+        from PIL import Image
+        config = model.config
+        image = {"token_id": config.image_token_index,
+                 "tokens_per_image": (config.vision_config.image_size // config.vision_config.patch_size) ** 2}
+        pictures = [Image.open(item["path"]).convert("RGB") for item in prompt if "image" in item]
+        if pictures:
+            pixel_values = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in pictures])
+    ids, items = build_sequence(tokenizer, prompt, True, image)
+    prompt_factors = torch.ones(len(ids), dtype=torch.float64)
+    for control in controls:
+        for p in items[control["item"]]["positions"]:
+            prompt_factors[p] = control["factor"]
+    out = []
+    extra = {} if pixel_values is None else {"pixel_values": pixel_values}
+    for _ in range(steps):
+        f = torch.cat([prompt_factors, torch.ones(len(out), dtype=torch.float64)])
+        patched.CONTROL = None if not controls else {"mode": mode, "layers": None,
+                                                     "factors": f[None].float()}
+        try:
+            logits = model(input_ids=torch.tensor([ids + out]), **extra).logits[0, -1]
+        finally:
+            patched.CONTROL = None
+        out.append(int(logits.argmax()))
+    return out

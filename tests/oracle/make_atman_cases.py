@@ -22,7 +22,7 @@ from transformers import (CLIPVisionConfig, GPT2Config, GPT2LMHeadModel, LlamaCo
                           LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from atman_reference import explain
+from atman_reference import explain, steered_greedy
 from common import seed_everything, write_json
 
 CORPUS = [
@@ -125,6 +125,24 @@ def cases(name: str):
                           {"text": " Where does Tom live?"}], " Rome", {"text_granularity": "word"}
 
 
+def generation_cases(name: str, folder: Path):
+    """(name, prompt, controls on whole items, mode) for steered greedy generation."""
+    if name == "llava":
+        wide = {"image": "wide_40x28.png", "path": str(folder / "images" / "wide_40x28.png")}
+        prompt = [{"text": "Look: "}, wide, {"text": " What colour is it?"}]
+        yield "image-plain", [dict(i) for i in prompt], [], "log_additive"
+        yield "image-removed", [dict(i) for i in prompt], [{"item": 1, "factor": 0.0}], "log_additive"
+        yield "image-amplified-multiplicative", [dict(i) for i in prompt], [{"item": 1, "factor": 3.0}], \
+            "multiplicative"
+        return
+    prompt = [{"text": "Tom lives in Rome."}, {"text": " Anna lives in Paris. Where does Anna live? She lives in"}]
+    yield "text-plain", prompt, [], "log_additive"
+    yield "text-suppressed", prompt, [{"item": 0, "factor": 0.05}], "log_additive"
+    yield "text-amplified-multiplicative", prompt, [{"item": 0, "factor": 2.5}], "multiplicative"
+    yield "tokens-removed", [{"text": "Tom lives in"}, {"tokens": [5, 17, 42, 7]}, {"text": " and"}], \
+        [{"item": 1, "factor": 0.0}], "log_additive"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
@@ -167,6 +185,15 @@ def main() -> None:
                     next_id = int(model(input_ids=torch.tensor([ids + greedy])).logits[0, -1].argmax())
                     greedy.append(next_id)
             result["greedy"] = {"prompt": PROMPT_A, "ids": greedy}
+        # Steered generation (Generate): greedy tokens with attention controls on whole prompt
+        # items, from the patched reference (a full pass per step, no cache).
+        result["generation"] = []
+        for case, prompt, controls, mode in generation_cases(name, folder):
+            ids = steered_greedy(model, tokenizer, prompt, controls, 6, mode, processor)
+            for item in prompt:
+                item.pop("path", None)
+            result["generation"].append({"name": case, "prompt": prompt, "controls": controls,
+                                         "mode": mode, "ids": ids})
         write_json(folder / "cases.json", result)
 
 
