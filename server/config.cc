@@ -18,7 +18,8 @@ extern char** environ;
 namespace atman::server {
 namespace {
 
-using Setter = std::function<absl::Status(Config&, const std::string& value, const std::string& where)>;
+using Setter =
+    std::function<absl::Status(Config&, const std::string& value, const std::string& where)>;
 
 Setter Int(int64_t Config::*field, int64_t min) {
   return [field, min](Config& c, const std::string& v, const std::string& where) -> absl::Status {
@@ -32,24 +33,40 @@ Setter Int(int64_t Config::*field, int64_t min) {
   };
 }
 Setter Int32(int32_t Config::*field, int64_t min, int64_t max) {
-  return [field, min, max](Config& c, const std::string& v, const std::string& where) -> absl::Status {
-    int64_t x = 0;
-    if (!absl::SimpleAtoi(v, &x) || x < min || x > max) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": \"", v, "\" is not an integer in [", min, ", ", max, "]"));
-    }
-    c.*field = static_cast<int32_t>(x);
-    return absl::OkStatus();
-  };
+  return
+      [field, min, max](Config& c, const std::string& v, const std::string& where) -> absl::Status {
+        int64_t x = 0;
+        if (!absl::SimpleAtoi(v, &x) || x < min || x > max) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": \"", v, "\" is not an integer in [", min, ", ", max, "]"));
+        }
+        c.*field = static_cast<int32_t>(x);
+        return absl::OkStatus();
+      };
 }
 Setter Str(std::string Config::*field, std::vector<std::string> allowed = {}) {
-  return [field, allowed](Config& c, const std::string& v, const std::string& where) -> absl::Status {
+  return [field, allowed](Config& c, const std::string& v,
+                          const std::string& where) -> absl::Status {
     if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
       std::string list;
       for (const auto& a : allowed) absl::StrAppend(&list, list.empty() ? "" : "|", a);
       return absl::InvalidArgumentError(absl::StrCat(where, ": \"", v, "\" is not one of ", list));
     }
     c.*field = v;
+    return absl::OkStatus();
+  };
+}
+
+Setter Bool(bool Config::*field) {
+  return [field](Config& c, const std::string& v, const std::string& where) -> absl::Status {
+    if (v == "true" || v == "1") {
+      c.*field = true;
+    } else if (v == "false" || v == "0") {
+      c.*field = false;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": \"", v, "\" is not one of true|false|1|0"));
+    }
     return absl::OkStatus();
   };
 }
@@ -71,6 +88,7 @@ const std::map<std::string, Setter>& Setters() {
       {"max-queue-delay-ms", Int(&Config::max_queue_delay_ms, 0)},
       {"max-queued-requests", Int(&Config::max_queued_requests, 1)},
       {"drain-grace-seconds", Int(&Config::drain_grace_seconds, 0)},
+      {"drain-quiet-ms", Int(&Config::drain_quiet_ms, 0)},
       {"tls-cert", Str(&Config::tls_cert)},
       {"tls-key", Str(&Config::tls_key)},
       {"tls-client-ca", Str(&Config::tls_client_ca)},
@@ -82,7 +100,9 @@ const std::map<std::string, Setter>& Setters() {
       {"max-units", Int(&Config::max_units, 1)},
       {"max-new-tokens", Int32(&Config::max_new_tokens, 1, 1 << 20)},
       {"log-format", Str(&Config::log_format, {"text", "json"})},
-      {"log-level", Str(&Config::log_level, {"trace", "debug", "info", "warn", "error", "critical", "off"})},
+      {"log-level",
+       Str(&Config::log_level, {"trace", "debug", "info", "warn", "error", "critical", "off"})},
+      {"test-hooks", Bool(&Config::test_hooks)},
   };
   return *setters;
 }

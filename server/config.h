@@ -26,11 +26,14 @@ struct Config {
   int32_t prepare_threads = 2;  // tokenize + unperturbed pass + scoring, and Generate
   int64_t max_batch_rows = 32;
   int64_t max_batch_tokens = 16384;
-  int64_t memory_budget_bytes = 0;  // 0: measured free memory
+  int64_t memory_budget_bytes = 0;     // 0: measured free memory
   int64_t simulated_device_bytes = 0;  // > 0: batches estimated above this fail as OOM (tests)
   int64_t max_queue_delay_ms = 5;
   int64_t max_queued_requests = 256;
   int64_t drain_grace_seconds = 30;
+  // After the in-flight calls of a drain end: keep answering UNAVAILABLE until no call has
+  // arrived for this long (within the grace period), then close the connections.
+  int64_t drain_quiet_ms = 500;
   std::string tls_cert, tls_key, tls_client_ca;
   std::string auth_tokens_file;
   std::vector<std::string> auth_tokens;  // from ATMAN_AUTH_TOKENS (comma-separated) + file
@@ -42,6 +45,9 @@ struct Config {
   int32_t max_new_tokens = 256;
   std::string log_format = "text";  // text | json
   std::string log_level = "info";   // trace debug info warn error critical off
+  // Test hooks: SIGUSR1 holds the service (no scoring batch starts, no generation step
+  // runs), SIGUSR2 releases it; atman_test_hold shows the state. Off in production.
+  bool test_hooks = false;
 };
 
 // Builds the configuration from argv, the environment (`environ`) and the --config file.

@@ -6,14 +6,17 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <condition_variable>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <unistd.h>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -55,7 +58,8 @@ int64_t ProcessRssBytes() {
 }
 
 std::shared_ptr<spdlog::logger> MakeLogger(const Config& config) {
-  auto log = std::make_shared<spdlog::logger>("atman", std::make_shared<spdlog::sinks::stdout_sink_mt>());
+  auto log =
+      std::make_shared<spdlog::logger>("atman", std::make_shared<spdlog::sinks::stdout_sink_mt>());
   if (config.log_format == "json") {
     // Messages of JSON lines are whole JSON objects built by the caller (CallDone) or
     // wrapped here by Log().
@@ -72,7 +76,8 @@ std::shared_ptr<spdlog::logger> MakeLogger(const Config& config) {
 void Log(const std::shared_ptr<spdlog::logger>& log, const Config& config,
          spdlog::level::level_enum level, const std::string& message) {
   if (config.log_format == "json") {
-    log->log(level, nlohmann::json{{"event", "lifecycle"}, {"level", spdlog::level::to_string_view(level).data()},
+    log->log(level, nlohmann::json{{"event", "lifecycle"},
+                                   {"level", spdlog::level::to_string_view(level).data()},
                                    {"message", message}}
                         .dump());
   } else {
@@ -80,12 +85,87 @@ void Log(const std::shared_ptr<spdlog::logger>& log, const Config& config,
   }
 }
 
+// The process's signals, taken by one thread with sigtimedwait (they are blocked in every
+// thread, so none interrupts a forward pass):
+//   SIGTERM / SIGINT   before the service is up: exit at once (nothing to drain; kubelet does
+//                      not wait for a model load); after: the drain starts (WaitForStop).
+//   SIGUSR1 / SIGUSR2  with --test-hooks: hold / release the service (atman_test_hold);
+//                      ignored otherwise.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(const sigset_t& signals) : signals_(signals) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~SignalWatcher() {
+    stop_ = true;
+    thread_.join();
+  }
+  // From now on SIGTERM/SIGINT start a drain instead of exiting; `service` takes the hooks.
+  void Serving(AtmanService* service, Metrics* metrics, bool test_hooks) {
+    std::lock_guard<std::mutex> lock(mu_);
+    service_ = service;
+    metrics_ = metrics;
+    test_hooks_ = test_hooks;
+  }
+  void Stopped() {
+    std::lock_guard<std::mutex> lock(mu_);
+    service_ = nullptr;
+  }
+  // Blocks until SIGTERM or SIGINT; returns the signal.
+  int WaitForStop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return stop_signal_ != 0; });
+    return stop_signal_;
+  }
+  std::function<void(int)> on_early_stop;  // before Serving(): the process exits after it
+
+ private:
+  void Loop() {
+    const timespec tick{0, 100'000'000};  // 100 ms: how soon the destructor is noticed
+    while (!stop_) {
+      const int signal = sigtimedwait(&signals_, nullptr, &tick);
+      if (signal <= 0) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (signal == SIGUSR1 || signal == SIGUSR2) {
+        if (service_ == nullptr || !test_hooks_) continue;
+        if (signal == SIGUSR1) {
+          service_->Hold();
+          metrics_->test_hold->Set(1);
+        } else {
+          service_->Release();
+          metrics_->test_hold->Set(0);
+        }
+        continue;
+      }
+      if (service_ == nullptr && stop_signal_ == 0) {
+        if (on_early_stop) on_early_stop(signal);
+        std::_Exit(0);
+      }
+      if (stop_signal_ == 0) stop_signal_ = signal;
+      cv_.notify_all();
+    }
+  }
+
+  sigset_t signals_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  AtmanService* service_ = nullptr;
+  Metrics* metrics_ = nullptr;
+  bool test_hooks_ = false;
+  int stop_signal_ = 0;
+  std::thread thread_;
+};
+
 int Run(int argc, char** argv) {
-  // SIGTERM/SIGINT are taken by sigwait() in the main thread: block them before any thread.
+  // Every signal the process handles is taken by the SignalWatcher: block them before any
+  // other thread starts, so that every thread inherits the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);
+  sigaddset(&signals, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   for (int i = 1; i < argc; ++i) {
@@ -101,6 +181,12 @@ int Run(int argc, char** argv) {
   }
   const Config config = *std::move(config_or);
   auto log = MakeLogger(config);
+  SignalWatcher watcher(signals);
+  watcher.on_early_stop = [&](int signal) {
+    Log(log, config, spdlog::level::warn,
+        absl::StrCat("signal ", signal, " before the service was up: exiting"));
+    log->flush();
+  };
 
   auto metrics_or = Metrics::Create(
       config.metrics_port > 0 ? absl::StrCat(config.host, ":", config.metrics_port) : "", kVersion);
@@ -119,7 +205,8 @@ int Run(int argc, char** argv) {
   const std::filesystem::path dir = config.model;
   auto model_json = io::ReadJsonFile(dir / "config.json");
   if (!model_json.ok()) {
-    Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", model_json.status().message()));
+    Log(log, config, spdlog::level::critical,
+        absl::StrCat("--model: ", model_json.status().message()));
     return 1;
   }
   auto kind = model::ResolveModelKind(*model_json);
@@ -129,7 +216,8 @@ int Run(int argc, char** argv) {
   }
   auto tokenizer_or = text::Tokenizer::FromFolder(dir);
   if (!tokenizer_or.ok()) {
-    Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", tokenizer_or.status().message()));
+    Log(log, config, spdlog::level::critical,
+        absl::StrCat("--model: ", tokenizer_or.status().message()));
     return 1;
   }
   std::unique_ptr<text::Tokenizer> tokenizer = *std::move(tokenizer_or);
@@ -139,6 +227,7 @@ int Run(int argc, char** argv) {
   engine_options.limits.max_tokens = config.max_batch_tokens;
   engine_options.max_units = static_cast<int32_t>(config.max_units);
   engine_options.max_new_tokens_limit = config.max_new_tokens;
+  engine_options.max_prompt_tokens = config.max_prompt_tokens;
   engine_options.image_limits.max_bytes = config.max_image_bytes;
   engine_options.image_limits.max_pixels = config.max_image_pixels;
 
@@ -146,7 +235,8 @@ int Run(int argc, char** argv) {
   for (absl::string_view name : absl::StrSplit(config.devices, ',', absl::SkipWhitespace())) {
     auto device = model::ParseDevice(std::string(name));
     if (!device.ok()) {
-      Log(log, config, spdlog::level::critical, absl::StrCat("--devices: ", device.status().message()));
+      Log(log, config, spdlog::level::critical,
+          absl::StrCat("--devices: ", device.status().message()));
       return 2;
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -155,18 +245,20 @@ int Run(int argc, char** argv) {
     if (*kind == model::ModelKind::kVisionLanguage) {
       auto vlm = model::VisionLanguageModel::Load(dir, *device, *dtype);
       if (!vlm.ok()) {
-        Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", vlm.status().message()));
+        Log(log, config, spdlog::level::critical,
+            absl::StrCat("--model: ", vlm.status().message()));
         return 1;
       }
       auto processor = model::LoadImageProcessor(dir, **vlm);
       if (!processor.ok()) {
-        Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", processor.status().message()));
+        Log(log, config, spdlog::level::critical,
+            absl::StrCat("--model: ", processor.status().message()));
         return 1;
       }
       engine->image_processor = std::make_unique<vision::ClipImageProcessor>(*std::move(processor));
       engine->lm = &(*vlm)->language_model();
-      engine->explainer = std::make_unique<atman::Explainer>(vlm->get(), engine->image_processor.get(),
-                                                             tokenizer.get(), engine_options);
+      engine->explainer = std::make_unique<atman::Explainer>(
+          vlm->get(), engine->image_processor.get(), tokenizer.get(), engine_options);
       engine->owner = std::shared_ptr<model::VisionLanguageModel>(std::move(*vlm));
     } else {
       auto lm = model::CausalLM::Load(dir, *device, *dtype);
@@ -178,17 +270,20 @@ int Run(int argc, char** argv) {
       engine->owner = std::shared_ptr<model::CausalLM>(std::move(*lm));
     }
     if (!engine->explainer) {
-      engine->explainer = std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
+      engine->explainer =
+          std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
     }
     // Warm-up: one scoring row, which also measures bytes per row position for the budget.
     if (auto s = engine->explainer->Warmup(); !s.ok()) {
-      Log(log, config, spdlog::level::critical, absl::StrCat("warm-up on ", name, ": ", s.message()));
+      Log(log, config, spdlog::level::critical,
+          absl::StrCat("warm-up on ", name, ": ", s.message()));
       return 1;
     }
     Log(log, config, spdlog::level::info,
         absl::StrCat("model ", config.model, " loaded and warmed up on ", name, " in ",
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                     "s; bytes per row position ", engine->explainer->options().limits.bytes_per_row_position));
+                     "s; bytes per row position ",
+                     engine->explainer->options().limits.bytes_per_row_position));
     engines.push_back(std::move(engine));
   }
   if (engines.empty()) {
@@ -216,10 +311,14 @@ int Run(int argc, char** argv) {
   };
   observer.on_oom_retry = [m] { m->oom_retries->Increment(); };
   runtime::DynamicBatcher batcher(batcher_options, observer);
-  ThreadPool pool(config.prepare_threads);
+  ThreadPool pool(config.prepare_threads, [&](const std::string& what) {
+    Log(log, config, spdlog::level::critical,
+        absl::StrCat("an exception escaped a prepare-pool task: ", what));
+  });
 
   v1::ModelInfo info;
-  info.set_name(dir.filename().empty() ? dir.parent_path().filename().string() : dir.filename().string());
+  info.set_name(dir.filename().empty() ? dir.parent_path().filename().string()
+                                       : dir.filename().string());
   info.set_model_type(model_json->value("model_type", ""));
   const model::ModelConfig& mc = engines.front()->lm->config();
   info.set_vocab_size(mc.vocab_size);
@@ -238,16 +337,17 @@ int Run(int argc, char** argv) {
 
   std::vector<DeviceEngine*> engine_ptrs;
   for (const auto& e : engines) engine_ptrs.push_back(e.get());
-  AtmanService service(config, engine_ptrs, tokenizer.get(), &batcher, &pool, metrics.get(), log, info);
+  AtmanService service(config, engine_ptrs, tokenizer.get(), &batcher, &pool, metrics.get(), log,
+                       info);
 
   // --- gRPC ---
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!config.tls_cert.empty()) {
-    grpc::SslServerCredentialsOptions ssl(config.tls_client_ca.empty()
-                                              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    grpc::SslServerCredentialsOptions ssl(
+        config.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
     const std::string cert = ReadFile(config.tls_cert), key = ReadFile(config.tls_key);
     if (cert.empty() || key.empty()) {
       Log(log, config, spdlog::level::critical, "--tls-cert/--tls-key: empty or unreadable");
@@ -267,8 +367,10 @@ int Run(int argc, char** argv) {
   const std::string address = absl::StrCat(config.host, ":", config.port);
   int bound_port = 0;
   builder.AddListeningPort(address, credentials, &bound_port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
-  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) {
@@ -280,7 +382,8 @@ int Run(int argc, char** argv) {
   health->SetServingStatus("atman.v1.Atman", true);
   metrics->ready->Set(1);
   Log(log, config, spdlog::level::info,
-      absl::StrCat("SERVING on ", config.host, ":", bound_port, config.tls_cert.empty() ? "" : " (TLS)",
+      absl::StrCat("SERVING on ", config.host, ":", bound_port,
+                   config.tls_cert.empty() ? "" : " (TLS)",
                    config.tls_client_ca.empty() ? "" : " (mutual TLS)", "; metrics on :",
                    config.metrics_port, "; auth ", config.auth_tokens.empty() ? "off" : "on"));
 
@@ -303,8 +406,10 @@ int Run(int argc, char** argv) {
     }
   });
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  watcher.Serving(&service, metrics.get(), config.test_hooks);
+  if (config.test_hooks)
+    Log(log, config, spdlog::level::warn, "test hooks on (SIGUSR1 holds, SIGUSR2 releases)");
+  const int signal = watcher.WaitForStop();
   Log(log, config, spdlog::level::info,
       absl::StrCat("signal ", signal, ": NOT_SERVING, draining ", service.inflight(),
                    " in-flight calls (grace ", config.drain_grace_seconds, "s)"));
@@ -313,11 +418,23 @@ int Run(int argc, char** argv) {
   metrics->ready->Set(0);
   service.StartDraining();
   batcher.Drain();
-  const auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(config.drain_grace_seconds);
+  const auto grace =
+      std::chrono::steady_clock::now() + std::chrono::seconds(config.drain_grace_seconds);
   const bool drained = service.WaitForIdle(grace);
   Log(log, config, drained ? spdlog::level::info : spdlog::level::warn,
       drained ? "drained: every in-flight call finished"
               : absl::StrCat("grace period over: ", service.inflight(), " calls cut short"));
+  // Calls still arriving get UNAVAILABLE from our handlers (counted, retryable). Closing the
+  // connections while clients still send would have gRPC cancel the calls in flight on the
+  // wire (CANCELLED, which clients do not retry): wait until they have stopped.
+  const auto quiet = std::chrono::milliseconds(config.drain_quiet_ms);
+  while (std::chrono::steady_clock::now() < grace &&
+         std::chrono::steady_clock::now() - service.last_arrival() < quiet) {
+    std::this_thread::sleep_for(
+        std::min<std::chrono::milliseconds>(quiet, std::chrono::milliseconds(50)));
+  }
+  watcher.Stopped();
+  service.Release();   // a test hold must not keep work from ending
   batcher.Shutdown();  // ends what is left with UNAVAILABLE
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();

@@ -22,7 +22,7 @@ prometheus::Histogram::BucketBoundaries SecondsBuckets() {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind,
-                                                          const std::string& version) {
+                                                         const std::string& version) {
   std::unique_ptr<Metrics> m(new Metrics);
   m->registry_ = std::make_shared<prometheus::Registry>();
   auto& r = *m->registry_;
@@ -36,8 +36,9 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                       .Register(r);
   m->queue_wait = &prometheus::BuildHistogram()
                        .Name("atman_queue_wait_seconds")
-                       .Help("Time an explanation's rows waited in the dynamic batcher before "
-                             "the first of them ran")
+                       .Help(
+                           "Time an explanation's rows waited in the dynamic batcher before "
+                           "the first of them ran")
                        .Register(r)
                        .Add({}, SecondsBuckets());
   m->queue_depth_rows = &prometheus::BuildGauge()
@@ -55,11 +56,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                      .Help("RPCs accepted and not yet finished")
                      .Register(r)
                      .Add({});
-  m->batch_rows = &prometheus::BuildHistogram()
-                       .Name("atman_batch_rows")
-                       .Help("Rows per executed scoring batch")
-                       .Register(r)
-                       .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+  m->batch_rows =
+      &prometheus::BuildHistogram()
+           .Name("atman_batch_rows")
+           .Help("Rows per executed scoring batch")
+           .Register(r)
+           .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
   m->forward_passes = &prometheus::BuildCounter()
                            .Name("atman_forward_passes_total")
                            .Help("Forward passes run (unperturbed, generation, scoring batches)")
@@ -72,8 +74,9 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                       .Add({});
   m->mem_allocated_ = &prometheus::BuildGauge()
                            .Name("atman_device_memory_allocated_bytes")
-                           .Help("Bytes allocated by LibTorch on the device (CPU: counted "
-                                 "allocations of LibTorch's allocator)")
+                           .Help(
+                               "Bytes allocated by LibTorch on the device (CPU: counted "
+                               "allocations of LibTorch's allocator)")
                            .Register(r);
   m->mem_reserved_ = &prometheus::BuildGauge()
                           .Name("atman_device_memory_reserved_bytes")
@@ -93,6 +96,13 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                   .Help("1 when the server reports SERVING")
                   .Register(r)
                   .Add({});
+  m->test_hold = &prometheus::BuildGauge()
+                      .Name("atman_test_hold")
+                      .Help(
+                          "1 while a test hold is in effect (--test-hooks, SIGUSR1/SIGUSR2); "
+                          "always 0 otherwise")
+                      .Register(r)
+                      .Add({});
   prometheus::BuildGauge()
       .Name("atman_build_info")
       .Help("Build information; always 1")
@@ -113,15 +123,17 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
     addr.sin_family = AF_INET;
     addr.sin_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat("--host: \"", host, "\" is not an IPv4 address"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--host: \"", host, "\" is not an IPv4 address"));
     }
     m->listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     const int one = 1;
     setsockopt(m->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (m->listen_fd_ < 0 || ::bind(m->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+    if (m->listen_fd_ < 0 ||
+        ::bind(m->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
         listen(m->listen_fd_, 64) != 0) {
-      return absl::InternalError(absl::StrCat("--metrics-port: cannot serve on ", bind, ": ",
-                                              std::strerror(errno)));
+      return absl::InternalError(
+          absl::StrCat("--metrics-port: cannot serve on ", bind, ": ", std::strerror(errno)));
     }
     m->http_ = std::thread([raw = m.get()] { raw->Serve(); });
   }
@@ -158,8 +170,10 @@ void Metrics::Serve() {
     std::string response;
     if (request.rfind("GET /metrics", 0) == 0) {
       const std::string body = Scrape();
-      response = absl::StrCat("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                              "Content-Length: ", body.size(), "\r\nConnection: close\r\n\r\n", body);
+      response = absl::StrCat(
+          "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+          "Content-Length: ",
+          body.size(), "\r\nConnection: close\r\n\r\n", body);
     } else {
       response = "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     }
@@ -178,8 +192,7 @@ void Metrics::RequestDone(const std::string& method, const std::string& code, do
   duration_->Add({{"method", method}}, SecondsBuckets()).Observe(seconds);
 }
 
-void Metrics::SetMemory(const std::string& device, double allocated, double reserved,
-                        double peak) {
+void Metrics::SetMemory(const std::string& device, double allocated, double reserved, double peak) {
   mem_allocated_->Add({{"device", device}}).Set(allocated);
   mem_reserved_->Add({{"device", device}}).Set(reserved);
   mem_peak_->Add({{"device", device}}).Set(peak);

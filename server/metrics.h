@@ -29,7 +29,7 @@ class Metrics {
   // Serves /metrics on `bind` ("127.0.0.1:9090"); an empty `bind` serves nothing (the
   // metrics still count). INTERNAL when the port cannot be bound.
   static absl::StatusOr<std::unique_ptr<Metrics>> Create(const std::string& bind,
-                                                          const std::string& version);
+                                                         const std::string& version);
 
   // One finished RPC: atman_requests_total{method,code} and its duration.
   void RequestDone(const std::string& method, const std::string& code, double seconds);
@@ -39,15 +39,16 @@ class Metrics {
   std::string Scrape() const;
   ~Metrics();
 
-  prometheus::Histogram* queue_wait = nullptr;     // atman_queue_wait_seconds
-  prometheus::Gauge* queue_depth_rows = nullptr;   // atman_queue_depth_rows
-  prometheus::Gauge* queued_requests = nullptr;    // atman_queued_requests
-  prometheus::Gauge* inflight = nullptr;           // atman_inflight_requests
-  prometheus::Histogram* batch_rows = nullptr;     // atman_batch_rows
-  prometheus::Counter* forward_passes = nullptr;   // atman_forward_passes_total
-  prometheus::Counter* positions = nullptr;        // atman_positions_computed_total
-  prometheus::Counter* oom_retries = nullptr;      // atman_oom_retries_total
-  prometheus::Gauge* ready = nullptr;              // atman_ready
+  prometheus::Histogram* queue_wait = nullptr;    // atman_queue_wait_seconds
+  prometheus::Gauge* queue_depth_rows = nullptr;  // atman_queue_depth_rows
+  prometheus::Gauge* queued_requests = nullptr;   // atman_queued_requests
+  prometheus::Gauge* inflight = nullptr;          // atman_inflight_requests
+  prometheus::Histogram* batch_rows = nullptr;    // atman_batch_rows
+  prometheus::Counter* forward_passes = nullptr;  // atman_forward_passes_total
+  prometheus::Counter* positions = nullptr;       // atman_positions_computed_total
+  prometheus::Counter* oom_retries = nullptr;     // atman_oom_retries_total
+  prometheus::Gauge* ready = nullptr;             // atman_ready
+  prometheus::Gauge* test_hold = nullptr;         // atman_test_hold (--test-hooks)
 
  private:
   Metrics() = default;

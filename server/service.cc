@@ -1,27 +1,19 @@
 #include "server/service.h"
 
-#include <ATen/TensorOperators.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/argmax.h>
-#include <ATen/ops/softmax.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <spdlog/spdlog.h>
 
-#include <cmath>
-#include <nlohmann/json.hpp>
-#include <random>
+#include <optional>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "core/base/status_macros.h"
 #include "core/runtime/memory_meter.h"
-#include "core/vision/decode.h"
+#include "server/call_log.h"
+#include "server/proto_conversion.h"
 
 namespace atman::server {
 namespace {
 
-namespace pb = ::atman::v1;
 using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point since) {
@@ -40,212 +32,22 @@ Clock::time_point Deadline(grpc::CallbackServerContext* ctx) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(system_deadline - now);
 }
 
-std::string Peer(grpc::CallbackServerContext* ctx) { return ctx->peer(); }
-
-void FillTensor(const at::Tensor& t, pb::Tensor* out) {
-  if (!t.defined()) return;
-  const at::Tensor c = t.to(at::kCPU).to(at::kFloat).contiguous();
-  for (int64_t d : c.sizes()) out->add_shape(d);
-  const float* p = c.data_ptr<float>();
-  out->mutable_values()->Add(p, p + c.numel());
+// The request's bytes in one piece (gRPC may hand them over in several slices).
+std::string Flatten(const grpc::ByteBuffer* buffer) {
+  std::string out;
+  if (buffer == nullptr) return out;
+  std::vector<grpc::Slice> slices;
+  if (!buffer->Dump(&slices).ok()) return out;
+  out.reserve(buffer->Length());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
 }
 
-// Options: proto -> engine, with the production defaults for unset fields and
-// INVALID_ARGUMENT naming the field.
-grpc::Status ToOptions(const pb::ExplainOptions& o, const Config& config,
-                       atman::ExplainOptions* out) {
-  switch (o.text_granularity()) {
-    case pb::TEXT_GRANULARITY_TOKEN: out->text_granularity = atman::TextGranularity::kToken; break;
-    case pb::TEXT_GRANULARITY_WORD: out->text_granularity = atman::TextGranularity::kWord; break;
-    case pb::TEXT_GRANULARITY_SENTENCE: out->text_granularity = atman::TextGranularity::kSentence; break;
-    case pb::TEXT_GRANULARITY_PARAGRAPH: out->text_granularity = atman::TextGranularity::kParagraph; break;
-    case pb::TEXT_GRANULARITY_CUSTOM: out->text_granularity = atman::TextGranularity::kCustom; break;
-    case pb::TEXT_GRANULARITY_UNSPECIFIED:
-    case pb::TEXT_GRANULARITY_AUTO: out->text_granularity = atman::TextGranularity::kAuto; break;
-    default:
-      return Invalid(absl::StrCat("options.text_granularity: unknown value ", o.text_granularity()));
-  }
-  out->custom_delimiter = o.custom_delimiter();
-  if (o.has_auto_max_units()) out->auto_max_units = o.auto_max_units();
-  switch (o.image_granularity()) {
-    case pb::IMAGE_GRANULARITY_UNSPECIFIED:
-    case pb::IMAGE_GRANULARITY_NATIVE: out->image_granularity = atman::ImageGranularity::kNative; break;
-    case pb::IMAGE_GRANULARITY_TILES_6X6: out->image_granularity = atman::ImageGranularity::kTiles6x6; break;
-    case pb::IMAGE_GRANULARITY_TILES_3X3: out->image_granularity = atman::ImageGranularity::kTiles3x3; break;
-    case pb::IMAGE_GRANULARITY_WHOLE: out->image_granularity = atman::ImageGranularity::kWhole; break;
-    case pb::IMAGE_GRANULARITY_GRID: out->image_granularity = atman::ImageGranularity::kGrid; break;
-    default:
-      return Invalid(absl::StrCat("options.image_granularity: unknown value ", o.image_granularity()));
-  }
-  out->image_rows = o.image_rows();
-  out->image_cols = o.image_cols();
-  if (o.has_control_factor()) out->control_factor = o.control_factor();
-  if (!std::isfinite(out->control_factor) || out->control_factor < 0) {
-    return Invalid(absl::StrCat("options.control_factor: ", out->control_factor,
-                                " is not a finite number >= 0"));
-  }
-  switch (o.control_mode()) {
-    case pb::CONTROL_MODE_UNSPECIFIED:
-    case pb::CONTROL_MODE_LOG_ADDITIVE: out->mode = model::ControlMode::kLogAdditive; break;
-    case pb::CONTROL_MODE_MULTIPLICATIVE: out->mode = model::ControlMode::kMultiplicative; break;
-    default: return Invalid(absl::StrCat("options.control_mode: unknown value ", o.control_mode()));
-  }
-  if (o.has_contextual_control_threshold()) {
-    const double k = o.contextual_control_threshold();
-    if (!(std::isfinite(k) && k > 0 && k <= 1)) {
-      return Invalid(absl::StrCat("options.contextual_control_threshold: ", k, " is outside (0, 1]"));
-    }
-    out->contextual_control_threshold = k;
-  }
-  if (o.control_token_overlap() < 0 || o.control_token_overlap() > pb::CONTROL_TOKEN_OVERLAP_COMPLETE) {
-    return Invalid(absl::StrCat("options.control_token_overlap: unknown value ", o.control_token_overlap()));
-  }
-  switch (o.target_granularity()) {
-    case pb::TARGET_GRANULARITY_UNSPECIFIED:
-    case pb::TARGET_GRANULARITY_COMPLETE: out->target_granularity = atman::TargetGranularity::kComplete; break;
-    case pb::TARGET_GRANULARITY_TOKEN: out->target_granularity = atman::TargetGranularity::kToken; break;
-    default:
-      return Invalid(absl::StrCat("options.target_granularity: unknown value ", o.target_granularity()));
-  }
-  switch (o.postprocessing()) {
-    case pb::POSTPROCESSING_UNSPECIFIED:
-    case pb::POSTPROCESSING_NONE: out->postprocessing = atman::Postprocessing::kNone; break;
-    case pb::POSTPROCESSING_ABSOLUTE: out->postprocessing = atman::Postprocessing::kAbsolute; break;
-    case pb::POSTPROCESSING_SQUARE: out->postprocessing = atman::Postprocessing::kSquare; break;
-    default: return Invalid(absl::StrCat("options.postprocessing: unknown value ", o.postprocessing()));
-  }
-  out->normalize = o.normalize();
-  for (int32_t l : o.layers()) out->layers.push_back(l);
-  if (o.has_add_special_tokens()) out->add_special_tokens = o.add_special_tokens();
-  if (o.has_max_new_tokens()) {
-    if (o.max_new_tokens() < 1 || o.max_new_tokens() > config.max_new_tokens) {
-      return Invalid(absl::StrCat("options.max_new_tokens: ", o.max_new_tokens(), " is outside [1, ",
-                                  config.max_new_tokens, "]"));
-    }
-    out->max_new_tokens = o.max_new_tokens();
-  }
-  if (o.max_forward_passes() < 0) {
-    return Invalid(absl::StrCat("options.max_forward_passes: ", o.max_forward_passes(), " < 0"));
-  }
-  return grpc::Status::OK;
-}
-
-// Prompt items: proto -> engine, with the size limits that need no decoding.
-grpc::Status ToPrompt(const google::protobuf::RepeatedPtrField<pb::PromptItem>& items,
-                      const Config& config, int64_t vocab_size,
-                      std::vector<atman::PromptItem>* out) {
-  if (items.empty()) return Invalid("prompt: empty (no items)");
-  for (int i = 0; i < items.size(); ++i) {
-    const pb::PromptItem& item = items[i];
-    const std::string field = absl::StrCat("prompt[", i, "]");
-    switch (item.item_case()) {
-      case pb::PromptItem::kText:
-        out->push_back(atman::PromptItem::Text(item.text()));
-        break;
-      case pb::PromptItem::kImage: {
-        if (static_cast<int64_t>(item.image().size()) > config.max_image_bytes) {
-          return Invalid(absl::StrCat(field, ".image: ", item.image().size(),
-                                      " bytes > max_image_bytes ", config.max_image_bytes));
-        }
-        out->push_back(atman::PromptItem::Image(item.image()));
-        break;
-      }
-      case pb::PromptItem::kTokenIds: {
-        std::vector<int32_t> ids(item.token_ids().ids().begin(), item.token_ids().ids().end());
-        for (size_t t = 0; t < ids.size(); ++t) {
-          if (ids[t] < 0 || ids[t] >= vocab_size) {
-            return Invalid(absl::StrCat(field, ".token_ids.ids[", t, "]: ", ids[t],
-                                        " is outside the vocabulary [0, ", vocab_size, ")"));
-          }
-        }
-        out->push_back(atman::PromptItem::Tokens(std::move(ids)));
-        break;
-      }
-      default:
-        return Invalid(absl::StrCat(field, ": no text, image or token_ids set"));
-    }
-  }
-  return grpc::Status::OK;
-}
-
-// Decoding checks of image items (pixels, corrupt files); run off the gRPC threads.
-grpc::Status CheckImages(const std::vector<atman::PromptItem>& items, const Config& config) {
-  vision::DecodeOptions options;
-  options.limits.max_bytes = config.max_image_bytes;
-  options.limits.max_pixels = config.max_image_pixels;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].kind != atman::PromptItem::Kind::kImage) continue;
-    auto decoded = vision::DecodeImage(items[i].image, options);
-    if (!decoded.ok()) {
-      return Invalid(absl::StrCat("prompt[", i, "].image: ", std::string(decoded.status().message())));
-    }
-  }
-  return grpc::Status::OK;
-}
-
-void ToResponse(const atman::Explanation& e, const std::vector<atman::PromptItem>& prompt,
-                bool tensors, pb::ExplainResponse* out) {
-  out->set_target(e.target);
-  for (int32_t id : e.target_ids) out->add_target_token_ids(id);
-  for (double lp : e.target_log_probs) out->add_target_log_probs(lp);
-  for (const atman::TargetExplanation& t : e.explanations) {
-    pb::TargetExplanation* te = out->add_explanations();
-    te->set_target_start(t.target_start);
-    te->set_target_length(t.target_length);
-    std::vector<pb::ItemScores*> by_item(prompt.size(), nullptr);
-    for (const atman::UnitScore& s : t.scores) {
-      if (s.kind == atman::UnitScore::Kind::kTarget) {
-        pb::TextScore* ts = te->add_target();
-        ts->set_start(s.start);
-        ts->set_length(s.length);
-        ts->set_score(s.score);
-        continue;
-      }
-      const auto item = static_cast<size_t>(s.item);
-      if (item >= by_item.size()) continue;
-      if (by_item[item] == nullptr) {
-        by_item[item] = te->add_items();
-        by_item[item]->set_item(s.item);
-      }
-      switch (s.kind) {
-        case atman::UnitScore::Kind::kText: {
-          pb::TextScore* ts = by_item[item]->add_text();
-          ts->set_start(s.start);
-          ts->set_length(s.length);
-          ts->set_score(s.score);
-          break;
-        }
-        case atman::UnitScore::Kind::kImage: {
-          pb::ImageScore* is = by_item[item]->add_image();
-          is->set_left(s.left);
-          is->set_top(s.top);
-          is->set_width(s.width);
-          is->set_height(s.height);
-          is->set_score(s.score);
-          break;
-        }
-        case atman::UnitScore::Kind::kToken: {
-          pb::TokenScore* ts = by_item[item]->add_tokens();
-          ts->set_token_index(s.start);
-          ts->set_score(s.score);
-          break;
-        }
-        case atman::UnitScore::Kind::kTarget: break;
-      }
-    }
-  }
-  if (tensors) {
-    FillTensor(e.unit_relevance, out->mutable_unit_relevance());
-    FillTensor(e.position_relevance, out->mutable_position_relevance());
-  }
-  pb::Usage* u = out->mutable_usage();
-  u->set_forward_passes(e.usage.forward_passes);
-  u->set_perturbed_rows(e.usage.perturbed_rows);
-  u->set_positions_computed(e.usage.positions_computed);
-  u->set_peak_memory_bytes(e.usage.peak_memory_bytes);
-  u->set_compute_seconds(e.usage.prepare_seconds + e.usage.perturbed_seconds + e.usage.score_seconds);
-  u->set_prompt_tokens(e.prompt_tokens);
-  u->set_target_tokens(static_cast<int64_t>(e.target_ids.size()));
+template <typename Message>
+grpc::Status Serialize(const Message& message, grpc::ByteBuffer* out) {
+  bool own = false;
+  return grpc::SerializationTraits<Message>::Serialize(message, out, &own);
 }
 
 }  // namespace
@@ -256,13 +58,7 @@ grpc::Status ToGrpc(const absl::Status& status) {
 }
 
 std::string CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
-                                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
-  const auto i = static_cast<size_t>(code);
-  return i < sizeof(kNames) / sizeof(kNames[0]) ? kNames[i] : "UNKNOWN";
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
 bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens) {
@@ -283,7 +79,8 @@ bool TokenMatches(const std::string& presented, const std::vector<std::string>& 
 
 // --- ThreadPool -----------------------------------------------------------------------------
 
-ThreadPool::ThreadPool(int threads) {
+ThreadPool::ThreadPool(int threads, std::function<void(const std::string&)> on_exception)
+    : on_exception_(std::move(on_exception)) {
   for (int i = 0; i < std::max(1, threads); ++i) {
     threads_.emplace_back([this] {
       while (true) {
@@ -295,7 +92,13 @@ ThreadPool::ThreadPool(int threads) {
           task = std::move(tasks_.front());
           tasks_.pop_front();
         }
-        task();
+        try {
+          task();
+        } catch (const std::exception& e) {
+          if (on_exception_) on_exception_(e.what());
+        } catch (...) {
+          if (on_exception_) on_exception_("unknown exception");
+        }
       }
     });
   }
@@ -303,12 +106,14 @@ ThreadPool::ThreadPool(int threads) {
 
 ThreadPool::~ThreadPool() { Shutdown(); }
 
-void ThreadPool::Submit(std::function<void()> task) {
+bool ThreadPool::Submit(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;
     tasks_.push_back(std::move(task));
   }
   cv_.notify_one();
+  return true;
 }
 
 void ThreadPool::Shutdown() {
@@ -323,64 +128,160 @@ void ThreadPool::Shutdown() {
   threads_.clear();
 }
 
-// --- ExplainJob -----------------------------------------------------------------------------
+// --- Call accounting ------------------------------------------------------------------------
 
-// One Explain / ExplainStream call from admission to its status. Callbacks run on pool and
-// batcher threads; Complete() runs `on_done` exactly once.
-class ExplainJob {
+// An admitted call: counted in flight (and, for queued methods, against max_queued_requests)
+// from admission until End(), which also writes its log line and metrics. A ticket destroyed
+// without End() ends its call as INTERNAL, so no path can leak the in-flight count.
+class CallTicket {
  public:
-  AtmanService* service = nullptr;
-  AtmanService::CallInfo call;
-  atman::ExplainRequest request;
-  bool return_tensors = false;
-  int32_t max_forward_passes = 0;
-  Clock::time_point deadline = Clock::time_point::max();
-  std::function<void(int64_t done, int64_t total, double eta)> on_progress;
-  std::function<void(const grpc::Status&, pb::ExplainResponse*)> on_done;
-  pb::ExplainResponse response;
-  std::string details;  // for the summary log line
+  CallTicket(AtmanService* service, AtmanService::CallInfo info, bool queued)
+      : service_(service), info_(std::move(info)), queued_(queued) {}
+  ~CallTicket() {
+    if (!ended_) End(grpc::Status(grpc::StatusCode::INTERNAL, "the call was dropped"), "");
+  }
+  CallTicket(const CallTicket&) = delete;
+  CallTicket& operator=(const CallTicket&) = delete;
 
-  void Cancel(const absl::Status& why) {
-    std::shared_ptr<runtime::DynamicBatcher::Request> handle;
+  const AtmanService::CallInfo& info() const { return info_; }
+  // The client's id, once it has been checked (CheckRequestId).
+  void set_request_id(std::string id) { info_.request_id = std::move(id); }
+  void End(const grpc::Status& status, const std::string& details) {
+    if (ended_) return;
+    ended_ = true;
     {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (cancelled_) return;
-      cancelled_ = true;
-      cancel_status_ = why;
-      handle = handle_;
+      absl::MutexLock lock(&service_->mu_);
+      if (queued_) --service_->queued_calls_;
+      --service_->inflight_;
+      service_->metrics_->inflight->Set(static_cast<double>(service_->inflight_));
     }
-    if (handle) service->batcher_->Cancel(handle, why);
-  }
-  bool cancelled(absl::Status* why) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_ && why) *why = cancel_status_;
-    return cancelled_;
-  }
-  // Stores the batcher handle; false when the job was cancelled meanwhile (caller cancels).
-  bool SetHandle(std::shared_ptr<runtime::DynamicBatcher::Request> handle) {
-    std::lock_guard<std::mutex> lock(mu_);
-    handle_ = std::move(handle);
-    return !cancelled_;
-  }
-  void Complete(const grpc::Status& status) {
-    if (completed_.exchange(true)) return;
-    on_done(status, &response);
+    service_->CallDone(info_, status, details);
   }
 
  private:
-  std::mutex mu_;
-  bool cancelled_ = false;
-  absl::Status cancel_status_;
-  std::shared_ptr<runtime::DynamicBatcher::Request> handle_;
-  std::atomic<bool> completed_{false};
+  AtmanService* service_;
+  AtmanService::CallInfo info_;
+  bool queued_;
+  bool ended_ = false;
+};
+
+// Why gRPC cancelled a call (OnCancel): its deadline passed, or the client went away.
+absl::Status CancelReason(Clock::time_point deadline) {
+  if (Clock::now() >= deadline) {
+    return absl::DeadlineExceededError("the deadline passed before the call finished");
+  }
+  return absl::CancelledError("cancelled by the client");
+}
+
+// Cancellation and deadline of one call, read by the threads that work on it.
+class CallState {
+ public:
+  explicit CallState(Clock::time_point deadline) : deadline_(deadline) {}
+  // The first reason wins.
+  void Cancel(const absl::Status& why) {
+    absl::MutexLock lock(&mu_);
+    if (cancel_.ok()) cancel_ = why;
+  }
+  // OK while the call should go on; CANCELLED or DEADLINE_EXCEEDED when it should stop.
+  absl::Status StopStatus() const {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!cancel_.ok()) return cancel_;
+    }
+    if (Clock::now() >= deadline_) {
+      return absl::DeadlineExceededError("the deadline passed before the call finished");
+    }
+    return absl::OkStatus();
+  }
+  Clock::time_point deadline() const { return deadline_; }
+
+ private:
+  const Clock::time_point deadline_;
+  mutable absl::Mutex mu_;
+  absl::Status cancel_ ABSL_GUARDED_BY(mu_);
+};
+
+// --- ExplainJob -----------------------------------------------------------------------------
+
+// One Explain / ExplainStream call from admission to its status. Callbacks run on pool and
+// batcher threads; Complete() ends the call exactly once, then drops everything heavy the
+// job holds (the request's items, the prepared explanation with its KV prefix cache, the
+// batcher handle) and its reactor callbacks.
+class ExplainJob {
+ public:
+  ExplainJob(std::unique_ptr<CallTicket> ticket, Clock::time_point deadline)
+      : ticket(std::move(ticket)), state(deadline) {}
+
+  std::unique_ptr<CallTicket> ticket;
+  CallState state;
+  atman::ExplainRequest request;
+  size_t prompt_items = 0;
+  bool return_tensors = false;
+  int32_t max_forward_passes = 0;
+  size_t device = 0;
+  std::shared_ptr<atman::PreparedExplanation> prepared;
+  std::function<void(int64_t done, int64_t total, double eta)> on_progress;
+  std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)> on_done;
+  ::atman::v1::ExplainResponse response;
+  std::string details;  // for the summary log line
+
+  void Cancel(runtime::DynamicBatcher* batcher, const absl::Status& why) {
+    state.Cancel(why);
+    std::shared_ptr<runtime::DynamicBatcher::Request> handle;
+    {
+      absl::MutexLock lock(&mu_);
+      handle = handle_;
+    }
+    if (handle) batcher->Cancel(handle, why);
+  }
+  // Stores the batcher handle; false when the job was cancelled meanwhile (caller cancels).
+  bool SetHandle(std::shared_ptr<runtime::DynamicBatcher::Request> handle) {
+    absl::MutexLock lock(&mu_);
+    if (completed_) return false;
+    handle_ = std::move(handle);
+    return state.StopStatus().ok();
+  }
+  void Progress(int64_t done, int64_t total, double eta) {
+    std::function<void(int64_t, int64_t, double)> progress;
+    {
+      absl::MutexLock lock(&mu_);
+      if (completed_) return;
+      progress = on_progress;
+    }
+    if (progress) progress(done, total, eta);
+  }
+  void Complete(const grpc::Status& status) {
+    std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)> done;
+    std::shared_ptr<runtime::DynamicBatcher::Request> handle;
+    {
+      absl::MutexLock lock(&mu_);
+      if (completed_) return;
+      completed_ = true;
+      done = std::move(on_done);
+      on_done = nullptr;
+      on_progress = nullptr;
+      handle = std::move(handle_);
+    }
+    prepared.reset();
+    request = atman::ExplainRequest();
+    handle.reset();
+    // Accounting first: when the client has its answer, the metrics already count it.
+    ticket->End(status, details);
+    if (done) done(status, &response);
+  }
+
+ private:
+  absl::Mutex mu_;
+  bool completed_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<runtime::DynamicBatcher::Request> handle_ ABSL_GUARDED_BY(mu_);
 };
 
 // --- AtmanService ---------------------------------------------------------------------------
 
 AtmanService::AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
                            const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher,
-                           ThreadPool* pool, Metrics* metrics,
-                           std::shared_ptr<spdlog::logger> log, pb::ModelInfo info)
+                           ThreadPool* pool, Metrics* metrics, std::shared_ptr<spdlog::logger> log,
+                           ::atman::v1::ModelInfo info)
     : config_(config),
       engines_(std::move(engines)),
       tokenizer_(tokenizer),
@@ -388,27 +289,66 @@ AtmanService::AtmanService(const Config& config, std::vector<DeviceEngine*> engi
       pool_(pool),
       metrics_(metrics),
       log_(std::move(log)),
-      info_(std::move(info)) {
-  if (auto probe = tokenizer_->Encode("a", /*add_special_tokens=*/true); probe.ok()) {
-    for (size_t i = 0; i < probe->size() && probe->special_tokens_mask[i]; ++i) {
-      leading_specials_.push_back(probe->ids[i]);
-    }
-  }
-}
+      info_(std::move(info)) {}
 
 void AtmanService::StartDraining() { draining_ = true; }
 
 int64_t AtmanService::inflight() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return inflight_;
 }
 
 bool AtmanService::WaitForIdle(Clock::time_point deadline) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_until(lock, deadline, [&] { return inflight_ == 0; });
+  const absl::Time until = deadline == Clock::time_point::max()
+                               ? absl::InfiniteFuture()
+                               : absl::Now() + absl::FromChrono(deadline - Clock::now());
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
+  return mu_.AwaitWithDeadline(absl::Condition(&idle), until);
 }
 
-grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, bool counts_against_queue) {
+void AtmanService::Hold() {
+  {
+    absl::MutexLock lock(&hold_mu_);
+    held_ = true;
+  }
+  batcher_->Hold();
+}
+
+void AtmanService::Release() {
+  batcher_->Release();
+  absl::MutexLock lock(&hold_mu_);
+  held_ = false;
+}
+
+bool AtmanService::held() const {
+  absl::MutexLock lock(&hold_mu_);
+  return held_;
+}
+
+void AtmanService::WaitWhileHeld(const CallState& call) const {
+  absl::MutexLock lock(&hold_mu_);
+  // A cancel or the deadline does not signal this mutex: look again every 20 ms.
+  while (held_ && call.StopStatus().ok()) {
+    hold_mu_.AwaitWithTimeout(absl::Condition(
+                                  +[](const bool* held) { return !*held; }, &held_),
+                              absl::Milliseconds(20));
+  }
+}
+
+std::string AtmanService::NewRequestId() {
+  // Every handler makes an id first: the arrival of a call.
+  last_arrival_ =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+  return absl::StrCat("r", next_id_++);
+}
+
+Clock::time_point AtmanService::last_arrival() const {
+  return Clock::time_point(std::chrono::nanoseconds(last_arrival_.load()));
+}
+
+grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, const CallInfo& call,
+                                 bool queued, std::unique_ptr<CallTicket>* ticket) {
   if (!config_.auth_tokens.empty()) {
     const auto& md = ctx->client_metadata();
     auto it = md.find("authorization");
@@ -427,158 +367,185 @@ grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, bool counts_a
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the server is draining; retry on another replica");
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  if (counts_against_queue) {
-    if (queued_explains_ >= config_.max_queued_requests) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("queue full: ", queued_explains_,
-                                       " explanations queued (max_queued_requests ",
-                                       config_.max_queued_requests, ")"));
+  absl::MutexLock lock(&mu_);
+  if (queued) {
+    if (queued_calls_ >= config_.max_queued_requests) {
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("queue full: ", queued_calls_, " calls queued (max_queued_requests ",
+                       config_.max_queued_requests, "); retry with back-off"));
     }
-    ++queued_explains_;
+    ++queued_calls_;
   }
   ++inflight_;
   metrics_->inflight->Set(static_cast<double>(inflight_));
+  *ticket = std::make_unique<CallTicket>(this, call, queued);
   return grpc::Status::OK;
 }
 
 void AtmanService::CallDone(const CallInfo& call, const grpc::Status& status,
                             const std::string& details) {
-  const double seconds = Seconds(call.started);
-  const std::string code = CodeName(status.error_code());
-  metrics_->RequestDone(call.method, code, seconds);
-  if (config_.log_format == "json") {
-    nlohmann::json line = {{"event", "request"}, {"request_id", call.request_id},
-                           {"method", call.method}, {"code", code},
-                           {"seconds", seconds},     {"peer", call.peer}};
-    if (!status.ok()) line["error"] = status.error_message();
-    if (!details.empty()) line["details"] = details;
-    log_->info(line.dump());
-  } else {
-    log_->info("request {} {} {} {:.4f}s peer={}{}{}{}", call.request_id, call.method, code,
-               seconds, call.peer, details.empty() ? "" : " ", details,
-               status.ok() ? "" : " error=\"" + status.error_message() + "\"");
-  }
+  CallRecord record;
+  record.method = call.method;
+  record.request_id = call.request_id;
+  record.peer = call.peer;
+  record.code = CodeName(status.error_code());
+  record.seconds = Seconds(call.started);
+  if (!status.ok()) record.error = status.error_message();
+  record.details = details;
+  metrics_->RequestDone(call.method, record.code, record.seconds);
+  log_->info(FormatCallLine(record, config_.log_format == "json"));
 }
 
-std::shared_ptr<ExplainJob> AtmanService::StartExplain(grpc::CallbackServerContext* ctx,
-                                                       const pb::ExplainRequest& request,
-                                                       CallInfo call, grpc::Status* refused) {
-  if (request.request_id().size() > 128) {
-    *refused = Invalid("request_id: longer than 128 characters");
+// --- Explain --------------------------------------------------------------------------------
+
+std::shared_ptr<ExplainJob> AtmanService::BeginExplain(grpc::CallbackServerContext* ctx,
+                                                       const grpc::ByteBuffer& bytes,
+                                                       const char* method, ExplainFinish finish) {
+  CallInfo call{method, NewRequestId(), ctx->peer(), Clock::now()};
+  std::unique_ptr<CallTicket> ticket;
+  if (grpc::Status s = Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
+    CallDone(call, s, "");
+    finish(s, nullptr);
     return nullptr;
   }
-  auto job = std::make_shared<ExplainJob>();
-  job->service = this;
-  job->call = std::move(call);
-  if (*refused = ToPrompt(request.prompt(), config_, info_.vocab_size(), &job->request.prompt);
-      !refused->ok()) {
+  auto refuse = [&](const absl::Status& why) -> std::shared_ptr<ExplainJob> {
+    const grpc::Status s = ToGrpc(why);
+    ticket->End(s, "");
+    finish(s, nullptr);
     return nullptr;
-  }
-  if (*refused = ToOptions(request.options(), config_, &job->request.options); !refused->ok()) {
-    return nullptr;
-  }
-  job->request.target = request.target();
+  };
+  ::atman::v1::ExplainRequest request;
+  if (absl::Status s = ParseRequest(Flatten(&bytes), &request); !s.ok()) return refuse(s);
+  if (absl::Status s = CheckRequestId(request.request_id()); !s.ok()) return refuse(s);
+  if (!request.request_id().empty()) ticket->set_request_id(request.request_id());
+  auto converted = ToExplainRequest(request);
+  if (!converted.ok()) return refuse(converted.status());
+  auto job = std::make_shared<ExplainJob>(std::move(ticket), Deadline(ctx));
+  job->request = *std::move(converted);
+  job->prompt_items = static_cast<size_t>(request.prompt_size());
   job->return_tensors = request.options().return_relevance_tensor();
   job->max_forward_passes = request.options().max_forward_passes();
-  job->deadline = Deadline(ctx);
-  job->response.set_request_id(job->call.request_id);
+  job->response.set_request_id(job->ticket->info().request_id);
+  job->on_done = std::move(finish);
   return job;
 }
 
 void AtmanService::RunExplain(std::shared_ptr<ExplainJob> job) {
-  pool_->Submit([this, job] {
-    absl::Status why;
-    if (job->cancelled(&why)) return job->Complete(ToGrpc(why));
-    if (Clock::now() >= job->deadline) {
-      return job->Complete(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed while queued"));
-    }
-    if (auto s = CheckImages(job->request.prompt, config_); !s.ok()) return job->Complete(s);
-    // Prompt length, counted before the (expensive) unperturbed pass.
-    int64_t tokens = job->request.options.add_special_tokens ? static_cast<int64_t>(leading_specials_.size()) : 0;
-    for (size_t i = 0; i < job->request.prompt.size(); ++i) {
-      const atman::PromptItem& item = job->request.prompt[i];
-      if (item.kind == atman::PromptItem::Kind::kText) {
-        auto enc = tokenizer_->Encode(item.text, /*add_special_tokens=*/false);
-        if (!enc.ok()) {
-          return job->Complete(Invalid(absl::StrCat("prompt[", i, "].text: ", std::string(enc.status().message()))));
-        }
-        tokens += static_cast<int64_t>(enc->size());
-      } else if (item.kind == atman::PromptItem::Kind::kTokenIds) {
-        tokens += static_cast<int64_t>(item.token_ids.size());
+  auto task = [this, job] {
+    try {
+      if (absl::Status stop = job->state.StopStatus(); !stop.ok())
+        return job->Complete(ToGrpc(stop));
+      const size_t device = next_device_++ % engines_.size();
+      job->device = device;
+      const atman::Explainer& explainer = *engines_[device]->explainer;
+      auto prepared_or =
+          explainer.Prepare(job->request, [job](int32_t) { return job->state.StopStatus(); });
+      if (!prepared_or.ok()) return job->Complete(ToGrpc(prepared_or.status()));
+      job->prepared = *std::move(prepared_or);
+      const atman::PreparedExplanation& prepared = *job->prepared;
+      metrics_->forward_passes->Increment(static_cast<double>(prepared.usage.forward_passes));
+      metrics_->positions->Increment(static_cast<double>(prepared.usage.positions_computed));
+      const auto n = static_cast<int64_t>(prepared.rows.size());
+      if (job->max_forward_passes > 0 &&
+          prepared.usage.forward_passes + n > job->max_forward_passes) {
+        return job->Complete(Invalid(absl::StrCat(
+            "options.max_forward_passes: the request needs ", prepared.usage.forward_passes + n,
+            " forward passes (", n, " units), more than its budget of ", job->max_forward_passes)));
       }
+      job->details = absl::StrCat("units=", n, " prompt_tokens=", prepared.prompt_tokens,
+                                  " target_tokens=", prepared.target_ids.size());
+      if (n == 0) {
+        runtime::DynamicBatcher::Result empty;
+        empty.log_probs =
+            at::zeros({0, prepared.prefix->num_targets()}, at::TensorOptions().dtype(at::kDouble));
+        return FinishExplain(job, std::move(empty));
+      }
+      const auto started = Clock::now();
+      job->Progress(0, n, 0.0);
+      auto handle = batcher_->Submit(
+          prepared.rows, job->state.deadline(),
+          [this, job](absl::StatusOr<runtime::DynamicBatcher::Result> result) {
+            if (!result.ok()) return job->Complete(ToGrpc(result.status()));
+            metrics_->queue_wait->Observe(result->queue_seconds);
+            auto finish = [this, job, result = *std::move(result)]() mutable {
+              FinishExplain(job, std::move(result));
+            };
+            if (!pool_->Submit(std::move(finish))) {
+              job->Complete(
+                  grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+            }
+          },
+          [job, started](int64_t done, int64_t total) {
+            const double elapsed = Seconds(started);
+            const double eta =
+                done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done)
+                         : 0.0;
+            job->Progress(done, total, eta);
+          },
+          device);
+      if (!handle.ok()) return job->Complete(ToGrpc(handle.status()));
+      if (!job->SetHandle(*handle)) {
+        absl::Status why = job->state.StopStatus();
+        batcher_->Cancel(*handle, why.ok() ? absl::CancelledError("cancelled") : why);
+      }
+    } catch (const std::exception& e) {
+      job->Complete(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("explain: ", e.what())));
     }
-    if (tokens > config_.max_prompt_tokens) {
-      return job->Complete(Invalid(absl::StrCat("prompt: ", tokens, " tokens > max_prompt_tokens ",
-                                                config_.max_prompt_tokens)));
-    }
-    const size_t device = next_device_++ % engines_.size();
-    const atman::Explainer& explainer = *engines_[device]->explainer;
-    auto prepared_or = explainer.Prepare(job->request);
-    if (!prepared_or.ok()) return job->Complete(ToGrpc(prepared_or.status()));
-    std::shared_ptr<atman::PreparedExplanation> prepared = *std::move(prepared_or);
-    metrics_->forward_passes->Increment(static_cast<double>(prepared->usage.forward_passes));
-    metrics_->positions->Increment(static_cast<double>(prepared->usage.positions_computed));
-    const auto n = static_cast<int64_t>(prepared->rows.size());
-    if (job->max_forward_passes > 0 && prepared->usage.forward_passes + n > job->max_forward_passes) {
-      return job->Complete(Invalid(absl::StrCat(
-          "options.max_forward_passes: the request needs ", prepared->usage.forward_passes + n,
-          " forward passes (", n, " units), more than its budget of ", job->max_forward_passes)));
-    }
-    job->details = absl::StrCat("units=", n, " prompt_tokens=", prepared->prompt_tokens,
-                                " target_tokens=", prepared->target_ids.size());
-    auto finish = [this, job, prepared, device](absl::StatusOr<runtime::DynamicBatcher::Result> result) {
-      if (!result.ok()) return job->Complete(ToGrpc(result.status()));
-      metrics_->queue_wait->Observe(result->queue_seconds);
-      pool_->Submit([this, job, prepared, device, result = *std::move(result)] {
-        prepared->usage.forward_passes += result.forward_passes;
-        prepared->usage.positions_computed += result.positions_computed;
-        prepared->usage.perturbed_rows = static_cast<int64_t>(prepared->rows.size());
-        auto explanation = engines_[device]->explainer->Finish(*prepared, result.log_probs);
-        if (!explanation.ok()) return job->Complete(ToGrpc(explanation.status()));
-        explanation->usage.peak_memory_bytes =
-            runtime::ReadMemory(engines_[device]->lm->device()).peak_bytes;
-        ToResponse(*explanation, job->request.prompt, job->return_tensors, &job->response);
-        job->response.mutable_usage()->set_queue_seconds(result.queue_seconds);
-        job->Complete(grpc::Status::OK);
-      });
-    };
-    if (n == 0) {
-      runtime::DynamicBatcher::Result empty;
-      empty.log_probs = at::zeros({0, prepared->prefix->num_targets()}, at::TensorOptions().dtype(at::kDouble));
-      return finish(std::move(empty));
-    }
-    const auto started = Clock::now();
-    auto progress = [job, started](int64_t done, int64_t total) {
-      if (!job->on_progress) return;
-      const double elapsed = Seconds(started);
-      const double eta = done > 0 ? elapsed * static_cast<double>(total - done) / static_cast<double>(done) : 0.0;
-      job->on_progress(done, total, eta);
-    };
-    if (job->on_progress) job->on_progress(0, n, 0.0);
-    auto handle = batcher_->Submit(prepared->rows, job->deadline, finish, progress, device);
-    if (!handle.ok()) return job->Complete(ToGrpc(handle.status()));
-    if (!job->SetHandle(*handle)) {
-      absl::Status cancel_why;
-      job->cancelled(&cancel_why);
-      batcher_->Cancel(*handle, cancel_why);
-    }
-  });
+  };
+  if (!pool_->Submit(std::move(task))) {
+    job->Complete(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+  }
 }
 
-// --- Explain (unary) ------------------------------------------------------------------------
+void AtmanService::FinishExplain(std::shared_ptr<ExplainJob> job,
+                                 runtime::DynamicBatcher::Result result) {
+  try {
+    atman::PreparedExplanation& prepared = *job->prepared;
+    prepared.usage.forward_passes += result.forward_passes;
+    prepared.usage.positions_computed += result.positions_computed;
+    prepared.usage.perturbed_rows = static_cast<int64_t>(prepared.rows.size());
+    const DeviceEngine& engine = *engines_[job->device];
+    auto explanation = engine.explainer->Finish(prepared, result.log_probs);
+    if (!explanation.ok()) return job->Complete(ToGrpc(explanation.status()));
+    explanation->usage.peak_memory_bytes = runtime::ReadMemory(engine.lm->device()).peak_bytes;
+    ToExplainResponse(*explanation, job->prompt_items, job->return_tensors, &job->response);
+    job->response.mutable_usage()->set_queue_seconds(result.queue_seconds);
+    job->Complete(grpc::Status::OK);
+  } catch (const std::exception& e) {
+    job->Complete(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("explain: ", e.what())));
+  }
+}
 
 namespace {
 
 class ExplainReactor final : public grpc::ServerUnaryReactor {
  public:
-  void Start(std::shared_ptr<ExplainJob> job) { job_ = std::move(job); }
+  ExplainReactor(runtime::DynamicBatcher* batcher, grpc::ByteBuffer* response)
+      : batcher_(batcher), response_(response) {}
+  void Start(std::shared_ptr<ExplainJob> job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = std::move(job);
+  }
+  void Answer(const grpc::Status& status, ::atman::v1::ExplainResponse* response) {
+    grpc::Status s = status;
+    if (s.ok() && response != nullptr) s = Serialize(*response, response_);
+    Finish(s);
+  }
   void OnCancel() override {
-    if (job_) job_->Cancel(absl::CancelledError("cancelled by the client"));
+    std::shared_ptr<ExplainJob> job;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job = job_;
+    }
+    if (job) job->Cancel(batcher_, CancelReason(job->state.deadline()));
   }
   void OnDone() override { delete this; }
 
  private:
+  runtime::DynamicBatcher* batcher_;
+  grpc::ByteBuffer* response_;
+  std::mutex mu_;
   std::shared_ptr<ExplainJob> job_;
 };
 
@@ -587,7 +554,7 @@ class ExplainReactor final : public grpc::ServerUnaryReactor {
 // callbacks find it alive after the reactor is gone.
 class StreamSink {
  public:
-  explicit StreamSink(grpc::ServerWriteReactor<pb::ExplainEvent>* reactor) : reactor_(reactor) {}
+  explicit StreamSink(grpc::ServerWriteReactor<grpc::ByteBuffer>* reactor) : reactor_(reactor) {}
 
   void Progress(int64_t done, int64_t total, double eta) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -599,14 +566,14 @@ class StreamSink {
     p->set_estimated_seconds_left(eta);
     Pump();
   }
-  void Finish(const grpc::Status& status, pb::ExplainResponse* response) {
+  void Finish(const grpc::Status& status, ::atman::v1::ExplainResponse* response) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     if (finishing_) return;
     finishing_ = true;
     status_ = status;
-    if (status.ok()) {
+    if (status.ok() && response != nullptr) {
       result_.emplace();
-      *result_->mutable_result() = *response;
+      *result_->mutable_result() = std::move(*response);
     }
     pending_progress_.reset();
     Pump();
@@ -633,7 +600,8 @@ class StreamSink {
   void Pump() {
     if (writing_ || reactor_ == nullptr || finished_) return;
     if (pending_progress_) {
-      current_ = std::move(*pending_progress_);
+      current_.Clear();
+      Serialize(*pending_progress_, &current_);
       pending_progress_.reset();
       writing_ = true;
       reactor_->StartWrite(&current_);
@@ -642,30 +610,44 @@ class StreamSink {
     if (!finishing_) return;
     finished_ = true;
     if (result_) {
-      current_ = std::move(*result_);
+      current_.Clear();
+      grpc::Status serialized = Serialize(*result_, &current_);
       result_.reset();
-      reactor_->StartWriteAndFinish(&current_, grpc::WriteOptions(), status_);
+      if (serialized.ok()) {
+        reactor_->StartWriteAndFinish(&current_, grpc::WriteOptions(), status_);
+      } else {
+        reactor_->Finish(serialized);
+      }
     } else {
       reactor_->Finish(status_);
     }
   }
 
   std::recursive_mutex mu_;
-  grpc::ServerWriteReactor<pb::ExplainEvent>* reactor_;
-  std::optional<pb::ExplainEvent> pending_progress_, result_;
-  pb::ExplainEvent current_;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* reactor_;
+  std::optional<::atman::v1::ExplainEvent> pending_progress_, result_;
+  grpc::ByteBuffer current_;
   grpc::Status status_;
   bool writing_ = false, finishing_ = false, finished_ = false;
 };
 
-class ExplainStreamReactor final : public grpc::ServerWriteReactor<pb::ExplainEvent> {
+class ExplainStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  ExplainStreamReactor() : sink_(std::make_shared<StreamSink>(this)) {}
+  explicit ExplainStreamReactor(runtime::DynamicBatcher* batcher)
+      : batcher_(batcher), sink_(std::make_shared<StreamSink>(this)) {}
   std::shared_ptr<StreamSink> sink() { return sink_; }
-  void Start(std::shared_ptr<ExplainJob> job) { job_ = std::move(job); }
+  void Start(std::shared_ptr<ExplainJob> job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    job_ = std::move(job);
+  }
   void OnWriteDone(bool ok) override { sink_->WriteDone(ok); }
   void OnCancel() override {
-    if (job_) job_->Cancel(absl::CancelledError("cancelled by the client"));
+    std::shared_ptr<ExplainJob> job;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job = job_;
+    }
+    if (job) job->Cancel(batcher_, CancelReason(job->state.deadline()));
   }
   void OnDone() override {
     sink_->Detach();
@@ -673,349 +655,191 @@ class ExplainStreamReactor final : public grpc::ServerWriteReactor<pb::ExplainEv
   }
 
  private:
+  runtime::DynamicBatcher* batcher_;
   std::shared_ptr<StreamSink> sink_;
+  std::mutex mu_;
   std::shared_ptr<ExplainJob> job_;
 };
 
 }  // namespace
 
-std::shared_ptr<ExplainJob> AtmanService::BeginExplain(grpc::CallbackServerContext* ctx,
-                                                       const pb::ExplainRequest& request,
-                                                       const char* method, ExplainFinish finish) {
-  CallInfo call{method,
-                request.request_id().empty() ? absl::StrCat("r", next_id_++) : request.request_id(),
-                Peer(ctx), Clock::now()};
-  if (grpc::Status s = Admit(ctx, /*counts_against_queue=*/true); !s.ok()) {
-    CallDone(call, s, "");
-    finish(s, nullptr);
-    return nullptr;
-  }
-  auto end = [this, call](const grpc::Status& s, const std::string& details) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --queued_explains_;
-      --inflight_;
-      metrics_->inflight->Set(static_cast<double>(inflight_));
-      if (inflight_ == 0) idle_cv_.notify_all();
-    }
-    CallDone(call, s, details);
-  };
-  grpc::Status refused;
-  std::shared_ptr<ExplainJob> job = StartExplain(ctx, request, call, &refused);
-  if (!job) {
-    end(refused, "");
-    finish(refused, nullptr);
-    return nullptr;
-  }
-  job->on_done = [finish = std::move(finish), end, job_ptr = job.get()](
-                     const grpc::Status& s, pb::ExplainResponse* r) {
-    end(s, job_ptr->details);
-    finish(s, r);
-  };
-  return job;
-}
-
 grpc::ServerUnaryReactor* AtmanService::Explain(grpc::CallbackServerContext* ctx,
-                                                const pb::ExplainRequest* request,
-                                                pb::ExplainResponse* response) {
-  auto* reactor = new ExplainReactor;
-  std::shared_ptr<ExplainJob> job =
-      BeginExplain(ctx, *request, "Explain",
-                   [reactor, response](const grpc::Status& s, pb::ExplainResponse* r) {
-                     if (s.ok() && r != nullptr) *response = std::move(*r);
-                     reactor->Finish(s);
-                   });
+                                                const grpc::ByteBuffer* request,
+                                                grpc::ByteBuffer* response) {
+  auto* reactor = new ExplainReactor(batcher_, response);
+  std::shared_ptr<ExplainJob> job = BeginExplain(
+      ctx, *request, "Explain",
+      [reactor](const grpc::Status& s, ::atman::v1::ExplainResponse* r) { reactor->Answer(s, r); });
   if (job) {
     reactor->Start(job);
-    RunExplain(job);
+    RunExplain(std::move(job));
   }
   return reactor;
 }
 
-grpc::ServerWriteReactor<pb::ExplainEvent>* AtmanService::ExplainStream(
-    grpc::CallbackServerContext* ctx, const pb::ExplainRequest* request) {
-  auto* reactor = new ExplainStreamReactor;
+grpc::ServerWriteReactor<grpc::ByteBuffer>* AtmanService::ExplainStream(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) {
+  auto* reactor = new ExplainStreamReactor(batcher_);
   std::shared_ptr<StreamSink> sink = reactor->sink();
-  std::shared_ptr<ExplainJob> job =
-      BeginExplain(ctx, *request, "ExplainStream",
-                   [sink](const grpc::Status& s, pb::ExplainResponse* r) { sink->Finish(s, r); });
+  std::shared_ptr<ExplainJob> job = BeginExplain(
+      ctx, *request, "ExplainStream",
+      [sink](const grpc::Status& s, ::atman::v1::ExplainResponse* r) { sink->Finish(s, r); });
   if (job) {
     job->on_progress = [sink](int64_t done, int64_t total, double eta) {
       sink->Progress(done, total, eta);
     };
     reactor->Start(job);
-    RunExplain(job);
+    RunExplain(std::move(job));
   }
   return reactor;
 }
 
 // --- Generate -------------------------------------------------------------------------------
 
-grpc::Status AtmanService::RunGenerate(const pb::GenerateRequest& request,
-                                       pb::GenerateResponse* response) {
-  const DeviceEngine& engine = *engines_[next_device_++ % engines_.size()];
-  const model::CausalLM& lm = *engine.lm;
-  std::vector<atman::PromptItem> prompt;
-  if (auto s = ToPrompt(request.prompt(), config_, info_.vocab_size(), &prompt); !s.ok()) return s;
-  if (auto s = CheckImages(prompt, config_); !s.ok()) return s;
-  const int32_t max_new = request.has_max_new_tokens() ? request.max_new_tokens() : 16;
-  if (max_new < 1 || max_new > config_.max_new_tokens) {
-    return Invalid(absl::StrCat("max_new_tokens: ", max_new, " is outside [1, ", config_.max_new_tokens, "]"));
-  }
-  if (!std::isfinite(request.temperature()) || request.temperature() < 0) {
-    return Invalid(absl::StrCat("temperature: ", request.temperature(), " is not a finite number >= 0"));
-  }
-  if (request.top_k() < 0) return Invalid(absl::StrCat("top_k: ", request.top_k(), " < 0"));
-  if (!std::isfinite(request.top_p()) || request.top_p() < 0 || request.top_p() > 1) {
-    return Invalid(absl::StrCat("top_p: ", request.top_p(), " is outside [0, 1]"));
-  }
-  const bool partial = request.control_token_overlap() != pb::CONTROL_TOKEN_OVERLAP_COMPLETE;
-  // The prompt as one sequence; per item, its positions and (text) token spans.
-  std::vector<int64_t> ids;
-  const bool specials = !request.has_add_special_tokens() || request.add_special_tokens();
-  if (specials) ids.insert(ids.end(), leading_specials_.begin(), leading_specials_.end());
-  struct ItemTokens {
-    int64_t first = 0;
-    text::Encoding encoding;
-    size_t count = 0;
-  };
-  std::vector<ItemTokens> items(prompt.size());
-  for (size_t i = 0; i < prompt.size(); ++i) {
-    items[i].first = static_cast<int64_t>(ids.size());
-    if (prompt[i].kind == atman::PromptItem::Kind::kImage) {
-      return Invalid(absl::StrCat("prompt[", i, "].image: the model (", info_.model_type(),
-                                  ") is text-only"));
-    }
-    if (prompt[i].kind == atman::PromptItem::Kind::kText) {
-      auto enc = tokenizer_->Encode(prompt[i].text, /*add_special_tokens=*/false);
-      if (!enc.ok()) return Invalid(absl::StrCat("prompt[", i, "].text: ", std::string(enc.status().message())));
-      items[i].encoding = *std::move(enc);
-      for (int32_t id : items[i].encoding.ids) ids.push_back(id);
-      items[i].count = items[i].encoding.size();
-    } else {
-      for (int32_t id : prompt[i].token_ids) ids.push_back(id);
-      items[i].count = prompt[i].token_ids.size();
-    }
-  }
-  if (ids.empty()) return Invalid("prompt: empty (its items hold no tokens)");
-  if (static_cast<int64_t>(ids.size()) > config_.max_prompt_tokens) {
-    return Invalid(absl::StrCat("prompt: ", ids.size(), " tokens > max_prompt_tokens ", config_.max_prompt_tokens));
-  }
-  // Steering controls -> key factors on prompt positions.
-  std::map<int64_t, double> factors;
-  for (int c = 0; c < request.controls_size(); ++c) {
-    const pb::AttentionControl& ctl = request.controls(c);
-    const std::string field = absl::StrCat("controls[", c, "]");
-    if (ctl.item() < 0 || ctl.item() >= static_cast<int32_t>(items.size())) {
-      return Invalid(absl::StrCat(field, ".item: ", ctl.item(), " is not a prompt item index"));
-    }
-    if (!std::isfinite(ctl.factor()) || ctl.factor() < 0) {
-      return Invalid(absl::StrCat(field, ".factor: ", ctl.factor(), " is not a finite number >= 0"));
-    }
-    if (ctl.start() < 0 || ctl.length() < 0) return Invalid(absl::StrCat(field, ": negative start or length"));
-    const ItemTokens& it = items[static_cast<size_t>(ctl.item())];
-    if (prompt[static_cast<size_t>(ctl.item())].kind == atman::PromptItem::Kind::kText) {
-      const int32_t end = ctl.length() == 0 ? std::numeric_limits<int32_t>::max() : ctl.start() + ctl.length();
-      for (size_t t = 0; t < it.count; ++t) {
-        const auto& span = it.encoding.spans[t];
-        const int32_t lo = std::max(span.char_begin, ctl.start());
-        const int32_t hi = std::min(span.char_end, end);
-        if (hi <= lo) continue;
-        const double fraction = span.char_end > span.char_begin
-                                    ? static_cast<double>(hi - lo) / (span.char_end - span.char_begin)
-                                    : 1.0;
-        factors[it.first + static_cast<int64_t>(t)] =
-            partial ? 1.0 + (ctl.factor() - 1.0) * fraction : ctl.factor();
-      }
-    } else {
-      const size_t end = ctl.length() == 0 ? it.count : std::min<size_t>(it.count, static_cast<size_t>(ctl.start() + ctl.length()));
-      for (size_t t = static_cast<size_t>(ctl.start()); t < end; ++t) factors[it.first + static_cast<int64_t>(t)] = ctl.factor();
-    }
-  }
-  for (int32_t l : request.layers()) {
-    if (l < 0 || l >= info_.num_layers()) {
-      return Invalid(absl::StrCat("layers: ", l, " is outside [0, ", info_.num_layers(), ")"));
-    }
-  }
-  model::AttentionControl control;
-  control.mode = request.control_mode() == pb::CONTROL_MODE_MULTIPLICATIVE ? model::ControlMode::kMultiplicative
-                                                                            : model::ControlMode::kLogAdditive;
-  control.layers.assign(request.layers().begin(), request.layers().end());
-  control.rows.emplace_back();
-  for (const auto& [pos, f] : factors) {
-    if (f != 1.0) control.rows[0].push_back({pos, f});
-  }
-  const bool steered = !control.rows[0].empty();
+namespace {
 
-  const auto eos = tokenizer_->special_ids().eos;
-  const bool stop_at_eos = !request.has_stop_at_eos() || request.stop_at_eos();
-  std::mt19937_64 rng(request.seed());
-  const int64_t context = info_.max_positions() > 0 ? info_.max_positions() : 4096;
-  pb::Usage* usage = response->mutable_usage();
-  usage->set_prompt_tokens(static_cast<int64_t>(ids.size()));
-  const auto started = Clock::now();
-  try {
-    model::KvCache cache;
-    std::vector<int64_t> next = ids;
-    int64_t past = 0;
-    std::vector<int32_t> out;
-    response->set_finish_reason(pb::GenerateResponse::FINISH_REASON_LENGTH);
-    for (int32_t step = 0; step < max_new; ++step) {
-      if (past + static_cast<int64_t>(next.size()) > context) {
-        response->set_finish_reason(pb::GenerateResponse::FINISH_REASON_CONTEXT);
-        break;
-      }
-      auto embeds = lm.Embed(at::tensor(next, at::TensorOptions().dtype(at::kLong)).unsqueeze(0));
-      if (!embeds.ok()) return ToGrpc(embeds.status());
-      const auto T = static_cast<int64_t>(next.size());
-      model::KvCache present;
-      model::ForwardInput input;
-      input.embeds = *embeds;
-      input.past = past > 0 ? &cache : nullptr;
-      input.past_length = past;
-      input.present = &present;
-      input.control = steered ? &control : nullptr;
-      input.output.kind = model::OutputRequest::Kind::kLogits;
-      input.output.indices = at::tensor(std::vector<int64_t>{past + T - 1}, at::TensorOptions().dtype(at::kLong))
-                                 .unsqueeze(0)
-                                 .to(lm.device());
-      auto result = lm.Forward(input);
-      if (!result.ok()) return ToGrpc(result.status());
-      usage->set_forward_passes(usage->forward_passes() + 1);
-      usage->set_positions_computed(usage->positions_computed() + T);
-      metrics_->forward_passes->Increment();
-      metrics_->positions->Increment(static_cast<double>(T));
-      at::Tensor logits = result->logits.reshape({-1}).to(at::kCPU).to(at::kFloat);
-      int32_t token = 0;
-      if (request.temperature() <= 0) {
-        token = static_cast<int32_t>(at::argmax(logits).item<int64_t>());
-      } else {
-        at::Tensor probs = at::softmax(logits / request.temperature(), 0);
-        auto [sorted, order] = at::sort(probs, 0, /*descending=*/true);
-        const float* p = sorted.data_ptr<float>();
-        const int64_t* o = order.data_ptr<int64_t>();
-        int64_t keep = sorted.size(0);
-        if (request.top_k() > 0) keep = std::min<int64_t>(keep, request.top_k());
-        if (request.top_p() > 0 && request.top_p() < 1) {
-          double cum = 0;
-          for (int64_t k = 0; k < keep; ++k) {
-            cum += p[k];
-            if (cum >= request.top_p()) {
-              keep = k + 1;
-              break;
-            }
-          }
-        }
-        double total = 0;
-        for (int64_t k = 0; k < keep; ++k) total += p[k];
-        double u = std::uniform_real_distribution<double>(0.0, total)(rng);
-        int64_t pick = keep - 1;
-        for (int64_t k = 0; k < keep; ++k) {
-          u -= p[k];
-          if (u <= 0) {
-            pick = k;
-            break;
-          }
-        }
-        token = static_cast<int32_t>(o[pick]);
-      }
-      if (stop_at_eos && eos.has_value() && token == *eos) {
-        response->set_finish_reason(pb::GenerateResponse::FINISH_REASON_EOS);
-        break;
-      }
-      out.push_back(token);
-      cache = std::move(present);
-      past += T;
-      next = {token};
-    }
-    for (int32_t t : out) response->add_token_ids(t);
-    auto text = tokenizer_->Decode(out);
-    if (!text.ok()) return ToGrpc(text.status());
-    response->set_text(*text);
-    usage->set_target_tokens(static_cast<int64_t>(out.size()));
-  } catch (const std::exception& e) {
-    return ToGrpc(StatusFromException(e, "generate"));
-  }
-  usage->set_compute_seconds(Seconds(started));
-  return grpc::Status::OK;
-}
+class GenerateReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit GenerateReactor(std::shared_ptr<CallState> state) : state_(std::move(state)) {}
+  void OnCancel() override { state_->Cancel(CancelReason(state_->deadline())); }
+  void OnDone() override { delete this; }
+
+ private:
+  std::shared_ptr<CallState> state_;
+};
+
+}  // namespace
 
 grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ctx,
-                                                 const pb::GenerateRequest* request,
-                                                 pb::GenerateResponse* response) {
-  auto* reactor = ctx->DefaultReactor();
-  CallInfo call{"Generate",
-                request->request_id().empty() ? absl::StrCat("r", next_id_++) : request->request_id(),
-                Peer(ctx), Clock::now()};
-  if (grpc::Status s = Admit(ctx, /*counts_against_queue=*/false); !s.ok()) {
+                                                 const grpc::ByteBuffer* bytes,
+                                                 grpc::ByteBuffer* response) {
+  auto state = std::make_shared<CallState>(Deadline(ctx));
+  auto* reactor = new GenerateReactor(state);
+  CallInfo call{"Generate", NewRequestId(), ctx->peer(), Clock::now()};
+  std::unique_ptr<CallTicket> ticket;
+  if (grpc::Status s = Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);
     return reactor;
   }
-  pool_->Submit([this, reactor, request, response, call] {
-    response->set_request_id(call.request_id);
-    grpc::Status s = RunGenerate(*request, response);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      --inflight_;
-      metrics_->inflight->Set(static_cast<double>(inflight_));
-      if (inflight_ == 0) idle_cv_.notify_all();
-    }
-    CallDone(call, s, absl::StrCat("new_tokens=", response->token_ids_size()));
+  auto request = std::make_shared<::atman::v1::GenerateRequest>();
+  absl::Status parsed = ParseRequest(Flatten(bytes), request.get());
+  if (parsed.ok()) parsed = CheckRequestId(request->request_id());
+  absl::StatusOr<atman::GenerationRequest> converted =
+      parsed.ok() ? ToGenerationRequest(*request)
+                  : absl::StatusOr<atman::GenerationRequest>(parsed);
+  if (!converted.ok()) {
+    const grpc::Status s = ToGrpc(converted.status());
+    ticket->End(s, "");
     reactor->Finish(s);
-  });
+    return reactor;
+  }
+  if (!request->request_id().empty()) ticket->set_request_id(request->request_id());
+  const std::string request_id = ticket->info().request_id;
+  // The ticket and the engine request move into the task (shared: std::function copies).
+  auto work = std::make_shared<std::pair<std::unique_ptr<CallTicket>, atman::GenerationRequest>>(
+      std::move(ticket), *std::move(converted));
+  auto task = [this, reactor, response, state, work, request_id] {
+    CallTicket& ticket = *work->first;
+    ::atman::v1::GenerateResponse out;
+    out.set_request_id(request_id);
+    grpc::Status s;
+    std::string details;
+    try {
+      const auto started = Clock::now();
+      const DeviceEngine& engine = *engines_[next_device_++ % engines_.size()];
+      auto generation = engine.explainer->Generate(work->second, [this, state](int32_t) {
+        WaitWhileHeld(*state);
+        return state->StopStatus();
+      });
+      if (generation.ok()) {
+        metrics_->forward_passes->Increment(static_cast<double>(generation->usage.forward_passes));
+        metrics_->positions->Increment(static_cast<double>(generation->usage.positions_computed));
+        ToGenerateResponse(*generation, &out);
+        out.mutable_usage()->set_compute_seconds(Seconds(started));
+        details = absl::StrCat("new_tokens=", generation->token_ids.size(),
+                               " prompt_tokens=", generation->prompt_tokens);
+        s = Serialize(out, response);
+      } else {
+        s = ToGrpc(generation.status());
+      }
+    } catch (const std::exception& e) {
+      s = grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("generate: ", e.what()));
+    }
+    work->second = atman::GenerationRequest();  // the prompt's bytes go now, not with the task
+    ticket.End(s, details);
+    reactor->Finish(s);
+  };
+  if (!pool_->Submit(std::move(task))) {
+    const grpc::Status s(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+    work->first->End(s, "");
+    reactor->Finish(s);
+  }
   return reactor;
 }
 
 // --- Tokenize, GetModelInfo -----------------------------------------------------------------
 
 grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ctx,
-                                                 const pb::TokenizeRequest* request,
-                                                 pb::TokenizeResponse* response) {
+                                                 const grpc::ByteBuffer* bytes,
+                                                 grpc::ByteBuffer* response) {
   auto* reactor = ctx->DefaultReactor();
-  CallInfo call{"Tokenize", absl::StrCat("r", next_id_++), Peer(ctx), Clock::now()};
-  grpc::Status s = Admit(ctx, /*counts_against_queue=*/false);
-  if (s.ok()) {
-    const bool specials = !request->has_add_special_tokens() || request->add_special_tokens();
-    auto enc = tokenizer_->Encode(request->text(), specials);
+  CallInfo call{"Tokenize", NewRequestId(), ctx->peer(), Clock::now()};
+  std::unique_ptr<CallTicket> ticket;
+  grpc::Status s = Admit(ctx, call, /*queued=*/false, &ticket);
+  if (!s.ok()) {
+    CallDone(call, s, "");
+    reactor->Finish(s);
+    return reactor;
+  }
+  ::atman::v1::TokenizeRequest request;
+  ::atman::v1::TokenizeResponse out;
+  if (absl::Status parsed = ParseRequest(Flatten(bytes), &request); !parsed.ok()) {
+    s = ToGrpc(parsed);
+  } else {
+    const bool specials = !request.has_add_special_tokens() || request.add_special_tokens();
+    auto enc = tokenizer_->Encode(request.text(), specials);
     if (!enc.ok()) {
       s = Invalid(absl::StrCat("text: ", std::string(enc.status().message())));
     } else if (static_cast<int64_t>(enc->size()) > config_.max_prompt_tokens) {
-      s = Invalid(absl::StrCat("text: ", enc->size(), " tokens > max_prompt_tokens ", config_.max_prompt_tokens));
+      s = Invalid(absl::StrCat("text: ", enc->size(), " tokens > max_prompt_tokens ",
+                               config_.max_prompt_tokens));
     } else {
       for (size_t i = 0; i < enc->size(); ++i) {
-        pb::Token* t = response->add_tokens();
+        ::atman::v1::Token* t = out.add_tokens();
         t->set_id(enc->ids[i]);
         t->set_text(enc->tokens[i]);
         t->set_start(enc->spans[i].char_begin);
         t->set_length(enc->spans[i].char_end - enc->spans[i].char_begin);
         t->set_special(enc->special_tokens_mask[i] != 0);
       }
+      s = Serialize(out, response);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    --inflight_;
-    metrics_->inflight->Set(static_cast<double>(inflight_));
-    if (inflight_ == 0) idle_cv_.notify_all();
   }
-  CallDone(call, s, "");
+  ticket->End(s, "");
   reactor->Finish(s);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* AtmanService::GetModelInfo(grpc::CallbackServerContext* ctx,
-                                                     const pb::GetModelInfoRequest*,
-                                                     pb::ModelInfo* response) {
+                                                     const grpc::ByteBuffer* bytes,
+                                                     grpc::ByteBuffer* response) {
   auto* reactor = ctx->DefaultReactor();
-  CallInfo call{"GetModelInfo", absl::StrCat("r", next_id_++), Peer(ctx), Clock::now()};
-  grpc::Status s = Admit(ctx, /*counts_against_queue=*/false);
-  if (s.ok()) {
-    *response = info_;
-    std::lock_guard<std::mutex> lock(mu_);
-    --inflight_;
-    metrics_->inflight->Set(static_cast<double>(inflight_));
-    if (inflight_ == 0) idle_cv_.notify_all();
+  CallInfo call{"GetModelInfo", NewRequestId(), ctx->peer(), Clock::now()};
+  std::unique_ptr<CallTicket> ticket;
+  grpc::Status s = Admit(ctx, call, /*queued=*/false, &ticket);
+  if (!s.ok()) {
+    CallDone(call, s, "");
+    reactor->Finish(s);
+    return reactor;
   }
-  CallDone(call, s, "");
+  ::atman::v1::GetModelInfoRequest request;
+  if (absl::Status parsed = ParseRequest(Flatten(bytes), &request); !parsed.ok()) {
+    s = ToGrpc(parsed);
+  } else {
+    s = Serialize(info_, response);
+  }
+  ticket->End(s, "");
   reactor->Finish(s);
   return reactor;
 }

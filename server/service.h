@@ -1,16 +1,31 @@
-// The atman.v1.Atman gRPC service (callback API): handlers authenticate, validate, enqueue
-// and return; no gRPC thread runs a forward pass.
+// The atman.v1.Atman gRPC service (callback API). A handler authenticates, admits, parses and
+// hands the call to the engine on the prepare pool, then returns; no gRPC thread runs a
+// forward pass.
 //
-//   Explain / ExplainStream   the engine's Prepare (tokenize, unperturbed pass, rows) on the
-//                             prepare pool -> rows into the shared DynamicBatcher -> Finish
-//                             (scores) on the prepare pool -> response. A client cancel or
-//                             deadline removes the request's rows from the batcher at once.
-//   Generate                  greedy or sampled completion, optionally steered, on the pool.
+//   Explain / ExplainStream   engine Prepare (tokenize, unperturbed pass, rows) on the pool ->
+//                             rows into the shared DynamicBatcher -> engine Finish (scores) on
+//                             the pool -> response. A client cancel or the deadline removes the
+//                             request's rows from the batcher at once.
+//   Generate                  engine Generate on the pool, stopped between steps by a client
+//                             cancel or the deadline.
 //   Tokenize, GetModelInfo    answered on the gRPC thread (no forward pass).
 //
+// Every method is registered "raw" (the request arrives as bytes): a request that does not
+// parse, or holds invalid UTF-8 in a string field, gets INVALID_ARGUMENT naming the problem
+// and is logged and counted like any other call (gRPC's own parser would answer UNIMPLEMENTED
+// with no message and count nothing). proto_conversion.h does the conversions; the engine
+// validates what it is asked.
+//
+// Admission: UNAUTHENTICATED (token), UNAVAILABLE (draining), RESOURCE_EXHAUSTED (more than
+// max_queued_requests Explain/ExplainStream/Generate calls admitted and not finished). Every
+// admitted call is counted in flight until its status is sent (an RAII ticket); every call,
+// admitted or not, ends with one log line and one atman_requests_total increment.
+//
 // Ownership: the service borrows everything it is given (engines, tokenizer, batcher, pool,
-// metrics, logger); they must outlive it and every call it started. Thread safety: gRPC
-// calls the handlers from many threads; all shared state is synchronised.
+// metrics, logger); they must outlive it and every call it started. A finished call leaves
+// nothing behind: its job, prepared explanation (KV prefix cache) and batcher request are
+// released when its status is sent. Thread safety: gRPC calls the handlers from many threads;
+// all shared state is synchronised.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -25,6 +40,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "atman/v1/atman.grpc.pb.h"
 #include "core/atman/explainer.h"
 #include "core/model/causal_lm.h"
@@ -40,12 +57,13 @@ class logger;
 namespace atman::server {
 
 // A fixed set of threads running queued tasks in order. Shutdown() runs the tasks already
-// queued, then joins. Thread-safe.
+// queued, then joins; Submit() after Shutdown() refuses (returns false). A task that throws
+// is reported to `on_exception` (the worker lives on). Thread-safe.
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);
+  explicit ThreadPool(int threads, std::function<void(const std::string&)> on_exception = {});
   ~ThreadPool();
-  void Submit(std::function<void()> task);
+  bool Submit(std::function<void()> task);
   void Shutdown();
 
  private:
@@ -53,12 +71,13 @@ class ThreadPool {
   std::condition_variable cv_;
   std::deque<std::function<void()>> tasks_;
   bool stopping_ = false;
+  std::function<void(const std::string&)> on_exception_;
   std::vector<std::thread> threads_;
 };
 
 // The model on one device, and the engine over it.
 struct DeviceEngine {
-  std::string device_name;  // "cpu", "cuda:0"
+  std::string device_name;      // "cpu", "cuda:0"
   std::shared_ptr<void> owner;  // keeps the loaded model (CausalLM or VisionLanguageModel)
   const model::CausalLM* lm = nullptr;
   // Vision-language models: the image processor the explainer borrows (from the model folder's
@@ -67,64 +86,79 @@ struct DeviceEngine {
   std::unique_ptr<atman::Explainer> explainer;
 };
 
-class ExplainJob;
+using RawAtmanService = ::atman::v1::Atman::WithRawCallbackMethod_Explain<
+    ::atman::v1::Atman::WithRawCallbackMethod_ExplainStream<
+        ::atman::v1::Atman::WithRawCallbackMethod_Generate<
+            ::atman::v1::Atman::WithRawCallbackMethod_Tokenize<
+                ::atman::v1::Atman::WithRawCallbackMethod_GetModelInfo<
+                    ::atman::v1::Atman::Service>>>>>;
 
-class AtmanService final : public ::atman::v1::Atman::CallbackService {
+class ExplainJob;
+class CallTicket;
+class CallState;
+
+class AtmanService final : public RawAtmanService {
  public:
   AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
-               const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher,
-               ThreadPool* pool, Metrics* metrics, std::shared_ptr<spdlog::logger> log,
-               ::atman::v1::ModelInfo info);
+               const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher, ThreadPool* pool,
+               Metrics* metrics, std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
 
   grpc::ServerUnaryReactor* Explain(grpc::CallbackServerContext* ctx,
-                                    const ::atman::v1::ExplainRequest* request,
-                                    ::atman::v1::ExplainResponse* response) override;
-  grpc::ServerWriteReactor<::atman::v1::ExplainEvent>* ExplainStream(
-      grpc::CallbackServerContext* ctx, const ::atman::v1::ExplainRequest* request) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExplainStream(
+      grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx,
-                                     const ::atman::v1::GenerateRequest* request,
-                                     ::atman::v1::GenerateResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx,
-                                     const ::atman::v1::TokenizeRequest* request,
-                                     ::atman::v1::TokenizeResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx,
-                                         const ::atman::v1::GetModelInfoRequest* request,
-                                         ::atman::v1::ModelInfo* response) override;
+                                         const grpc::ByteBuffer* request,
+                                         grpc::ByteBuffer* response) override;
 
-  // New calls get UNAVAILABLE from now on.
+  // New calls get UNAVAILABLE from now on (counted and logged).
   void StartDraining();
   // Blocks until no call is in flight or `deadline`; true when none is left.
   bool WaitForIdle(std::chrono::steady_clock::time_point deadline);
   int64_t inflight() const;
+  // When the last call arrived (admitted or not).
+  std::chrono::steady_clock::time_point last_arrival() const;
 
-  // Used by ExplainJob / the reactors.
+  // An observable pause (operators, tests): no scoring batch starts and no generation step
+  // runs until Release(); calls still arrive, queue, cancel and expire.
+  void Hold();
+  void Release();
+  bool held() const;
+
+  // What a call is, for its log line and metrics.
   struct CallInfo {
     std::string method, request_id, peer;
     std::chrono::steady_clock::time_point started;
   };
+  // One finished call: atman_requests_total, the duration histogram and the log line.
   void CallDone(const CallInfo& call, const grpc::Status& status, const std::string& details);
-  const Config& config() const { return config_; }
 
  private:
   friend class ExplainJob;
+  friend class CallTicket;
 
-  // UNAUTHENTICATED / UNAVAILABLE / RESOURCE_EXHAUSTED before any work; OK admits the call
-  // (inflight counted until CallDone).
-  grpc::Status Admit(grpc::CallbackServerContext* ctx, bool counts_against_queue);
-  std::shared_ptr<ExplainJob> StartExplain(grpc::CallbackServerContext* ctx,
-                                           const ::atman::v1::ExplainRequest& request,
-                                           CallInfo call, grpc::Status* refused);
-  void RunExplain(std::shared_ptr<ExplainJob> job);
-  // What Explain and ExplainStream share: admit, count, validate and prepare the request. The
-  // final status (and the response when OK) goes to `finish` exactly once, after the call's
-  // accounting (queue, inflight, CallDone). Returns the job to run, or null when the call has
-  // already been finished (refused or invalid).
+  // Authentication, draining and the queue limit. OK admits the call: `*ticket` then counts
+  // it in flight until the ticket ends.
+  grpc::Status Admit(grpc::CallbackServerContext* ctx, const CallInfo& call, bool queued,
+                     std::unique_ptr<CallTicket>* ticket);
+  // Admission and parsing shared by Explain and ExplainStream; null when the call has already
+  // been answered through `finish`.
   using ExplainFinish = std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)>;
   std::shared_ptr<ExplainJob> BeginExplain(grpc::CallbackServerContext* ctx,
-                                           const ::atman::v1::ExplainRequest& request,
-                                           const char* method, ExplainFinish finish);
-  grpc::Status RunGenerate(const ::atman::v1::GenerateRequest& request,
-                           ::atman::v1::GenerateResponse* response);
+                                           const grpc::ByteBuffer& request, const char* method,
+                                           ExplainFinish finish);
+  void RunExplain(std::shared_ptr<ExplainJob> job);
+  void FinishExplain(std::shared_ptr<ExplainJob> job, runtime::DynamicBatcher::Result result);
+  // Blocks while Hold() is in effect, unless the call is cancelled or expired meanwhile.
+  void WaitWhileHeld(const CallState& call) const;
+  std::string NewRequestId();
 
   const Config& config_;
   std::vector<DeviceEngine*> engines_;
@@ -134,13 +168,15 @@ class AtmanService final : public ::atman::v1::Atman::CallbackService {
   Metrics* metrics_;
   std::shared_ptr<spdlog::logger> log_;
   ::atman::v1::ModelInfo info_;
-  std::vector<int32_t> leading_specials_;
   std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_device_{0}, next_id_{0};
-  mutable std::mutex mu_;
-  std::condition_variable idle_cv_;
-  int64_t inflight_ = 0;
-  int64_t queued_explains_ = 0;  // admitted Explain/ExplainStream calls not yet done
+  std::atomic<int64_t> last_arrival_{0};  // steady clock, nanoseconds since its epoch
+
+  mutable absl::Mutex mu_;
+  int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t queued_calls_ ABSL_GUARDED_BY(mu_) = 0;  // admitted Explain/Stream/Generate calls
+  mutable absl::Mutex hold_mu_;
+  bool held_ ABSL_GUARDED_BY(hold_mu_) = false;
 };
 
 // Exposed for tests of the conversion: absl status -> gRPC status, and a code's name.

@@ -210,6 +210,12 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<
   size_t content = 0;
   for (const auto& item : seq.items) content += item.positions.size();
   if (content == 0) return absl::InvalidArgumentError("prompt: empty (its items hold no tokens)");
+  if (options_.max_prompt_tokens > 0 &&
+      static_cast<int64_t>(seq.ids.size()) > options_.max_prompt_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt: ", seq.ids.size(), " tokens > max_prompt_tokens ",
+                     options_.max_prompt_tokens, " (image tokens and leading specials count)"));
+  }
   return seq;
 }
 

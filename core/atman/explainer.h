@@ -73,7 +73,10 @@ class Explainer {
     int32_t max_units = 1024;            // more units in one request is INVALID_ARGUMENT
     int32_t max_new_tokens_limit = 256;  // cap on ExplainOptions::max_new_tokens
     int64_t max_sequence = 0;            // 0: the model's position limit, else 4096
-    vision::DecodeLimits image_limits;   // per image: encoded bytes and pixels
+    // Longest prompt in tokens (image tokens and leading specials included); 0: only the
+    // model's context limits it.
+    int64_t max_prompt_tokens = 0;
+    vision::DecodeLimits image_limits;  // per image: encoded bytes and pixels
   };
 
   // A text-only model.

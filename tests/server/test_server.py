@@ -1,7 +1,7 @@
 """atman-server against clients that are not ours (Python grpcio with stubs generated from the
 proto, and a reflection-only client), on 127.0.0.1: the same scores as the engine computes in
 process, concurrency, cancellation, deadlines, overload, drain on SIGTERM, OOM split, TLS, mTLS,
-tokens, bad inputs, metrics."""
+tokens, metrics. Bad inputs and the hardening findings: test_hardening.py."""
 import concurrent.futures
 import json
 import os
@@ -134,53 +134,64 @@ def test_sixteen_concurrent_clients_get_their_own_results(server):
 
 
 @pytest.fixture(scope="module")
-def slow_server():
-    """One row per batch, one worker: a big request takes a while."""
-    s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0")
+def held_server():
+    """One row per batch, one worker, test hooks on: tests hold it to keep work queued."""
+    s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0", "--test-hooks", "true")
     yield s
     assert s.stop() == 0, s.output()
 
 
-def test_cancellation_drops_the_request(slow_server):
-    server = slow_server
-    before = server.metrics()
+def test_cancellation_drops_the_request(held_server):
+    server = held_server
+    server.hold()
+    before = server.count("Explain", "CANCELLED")
     futures = [server.stub.Explain.future(big_request(), timeout=60) for _ in range(4)]
-    time.sleep(0.1)
+    # All four are in the batcher (held: none can finish) before any is cancelled.
+    server.wait_metrics(lambda m: m["atman_queued_requests"] == 4, "four queued requests")
     for f in futures:
         f.cancel()
     for f in futures:
-        assert f.cancelled() or f.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK)
-    # the server saw the cancellations and its queue is empty again
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        m = server.metrics()
-        if m.get("atman_queue_depth_rows", 1) == 0 and m.get("atman_inflight_requests", 1) == 0:
-            break
-        time.sleep(0.1)
-    key = 'atman_requests_total{code="CANCELLED",method="Explain"}'
-    assert m.get(key, 0) > before.get(key, 0), "no Explain call ended CANCELLED on the server"
-    assert m["atman_queue_depth_rows"] == 0 and m["atman_inflight_requests"] == 0
-    # and keeps serving
+        assert f.cancelled()
+    # The server saw the cancellations: its queue is empty again although nothing ran.
+    m = server.idle()
+    assert server.count("Explain", "CANCELLED") == before + 4
+    assert m["atman_test_hold"] == 1
+    server.release()
     assert server.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
 
 
-def test_deadline_exceeded(slow_server):
-    server = slow_server
+def test_deadline_exceeded(held_server):
+    server = held_server
+    server.hold()
+    before = server.count("Explain", "DEADLINE_EXCEEDED")
     with pytest.raises(grpc.RpcError) as e:
-        server.stub.Explain(big_request(), timeout=0.05)
+        server.stub.Explain(big_request(), timeout=0.5)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server dropped the work by itself (still held: nothing ran it to completion).
+    server.wait_metrics(lambda m: m.get('atman_requests_total{code="DEADLINE_EXCEEDED",method="Explain"}', 0)
+                        == before + 1, "the server-side deadline")
+    server.idle()
+    server.release()
     assert server.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
 
 
 def test_overload_is_resource_exhausted():
-    s = Server("--max-queued-requests", "1", "--max-batch-rows", "1", "--max-queue-delay-ms", "0")
+    s = Server("--max-queued-requests", "1", "--max-batch-rows", "1", "--max-queue-delay-ms", "0",
+               "--test-hooks", "true")
     try:
+        s.hold()
         first = s.stub.Explain.future(big_request(), timeout=120)
-        time.sleep(0.3)
-        with pytest.raises(grpc.RpcError) as e:
-            s.stub.Explain(to_proto(REQUESTS[0]), timeout=60)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_queued_requests" in e.value.details()
+        s.wait_metrics(lambda m: m["atman_inflight_requests"] == 1, "the first call admitted")
+        for call in (lambda: s.stub.Explain(to_proto(REQUESTS[0]), timeout=60),
+                     lambda: list(s.stub.ExplainStream(to_proto(REQUESTS[0]), timeout=60)),
+                     lambda: s.stub.Generate(pb.GenerateRequest(prompt=[pb.PromptItem(text="Tom")]), timeout=60)):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_queued_requests" in e.value.details()
+        # Tokenize and GetModelInfo do not queue.
+        assert s.stub.Tokenize(pb.TokenizeRequest(text="Tom"), timeout=60).tokens
+        s.release()
         assert first.result().explanations
         assert s.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
     finally:
@@ -188,20 +199,27 @@ def test_overload_is_resource_exhausted():
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero():
-    s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0", "--drain-grace-seconds", "60")
+    s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0", "--drain-grace-seconds", "600",
+               "--test-hooks", "true")
     health = health_pb2_grpc.HealthStub(s.channel)
-    in_flight = [s.stub.Explain.future(big_request(), timeout=120) for _ in range(2)]
-    time.sleep(0.3)
+    s.hold()
+    in_flight = [s.stub.Explain.future(big_request(), timeout=600) for _ in range(2)]
+    s.wait_metrics(lambda m: m["atman_queued_requests"] == 2, "two queued requests")
     s.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-    with pytest.raises(grpc.RpcError) as e:
-        s.stub.Explain(to_proto(REQUESTS[0]), timeout=10)
-    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    while health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30).status != \
+            health_pb2.HealthCheckResponse.NOT_SERVING:
+        time.sleep(0.02)
+    for call in (lambda: s.stub.Explain(to_proto(REQUESTS[0]), timeout=30),
+                 lambda: s.stub.Tokenize(pb.TokenizeRequest(text="Tom"), timeout=30)):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The held calls are still in flight (the drain waits for them) until the hold ends.
+    assert s.proc.poll() is None and not any(f.done() for f in in_flight)
+    s.release()
     for f in in_flight:
         assert f.result().explanations  # finished, not cut
-    assert s.proc.wait(timeout=60) == 0, s.output()
+    assert s.proc.wait(timeout=600) == 0, s.output()
     assert "drained" in s.output()
     s.stop()
 
@@ -278,90 +296,12 @@ def test_bearer_tokens():
         assert s.stop() == 0
 
 
-def _png(width, height):
-    import io
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 10, 10)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def bad_inputs():
-    ok = dict(target=" Paris", options=pb.ExplainOptions())
-    text = pb.PromptItem(text=PROMPT_A)
-    return [
-        ("empty prompt", pb.ExplainRequest(**ok), "prompt"),
-        ("empty text", pb.ExplainRequest(prompt=[pb.PromptItem(text="")], **ok), "prompt"),
-        ("unset item", pb.ExplainRequest(prompt=[pb.PromptItem()], **ok), "prompt[0]"),
-        ("unknown granularity", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                                  options=pb.ExplainOptions(text_granularity=99)), "options.text_granularity"),
-        ("unknown mode", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                           options=pb.ExplainOptions(control_mode=7)), "options.control_mode"),
-        ("unknown postprocessing", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                                     options=pb.ExplainOptions(postprocessing=9)), "options.postprocessing"),
-        ("NaN factor", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                         options=pb.ExplainOptions(control_factor=float("nan"))), "options.control_factor"),
-        ("negative factor", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                              options=pb.ExplainOptions(control_factor=-1)), "options.control_factor"),
-        ("threshold > 1", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                            options=pb.ExplainOptions(contextual_control_threshold=1.5)),
-         "options.contextual_control_threshold"),
-        ("layer outside", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                            options=pb.ExplainOptions(layers=[3])), "layers"),
-        ("oversized image", pb.ExplainRequest(prompt=[pb.PromptItem(image=b"\x89PNG" + b"0" * 300_000)], target=" x"),
-         "prompt[0].image"),
-        ("corrupt image", pb.ExplainRequest(prompt=[pb.PromptItem(image=b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)],
-                                            target=" x"), "prompt[0].image"),
-        ("too many pixels", pb.ExplainRequest(prompt=[pb.PromptItem(image=_png(120, 100))], target=" x"),
-         "prompt[0].image"),
-        ("image for a text-only model", pb.ExplainRequest(prompt=[pb.PromptItem(image=_png(8, 8))], target=" x"),
-         "image"),
-        ("token id out of range", pb.ExplainRequest(prompt=[pb.PromptItem(token_ids=pb.TokenIds(ids=[1, 100000]))],
-                                                    target=" x"), "prompt[0].token_ids.ids[1]"),
-        ("negative token id", pb.ExplainRequest(prompt=[pb.PromptItem(token_ids=pb.TokenIds(ids=[-1]))],
-                                                target=" x"), "prompt[0].token_ids.ids[0]"),
-        ("too many units", pb.ExplainRequest(prompt=[pb.PromptItem(text=LONG)], target=" x",
-                                             options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_TOKEN)),
-         "units"),
-        ("prompt too long", pb.ExplainRequest(prompt=[pb.PromptItem(text=LONG * 3)], target=" x"), "max_prompt_tokens"),
-        ("target too long", pb.ExplainRequest(prompt=[text], target=LONG + LONG), "target"),
-        ("forward pass budget", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                                  options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_TOKEN,
-                                                                            max_forward_passes=3)),
-         "options.max_forward_passes"),
-        ("max_new_tokens 0", pb.ExplainRequest(prompt=[text], options=pb.ExplainOptions(max_new_tokens=0)),
-         "options.max_new_tokens"),
-        ("custom without delimiter", pb.ExplainRequest(prompt=[text], target=" Paris",
-                                                       options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_CUSTOM)),
-         "custom_delimiter"),
-    ]
-
-
-@pytest.fixture(scope="module")
-def limited_server():
-    s = Server("--max-units", "100", "--max-prompt-tokens", "300", "--max-image-bytes", "200000",
-               "--max-image-pixels", "10000")
-    yield s
-    assert s.stop() == 0, s.output()
-
-
-@pytest.mark.parametrize("name,request_,field", bad_inputs(), ids=[b[0] for b in bad_inputs()])
-def test_bad_input_is_invalid_argument_naming_the_field(limited_server, name, request_, field):
-    with pytest.raises(grpc.RpcError) as e:
-        limited_server.stub.Explain(request_, timeout=60)
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, e.value.details())
-    assert field in e.value.details(), (name, e.value.details())
-    # still serving
-    assert limited_server.stub.Explain(to_proto(REQUESTS[1]), timeout=60).explanations
-
-
 def test_metrics_move_after_requests(server):
     before = server.metrics()
     n = 3
     for _ in range(n):
         server.stub.Explain(to_proto(REQUESTS[0]), timeout=60)
-    time.sleep(0.5)  # gauges refresh every 200 ms
-    after = server.metrics()
+    after = server.idle()
     ok = 'atman_requests_total{code="OK",method="Explain"}'
     assert after[ok] - before.get(ok, 0) == n
     assert after['atman_request_duration_seconds_count{method="Explain"}'] - \
@@ -371,7 +311,8 @@ def test_metrics_move_after_requests(server):
     assert after["atman_positions_computed_total"] > before["atman_positions_computed_total"]
     assert after["atman_batch_rows_count"] > before.get("atman_batch_rows_count", 0)
     assert after["atman_batch_rows_sum"] - before.get("atman_batch_rows_sum", 0) >= n * 20  # ~24 units each
-    assert after['atman_device_memory_allocated_bytes{device="cpu"}'] > 0
+    assert after['atman_device_memory_allocated_bytes{device="cpu"}'] >= 0  # idle: maybe nothing
+    assert after['atman_device_memory_peak_bytes{device="cpu"}'] > 0
     assert after['atman_device_memory_reserved_bytes{device="cpu"}'] > 0
     assert after['atman_device_memory_peak_bytes{device="cpu"}'] > 0
     assert after["atman_ready"] == 1

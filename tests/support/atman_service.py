@@ -105,6 +105,35 @@ class Server:
                 out[key] = float(value)
         return out
 
+    def wait_metrics(self, predicate, what: str = "") -> dict:
+        """Scrapes until `predicate(metrics)` holds and returns those metrics. No time limit of
+        its own (ctest's timeout is the guard): a state the test waits for must come."""
+        while True:
+            assert self.proc.poll() is None, f"server exited while waiting for {what}:\n{self.output()}"
+            m = self.metrics()
+            if predicate(m):
+                return m
+            time.sleep(0.02)
+
+    def idle(self) -> dict:
+        """Waits until no call is in flight and nothing is queued; returns the metrics."""
+        return self.wait_metrics(lambda m: m.get("atman_inflight_requests") == 0
+                                 and m.get("atman_queued_requests") == 0
+                                 and m.get("atman_queue_depth_rows") == 0, "idle")
+
+    def hold(self):
+        """Test hook (server started with --test-hooks true): no scoring batch starts and no
+        generation step runs until release(); returns once the hold is in effect."""
+        self.proc.send_signal(signal.SIGUSR1)
+        self.wait_metrics(lambda m: m.get("atman_test_hold") == 1, "the hold")
+
+    def release(self):
+        self.proc.send_signal(signal.SIGUSR2)
+        self.wait_metrics(lambda m: m.get("atman_test_hold") == 0, "the release")
+
+    def count(self, method: str, code: str) -> float:
+        return self.metrics().get(f'atman_requests_total{{code="{code}",method="{method}"}}', 0)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
