@@ -128,15 +128,43 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
 
 int64_t Client::attempts() const { return state_->attempts.load(); }
 
+void Cancellation::Cancel() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cancelled_ = true;
+  if (cancel_attempt_) cancel_attempt_();
+}
+
+bool Cancellation::cancelled() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cancelled_;
+}
+
+// Connects a Cancellation to the attempt running now (its ClientContext).
+struct CancellationAccess {
+  static void Attach(Cancellation* c, grpc::ClientContext* context) {
+    if (c == nullptr) return;
+    std::lock_guard<std::mutex> lock(c->mutex_);
+    // TryCancel before the call starts marks the context, which cancels the call at its start.
+    if (c->cancelled_) context->TryCancel();
+    c->cancel_attempt_ = [context] { context->TryCancel(); };
+  }
+  static void Detach(Cancellation* c) {
+    if (c == nullptr) return;
+    std::lock_guard<std::mutex> lock(c->mutex_);
+    c->cancel_attempt_ = nullptr;
+  }
+};
+
 namespace {
 
-// Runs `call(context)` with the options' deadline and token, retrying UNAVAILABLE with bounded
-// backoff while attempts and the deadline last.
+// Runs `call(context)` with the call's deadline (else the options') and token, retrying
+// UNAVAILABLE with bounded backoff while attempts and the deadline last.
 template <typename Call>
-absl::Status CallWithRetries(const ClientOptions& options, std::atomic<int64_t>& attempts,
-                             int max_attempts, Call call) {
-  const bool has_deadline = options.deadline.count() > 0;
-  const Clock::time_point deadline = Clock::now() + options.deadline;
+absl::Status CallWithRetries(const ClientOptions& options, const CallOptions& per_call,
+                             std::atomic<int64_t>& attempts, int max_attempts, Call call) {
+  const std::chrono::milliseconds timeout = per_call.deadline.value_or(options.deadline);
+  const bool has_deadline = timeout.count() > 0;
+  const Clock::time_point deadline = Clock::now() + timeout;
   grpc::Status last;
   int made = 0;
   for (int attempt = 1; attempt <= max_attempts; ++attempt) {
@@ -152,7 +180,9 @@ absl::Status CallWithRetries(const ClientOptions& options, std::atomic<int64_t>&
     }
     attempts.fetch_add(1);
     ++made;
+    CancellationAccess::Attach(per_call.cancellation, &context);
     last = call(context);
+    CancellationAccess::Detach(per_call.cancellation);
     if (last.error_code() != grpc::StatusCode::UNAVAILABLE) return FromGrpc(last);
   }
   absl::Status status = FromGrpc(last);
@@ -163,9 +193,10 @@ absl::Status CallWithRetries(const ClientOptions& options, std::atomic<int64_t>&
 
 }  // namespace
 
-absl::StatusOr<pb::ExplainResponse> Client::Explain(const pb::ExplainRequest& request) const {
+absl::StatusOr<pb::ExplainResponse> Client::Explain(const pb::ExplainRequest& request,
+                                                    const CallOptions& call) const {
   pb::ExplainResponse response;
-  auto status = CallWithRetries(options_, state_->attempts, options_.retry.max_attempts,
+  auto status = CallWithRetries(options_, call, state_->attempts, options_.retry.max_attempts,
                                 [&](grpc::ClientContext& context) {
                                   response.Clear();
                                   return state_->atman->Explain(&context, request, &response);
@@ -176,37 +207,40 @@ absl::StatusOr<pb::ExplainResponse> Client::Explain(const pb::ExplainRequest& re
 
 absl::StatusOr<pb::ExplainResponse> Client::ExplainStream(
     const pb::ExplainRequest& request,
-    const std::function<void(const pb::ExplainProgress&)>& on_progress) const {
+    const std::function<void(const pb::ExplainProgress&)>& on_progress,
+    const CallOptions& call) const {
   pb::ExplainResponse result;
   bool got_result = false;
-  auto status = CallWithRetries(
-      options_, state_->attempts, options_.retry.max_attempts, [&](grpc::ClientContext& context) {
-        auto reader = state_->atman->ExplainStream(&context, request);
-        pb::ExplainEvent event;
-        bool any = false;
-        while (reader->Read(&event)) {
-          any = true;
-          if (event.has_progress() && on_progress) on_progress(event.progress());
-          if (event.has_result()) {
-            result = std::move(*event.mutable_result());
-            got_result = true;
-          }
-        }
-        grpc::Status s = reader->Finish();
-        // Events were delivered: a retry would repeat them, so report instead.
-        if (any && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
-          return grpc::Status(grpc::StatusCode::ABORTED, s.error_message());
-        }
-        return s;
-      });
+  auto status =
+      CallWithRetries(options_, call, state_->attempts, options_.retry.max_attempts,
+                      [&](grpc::ClientContext& context) {
+                        auto reader = state_->atman->ExplainStream(&context, request);
+                        pb::ExplainEvent event;
+                        bool any = false;
+                        while (reader->Read(&event)) {
+                          any = true;
+                          if (event.has_progress() && on_progress) on_progress(event.progress());
+                          if (event.has_result()) {
+                            result = std::move(*event.mutable_result());
+                            got_result = true;
+                          }
+                        }
+                        grpc::Status s = reader->Finish();
+                        // Events were delivered: a retry would repeat them, so report instead.
+                        if (any && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+                          return grpc::Status(grpc::StatusCode::ABORTED, s.error_message());
+                        }
+                        return s;
+                      });
   if (!status.ok()) return status;
   if (!got_result) return absl::InternalError("ExplainStream: the stream ended without a result");
   return result;
 }
 
-absl::StatusOr<pb::GenerateResponse> Client::Generate(const pb::GenerateRequest& request) const {
+absl::StatusOr<pb::GenerateResponse> Client::Generate(const pb::GenerateRequest& request,
+                                                      const CallOptions& call) const {
   pb::GenerateResponse response;
-  auto status = CallWithRetries(options_, state_->attempts, options_.retry.max_attempts,
+  auto status = CallWithRetries(options_, call, state_->attempts, options_.retry.max_attempts,
                                 [&](grpc::ClientContext& context) {
                                   response.Clear();
                                   return state_->atman->Generate(&context, request, &response);
@@ -215,9 +249,10 @@ absl::StatusOr<pb::GenerateResponse> Client::Generate(const pb::GenerateRequest&
   return response;
 }
 
-absl::StatusOr<pb::TokenizeResponse> Client::Tokenize(const pb::TokenizeRequest& request) const {
+absl::StatusOr<pb::TokenizeResponse> Client::Tokenize(const pb::TokenizeRequest& request,
+                                                      const CallOptions& call) const {
   pb::TokenizeResponse response;
-  auto status = CallWithRetries(options_, state_->attempts, options_.retry.max_attempts,
+  auto status = CallWithRetries(options_, call, state_->attempts, options_.retry.max_attempts,
                                 [&](grpc::ClientContext& context) {
                                   response.Clear();
                                   return state_->atman->Tokenize(&context, request, &response);
@@ -229,7 +264,7 @@ absl::StatusOr<pb::TokenizeResponse> Client::Tokenize(const pb::TokenizeRequest&
 absl::StatusOr<pb::ModelInfo> Client::GetModelInfo() const {
   pb::ModelInfo response;
   pb::GetModelInfoRequest request;
-  auto status = CallWithRetries(options_, state_->attempts, options_.retry.max_attempts,
+  auto status = CallWithRetries(options_, {}, state_->attempts, options_.retry.max_attempts,
                                 [&](grpc::ClientContext& context) {
                                   response.Clear();
                                   return state_->atman->GetModelInfo(&context, request, &response);
@@ -242,9 +277,10 @@ absl::StatusOr<std::string> Client::CheckHealth(const std::string& service) cons
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
-  auto status = CallWithRetries(options_, state_->attempts, 1, [&](grpc::ClientContext& context) {
-    return state_->health->Check(&context, request, &response);
-  });
+  auto status =
+      CallWithRetries(options_, {}, state_->attempts, 1, [&](grpc::ClientContext& context) {
+        return state_->health->Check(&context, request, &response);
+      });
   if (!status.ok()) return status;
   return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
 }

@@ -6,7 +6,8 @@
 // draining or not up yet) with bounded exponential backoff, TLS (CA, client certificate for
 // mutual TLS) and a bearer token sent as `authorization: Bearer <token>` metadata. Errors come
 // back as absl::Status whose code is the gRPC status code (the two enumerations share numbers)
-// and whose message is the server's.
+// and whose message is the server's. Per call (CallOptions), a deadline of its own and a
+// Cancellation that ends the call from another thread.
 //
 // Ownership: a Client owns its channel. Requests and responses are plain protobuf messages
 // owned by the caller.
@@ -18,6 +19,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -56,6 +59,38 @@ struct ClientOptions {
   std::string user_agent = "atman-client";
 };
 
+// Cancels a call from any thread, e.g. a timer's, or from the call's own progress callback.
+// One Cancellation serves one call: Cancel() while the call runs ends it with CANCELLED (unless
+// it already finished); Cancel() before the call starts cancels it as soon as it starts; after
+// it ended, Cancel() does nothing to it. A cancelled call is not retried.
+// Thread safety: Cancel() and cancelled() may be called from any thread at any time. The
+// Cancellation must outlive the call it is given to.
+class Cancellation {
+ public:
+  Cancellation() = default;
+  Cancellation(const Cancellation&) = delete;
+  Cancellation& operator=(const Cancellation&) = delete;
+
+  void Cancel();
+  // True once Cancel() was called (whether or not it still reached the call).
+  bool cancelled() const;
+
+ private:
+  friend struct CancellationAccess;  // the Client attaches each attempt of its call
+
+  mutable std::mutex mutex_;
+  bool cancelled_ = false;
+  std::function<void()> cancel_attempt_;  // cancels the attempt running now; empty between
+};
+
+// What one call may change of the Client's defaults.
+struct CallOptions {
+  // Replaces ClientOptions::deadline for this call (zero = no deadline).
+  std::optional<std::chrono::milliseconds> deadline;
+  // Borrowed; null = the call cannot be cancelled.
+  Cancellation* cancellation = nullptr;
+};
+
 // Checks the options (ranges, both or neither of cert/key). INVALID_ARGUMENT names the field.
 absl::Status ValidateOptions(const ClientOptions& options);
 
@@ -73,14 +108,18 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  absl::StatusOr<pb::ExplainResponse> Explain(const pb::ExplainRequest& request) const;
+  absl::StatusOr<pb::ExplainResponse> Explain(const pb::ExplainRequest& request,
+                                              const CallOptions& call = {}) const;
   // Streams progress events to `on_progress` (called on this thread) and returns the final
   // result. Not retried once the first event arrived.
   absl::StatusOr<pb::ExplainResponse> ExplainStream(
       const pb::ExplainRequest& request,
-      const std::function<void(const pb::ExplainProgress&)>& on_progress) const;
-  absl::StatusOr<pb::GenerateResponse> Generate(const pb::GenerateRequest& request) const;
-  absl::StatusOr<pb::TokenizeResponse> Tokenize(const pb::TokenizeRequest& request) const;
+      const std::function<void(const pb::ExplainProgress&)>& on_progress,
+      const CallOptions& call = {}) const;
+  absl::StatusOr<pb::GenerateResponse> Generate(const pb::GenerateRequest& request,
+                                                const CallOptions& call = {}) const;
+  absl::StatusOr<pb::TokenizeResponse> Tokenize(const pb::TokenizeRequest& request,
+                                                const CallOptions& call = {}) const;
   absl::StatusOr<pb::ModelInfo> GetModelInfo() const;
   // grpc.health.v1.Health/Check for `service` ("" = the server as a whole): "SERVING",
   // "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN". Not retried.

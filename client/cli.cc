@@ -19,6 +19,7 @@
 #include "client/heatmap.h"
 #include "client/html_report.h"
 #include "client/overlay.h"
+#include "client/soak.h"
 
 namespace atman::client {
 namespace {
@@ -108,6 +109,31 @@ const std::vector<OptionSpec> kBench = {
     {"allow-remote", true, "allow a non-loopback --address"},
 };
 
+const std::vector<OptionSpec> kSoak = {
+    {"requests", false, "FILE of ExplainRequests (as bench; also feeds Generate, Tokenize)"},
+    {"clients", false, "concurrent clients, one channel each (default 32, at most 256)"},
+    {"warmup", false, "warm-up; the idle server after it is the baseline (default 10s)"},
+    {"duration", false, "load phase after the warm-up (default 60s, at most 24h)"},
+    {"max-requests", false, "call budget of the load phase (default 1000000)"},
+    {"mix", false, "weights (default explain=4,explain-stream=2,generate=2,tokenize=2)"},
+    {"cancel-fraction", false, "of Explain/ExplainStream calls, cancelled mid-flight (0.1)"},
+    {"cancel-within", false, "unary cancels after a random delay up to this (default 50ms)"},
+    {"deadline-fraction", false, "of the calls not cancelled, given a short deadline (0.05)"},
+    {"short-deadline", false, "short deadlines are drawn from [1ms, this] (default 20ms)"},
+    {"generate-max-new-tokens", false, "max_new_tokens of the Generate calls (default 2)"},
+    {"metrics", false, "Prometheus URL (default http://127.0.0.1:9090/metrics)"},
+    {"device", false, "device label of the memory gauges (default cpu)"},
+    {"sample-interval", false, "time between metrics samples (default 2s)"},
+    {"idle-timeout", false, "longest wait for the idle server after each phase (default 60s)"},
+    {"tail-fraction", false, "share of the load samples the trends use (default 0.8)"},
+    {"max-idle-growth", false, "allowed allocated-bytes growth, idle to idle (default 0)"},
+    {"max-rss-growth", false, "allowed RSS trend growth over the tail, or off (default 0.05)"},
+    {"max-allocated-growth", false, "the same for allocated bytes (default off)"},
+    {"seed", false, "seed of the method, request, cancel and deadline draws (default 1)"},
+    {"json", false, "also write the report as JSON to FILE"},
+    {"allow-remote", true, "allow a non-loopback --address"},
+};
+
 const std::vector<std::pair<std::string, std::string>> kCommands = {
     {"explain", "explain a target: terminal heatmap, --json, --html, --png"},
     {"generate", "complete a prompt, optionally steered by attention controls"},
@@ -115,6 +141,7 @@ const std::vector<std::pair<std::string, std::string>> kCommands = {
     {"info", "the model the server runs and its limits"},
     {"health", "the server's health (exit 0 when SERVING)"},
     {"bench", "load test Explain: throughput and latency per concurrency level"},
+    {"soak", "mixed load with cancellations; memory of the idle server before and after"},
 };
 
 std::vector<OptionSpec> SpecsOf(const std::string& command) {
@@ -133,6 +160,7 @@ std::vector<OptionSpec> SpecsOf(const std::string& command) {
   if (command == "info") add(kInfo);
   if (command == "health") add(kHealth);
   if (command == "bench") add(kBench);
+  if (command == "soak") add(kSoak);
   return specs;
 }
 
@@ -514,6 +542,38 @@ int RunBenchCommand(const ParsedArgs& args, const ClientOptions& client_options,
   return kExitOk;
 }
 
+int RunSoakCommand(const ParsedArgs& args, const ClientOptions& client_options, std::ostream& out,
+                   std::ostream& err) {
+  if (!args.Has("requests")) {
+    return UsageError(absl::InvalidArgumentError("--requests: required"), "soak", err);
+  }
+  auto options = SoakOptionsFromArgs(args);
+  if (!options.ok()) return UsageError(options.status(), "soak", err);
+  if (!IsLoopbackAddress(client_options.address) && !args.Has("allow-remote")) {
+    return UsageError(Invalid("address", client_options.address,
+                              "not a loopback address; pass --allow-remote to load it"),
+                      "soak", err);
+  }
+  auto explain = LoadBenchRequests(args.Get("requests"));
+  if (!explain.ok()) return UsageError(explain.status(), "soak", err);
+  const std::vector<SoakRequest> requests =
+      SoakRequestsFrom(*explain, options->generate_max_new_tokens);
+  if (auto s = CheckMixCovered(options->mix, requests); !s.ok()) return UsageError(s, "soak", err);
+  // Retries off: every call is one RPC, and its status is the server's (or the soak's own
+  // cancel / deadline).
+  ClientOptions soak_client = client_options;
+  soak_client.retry.max_attempts = 1;
+  auto report = RunSoak(soak_client, requests, *options);
+  if (!report.ok()) return Failure(report.status(), err);
+  out << SoakTable(*report);
+  if (args.Has("json")) {
+    if (auto s = WriteOutputFile("json", args.Get("json"), SoakJson(*report)); !s.ok()) {
+      return Failure(s, err);
+    }
+  }
+  return report->verdict.pass ? kExitOk : kExitFailure;
+}
+
 int Run(const std::vector<std::string>& argv, const CliEnvironment& environment, std::ostream& out,
         std::ostream& err) {
   if (argv.empty()) {
@@ -533,6 +593,7 @@ int Run(const std::vector<std::string>& argv, const CliEnvironment& environment,
   auto client_options = ClientOptionsFromArgs(*args, environment);
   if (!client_options.ok()) return UsageError(client_options.status(), args->command, err);
   if (args->command == "bench") return RunBenchCommand(*args, *client_options, out, err);
+  if (args->command == "soak") return RunSoakCommand(*args, *client_options, out, err);
   auto client = Client::Create(*client_options);
   if (!client.ok()) return UsageError(client.status(), args->command, err);
   if (args->command == "explain") return RunExplain(*args, **client, environment, out, err);
@@ -597,6 +658,77 @@ absl::StatusOr<ParsedArgs> ParseArgs(const std::vector<std::string>& args) {
     parsed.options.emplace_back(name, value);
   }
   return parsed;
+}
+
+absl::StatusOr<SoakOptions> SoakOptionsFromArgs(const ParsedArgs& args) {
+  SoakOptions o;
+  if (args.Has("clients")) {
+    auto v = Int(args, "clients", 1, kMaxSoakClients);
+    if (!v.ok()) return v.status();
+    o.clients = static_cast<int>(*v);
+  }
+  for (const auto& [flag, into] :
+       {std::pair<const char*, std::chrono::milliseconds*>{"warmup", &o.warmup},
+        {"duration", &o.duration},
+        {"cancel-within", &o.cancel_within},
+        {"short-deadline", &o.short_deadline},
+        {"sample-interval", &o.sample_interval},
+        {"idle-timeout", &o.idle_timeout}}) {
+    if (!args.Has(flag)) continue;
+    auto d = ParseDurationFlag(flag, args.Get(flag));
+    if (!d.ok()) return d.status();
+    *into = *d;
+  }
+  if (args.Has("max-requests")) {
+    auto v = Int(args, "max-requests", 1, kMaxSoakRequests);
+    if (!v.ok()) return v.status();
+    o.max_requests = *v;
+  }
+  if (args.Has("mix")) {
+    auto mix = ParseSoakMix(args.Get("mix"));
+    if (!mix.ok()) return mix.status();
+    o.mix = *mix;
+  }
+  for (const auto& [flag, into] :
+       {std::pair<const char*, double*>{"cancel-fraction", &o.cancel_fraction},
+        {"deadline-fraction", &o.deadline_fraction},
+        {"tail-fraction", &o.tail_fraction}}) {
+    if (!args.Has(flag)) continue;
+    auto v = Double(args, flag);
+    if (!v.ok()) return v.status();
+    *into = *v;
+  }
+  for (const auto& [flag, into] :
+       {std::pair<const char*, std::optional<double>*>{"max-rss-growth", &o.max_rss_growth},
+        {"max-allocated-growth", &o.max_allocated_growth}}) {
+    if (!args.Has(flag)) continue;
+    if (args.Get(flag) == "off") {
+      into->reset();
+      continue;
+    }
+    auto v = Double(args, flag);
+    if (!v.ok()) return v.status();
+    *into = *v;
+  }
+  if (args.Has("generate-max-new-tokens")) {
+    auto v = Int(args, "generate-max-new-tokens", 1, 1 << 20);
+    if (!v.ok()) return v.status();
+    o.generate_max_new_tokens = static_cast<int32_t>(*v);
+  }
+  if (args.Has("max-idle-growth")) {
+    auto v = Int(args, "max-idle-growth", 0, INT64_MAX);
+    if (!v.ok()) return v.status();
+    o.max_idle_growth_bytes = *v;
+  }
+  if (args.Has("seed")) {
+    auto v = Int(args, "seed", 0, INT64_MAX);
+    if (!v.ok()) return v.status();
+    o.seed = static_cast<uint64_t>(*v);
+  }
+  if (args.Has("metrics")) o.metrics_url = args.Get("metrics");
+  if (args.Has("device")) o.device = args.Get("device");
+  if (auto s = ValidateSoakOptions(o); !s.ok()) return s;
+  return o;
 }
 
 absl::StatusOr<std::chrono::milliseconds> ParseDurationFlag(const std::string& flag,
@@ -776,6 +908,14 @@ std::string Usage(const std::string& command) {
     absl::StrAppend(&out, "usage: atman generate --prompt TEXT [--image FILE]... [options]\n");
   } else if (command == "tokenize") {
     absl::StrAppend(&out, "usage: atman tokenize --text TEXT [options]\n");
+  } else if (command == "soak") {
+    absl::StrAppend(&out,
+                    "usage: atman soak --requests FILE [--clients 32] [--warmup 10s] "
+                    "[--duration 60s]\n"
+                    "                  [--metrics URL] [--json FILE] [options]\n"
+                    "exit status: 0 verdict passed; 1 unexpected statuses, a limit exceeded or "
+                    "no metrics;\n"
+                    "2 bad usage\n");
   } else if (command == "bench") {
     absl::StrAppend(&out,
                     "usage: atman bench --requests FILE [--concurrency 1,2,4,8,16] "

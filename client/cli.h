@@ -1,11 +1,12 @@
 // The `atman` command-line tool (client/main.cc is only its entry point): sub-commands
-// explain, generate, tokenize, info, health and bench over atman::client::Client, with the
+// explain, generate, tokenize, info, health, bench and soak over atman::client::Client, with the
 // flags documented in docs/cli.md and printed by `atman --help`.
 //
 // Exit codes: 0 success; 1 the server answered an error or an output file could not be
 // written (message on stderr); 2 bad usage: unknown command or option, a missing or malformed
 // value, an input file that is missing or unreadable, an image that does not decode (usage
-// message on stderr). `atman health` exits 1 when the service is not SERVING.
+// message on stderr). `atman health` exits 1 when the service is not SERVING; `atman soak`
+// exits 1 when its verdict fails (client/soak.h).
 //
 // Ownership: arguments and streams are borrowed for the call. Thread safety: reentrant.
 #pragma once
@@ -20,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "atman/v1/atman.pb.h"
 #include "client/atman_client.h"
+#include "client/soak.h"
 
 namespace atman::client {
 
@@ -57,6 +59,10 @@ absl::StatusOr<ParsedArgs> ParseArgs(const std::vector<std::string>& args);
 // image files read). Errors name the flag: INVALID_ARGUMENT for bad values, NOT_FOUND for a
 // missing file, and an image that does not decode.
 absl::StatusOr<pb::ExplainRequest> ExplainRequestFromArgs(const ParsedArgs& args);
+
+// The options of `atman soak` from its parsed flags (defaults for the flags left out), checked
+// by ValidateSoakOptions. Errors (INVALID_ARGUMENT) name the flag.
+absl::StatusOr<SoakOptions> SoakOptionsFromArgs(const ParsedArgs& args);
 
 // "30s", "500ms", "2m", "1h" or a bare number of seconds.
 absl::StatusOr<std::chrono::milliseconds> ParseDurationFlag(const std::string& flag,
