@@ -85,12 +85,10 @@ absl::Status ValidateSoakOptions(const SoakOptions& options);
 // weigh 0, at least one weight > 0. Errors name --mix.
 absl::StatusOr<std::array<double, kSoakMethodCount>> ParseSoakMix(const std::string& value);
 
-// One entry of the request set. An ExplainRequest of the file also gives, when its prompt has
-// no image item, a Generate request (the same prompt items, add_special_tokens and request_id;
-// greedy, generate_max_new_tokens), and when it has text items, a Tokenize request (its text
-// items joined, add_special_tokens as in the ExplainRequest). Image prompts are left out of
-// Generate because atman-server refuses them there today (INVALID_ARGUMENT "the model (llava)
-// is text-only").
+// One entry of the request set. An ExplainRequest of the file also gives a Generate request
+// (the same prompt items, images included, add_special_tokens and request_id; greedy,
+// generate_max_new_tokens), and when it has text items, a Tokenize request (its text items
+// joined, add_special_tokens as in the ExplainRequest).
 struct SoakRequest {
   pb::ExplainRequest explain;
   std::optional<pb::GenerateRequest> generate;
