@@ -263,14 +263,12 @@ def test_bench_counts_match_the_server_metrics(server, tmp_path):
         return before, proc.stdout.decode()
 
     def server_delta(before, expected_total):
-        # The server counts a call when it finishes it; give its counter a moment to catch up.
-        for _ in range(50):
-            after = explain_total(server.metrics_text())
-            delta = {c: after.get(c, 0) - before.get(c, 0) for c in after}
-            delta = {c: n for c, n in delta.items() if n}
-            if sum(delta.values()) >= expected_total:
-                return delta
-            time.sleep(0.1)
+        # The server counts a call before it sends the call's status, so its counters are
+        # complete when the tool has every answer.
+        after = explain_total(server.metrics_text())
+        delta = {c: after.get(c, 0) - before.get(c, 0) for c in after}
+        delta = {c: n for c, n in delta.items() if n}
+        assert sum(delta.values()) == expected_total
         return delta
 
     before, out = measured("--concurrency", "1,4", "--duration", "2s")
@@ -280,7 +278,7 @@ def test_bench_counts_match_the_server_metrics(server, tmp_path):
     codes = {}
     for lvl in levels:
         assert lvl["requests"] == sum(lvl["codes"].values()) > 0
-        assert 1.9 <= lvl["seconds"] < 30
+        assert lvl["seconds"] >= 1.9  # the level's duration (no upper bound: loaded machines)
         assert lvl["ok"] == lvl["codes"].get("OK", 0) > 0
         assert lvl["latency_ms"]["p50"] <= lvl["latency_ms"]["p90"] <= lvl["latency_ms"]["p99"]
         assert lvl["server_compute_mean_seconds"] > 0
@@ -296,7 +294,6 @@ def test_bench_counts_match_the_server_metrics(server, tmp_path):
     assert header.startswith("concurrency,requests,ok,seconds,")
     fields = dict(zip(header.split(","), row.split(",")))
     assert (fields["concurrency"], fields["requests"]) == ("3", "7")
-    assert float(fields["seconds"]) < 60
     csv_codes = dict(part.split("=") for part in fields["codes"].split(";"))
     assert server_delta(before, 7) == {c: int(n) for c, n in csv_codes.items()}
 
@@ -331,18 +328,26 @@ def test_bad_arguments_exit_2_with_usage(tmp_path):
 
 
 def test_unavailable_at_start_is_retried(tmp_path):
-    port = free_port()
-    started = time.time()
+    # The port is held by a listener that accepts and hangs up: the tool's first attempt is
+    # observable (an accepted connection) and fails as UNAVAILABLE; only then does the real
+    # server take the port, and the tool's retries reach it.
+    import socket
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
     cli = subprocess.Popen([CLI, "info", "--address", f"127.0.0.1:{port}", "--retries", "10",
-                            "--timeout", "120s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
-    assert cli.poll() is None, "the tool gave up before the server started"
+                            "--timeout", "600s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    connection, _ = listener.accept()  # the first attempt arrived
+    connection.close()
+    listener.close()
+    assert cli.poll() is None, "the tool gave up after one failed attempt"
     server = Server(port=port, wait=False)
     try:
-        out, err = cli.communicate(timeout=120)
+        out, err = cli.communicate(timeout=600)
         assert cli.returncode == 0, err.decode()
         assert b"model: llava" in out
-        assert time.time() - started > 1.0
     finally:
         assert server.stop() == 0, server.output()
 
