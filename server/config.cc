@@ -188,8 +188,15 @@ absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
     const std::string value = entry.substr(eq + 1);
     const std::string key = Normalise(name);
     if (key == "auth-tokens") {
+      const size_t before = c.auth_tokens.size();
       for (absl::string_view t : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
         c.auth_tokens.emplace_back(absl::StripAsciiWhitespace(t));
+      }
+      if (c.auth_tokens.size() == before) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("env ATMAN_", name,
+                         ": holds no token; refusing to start without auth "
+                         "(give comma-separated tokens, or unset the variable)"));
       }
       continue;
     }
@@ -206,10 +213,17 @@ absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
       return absl::InvalidArgumentError(
           absl::StrCat("--auth-tokens-file ", c.auth_tokens_file, ": cannot be read"));
     }
+    const size_t before = c.auth_tokens.size();
     std::string line;
     while (std::getline(in, line)) {
       const std::string token(absl::StripAsciiWhitespace(line));
       if (!token.empty() && token.front() != '#') c.auth_tokens.push_back(token);
+    }
+    if (c.auth_tokens.size() == before) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--auth-tokens-file ", c.auth_tokens_file,
+                       ": holds no token; refusing to start without auth (one token per line, '#' "
+                       "comments; or leave the flag unset)"));
     }
   }
   if (c.tls_cert.empty() != c.tls_key.empty()) {

@@ -47,6 +47,8 @@ struct Config {
 // Builds the configuration from argv, the environment (`environ`) and the --config file.
 // INVALID_ARGUMENT names the flag and its source ("flag --port", "env ATMAN_PORT",
 // "file x.conf:3") for unknown flags, bad numbers and bad values; also reads the tokens file.
+// Auth fails closed: a --auth-tokens-file, or an ATMAN_AUTH_TOKENS variable, that holds no
+// token is INVALID_ARGUMENT rather than a server without auth.
 absl::StatusOr<Config> LoadConfig(int argc, char** argv);
 
 // The usage text listing every flag.

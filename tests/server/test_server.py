@@ -278,6 +278,20 @@ def test_bearer_tokens():
         assert s.stop() == 0
 
 
+def test_auth_without_a_token_refuses_to_start():
+    tokens = Path(tempfile.mkdtemp()) / "tokens"
+    tokens.write_text("# no token yet\n\n")
+    for flags, env, message in (
+            (("--auth-tokens-file", tokens), {}, f"--auth-tokens-file {tokens}: holds no token; "),
+            ((), {"ATMAN_AUTH_TOKENS": " , "}, "env ATMAN_AUTH_TOKENS: holds no token; ")):
+        s = Server(*flags, env=env, wait=False)
+        try:
+            assert s.proc.wait(timeout=60) == 2, s.output()
+            assert s.output().startswith(f"atman-server: {message}refusing to start without auth"), s.output()
+        finally:
+            s.stop()
+
+
 def _png(width, height):
     import io
     from PIL import Image
