@@ -62,6 +62,7 @@ const std::map<std::string, Setter>& Setters() {
       {"host", Str(&Config::host)},
       {"port", Int32(&Config::port, 0, 65535)},
       {"metrics-port", Int32(&Config::metrics_port, 0, 65535)},
+      {"metrics-host", Str(&Config::metrics_host)},
       {"workers-per-device", Int32(&Config::workers_per_device, 1, 64)},
       {"prepare-threads", Int32(&Config::prepare_threads, 1, 256)},
       {"max-batch-rows", Int(&Config::max_batch_rows, 1)},
@@ -144,7 +145,9 @@ absl::Status ReadFile(Config& c, const std::string& path) {
 std::string Usage() {
   std::string out = "usage: atman-server [--config FILE] [--flag value | --flag=value ...]\nflags:";
   for (const auto& [name, setter] : Setters()) absl::StrAppend(&out, " --", name);
-  absl::StrAppend(&out, "\nenvironment: ATMAN_<FLAG> (e.g. ATMAN_PORT), ATMAN_AUTH_TOKENS=a,b\n");
+  absl::StrAppend(&out,
+                  "\n--metrics-host defaults to --host's value.\n"
+                  "environment: ATMAN_<FLAG> (e.g. ATMAN_PORT), ATMAN_AUTH_TOKENS=a,b\n");
   return out;
 }
 
@@ -226,6 +229,7 @@ absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
                        "comments; or leave the flag unset)"));
     }
   }
+  if (c.metrics_host.empty()) c.metrics_host = c.host;
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key: give both or neither");
   }

@@ -103,7 +103,8 @@ int Run(int argc, char** argv) {
   auto log = MakeLogger(config);
 
   auto metrics_or = Metrics::Create(
-      config.metrics_port > 0 ? absl::StrCat(config.host, ":", config.metrics_port) : "", kVersion);
+      config.metrics_port > 0 ? absl::StrCat(config.metrics_host, ":", config.metrics_port) : "",
+      kVersion);
   if (!metrics_or.ok()) {
     Log(log, config, spdlog::level::critical, std::string(metrics_or.status().message()));
     return 1;

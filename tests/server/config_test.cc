@@ -1,4 +1,5 @@
-// LoadConfig (server/config.h): auth fails closed when a tokens source holds no token.
+// LoadConfig (server/config.h): auth fails closed when a tokens source holds no token, and
+// --metrics-host comes from a flag, ATMAN_METRICS_HOST or the config file, else from --host.
 #include "server/config.h"
 
 #include <cstdlib>
@@ -14,10 +15,11 @@ namespace atman::server {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 // The ATMAN_ variables these tests set; cleared before and after each test.
-constexpr const char* kVariables[] = {"ATMAN_AUTH_TOKENS", "ATMAN_CONFIG",
-                                      "ATMAN_AUTH_TOKENS_FILE"};
+constexpr const char* kVariables[] = {"ATMAN_AUTH_TOKENS", "ATMAN_CONFIG", "ATMAN_HOST",
+                                      "ATMAN_METRICS_HOST", "ATMAN_AUTH_TOKENS_FILE"};
 
 class LoadConfigTest : public ::testing::Test {
  protected:
@@ -89,6 +91,44 @@ TEST_F(LoadConfigTest, NoTokenSourceMeansNoAuth) {
   auto c = Load({});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->auth_tokens.empty());
+}
+
+TEST_F(LoadConfigTest, MetricsHostDefaultsToHost) {
+  auto defaults = Load({});
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->metrics_host, "0.0.0.0");
+  auto from_host = Load({"--host", "127.0.0.1"});
+  ASSERT_TRUE(from_host.ok()) << from_host.status();
+  EXPECT_EQ(from_host->metrics_host, "127.0.0.1");
+  setenv("ATMAN_HOST", "10.1.1.1", 1);
+  auto from_env_host = Load({});
+  ASSERT_TRUE(from_env_host.ok()) << from_env_host.status();
+  EXPECT_EQ(from_env_host->metrics_host, "10.1.1.1");
+}
+
+TEST_F(LoadConfigTest, MetricsHostFromFlagEnvironmentOrFileInThatOrder) {
+  const std::string conf = WriteFile("server.conf", "host = 127.0.0.1\nmetrics_host = 10.0.0.3\n");
+  const std::string json = WriteFile("server.json", R"({"metrics-host": "10.0.0.4"})");
+  auto file = Load({"--config", conf});
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->host, "127.0.0.1");
+  EXPECT_EQ(file->metrics_host, "10.0.0.3");
+  auto json_file = Load({"--config", json});
+  ASSERT_TRUE(json_file.ok()) << json_file.status();
+  EXPECT_EQ(json_file->metrics_host, "10.0.0.4");
+  setenv("ATMAN_METRICS_HOST", "10.0.0.2", 1);
+  auto env = Load({"--config", conf});
+  ASSERT_TRUE(env.ok()) << env.status();
+  EXPECT_EQ(env->metrics_host, "10.0.0.2");
+  auto flag = Load({"--config", conf, "--metrics-host=10.0.0.1"});
+  ASSERT_TRUE(flag.ok()) << flag.status();
+  EXPECT_EQ(flag->metrics_host, "10.0.0.1");
+  EXPECT_EQ(flag->host, "127.0.0.1");
+}
+
+TEST_F(LoadConfigTest, UsageListsMetricsHost) {
+  EXPECT_THAT(Usage(), HasSubstr(" --metrics-host "));
+  EXPECT_THAT(Usage(), HasSubstr("--metrics-host defaults to --host's value."));
 }
 
 }  // namespace

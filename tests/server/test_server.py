@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -290,6 +292,19 @@ def test_auth_without_a_token_refuses_to_start():
             assert s.output().startswith(f"atman-server: {message}refusing to start without auth"), s.output()
         finally:
             s.stop()
+
+
+def test_metrics_host_binds_the_metrics_endpoint():
+    # Every 127.x.y.z address is the loopback interface: gRPC on one, metrics on another.
+    s = Server("--metrics-host", "127.0.0.2")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.2:{s.metrics_port}/metrics", timeout=10).read().decode()
+        assert '\natman_build_info{version="0.1.0"} 1\n' in text
+        with pytest.raises(urllib.error.URLError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10)
+        assert isinstance(e.value.reason, ConnectionRefusedError), e.value
+    finally:
+        assert s.stop() == 0
 
 
 def _png(width, height):
