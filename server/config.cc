@@ -79,6 +79,7 @@ const std::map<std::string, Setter>& Setters() {
       {"host", Str(&Config::host)},
       {"port", Int32(&Config::port, 0, 65535)},
       {"metrics-port", Int32(&Config::metrics_port, 0, 65535)},
+      {"metrics-host", Str(&Config::metrics_host)},
       {"workers-per-device", Int32(&Config::workers_per_device, 1, 64)},
       {"prepare-threads", Int32(&Config::prepare_threads, 1, 256)},
       {"max-batch-rows", Int(&Config::max_batch_rows, 1)},
@@ -164,7 +165,9 @@ absl::Status ReadFile(Config& c, const std::string& path) {
 std::string Usage() {
   std::string out = "usage: atman-server [--config FILE] [--flag value | --flag=value ...]\nflags:";
   for (const auto& [name, setter] : Setters()) absl::StrAppend(&out, " --", name);
-  absl::StrAppend(&out, "\nenvironment: ATMAN_<FLAG> (e.g. ATMAN_PORT), ATMAN_AUTH_TOKENS=a,b\n");
+  absl::StrAppend(&out,
+                  "\n--metrics-host defaults to --host's value.\n"
+                  "environment: ATMAN_<FLAG> (e.g. ATMAN_PORT), ATMAN_AUTH_TOKENS=a,b\n");
   return out;
 }
 
@@ -208,8 +211,15 @@ absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
     const std::string value = entry.substr(eq + 1);
     const std::string key = Normalise(name);
     if (key == "auth-tokens") {
+      const size_t before = c.auth_tokens.size();
       for (absl::string_view t : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
         c.auth_tokens.emplace_back(absl::StripAsciiWhitespace(t));
+      }
+      if (c.auth_tokens.size() == before) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("env ATMAN_", name,
+                         ": holds no token; refusing to start without auth "
+                         "(give comma-separated tokens, or unset the variable)"));
       }
       continue;
     }
@@ -226,12 +236,20 @@ absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
       return absl::InvalidArgumentError(
           absl::StrCat("--auth-tokens-file ", c.auth_tokens_file, ": cannot be read"));
     }
+    const size_t before = c.auth_tokens.size();
     std::string line;
     while (std::getline(in, line)) {
       const std::string token(absl::StripAsciiWhitespace(line));
       if (!token.empty() && token.front() != '#') c.auth_tokens.push_back(token);
     }
+    if (c.auth_tokens.size() == before) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--auth-tokens-file ", c.auth_tokens_file,
+                       ": holds no token; refusing to start without auth (one token per line, '#' "
+                       "comments; or leave the flag unset)"));
+    }
   }
+  if (c.metrics_host.empty()) c.metrics_host = c.host;
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key: give both or neither");
   }

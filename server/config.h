@@ -22,6 +22,7 @@ struct Config {
   std::string host = "0.0.0.0";
   int32_t port = 50051;
   int32_t metrics_port = 9090;  // 0: no metrics endpoint
+  std::string metrics_host;     // address /metrics binds to; LoadConfig fills in `host` if unset
   int32_t workers_per_device = 1;
   int32_t prepare_threads = 2;  // tokenize + unperturbed pass + scoring, and Generate
   int64_t max_batch_rows = 32;
@@ -53,6 +54,8 @@ struct Config {
 // Builds the configuration from argv, the environment (`environ`) and the --config file.
 // INVALID_ARGUMENT names the flag and its source ("flag --port", "env ATMAN_PORT",
 // "file x.conf:3") for unknown flags, bad numbers and bad values; also reads the tokens file.
+// Auth fails closed: a --auth-tokens-file, or an ATMAN_AUTH_TOKENS variable, that holds no
+// token is INVALID_ARGUMENT rather than a server without auth.
 absl::StatusOr<Config> LoadConfig(int argc, char** argv);
 
 // The usage text listing every flag.

@@ -1,6 +1,7 @@
 // atman-server: loads the model once, warms it up, then serves atman.v1.Atman over gRPC
 // with health, reflection and Prometheus metrics until SIGTERM/SIGINT, then drains.
 // Flags: docs/operations.md.
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -23,6 +24,7 @@
 #include "core/io/checkpoint.h"
 #include "core/model/llava.h"
 #include "core/runtime/memory_meter.h"
+#include "server/call_log.h"
 #include "server/config.h"
 #include "server/metrics.h"
 #include "server/service.h"
@@ -101,10 +103,9 @@ class SignalWatcher {
     thread_.join();
   }
   // From now on SIGTERM/SIGINT start a drain instead of exiting; `service` takes the hooks.
-  void Serving(AtmanService* service, Metrics* metrics, bool test_hooks) {
+  void Serving(AtmanService* service, bool test_hooks) {
     std::lock_guard<std::mutex> lock(mu_);
     service_ = service;
-    metrics_ = metrics;
     test_hooks_ = test_hooks;
   }
   void Stopped() {
@@ -130,10 +131,8 @@ class SignalWatcher {
         if (service_ == nullptr || !test_hooks_) continue;
         if (signal == SIGUSR1) {
           service_->Hold();
-          metrics_->test_hold->Set(1);
         } else {
           service_->Release();
-          metrics_->test_hold->Set(0);
         }
         continue;
       }
@@ -151,7 +150,6 @@ class SignalWatcher {
   std::mutex mu_;
   std::condition_variable cv_;
   AtmanService* service_ = nullptr;
-  Metrics* metrics_ = nullptr;
   bool test_hooks_ = false;
   int stop_signal_ = 0;
   std::thread thread_;
@@ -181,6 +179,22 @@ int Run(int argc, char** argv) {
   }
   const Config config = *std::move(config_or);
   auto log = MakeLogger(config);
+  // libprotobuf logs to stderr on its own, e.g. a line per request holding invalid UTF-8: a
+  // client could flood the log with them. The service answers such requests itself
+  // (INVALID_ARGUMENT, one request line), so libprotobuf's messages go to the debug level.
+  static std::function<void(spdlog::level::level_enum, const std::string&)> protobuf_sink;
+  protobuf_sink = [&log, &config](spdlog::level::level_enum level, const std::string& message) {
+    Log(log, config, level, message);
+  };
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char* file, int line,
+                                     const std::string& message) {
+    protobuf_sink(level >= google::protobuf::LOGLEVEL_FATAL ? spdlog::level::critical
+                                                            : spdlog::level::debug,
+                  absl::StrCat("libprotobuf ", file, ":", line, ": ", EscapeForLog(message)));
+  });
+  struct ProtobufLogReset {
+    ~ProtobufLogReset() { google::protobuf::SetLogHandler(nullptr); }
+  } protobuf_log_reset;  // before `log` and `config` go
   SignalWatcher watcher(signals);
   watcher.on_early_stop = [&](int signal) {
     Log(log, config, spdlog::level::warn,
@@ -189,7 +203,8 @@ int Run(int argc, char** argv) {
   };
 
   auto metrics_or = Metrics::Create(
-      config.metrics_port > 0 ? absl::StrCat(config.host, ":", config.metrics_port) : "", kVersion);
+      config.metrics_port > 0 ? absl::StrCat(config.metrics_host, ":", config.metrics_port) : "",
+      kVersion);
   if (!metrics_or.ok()) {
     Log(log, config, spdlog::level::critical, std::string(metrics_or.status().message()));
     return 1;
@@ -378,35 +393,35 @@ int Run(int argc, char** argv) {
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // Gauges of live state are read when Prometheus scrapes (the collector), never stale.
+  metrics->SetCollector([&] {
+    for (const auto& e : engines) {
+      const c10::Device device = e->lm->device();
+      const runtime::MemoryReading r = runtime::ReadMemory(device);
+      const double reserved = device.is_cpu() ? static_cast<double>(ProcessRssBytes())
+                                              : static_cast<double>(r.reserved_bytes);
+      metrics->SetMemory(e->device_name, static_cast<double>(r.allocated_bytes), reserved,
+                         static_cast<double>(r.peak_bytes));
+    }
+    const auto stats = batcher.stats();
+    metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
+    metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
+    metrics->test_hold->Set(service.held() ? 1 : 0);
+  });
+
+  // atman_ready first: a scrape that sees the health SERVING also sees ready 1.
+  metrics->ready->Set(1);
   health->SetServingStatus("", true);
   health->SetServingStatus("atman.v1.Atman", true);
-  metrics->ready->Set(1);
   Log(log, config, spdlog::level::info,
       absl::StrCat("SERVING on ", config.host, ":", bound_port,
                    config.tls_cert.empty() ? "" : " (TLS)",
-                   config.tls_client_ca.empty() ? "" : " (mutual TLS)", "; metrics on :",
-                   config.metrics_port, "; auth ", config.auth_tokens.empty() ? "off" : "on"));
+                   config.tls_client_ca.empty() ? "" : " (mutual TLS)", "; metrics on ",
+                   config.metrics_port > 0 ? absl::StrCat(config.metrics_host, ":", config.metrics_port)
+                                           : std::string("(off)"),
+                   "; auth ", config.auth_tokens.empty() ? "off" : "on"));
 
-  // Device memory gauges, refreshed in the background.
-  std::atomic<bool> stop_meter{false};
-  std::thread meter([&] {
-    while (!stop_meter) {
-      for (const auto& e : engines) {
-        const c10::Device device = e->lm->device();
-        const runtime::MemoryReading r = runtime::ReadMemory(device);
-        const double reserved = device.is_cpu() ? static_cast<double>(ProcessRssBytes())
-                                                : static_cast<double>(r.reserved_bytes);
-        metrics->SetMemory(e->device_name, static_cast<double>(r.allocated_bytes), reserved,
-                           static_cast<double>(r.peak_bytes));
-      }
-      const auto stats = batcher.stats();
-      metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
-      metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-  });
-
-  watcher.Serving(&service, metrics.get(), config.test_hooks);
+  watcher.Serving(&service, config.test_hooks);
   if (config.test_hooks)
     Log(log, config, spdlog::level::warn, "test hooks on (SIGUSR1 holds, SIGUSR2 releases)");
   const int signal = watcher.WaitForStop();
@@ -439,8 +454,7 @@ int Run(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   pool.Shutdown();
-  stop_meter = true;
-  meter.join();
+  metrics->SetCollector({});  // it reads the batcher and engines, which go before the metrics
   Log(log, config, spdlog::level::info, "stopped");
   return 0;
 }

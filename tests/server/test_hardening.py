@@ -389,7 +389,7 @@ def test_request_ids_cannot_forge_log_lines(server):
     assert "FORGED" not in server.output()
     # Every line the server wrote is one of its own: a timestamp, a level, a message.
     for line in server.output().splitlines():
-        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} \w+ ", line) or line.startswith(("E", "I", "W", "D")), line
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} \w+ |[EIWD]\d{4} ", line), line
     # A valid id is echoed and logged as sent.
     ok = "tenant-7/job_42:attempt=1+retry@eu.west"
     assert server.stub.Explain(E(request_id=ok), timeout=60).request_id == ok

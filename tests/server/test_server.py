@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -292,6 +294,33 @@ def test_bearer_tokens():
             assert s.stub.GetModelInfo(req, metadata=[("authorization", f"Bearer {token}")], timeout=10).vocab_size
         r = s.stub.Explain(to_proto(REQUESTS[0]), metadata=[("authorization", "Bearer env-token-a")], timeout=60)
         assert r.explanations
+    finally:
+        assert s.stop() == 0
+
+
+def test_auth_without_a_token_refuses_to_start():
+    tokens = Path(tempfile.mkdtemp()) / "tokens"
+    tokens.write_text("# no token yet\n\n")
+    for flags, env, message in (
+            (("--auth-tokens-file", tokens), {}, f"--auth-tokens-file {tokens}: holds no token; "),
+            ((), {"ATMAN_AUTH_TOKENS": " , "}, "env ATMAN_AUTH_TOKENS: holds no token; ")):
+        s = Server(*flags, env=env, wait=False)
+        try:
+            assert s.proc.wait(timeout=60) == 2, s.output()
+            assert s.output().startswith(f"atman-server: {message}refusing to start without auth"), s.output()
+        finally:
+            s.stop()
+
+
+def test_metrics_host_binds_the_metrics_endpoint():
+    # Every 127.x.y.z address is the loopback interface: gRPC on one, metrics on another.
+    s = Server("--metrics-host", "127.0.0.2")
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.2:{s.metrics_port}/metrics", timeout=10).read().decode()
+        assert '\natman_build_info{version="0.1.0"} 1\n' in text
+        with pytest.raises(urllib.error.URLError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10)
+        assert isinstance(e.value.reason, ConnectionRefusedError), e.value
     finally:
         assert s.stop() == 0
 
