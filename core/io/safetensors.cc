@@ -94,7 +94,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   if (!header.is_object()) return bad("header is not a JSON object");
 
   std::unique_ptr<SafetensorsFile> result(new SafetensorsFile(std::move(file), data_start));
-  for (const auto& [name, value] : header.items()) {
+  for (const auto& member : header.items()) {
+    // Named references rather than a structured binding, which lambdas (bad_tensor) can
+    // capture only from C++20 compilers newer than clang 14.
+    const std::string& name = member.key();
+    const nlohmann::json& value = member.value();
     if (name == "__metadata__") {
       if (!value.is_object()) return bad("__metadata__ is not an object");
       for (const auto& [key, text] : value.items()) {
