@@ -159,17 +159,22 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     result->entries_.push_back(std::move(entry));
   }
 
-  // No two tensors may share bytes.
+  // No two tensors may share bytes (empty ones share none): in offset order, each non-empty
+  // span must begin at or after the furthest end of the non-empty spans before it, not only
+  // after its neighbour's.
   std::vector<const TensorEntry*> by_offset;
-  for (const auto& e : result->entries_) by_offset.push_back(&e);
+  for (const auto& e : result->entries_) {
+    if (e.end > e.begin) by_offset.push_back(&e);
+  }
   std::sort(by_offset.begin(), by_offset.end(),
             [](const TensorEntry* a, const TensorEntry* b) { return a->begin < b->begin; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    const TensorEntry* prev = by_offset[i - 1];
-    const TensorEntry* cur = by_offset[i];
-    if (cur->begin < prev->end && cur->end > cur->begin && prev->end > prev->begin) {
-      return bad("tensors '", prev->name, "' and '", cur->name, "' overlap in the data section");
+  const TensorEntry* furthest = nullptr;  // of the spans so far, the one that ends last
+  for (const TensorEntry* cur : by_offset) {
+    if (furthest != nullptr && cur->begin < furthest->end) {
+      return bad("tensors '", furthest->name, "' and '", cur->name,
+                 "' overlap in the data section");
     }
+    if (furthest == nullptr || cur->end > furthest->end) furthest = cur;
   }
   for (std::size_t i = 0; i < result->entries_.size(); ++i) {
     result->index_.emplace(result->entries_[i].name, i);

@@ -126,6 +126,27 @@ TEST_F(BrokenCheckpoint, OverlappingTensors) {
   EXPECT_THAT(std::string(OpenStatus().message()), HasSubstr("overlap"));
 }
 
+// The overlap check compared each tensor with its neighbour in offset order only, so an empty
+// tensor between two overlapping ones hid the overlap. Found while writing safetensors_fuzzer's
+// no-overlap property (tests/fuzz/regressions/safetensors_fuzzer/ keeps the input).
+TEST_F(BrokenCheckpoint, OverlapBehindAnEmptyTensorIsFound) {
+  const nlohmann::json header = {
+      {"big", {{"dtype", "U8"}, {"shape", {16}}, {"data_offsets", {0, 16}}}},
+      {"empty", {{"dtype", "U8"}, {"shape", {0}}, {"data_offsets", {4, 4}}}},
+      {"inner", {{"dtype", "U8"}, {"shape", {4}}, {"data_offsets", {8, 12}}}}};
+  WriteAll(file(), Join(header, std::string(16, '\0')));
+  auto st = SafetensorsFile::Open(file());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(std::string(st.status().message()),
+            file().string() + ": tensors 'big' and 'inner' overlap in the data section");
+  // Empty tensors share no bytes, wherever their offsets point.
+  nlohmann::json no_overlap = header;
+  no_overlap["inner"]["data_offsets"] = {16, 16};
+  no_overlap["inner"]["shape"] = {0};
+  WriteAll(file(), Join(no_overlap, std::string(16, '\0')));
+  EXPECT_TRUE(SafetensorsFile::Open(file()).ok());
+}
+
 TEST_F(BrokenCheckpoint, MalformedHeaderEntries) {
   const std::vector<std::pair<nlohmann::json, std::string>> cases = {
       {{{"w", {{"shape", {2}}, {"data_offsets", {0, 8}}}}}, "tensor 'w': missing string 'dtype'"},
