@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/base/json_depth.h"
 #include "core/base/status_macros.h"
 
 namespace atman::io {
@@ -84,10 +85,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = bytes.size() - data_start;
 
+  const std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
+  if (absl::Status depth = CheckJsonDepth(header_text, "header"); !depth.ok()) {
+    return bad(depth.message());
+  }
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes.data()) + 8,
-                                   reinterpret_cast<const char*>(bytes.data()) + data_start);
+    header = nlohmann::json::parse(header_text.begin(), header_text.end());
   } catch (const nlohmann::json::exception& e) {
     return bad("header is not valid JSON: ", e.what());
   }

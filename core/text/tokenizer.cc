@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/base/json_depth.h"
 #include "core/base/status_macros.h"
 #include "core/text/bpe.h"
 #include "core/text/normalized_string.h"
@@ -120,6 +121,7 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
 }
 
 absl::StatusOr<json> ParseJson(std::string_view text, std::string_view what) {
+  ATMAN_RETURN_IF_ERROR(CheckJsonDepth(text, what));
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(ToAbsl(what), ": not valid JSON"));

@@ -163,6 +163,34 @@ TEST(TokenIds, NonNumericAddedTokensDecoderKeyIsAnError) {
   EXPECT_EQ((*tok)->TokenToId("<x>"), 3);
 }
 
+// tokenizer.json with n normalizers of type Sequence nested in each other, 2n + 2 levels deep
+// (as text: nlohmann's own dump() overflows the stack on deep documents).
+std::string NestedSequences(int n) {
+  std::string normalizer;
+  for (int i = 0; i < n; ++i) normalizer += R"({"type":"Sequence","normalizers":[)";
+  normalizer += R"({"type":"NFC"})";
+  for (int i = 0; i < n; ++i) normalizer += "]}";
+  return R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":)" + normalizer + "}";
+}
+
+// Found with hand-made deep inputs after fuzzing (the fuzzers' inputs are too short to nest
+// that far): 50,000 nested Sequence normalizers exhausted the stack in the recursive pipeline
+// parser, and 500,000 nested arrays in an error message's dump(). The `tokenizers` library
+// (serde_json) refuses 128 levels and more; so do we, before parsing.
+TEST(MalformedJson, NestingDeeperThan127LevelsIsRefusedLikeTheLibrary) {
+  auto deepest_accepted = Tokenizer::FromJson(NestedSequences(62));  // 126 levels
+  ASSERT_TRUE(deepest_accepted.ok()) << deepest_accepted.status();
+  for (int n : {63, 50000}) {
+    auto tok = Tokenizer::FromJson(NestedSequences(n));
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(std::string(tok.status().message()),
+              "tokenizer.json: JSON nested deeper than 127 levels");
+  }
+  // Brackets inside strings are text, not nesting.
+  auto in_string = Tokenizer::FromJson(TinyBpe({{std::string(1000, '['), 0}}).dump());
+  ASSERT_TRUE(in_string.ok()) << in_string.status();
+}
+
 TEST(MalformedJson, FromFileNamesTheFile) {
   auto tok = Tokenizer::FromFile(::atman::testing::TempDir() / "absent" / "tokenizer.json");
   ASSERT_FALSE(tok.ok());
