@@ -9,6 +9,11 @@
 # stay uninstrumented: their suppressions are in tests/sanitizers/. Errors are fatal
 # (-fno-sanitize-recover=all), so a UBSan report fails the test that triggers it.
 #
+#   ATMAN_TEST_LAUNCHER   empty, or in sanitizer builds tests/sanitizers/check_reports.sh: the
+#                         suites whose test process starts our instrumented binaries (server,
+#                         client) put it before their command, so that a sanitizer report from
+#                         any of those processes fails the test.
+#
 #   atman_add_fuzzer(NAME <name> SOURCES ... DEPS ... [LINK_INSTRUMENTED_STB])
 #       A libFuzzer target: SOURCES define LLVMFuzzerTestOneInput (and optionally
 #       LLVMFuzzerInitialize), DEPS are the libraries it links. In every build this makes
@@ -55,6 +60,11 @@ if(ATMAN_SANITIZE OR ATMAN_FUZZ)
   endif()
   add_compile_options(${_atman_sanitize_flags})
   message(STATUS "atman: sanitizers '${ATMAN_SANITIZE}', fuzzers ${ATMAN_FUZZ}")
+endif()
+
+set(ATMAN_TEST_LAUNCHER "")
+if(ATMAN_SANITIZE)
+  set(ATMAN_TEST_LAUNCHER ${PROJECT_SOURCE_DIR}/tests/sanitizers/check_reports.sh)
 endif()
 
 if(ATMAN_FUZZ)

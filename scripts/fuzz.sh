@@ -62,8 +62,13 @@ run_one() {
     seeds+=("$ATMAN_ROOT/tests/fuzz/regressions/$target")
   # The first folder receives new inputs; the others are only read.
   if "$binary" "${args[@]}" "$corpus" "${seeds[@]}" >"$log" 2>&1; then
-    atman_log "$target: $(grep -E '^(stat::number_of_executed_units|#[0-9]+.*DONE)' "$log" |
-      tail -1) ($seconds s, no findings)"
+    # The last status line: "#<runs> DONE cov: <edges> ft: <features> corp: <n>/<size> ...".
+    local done_line
+    done_line="$(grep -E '^#[0-9]+' "$log" | tail -1)"
+    atman_log "$target: no findings in $seconds s: $(awk '{
+      for (i = 2; i < NF; ++i) v[$i] = $(i + 1)
+      printf "%s runs, cov %s, ft %s, corpus %s, %s exec/s", substr($1, 2), v["cov:"], v["ft:"],
+        v["corp:"], v["exec/s:"] }' <<<"$done_line")"
   else
     atman_log "$target: FOUND A PROBLEM, see $log and $artifacts/"
     grep -E -m 5 'ERROR|FUZZ_CHECK|runtime error|Test unit written' "$log" >&2 || true
