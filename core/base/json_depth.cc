@@ -31,8 +31,8 @@ int JsonNestingDepth(std::string_view text) {
 
 absl::Status CheckJsonDepth(std::string_view text, std::string_view what) {
   if (JsonNestingDepth(text) <= kMaxJsonDepth) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(ToAbsl(what), ": JSON nested deeper than ",
-                                                 kMaxJsonDepth, " levels"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(ToAbsl(what), ": JSON nested deeper than ", kMaxJsonDepth, " levels"));
 }
 
 }  // namespace atman
