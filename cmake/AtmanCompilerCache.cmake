@@ -10,4 +10,8 @@ if(ATMAN_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_CXX_COMPILER_LAUNCHER ${CMAKE_COMMAND} -E env ${_atman_ccache_env} ${ATMAN_CCACHE})
   set(CMAKE_C_COMPILER_LAUNCHER ${CMAKE_CXX_COMPILER_LAUNCHER})
   message(STATUS "atman: compiling through ccache (${ATMAN_CCACHE})")
+  # clang stamps precompiled headers with their build time, which ccache cannot hash.
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    add_compile_options("SHELL:-Xclang -fno-pch-timestamp")
+  endif()
 endif()

@@ -11,3 +11,22 @@ ATMAN_BUILD="${ATMAN_BUILD:-$ATMAN_ROOT/build}"
 ATMAN_PY="$ATMAN_VENV/bin/python"
 
 atman_log() { printf '[atman %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Sanitizer run-time options (scripts/sanitize.sh, scripts/fuzz.sh; docs/development.md,
+# "Sanitizers and fuzzing"): every report is fatal (UBSan halts; TSan keeps going so that one
+# run lists every race, then exits 66), leaks are checked at exit, and only third-party
+# libraries are suppressed, by the files in tests/sanitizers/.
+atman_sanitizer_env() {
+  local supp="$ATMAN_ROOT/tests/sanitizers"
+  local symbolizer="external_symbolizer_path=/usr/lib/llvm-14/bin/llvm-symbolizer"
+  export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:strict_string_checks=1:check_initialization_order=1:suppressions=$supp/asan.supp:print_suppressions=0:$symbolizer"
+  export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0:$symbolizer"
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$supp/ubsan.supp:print_suppressions=0:$symbolizer"
+  export TSAN_OPTIONS="halt_on_error=0:exitcode=66:second_deadlock_stack=1:suppressions=$supp/tsan.supp:print_suppressions=0:$symbolizer"
+}
+
+# clang for the sanitizer and fuzz builds (Debian 12: clang-14, scripts/apt-packages.txt).
+atman_clang() {
+  ATMAN_CC="${ATMAN_CC:-clang-14}"
+  ATMAN_CXX="${ATMAN_CXX:-clang++-14}"
+}

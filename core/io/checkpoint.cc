@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/base/json_depth.h"
 #include "core/base/status_macros.h"
 
 namespace atman::io {
@@ -25,10 +26,12 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const std::filesystem::path& path) {
     }
     return absl::UnavailableError(absl::StrCat(path.string(), ": cannot read"));
   }
-  std::stringstream text;
-  text << in.rdbuf();
+  std::stringstream stream;
+  stream << in.rdbuf();
+  const std::string text = stream.str();
+  ATMAN_RETURN_IF_ERROR(CheckJsonDepth(text, path.string()));
   try {
-    return nlohmann::json::parse(text.str());
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not valid JSON: ", e.what()));
   }

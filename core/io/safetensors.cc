@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/base/json_depth.h"
 #include "core/base/status_macros.h"
 
 namespace atman::io {
@@ -84,17 +85,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = bytes.size() - data_start;
 
+  const std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + 8, header_len);
+  if (absl::Status depth = CheckJsonDepth(header_text, "header"); !depth.ok()) {
+    return bad(depth.message());
+  }
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes.data()) + 8,
-                                   reinterpret_cast<const char*>(bytes.data()) + data_start);
+    header = nlohmann::json::parse(header_text.begin(), header_text.end());
   } catch (const nlohmann::json::exception& e) {
     return bad("header is not valid JSON: ", e.what());
   }
   if (!header.is_object()) return bad("header is not a JSON object");
 
   std::unique_ptr<SafetensorsFile> result(new SafetensorsFile(std::move(file), data_start));
-  for (const auto& [name, value] : header.items()) {
+  for (const auto& member : header.items()) {
+    // Named references rather than a structured binding, which lambdas (bad_tensor) can
+    // capture only from C++20 compilers newer than clang 14.
+    const std::string& name = member.key();
+    const nlohmann::json& value = member.value();
     if (name == "__metadata__") {
       if (!value.is_object()) return bad("__metadata__ is not an object");
       for (const auto& [key, text] : value.items()) {
@@ -155,17 +163,22 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(
     result->entries_.push_back(std::move(entry));
   }
 
-  // No two tensors may share bytes.
+  // No two tensors may share bytes (empty ones share none): in offset order, each non-empty
+  // span must begin at or after the furthest end of the non-empty spans before it, not only
+  // after its neighbour's.
   std::vector<const TensorEntry*> by_offset;
-  for (const auto& e : result->entries_) by_offset.push_back(&e);
+  for (const auto& e : result->entries_) {
+    if (e.end > e.begin) by_offset.push_back(&e);
+  }
   std::sort(by_offset.begin(), by_offset.end(),
             [](const TensorEntry* a, const TensorEntry* b) { return a->begin < b->begin; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    const TensorEntry* prev = by_offset[i - 1];
-    const TensorEntry* cur = by_offset[i];
-    if (cur->begin < prev->end && cur->end > cur->begin && prev->end > prev->begin) {
-      return bad("tensors '", prev->name, "' and '", cur->name, "' overlap in the data section");
+  const TensorEntry* furthest = nullptr;  // of the spans so far, the one that ends last
+  for (const TensorEntry* cur : by_offset) {
+    if (furthest != nullptr && cur->begin < furthest->end) {
+      return bad("tensors '", furthest->name, "' and '", cur->name,
+                 "' overlap in the data section");
     }
+    if (furthest == nullptr || cur->end > furthest->end) furthest = cur;
   }
   for (std::size_t i = 0; i < result->entries_.size(); ++i) {
     result->index_.emplace(result->entries_[i].name, i);

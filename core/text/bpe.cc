@@ -1,5 +1,7 @@
 #include "core/text/bpe.h"
 
+#include <algorithm>
+#include <limits>
 #include <queue>
 
 #include "absl/strings/str_cat.h"
@@ -49,19 +51,30 @@ std::optional<std::pair<std::string, std::string>> SplitMergeLine(
   return std::nullopt;
 }
 
+std::optional<int32_t> JsonTokenId(const nlohmann::json& value) {
+  constexpr uint64_t kMaxId = std::numeric_limits<int32_t>::max();
+  if (value.is_number_unsigned()) {
+    const auto id = value.get<uint64_t>();
+    if (id <= kMaxId) return static_cast<int32_t>(id);
+  } else if (value.is_number_integer()) {
+    const auto id = value.get<int64_t>();
+    if (id >= 0 && static_cast<uint64_t>(id) <= kMaxId) return static_cast<int32_t>(id);
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<Bpe> Bpe::Create(std::unordered_map<std::string, int32_t> vocab,
                                 const std::vector<std::pair<std::string, std::string>>& merges,
                                 BpeOptions options, const std::string& path) {
   Bpe bpe;
   bpe.options_ = std::move(options);
-  int32_t max_id = -1;
+  bpe.vocab_r_.reserve(vocab.size());
   for (const auto& [token, id] : vocab) {
     if (id < 0) return FieldError(absl::StrCat(path, ".vocab"), absl::StrCat("negative id for '",
                                                                              token, "'"));
-    max_id = std::max(max_id, id);
+    bpe.max_id_ = std::max(bpe.max_id_, id);
+    bpe.vocab_r_[id] = token;
   }
-  bpe.vocab_r_.assign(static_cast<size_t>(max_id + 1), std::string());
-  for (const auto& [token, id] : vocab) bpe.vocab_r_[static_cast<size_t>(id)] = token;
   bpe.vocab_ = std::move(vocab);
   const size_t prefix_len = bpe.options_.continuing_subword_prefix.size();
   for (size_t rank = 0; rank < merges.size(); ++rank) {
@@ -111,11 +124,13 @@ absl::StatusOr<Bpe> Bpe::FromJson(const nlohmann::json& model, const std::string
   }
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(model["vocab"].size());
-  for (const auto& [token, id] : model["vocab"].items()) {
-    if (!id.is_number_integer()) {
-      return FieldError(absl::StrCat(path, ".vocab[\"", token, "\"]"), "must be an integer id");
+  for (const auto& [token, value] : model["vocab"].items()) {
+    const std::optional<int32_t> id = JsonTokenId(value);
+    if (!id.has_value()) {
+      return FieldError(absl::StrCat(path, ".vocab[\"", token, "\"]"),
+                        "must be an integer id in [0, 2147483647]");
     }
-    vocab.emplace(token, id.get<int32_t>());
+    vocab.emplace(token, *id);
   }
   if (!model.contains("merges") || !model["merges"].is_array()) {
     return FieldError(absl::StrCat(path, ".merges"), "must be an array");
@@ -170,8 +185,8 @@ std::optional<int32_t> Bpe::TokenToId(std::string_view token) const {
 }
 
 const std::string* Bpe::IdToToken(int32_t id) const {
-  if (id < 0 || static_cast<size_t>(id) >= vocab_r_.size()) return nullptr;
-  return &vocab_r_[static_cast<size_t>(id)];
+  auto it = vocab_r_.find(id);
+  return it == vocab_r_.end() ? nullptr : &it->second;
 }
 
 std::vector<ModelToken> Bpe::Tokenize(std::string_view word) const {

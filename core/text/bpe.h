@@ -43,9 +43,12 @@ class Bpe {
   std::vector<ModelToken> Tokenize(std::string_view word) const;
 
   std::optional<int32_t> TokenToId(std::string_view token) const;
+  // nullptr for an id that no token has (ids need not be contiguous).
   const std::string* IdToToken(int32_t id) const;
+  // Every id some token has, with that token (one of them when several share an id).
+  const std::unordered_map<int32_t, std::string>& tokens_by_id() const { return vocab_r_; }
   size_t vocab_size() const { return vocab_.size(); }
-  int32_t max_id() const { return static_cast<int32_t>(vocab_r_.size()) - 1; }
+  int32_t max_id() const { return max_id_; }  // -1 for an empty vocabulary
   bool byte_fallback() const { return options_.byte_fallback; }
 
  private:
@@ -58,12 +61,18 @@ class Bpe {
   }
 
   std::unordered_map<std::string, int32_t> vocab_;
-  std::vector<std::string> vocab_r_;
+  // Sparse, so that a vocabulary with one huge id costs no more memory than its tokens.
+  std::unordered_map<int32_t, std::string> vocab_r_;
+  int32_t max_id_ = -1;
   std::unordered_map<uint64_t, MergeResult> merges_;
   BpeOptions options_;
   std::optional<int32_t> unk_id_;
   std::vector<int32_t> byte_ids_;  // <0xXX> ids when byte_fallback, else empty
 };
+
+// A token id from tokenizer.json, vocab.json or tokenizer_config.json: an integer in
+// [0, 2^31 - 1] (the library's ids are u32; ours are int32_t), else nullopt.
+std::optional<int32_t> JsonTokenId(const nlohmann::json& value);
 
 // Splits a legacy "left right" merge line. A line with more than one space is resolved to the
 // first split (from the left) whose two parts and their concatenation are all in `vocab`.

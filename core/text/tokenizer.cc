@@ -7,7 +7,9 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/base/json_depth.h"
 #include "core/base/status_macros.h"
 #include "core/text/bpe.h"
 #include "core/text/normalized_string.h"
@@ -119,6 +121,7 @@ absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path) {
 }
 
 absl::StatusOr<json> ParseJson(std::string_view text, std::string_view what) {
+  ATMAN_RETURN_IF_ERROR(CheckJsonDepth(text, what));
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(ToAbsl(what), ": not valid JSON"));
@@ -162,7 +165,7 @@ class TokenizerImpl {
     auto it = added_by_id_.find(id);
     if (it != added_by_id_.end()) return added_[it->second].surface;
     const std::string* s = bpe_.IdToToken(id);
-    if (s == nullptr || (s->empty() && !bpe_.TokenToId("").has_value())) return std::nullopt;
+    if (s == nullptr) return std::nullopt;
     return *s;
   }
   size_t vocab_size() const { return vocab_size_; }
@@ -191,14 +194,16 @@ absl::Status TokenizerImpl::LoadAddedTokens(const json& list, const std::string&
   for (size_t i = 0; i < list.size(); ++i) {
     const json& t = list[i];
     const std::string item = absl::StrCat(path, "[", i, "]");
-    if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer()) {
-      return JsonError(absl::StrCat(item, ".id"), "must be an integer");
+    const std::optional<int32_t> id =
+        t.is_object() && t.contains("id") ? JsonTokenId(t["id"]) : std::nullopt;
+    if (!id.has_value()) {
+      return JsonError(absl::StrCat(item, ".id"), "must be an integer id in [0, 2147483647]");
     }
     if (!t.contains("content") || !t["content"].is_string()) {
       return JsonError(absl::StrCat(item, ".content"), "must be a string");
     }
     AddedToken a;
-    a.id = t["id"].get<int32_t>();
+    a.id = *id;
     a.content = t["content"].get<std::string>();
     auto flag = [&](const char* key, bool fallback) {
       return t.contains(key) && t[key].is_boolean() ? t[key].get<bool>() : fallback;
@@ -241,9 +246,8 @@ void TokenizerImpl::BuildMatchers() {
     }
   }
   std::set<std::string> names;
-  for (int32_t id = 0; id <= bpe_.max_id(); ++id) {
-    const std::string* s = bpe_.IdToToken(id);
-    if (s != nullptr && bpe_.TokenToId(*s) == id) names.insert(*s);
+  for (const auto& [id, token] : bpe_.tokens_by_id()) {
+    if (bpe_.TokenToId(token) == id) names.insert(token);
   }
   for (const AddedToken& a : added_) names.insert(a.content);
   vocab_size_ = names.size();
@@ -514,12 +518,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabAndMerges(
                                                    ": must be an object of token -> id"));
   }
   std::unordered_map<std::string, int32_t> vocab;
-  for (const auto& [token, id] : vj.items()) {
-    if (!id.is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat(vocab_json.string(), ": [\"", token,
-                                                     "\"] must be an integer id"));
+  for (const auto& [token, value] : vj.items()) {
+    const std::optional<int32_t> id = internal::JsonTokenId(value);
+    if (!id.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          vocab_json.string(), ": [\"", token, "\"] must be an integer id in [0, 2147483647]"));
     }
-    vocab.emplace(token, id.get<int32_t>());
+    vocab.emplace(token, *id);
   }
   ATMAN_ASSIGN_OR_RETURN(std::string merges_text, internal::ReadFile(merges_txt));
   std::vector<std::pair<std::string, std::string>> merges;
@@ -549,9 +554,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromVocabAndMerges(
     if (config_json.contains("added_tokens_decoder") &&
         config_json["added_tokens_decoder"].is_object()) {
       nlohmann::json list = nlohmann::json::array();
-      for (const auto& [id, token] : config_json["added_tokens_decoder"].items()) {
+      for (const auto& [key, token] : config_json["added_tokens_decoder"].items()) {
+        int32_t id = -1;
+        if (!absl::SimpleAtoi(key, &id) || id < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(config.string(), ": added_tokens_decoder[\"", key,
+                           "\"]: the key must be an integer id in [0, 2147483647]"));
+        }
         nlohmann::json t = token;
-        t["id"] = std::stoi(id);
+        if (t.is_object()) t["id"] = id;
         list.push_back(t);
       }
       ATMAN_RETURN_IF_ERROR(impl->LoadAddedTokens(list, "added_tokens_decoder"));

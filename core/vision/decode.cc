@@ -24,9 +24,12 @@ namespace {
 
 constexpr std::string_view kSupported = "PNG, JPEG, GIF";
 
-bool StartsWith(std::string_view bytes, std::string_view prefix) {
-  return bytes.substr(0, prefix.size()) == prefix;
+// Whether `bytes` holds `what` at byte `pos`; false (never an exception) when it is shorter.
+bool HasAt(std::string_view bytes, size_t pos, std::string_view what) {
+  return pos <= bytes.size() && bytes.substr(pos).starts_with(what);
 }
+
+bool StartsWith(std::string_view bytes, std::string_view prefix) { return HasAt(bytes, 0, prefix); }
 
 uint32_t BigEndian32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
@@ -42,14 +45,14 @@ absl::StatusOr<ImageFormat> SniffFormat(std::string_view bytes) {
   if (StartsWith(bytes, "\xff\xd8\xff")) return ImageFormat::kJpeg;
   if (StartsWith(bytes, "GIF87a") || StartsWith(bytes, "GIF89a")) return ImageFormat::kGif;
   std::string_view name = "unrecognised data";
-  if (StartsWith(bytes, "RIFF") && bytes.substr(8, 4) == "WEBP") {
+  if (StartsWith(bytes, "RIFF") && HasAt(bytes, 8, "WEBP")) {
     name = "WebP";
   } else if (StartsWith(bytes, "BM")) {
     name = "BMP";
   } else if (StartsWith(bytes, std::string_view("II*\0", 4)) ||
              StartsWith(bytes, std::string_view("MM\0*", 4))) {
     name = "TIFF";
-  } else if (bytes.substr(4, 4) == "ftyp") {
+  } else if (HasAt(bytes, 4, "ftyp")) {
     name = "HEIF/AVIF";
   } else if (StartsWith(bytes, "8BPS")) {
     name = "PSD";

@@ -18,9 +18,9 @@
 //     alpha_composite arithmetic, which is what transformers' image processors do to an image
 //     with transparency (convert_to_rgb); kDrop keeps the colour channels as they are, as
 //     Image.convert("RGB") (and transformers.image_utils.load_image) does.
-// Not done: EXIF orientation is ignored (load_image would apply it); CMYK JPEGs are converted
-// by stb, not as Pillow does. JPEG decoding is stb_image's, which differs from libjpeg-turbo
-// (Pillow) by a few levels on some pixels: see docs/vision.md for the measured difference.
+// Decoders: PNG and GIF through stb_image, JPEG through libjpeg-turbo with Pillow's settings
+// (docs/vision.md). Not done: EXIF orientation is ignored (load_image would apply it); CMYK and
+// YCCK JPEGs are refused.
 //
 // Thread safety: free functions without shared state (stb's error string is thread-local);
 // safe from any thread.

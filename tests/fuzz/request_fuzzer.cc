@@ -10,10 +10,9 @@
 // input is one line (text) or valid JSON on one line.
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "server/call_log.h"
 #include "server/proto_conversion.h"
@@ -24,7 +23,8 @@ namespace {
 using namespace atman::server;
 
 bool StartsWithFieldPathOrRequest(const absl::Status& s) {
-  const std::string_view m = s.message();
+  const std::string message(s.message());
+  const std::string_view m = message;
   if (m.rfind("request:", 0) == 0) return true;
   // A field path: identifiers, dots and [indices], then ": ".
   const size_t colon = m.find(": ");
@@ -48,7 +48,8 @@ template <typename Message>
 bool ParseChecked(std::string_view bytes, Message* out) {
   const absl::Status s = ParseRequest(bytes, out);
   Message reference;
-  const bool protobuf_parses = reference.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
+  const bool protobuf_parses =
+      reference.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
   FUZZ_CHECK(s.ok() == protobuf_parses);
   if (!s.ok()) {
     FUZZ_CHECK(s.code() == absl::StatusCode::kInvalidArgument);

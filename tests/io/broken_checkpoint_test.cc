@@ -126,6 +126,57 @@ TEST_F(BrokenCheckpoint, OverlappingTensors) {
   EXPECT_THAT(std::string(OpenStatus().message()), HasSubstr("overlap"));
 }
 
+// The overlap check compared each tensor with its neighbour in offset order only, so an empty
+// tensor between two overlapping ones hid the overlap. Found while writing safetensors_fuzzer's
+// no-overlap property (tests/fuzz/regressions/safetensors_fuzzer/ keeps the input).
+TEST_F(BrokenCheckpoint, OverlapBehindAnEmptyTensorIsFound) {
+  const nlohmann::json header = {
+      {"big", {{"dtype", "U8"}, {"shape", {16}}, {"data_offsets", {0, 16}}}},
+      {"empty", {{"dtype", "U8"}, {"shape", {0}}, {"data_offsets", {4, 4}}}},
+      {"inner", {{"dtype", "U8"}, {"shape", {4}}, {"data_offsets", {8, 12}}}}};
+  WriteAll(file(), Join(header, std::string(16, '\0')));
+  auto st = SafetensorsFile::Open(file());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(std::string(st.status().message()),
+            file().string() + ": tensors 'big' and 'inner' overlap in the data section");
+  // Empty tensors share no bytes, wherever their offsets point.
+  nlohmann::json no_overlap = header;
+  no_overlap["inner"]["data_offsets"] = {16, 16};
+  no_overlap["inner"]["shape"] = {0};
+  WriteAll(file(), Join(no_overlap, std::string(16, '\0')));
+  EXPECT_TRUE(SafetensorsFile::Open(file()).ok());
+}
+
+// Found with a hand-made deep header after fuzzing (the fuzzer's inputs are too short to nest
+// that far): 500,000 nested arrays as a shape exhausted the stack in dump() of the error
+// message. Headers nested 128 levels or more are refused before parsing, as the reference
+// implementation (serde_json) refuses them. The header below is `levels` + 2 deep.
+TEST_F(BrokenCheckpoint, HeaderNestedDeeperThan127LevelsIsRefused) {
+  // As text: nlohmann's own dump() is what overflowed.
+  auto shape_nested = [](int levels) {
+    const std::string text = R"({"w":{"dtype":"F32","shape":)" + std::string(levels, '[') +
+                             std::string(levels, ']') + R"(,"data_offsets":[0,0]}})";
+    const uint64_t n = text.size();
+    return std::string(reinterpret_cast<const char*>(&n), 8) + text;
+  };
+  WriteAll(file(), shape_nested(125));
+  auto st = SafetensorsFile::Open(file());
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.status().message()), HasSubstr("tensor 'w': shape [[[["));
+  for (int levels : {126, 500000}) {
+    WriteAll(file(), shape_nested(levels));
+    st = SafetensorsFile::Open(file());
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(std::string(st.status().message()),
+              file().string() + ": header: JSON nested deeper than 127 levels");
+  }
+  // config.json goes through the same limit.
+  WriteAll(file(), original_);
+  std::ofstream(dir_ / "config.json") << std::string(200, '[') << std::string(200, ']');
+  EXPECT_EQ(std::string(OpenStatus().message()),
+            (dir_ / "config.json").string() + ": JSON nested deeper than 127 levels");
+}
+
 TEST_F(BrokenCheckpoint, MalformedHeaderEntries) {
   const std::vector<std::pair<nlohmann::json, std::string>> cases = {
       {{{"w", {{"shape", {2}}, {"data_offsets", {0, 8}}}}}, "tensor 'w': missing string 'dtype'"},

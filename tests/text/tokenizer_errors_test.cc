@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "core/text/tokenizer.h"
 #include "tests/support/paths.h"
@@ -103,6 +104,91 @@ TEST(MalformedJson, ErrorsNameTheField) {
   auto broken = Tokenizer::FromJson("{\"model\": ");
   ASSERT_FALSE(broken.ok());
   EXPECT_THAT(std::string(broken.status().message()), HasSubstr("not valid JSON"));
+}
+
+// A minimal byte-free BPE tokenizer.json: vocabulary `vocab`, no merges, no pipeline.
+json TinyBpe(const json& vocab) {
+  return json{{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}}};
+}
+
+// Found by tokenizer_json_fuzzer: ids were read with get<int32_t>() (a 64-bit id wrapped) and
+// the id -> token table was a vector as long as the largest id, so one id near 2^31 made
+// loading allocate tens of gigabytes.
+TEST(TokenIds, OutOfRangeIdsAreErrorsNamingTheField) {
+  for (const json& id : {json(2147483648ll), json(299999999999994ll), json(-1), json(1.5)}) {
+    SCOPED_TRACE(id.dump());
+    EXPECT_EQ(ErrorOf(TinyBpe({{"a", 0}, {"b", id}})),
+              "tokenizer.json: model.vocab[\"b\"]: must be an integer id in [0, 2147483647]");
+    json j = TinyBpe({{"a", 0}});
+    j["added_tokens"] = json::array({{{"id", id}, {"content", "<x>"}}});
+    EXPECT_EQ(ErrorOf(j),
+              "tokenizer.json: added_tokens[0].id: must be an integer id in [0, 2147483647]");
+  }
+}
+
+TEST(TokenIds, SparseIdsUpToTheLargestAreServedWithoutADenseTable) {
+  auto tok = Tokenizer::FromJson(TinyBpe({{"a", 0}, {"b", 2147483647}}).dump());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->vocab_size(), 2u);
+  auto enc = (*tok)->Encode("ba");
+  ASSERT_TRUE(enc.ok()) << enc.status();
+  EXPECT_EQ(enc->ids, (std::vector<int32_t>{2147483647, 0}));
+  EXPECT_EQ((*tok)->IdToToken(2147483647), "b");
+  // Ids between the two are in no token: unknown, as the library reports them.
+  EXPECT_FALSE((*tok)->IdToToken(1).has_value());
+  auto text = (*tok)->Decode({0, 1});
+  ASSERT_FALSE(text.ok());
+  EXPECT_THAT(std::string(text.status().message()), HasSubstr("id 1 at position 1"));
+}
+
+// Found by review with the fuzzer's findings: a non-numeric key of added_tokens_decoder went
+// through std::stoi, whose exception escaped FromFolder().
+TEST(TokenIds, NonNumericAddedTokensDecoderKeyIsAnError) {
+  const auto dir = ::atman::testing::TempDir();
+  auto write = [&](const char* name, const std::string& text) {
+    std::ofstream(dir / name) << text;
+  };
+  write("vocab.json", R"({"a": 0, "b": 1, "ab": 2})");
+  write("merges.txt", "#version: 0.2\na b\n");
+  write("tokenizer_config.json", R"({"added_tokens_decoder": {"x": {"content": "<x>"}}})");
+  auto tok = Tokenizer::FromFolder(dir);
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(tok.status().message()),
+            (dir / "tokenizer_config.json").string() +
+                ": added_tokens_decoder[\"x\"]: the key must be an integer id in [0, 2147483647]");
+  write("tokenizer_config.json", R"({"added_tokens_decoder": {"3": {"content": "<x>"}}})");
+  tok = Tokenizer::FromFolder(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->TokenToId("<x>"), 3);
+}
+
+// tokenizer.json with n normalizers of type Sequence nested in each other, 2n + 2 levels deep
+// (as text: nlohmann's own dump() overflows the stack on deep documents).
+std::string NestedSequences(int n) {
+  std::string normalizer;
+  for (int i = 0; i < n; ++i) normalizer += R"({"type":"Sequence","normalizers":[)";
+  normalizer += R"({"type":"NFC"})";
+  for (int i = 0; i < n; ++i) normalizer += "]}";
+  return R"({"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"normalizer":)" + normalizer + "}";
+}
+
+// Found with hand-made deep inputs after fuzzing (the fuzzers' inputs are too short to nest
+// that far): 50,000 nested Sequence normalizers exhausted the stack in the recursive pipeline
+// parser, and 500,000 nested arrays in an error message's dump(). The `tokenizers` library
+// (serde_json) refuses 128 levels and more; so do we, before parsing.
+TEST(MalformedJson, NestingDeeperThan127LevelsIsRefusedLikeTheLibrary) {
+  auto deepest_accepted = Tokenizer::FromJson(NestedSequences(62));  // 126 levels
+  ASSERT_TRUE(deepest_accepted.ok()) << deepest_accepted.status();
+  for (int n : {63, 50000}) {
+    auto tok = Tokenizer::FromJson(NestedSequences(n));
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(std::string(tok.status().message()),
+              "tokenizer.json: JSON nested deeper than 127 levels");
+  }
+  // Brackets inside strings are text, not nesting.
+  auto in_string = Tokenizer::FromJson(TinyBpe({{std::string(1000, '['), 0}}).dump());
+  ASSERT_TRUE(in_string.ok()) << in_string.status();
 }
 
 TEST(MalformedJson, FromFileNamesTheFile) {

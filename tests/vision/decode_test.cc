@@ -244,6 +244,20 @@ TEST(DecodeSafety, OtherFormatsAreRejectedByName) {
             "unsupported image format: unrecognised data (supported: PNG, JPEG, GIF)");
 }
 
+// Found by image_decode_fuzzer: sniffing a format read bytes 4..8 and 8..12 of inputs shorter
+// than that through std::string_view::substr, which threw std::out_of_range (a crash).
+TEST(DecodeSafety, ShortUnrecognisedInputsAreRejected) {
+  for (const std::string bytes : {"NP", "\x01", "abc", "RIFF", "RIFFxxxxWEB", "abcdfty"}) {
+    SCOPED_TRACE(bytes);
+    auto header = ReadImageHeader(bytes);
+    ASSERT_FALSE(header.ok());
+    EXPECT_EQ(header.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(Message(header.status()),
+              "unsupported image format: unrecognised data (supported: PNG, JPEG, GIF)");
+    EXPECT_EQ(Message(DecodeImage(bytes).status()), Message(header.status()));
+  }
+}
+
 TEST(DecodeSafety, TruncatedPngIsRejected) {
   const std::string png = ReadFixture("images/noise_224x224.png");
   ASSERT_GT(png.size(), 1000u);
