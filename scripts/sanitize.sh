@@ -6,8 +6,9 @@
 #   address  build-asan/: clang with ASan + UBSan (LeakSanitizer on), everything but the
 #            benchmarks; runs the suites labelled io, text, vision, model, runtime, atman,
 #            server, client and fuzz (the fuzz targets' regression and seed replays).
-#   thread   build-tsan/: clang with TSan; builds the batcher tests, atman-server and
-#            engine_explain; runs the suites labelled runtime and server.
+#   thread   build-tsan/: clang with TSan; builds the batcher tests, the server's in-process
+#            suites, atman-server, engine_explain and atman (the soak); runs the suites
+#            labelled runtime and server.
 #
 # Build folders sit beside $ATMAN_BUILD (default build/). The oracles write their fixtures into
 # each folder as in the main build (ctest runs the fixture steps the selected tests need). Run-
@@ -62,7 +63,8 @@ if [[ "$mode" == thread || "$mode" == all ]]; then
   # barriers, so every tensor an OpenMP worker touches would be reported. One OpenMP thread
   # leaves TSan our own threads (batcher workers and timer, the service's pool, gRPC's).
   OMP_NUM_THREADS=1 run_sanitizer tsan thread '^(runtime|server)$' \
-    test_runtime test_dynamic_batcher atman-server engine_explain || failed+=(thread)
+    test_runtime test_dynamic_batcher test_service_edge test_server_config test_metrics_endpoint \
+    atman-server engine_explain atman || failed+=(thread)
 fi
 if ((${#failed[@]})); then
   atman_log "sanitizer runs that failed: ${failed[*]}"

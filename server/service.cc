@@ -150,10 +150,11 @@ class CallTicket {
     if (ended_) return;
     ended_ = true;
     {
-      absl::MutexLock lock(&service_->mu_);
+      MutexLock lock(&service_->mu_);
       if (queued_) --service_->queued_calls_;
       --service_->inflight_;
       service_->metrics_->inflight->Set(static_cast<double>(service_->inflight_));
+      if (service_->inflight_ == 0) service_->idle_cv_.SignalAll();
     }
     service_->CallDone(info_, status, details);
   }
@@ -179,13 +180,13 @@ class CallState {
   explicit CallState(Clock::time_point deadline) : deadline_(deadline) {}
   // The first reason wins.
   void Cancel(const absl::Status& why) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (cancel_.ok()) cancel_ = why;
   }
   // OK while the call should go on; CANCELLED or DEADLINE_EXCEEDED when it should stop.
   absl::Status StopStatus() const {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (!cancel_.ok()) return cancel_;
     }
     if (Clock::now() >= deadline_) {
@@ -197,7 +198,7 @@ class CallState {
 
  private:
   const Clock::time_point deadline_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::Status cancel_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -229,14 +230,14 @@ class ExplainJob {
     state.Cancel(why);
     std::shared_ptr<runtime::DynamicBatcher::Request> handle;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       handle = handle_;
     }
     if (handle) batcher->Cancel(handle, why);
   }
   // Stores the batcher handle; false when the job was cancelled meanwhile (caller cancels).
   bool SetHandle(std::shared_ptr<runtime::DynamicBatcher::Request> handle) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (completed_) return false;
     handle_ = std::move(handle);
     return state.StopStatus().ok();
@@ -244,7 +245,7 @@ class ExplainJob {
   void Progress(int64_t done, int64_t total, double eta) {
     std::function<void(int64_t, int64_t, double)> progress;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (completed_) return;
       progress = on_progress;
     }
@@ -254,7 +255,7 @@ class ExplainJob {
     std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)> done;
     std::shared_ptr<runtime::DynamicBatcher::Request> handle;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (completed_) return;
       completed_ = true;
       done = std::move(on_done);
@@ -271,7 +272,7 @@ class ExplainJob {
   }
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   bool completed_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<runtime::DynamicBatcher::Request> handle_ ABSL_GUARDED_BY(mu_);
 };
@@ -294,22 +295,21 @@ AtmanService::AtmanService(const Config& config, std::vector<DeviceEngine*> engi
 void AtmanService::StartDraining() { draining_ = true; }
 
 int64_t AtmanService::inflight() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return inflight_;
 }
 
 bool AtmanService::WaitForIdle(Clock::time_point deadline) {
-  const absl::Time until = deadline == Clock::time_point::max()
-                               ? absl::InfiniteFuture()
-                               : absl::Now() + absl::FromChrono(deadline - Clock::now());
-  absl::MutexLock lock(&mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return inflight_ == 0; };
-  return mu_.AwaitWithDeadline(absl::Condition(&idle), until);
+  MutexLock lock(&mu_);
+  while (inflight_ != 0) {
+    if (idle_cv_.WaitUntil(&mu_, deadline)) return inflight_ == 0;
+  }
+  return true;
 }
 
 void AtmanService::Hold() {
   {
-    absl::MutexLock lock(&hold_mu_);
+    MutexLock lock(&hold_mu_);
     held_ = true;
   }
   batcher_->Hold();
@@ -317,22 +317,23 @@ void AtmanService::Hold() {
 
 void AtmanService::Release() {
   batcher_->Release();
-  absl::MutexLock lock(&hold_mu_);
-  held_ = false;
+  {
+    MutexLock lock(&hold_mu_);
+    held_ = false;
+  }
+  hold_cv_.SignalAll();
 }
 
 bool AtmanService::held() const {
-  absl::MutexLock lock(&hold_mu_);
+  MutexLock lock(&hold_mu_);
   return held_;
 }
 
 void AtmanService::WaitWhileHeld(const CallState& call) const {
-  absl::MutexLock lock(&hold_mu_);
+  MutexLock lock(&hold_mu_);
   // A cancel or the deadline does not signal this mutex: look again every 20 ms.
   while (held_ && call.StopStatus().ok()) {
-    hold_mu_.AwaitWithTimeout(absl::Condition(
-                                  +[](const bool* held) { return !*held; }, &held_),
-                              absl::Milliseconds(20));
+    hold_cv_.WaitUntil(&hold_mu_, Clock::now() + std::chrono::milliseconds(20));
   }
 }
 
@@ -367,7 +368,7 @@ grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, const CallInf
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the server is draining; retry on another replica");
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (queued) {
     if (queued_calls_ >= config_.max_queued_requests) {
       return grpc::Status(

@@ -41,9 +41,9 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "atman/v1/atman.grpc.pb.h"
 #include "core/atman/explainer.h"
+#include "core/base/mutex.h"
 #include "core/model/causal_lm.h"
 #include "core/runtime/dynamic_batcher.h"
 #include "core/text/tokenizer.h"
@@ -172,10 +172,13 @@ class AtmanService final : public RawAtmanService {
   std::atomic<uint64_t> next_device_{0}, next_id_{0};
   std::atomic<int64_t> last_arrival_{0};  // steady clock, nanoseconds since its epoch
 
-  mutable absl::Mutex mu_;
+  // atman::Mutex, not absl::Mutex: the TSan build must see the locking (core/base/mutex.h).
+  mutable Mutex mu_;
+  CondVar idle_cv_;  // inflight_ reached 0
   int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_calls_ ABSL_GUARDED_BY(mu_) = 0;  // admitted Explain/Stream/Generate calls
-  mutable absl::Mutex hold_mu_;
+  mutable Mutex hold_mu_;
+  mutable CondVar hold_cv_;  // held_ went false
   bool held_ ABSL_GUARDED_BY(hold_mu_) = false;
 };
 

@@ -11,7 +11,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/time.h"
 
 namespace atman::runtime {
 namespace {
@@ -35,10 +34,6 @@ double Seconds(DynamicBatcher::Clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
-absl::Time ToAbslTime(DynamicBatcher::Clock::time_point t) {
-  if (t == DynamicBatcher::Clock::time_point::max()) return absl::InfiniteFuture();
-  return absl::Now() + absl::FromChrono(t - DynamicBatcher::Clock::now());
-}
 
 }  // namespace
 
@@ -85,7 +80,7 @@ DynamicBatcher::DynamicBatcher(Options options, Observer observer)
       options_(options),
       observer_(std::move(observer)) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     limits_ = options.limits;
     limits_.max_rows = std::max<int64_t>(1, limits_.max_rows);
   }
@@ -130,7 +125,7 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher::Request>> DynamicBatcher::Submit(
   request->queued.assign(order.begin(), order.end());
   request->rows = std::make_shared<const std::vector<ScoringRow>>(std::move(rows));
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (draining_ || stopping_) {
       return absl::UnavailableError("the server is draining; retry on another replica");
     }
@@ -173,7 +168,7 @@ void DynamicBatcher::EndLocked(const std::shared_ptr<Request>& request, absl::St
 }
 
 void DynamicBatcher::Deliver(const std::shared_ptr<Request>& request) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (request->delivering) return;
   request->delivering = true;
   while (!request->outbox.empty()) {
@@ -194,36 +189,35 @@ void DynamicBatcher::Deliver(const std::shared_ptr<Request>& request) {
 void DynamicBatcher::Cancel(const std::shared_ptr<Request>& request, absl::Status status) {
   if (!request) return;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     EndLocked(request, std::move(status));
   }
   Deliver(request);
 }
 
 void DynamicBatcher::Drain() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   draining_ = true;
   work_cv_.SignalAll();
 }
 
 void DynamicBatcher::Hold() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   held_ = true;
 }
 
 void DynamicBatcher::Release() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     held_ = false;
   }
   work_cv_.SignalAll();
 }
 
 bool DynamicBatcher::WaitIdle(Clock::time_point deadline) {
-  const absl::Time until = ToAbslTime(deadline);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (!all_.empty()) {
-    if (idle_cv_.WaitWithDeadline(&mu_, until) && !all_.empty()) return false;
+    if (idle_cv_.WaitUntil(&mu_, deadline) && !all_.empty()) return false;
   }
   return true;
 }
@@ -233,7 +227,7 @@ void DynamicBatcher::Shutdown() {
   if (joined_) return;
   std::vector<std::shared_ptr<Request>> left;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = draining_ = true;
     left = all_;
     for (const auto& r : left) EndLocked(r, absl::UnavailableError("the server is shutting down"));
@@ -249,7 +243,7 @@ void DynamicBatcher::Shutdown() {
 }
 
 DynamicBatcher::Stats DynamicBatcher::stats() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return {queued_rows_,       static_cast<int64_t>(all_.size()),
           oom_retries_,       limits_.memory_budget_bytes,
           limits_.max_tokens, held_,
@@ -261,7 +255,7 @@ int64_t DynamicBatcher::EstimateBytes(int64_t tokens) const {
 }
 
 void DynamicBatcher::TimerLoop() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (!stopping_) {
     const auto now = Clock::now();
     auto next = Clock::time_point::max();
@@ -284,7 +278,7 @@ void DynamicBatcher::TimerLoop() {
       mu_.Lock();
       continue;
     }
-    timer_cv_.WaitWithDeadline(&mu_, ToAbslTime(next));
+    timer_cv_.WaitUntil(&mu_, next);
   }
 }
 
@@ -335,7 +329,7 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
 }
 
 void DynamicBatcher::WorkerLoop(size_t device_index) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (true) {
     if (stopping_) return;
     int64_t waiting = 0;
@@ -354,7 +348,7 @@ void DynamicBatcher::WorkerLoop(size_t device_index) {
     if (waiting < limits_.max_rows && max_queue_delay_.count() > 0 && !draining_) {
       const auto ready = oldest + max_queue_delay_;
       if (Clock::now() < ready) {
-        work_cv_.WaitWithDeadline(&mu_, ToAbslTime(ready));
+        work_cv_.WaitUntil(&mu_, ready);
         continue;
       }
     }
@@ -373,7 +367,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   const int64_t tokens = batch.tokens();
   int64_t estimate = 0;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     estimate = EstimateBytes(tokens);
   }
   // Everything that allocates or may throw runs here, outside the lock: the batch, and the
@@ -410,7 +404,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   std::optional<BatchInfo> batch_info;
   bool oom = false;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     --batches_running_;
     for (const auto& e : batch.entries) {
       if (std::find(touched.begin(), touched.end(), e.request) == touched.end()) {

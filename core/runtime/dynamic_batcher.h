@@ -66,7 +66,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "core/base/mutex.h"
 #include "core/model/causal_lm.h"
 #include "core/runtime/scoring_batch.h"
 
@@ -182,8 +182,9 @@ class DynamicBatcher {
   const Options options_;  // as given (limits_ below is the live copy)
   Observer observer_;
 
-  mutable absl::Mutex mu_;
-  absl::CondVar work_cv_, idle_cv_, timer_cv_;
+  // atman::Mutex, not absl::Mutex: the TSan build must see the locking (core/base/mutex.h).
+  mutable Mutex mu_;
+  CondVar work_cv_, idle_cv_, timer_cv_;
   BatchLimits limits_ ABSL_GUARDED_BY(mu_);
   // Requests with queued rows, in round-robin order.
   std::list<std::shared_ptr<Request>> active_ ABSL_GUARDED_BY(mu_);
