@@ -11,12 +11,15 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "support"))
+from ports import free_port  # noqa: E402
 import yaml
 
 ROOT = pathlib.Path(os.environ.get("ATMAN_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
@@ -169,12 +172,6 @@ def test_every_metric_used_is_in_the_contract():
 
 
 # --- Against the real server ----------------------------------------------------------------
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def parse_exposition(text):
     """{family: type} from the `# TYPE` lines of Prometheus' text format."""
     types = {}

@@ -8,7 +8,6 @@ suites' CMakeLists.txt set. Not thread-safe: one test process drives its servers
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,7 @@ from atman.v1 import atman_pb2_grpc as pb_grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402,F401  (re-exported for the suites)
 
 
 class Server:
