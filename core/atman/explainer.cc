@@ -87,8 +87,7 @@ absl::Status Explainer::Warmup(int64_t length) {
     ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds, lm_->Embed(LongTensor(ids).unsqueeze(0)));
     auto prefix = std::make_shared<runtime::KvPrefixCache>();
     prefix->embeds = embeds;
-    prefix->positions =
-        at::arange(length, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    prefix->positions = at::arange(length, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
     prefix->target_indices = LongTensor({length - 1});
     prefix->target_tokens = LongTensor({0});
     prefix->base_log_probs = at::zeros({1}, at::TensorOptions().dtype(at::kDouble));
@@ -618,8 +617,7 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
     } else {
       prefix->embeds = prompt_embeds;
     }
-    prefix->positions =
-        at::arange(L, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+    prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
     std::vector<int64_t> indices, tokens;
     for (int64_t j = 0; j < m; ++j) {
       indices.push_back(P - 1 + j);
@@ -633,9 +631,11 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
     pass.positions = prefix->positions;
     pass.present = &prefix->cache;
     pass.output.kind = model::OutputRequest::Kind::kLogProbs;
-    pass.output.indices = prefix->target_indices.unsqueeze(0).to(device);
-    pass.output.targets = prefix->target_tokens.unsqueeze(0).to(device);
+    pass.output.indices = prefix->target_indices.unsqueeze(0);
+    pass.output.targets = prefix->target_tokens.unsqueeze(0);
     ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput base, lm_->Forward(pass));
+    // Rows read the cache on other streams (the batcher's workers): they wait on this event.
+    prefix->ready = model::DeviceEvent::Record(device);
     prefix->base_log_probs = base.log_probs[0].to(at::kCPU).to(at::kDouble);
     prepared->usage.forward_passes += 1;
     prepared->usage.positions_computed += L;
@@ -773,9 +773,10 @@ absl::StatusOr<Explanation> Explainer::ExplainOrThrow(const ExplainRequest& requ
     for (size_t i : batch) rows.push_back(&prepared->rows[i]);
     ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result,
                            runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix));
+    const at::Tensor values = result.LogProbs();  // [B, K_max] on the host
     for (size_t b = 0; b < batch.size(); ++b) {
       log_probs[static_cast<int64_t>(batch[b])].copy_(
-          result.log_probs[static_cast<int64_t>(b)].slice(0, 0, K));
+          values[static_cast<int64_t>(b)].slice(0, 0, K));
     }
     prepared->usage.forward_passes += 1;
     prepared->usage.positions_computed += result.positions_computed;

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
+#include "core/model/device.h"
 
 namespace atman::model {
 
@@ -41,8 +42,9 @@ absl::StatusOr<ControlTensors> BuildControlTensors(const AttentionControl& contr
                                                      "; the model has layers 0..", num_layers - 1));
     }
   }
-  // The factors are assembled on the CPU in float32 (a few kilobytes), then moved once.
-  at::Tensor factors = at::full({batch, num_keys}, 1.0f, at::kFloat);
+  // The factors are assembled on the host in float32 (a few kilobytes, pinned when the device
+  // is CUDA), then uploaded once without a host sync.
+  at::Tensor factors = at::full({batch, num_keys}, 1.0f, HostStaging(device, at::kFloat));
   float* data = factors.data_ptr<float>();
   bool any_removed = false;
   for (int64_t b = 0; b < batch; ++b) {
@@ -64,7 +66,7 @@ absl::StatusOr<ControlTensors> BuildControlTensors(const AttentionControl& contr
   ControlTensors out;
   out.mode = control.mode;
   try {
-    at::Tensor on_device = factors.view({batch, 1, 1, num_keys}).to(device);
+    at::Tensor on_device = Upload(factors, device).view({batch, 1, 1, num_keys});
     if (control.mode == ControlMode::kMultiplicative) {
       out.factors = on_device.to(dtype);
     } else {

@@ -13,6 +13,7 @@
 #include <ATen/ops/silu.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -23,6 +24,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/attention.h"
+#include "core/model/device.h"
 #include "core/model/family_weights.h"
 
 namespace atman::model {
@@ -55,10 +57,22 @@ absl::Status CheckTensor(const at::Tensor& t, std::string_view name,
   return absl::OkStatus();
 }
 
-// Every element of integer tensor `t` in [lo, hi).
+// Every element of integer tensor `t` in [lo, hi). A host tensor is read where it is; a
+// device tensor costs a host sync (two .item()), so the hot loop passes host tensors
+// (RunScoringBatch stages indices, targets and positions on the host and validates them here
+// before they are uploaded).
 absl::Status CheckRange(const at::Tensor& t, std::string_view name, int64_t lo, int64_t hi) {
   if (t.numel() == 0) return absl::OkStatus();
-  const int64_t min = t.min().item<int64_t>(), max = t.max().item<int64_t>();
+  int64_t min = 0, max = 0;
+  if (t.is_cpu()) {
+    const at::Tensor v = t.to(at::kLong).contiguous();
+    const int64_t* data = v.data_ptr<int64_t>();
+    min = *std::min_element(data, data + v.numel());
+    max = *std::max_element(data, data + v.numel());
+  } else {
+    min = t.min().item<int64_t>();
+    max = t.max().item<int64_t>();
+  }
   if (min < lo || max >= hi) {
     return absl::InvalidArgumentError(absl::StrCat(ToAbsl(name), " holds values in [", min, ", ",
                                                    max, "], outside [", lo, ", ", hi, ")"));
@@ -98,6 +112,9 @@ struct CausalLM::Pass {
   at::Tensor cos, sin;  // [B, 1, T, rotary_dim] (rotary families)
   std::map<int64_t, AttentionMask> masks;  // by sliding window (0: none)
   std::optional<ControlTensors> control;
+  // masks with the log_additive control folded in (WithControl), by sliding window; empty
+  // for plain and multiplicative passes.
+  std::map<int64_t, AttentionMask> controlled_masks;
 };
 
 CausalLM::CausalLM(ModelConfig config, Weights weights, c10::Device device,
@@ -113,6 +130,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::filesystem::
     return absl::InvalidArgumentError(absl::StrCat("dtype ", c10::toString(dtype),
                                                    " is not one of float32, bfloat16, float16"));
   }
+  ATMAN_ASSIGN_OR_RETURN(device, ResolveDevice(device));
   ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<io::Checkpoint> checkpoint, io::Checkpoint::Open(dir));
   absl::StatusOr<ModelConfig> config = ParseModelConfig(checkpoint->config());
   if (!config.ok()) return Annotate(config.status(), dir.string());
@@ -133,6 +151,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const io::Checkpoint& c
     return absl::InvalidArgumentError(absl::StrCat("dtype ", c10::toString(dtype),
                                                    " is not one of float32, bfloat16, float16"));
   }
+  ATMAN_ASSIGN_OR_RETURN(device, ResolveDevice(device));
   absl::StatusOr<ModelConfig> config = ParseModelConfig(config_json);
   if (!config.ok()) return Annotate(config.status(), checkpoint.dir().string());
   ATMAN_ASSIGN_OR_RETURN(Weights weights,
@@ -151,7 +170,7 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   try {
     c10::InferenceMode guard;
     ATMAN_RETURN_IF_ERROR(CheckRange(ids, "ids", 0, config_.vocab_size));
-    return at::embedding(weights_.embed, ids.to(device_, at::kLong));
+    return at::embedding(weights_.embed, Upload(ids.to(at::kLong), device_));
   } catch (const std::exception& e) {
     return StatusFromException(e, "embedding ids");
   }
@@ -266,9 +285,12 @@ at::Tensor CausalLM::RunAttention(const at::Tensor& x, int64_t layer, const Pass
   if (input.present != nullptr) input.present->Set(layer, k.contiguous(), v.contiguous());
 
   const bool controlled = pass.control.has_value() && input.control->AppliesTo(layer);
-  const AttentionMask& mask = pass.masks.at(config_.sliding_window[layer]);
-  at::Tensor attended = Attend(q, k, v, mask, controlled ? &*pass.control : nullptr,
-                               config_.attention_scale[layer]);
+  const bool additive = controlled && pass.control->mode == ControlMode::kLogAdditive;
+  const int64_t window = config_.sliding_window[layer];
+  const AttentionMask& mask = additive ? pass.controlled_masks.at(window) : pass.masks.at(window);
+  const ControlTensors* multiplicative = controlled && !additive ? &*pass.control : nullptr;
+  at::Tensor attended = Attend(q, k, v, mask, multiplicative, config_.attention_scale[layer],
+                               input.max_score_bytes);
   return at::linear(attended.transpose(1, 2).reshape({B, T, Hq * D}), w.o_w, w.o_b);
 }
 
@@ -315,7 +337,7 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
 
   at::Tensor positions =
       input.positions.defined()
-          ? input.positions.to(device_, at::kLong)
+          ? Upload(input.positions.to(at::kLong), device_)
           : at::arange(p, S, at::TensorOptions().dtype(at::kLong).device(device_)).expand({B, T});
   at::Tensor x = input.embeds;
   if (config_.learned_positions) {
@@ -324,13 +346,18 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
     std::tie(pass.cos, pass.sin) = rotary_.CosSin(positions, dtype_);
   }
   at::Tensor padding;
-  if (input.key_padding.defined()) padding = input.key_padding.to(device_).ne(0);
+  if (input.key_padding.defined()) padding = Upload(input.key_padding, device_).ne(0);
   for (int64_t window : config_.sliding_window) {
     if (pass.masks.count(window) == 0) {
       pass.masks.emplace(window, BuildAttentionMask(B, p, T, padding, window, device_, dtype_));
     }
   }
   pass.control = std::move(control);
+  if (pass.control.has_value() && pass.control->mode == ControlMode::kLogAdditive) {
+    for (const auto& [window, mask] : pass.masks) {
+      pass.controlled_masks.emplace(window, WithControl(mask, *pass.control));
+    }
+  }
   if (input.present != nullptr) input.present->Resize(config_.num_layers);
 
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
@@ -349,13 +376,13 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
     case OutputRequest::Kind::kLogProbs: {
       // Gather the K wanted hidden states [B, K, H] first: the norm and lm_head then cost K
       // rows, not T.
-      at::Tensor rows = (request.indices.to(device_, at::kLong) - p);
+      at::Tensor rows = Upload(request.indices.to(at::kLong), device_) - p;
       at::Tensor h = x.gather(1, rows.unsqueeze(-1).expand({B, rows.size(1), config_.hidden_size}));
       at::Tensor logits = at::linear(RunNorm(h, weights_.final_norm), weights_.lm_head);
       if (request.kind == OutputRequest::Kind::kLogits) {
         out.logits = logits;
       } else {
-        out.log_probs = TargetLogProbs(logits, request.targets.to(device_));
+        out.log_probs = TargetLogProbs(logits, Upload(request.targets.to(at::kLong), device_));
       }
       break;
     }

@@ -59,7 +59,8 @@ struct TensorNameMap {
   bool Owns(std::string_view checkpoint_name) const;
 };
 
-// "cpu", "cuda", "cuda:N" -> a device; INVALID_ARGUMENT naming the string otherwise.
+// "cpu", "cuda", "cuda:N" -> a device; INVALID_ARGUMENT naming the string otherwise. The
+// syntax only: Load() resolves "cuda" to the current CUDA device (device.h, ResolveDevice).
 absl::StatusOr<c10::Device> ParseDevice(std::string_view name);
 // "float32"/"f32", "bfloat16"/"bf16", "float16"/"f16" -> a dtype.
 absl::StatusOr<c10::ScalarType> ParseDtype(std::string_view name);
@@ -74,6 +75,8 @@ struct OutputRequest {
     kAllLogits,     // logits at every computed position -> [B, T, V] model dtype
   };
   Kind kind = Kind::kNone;
+  // Host or device tensors. Host tensors are range-checked on the host and uploaded
+  // non-blocking (device.h, Upload); device tensors cost a host sync to check.
   at::Tensor indices;  // [B, K] int64 sequence indices in [past_length, past_length + T)
   at::Tensor targets;  // [B, K] int64 token ids (kLogProbs)
 };
@@ -83,7 +86,8 @@ struct ForwardInput {
   // p = past_length.
   at::Tensor embeds;
   // [B, T] int64 position ids (RoPE angle, gpt2's position table). Undefined: p..p+T-1. Under
-  // left padding callers pass cumsum(mask) - 1, as transformers' generate does.
+  // left padding callers pass cumsum(mask) - 1, as transformers' generate does. Host or
+  // device, as OutputRequest::indices.
   at::Tensor positions;
   // [B, p+T] bool or integer, nonzero for real tokens, over cached and new keys. Undefined: no
   // padding.
@@ -99,6 +103,9 @@ struct ForwardInput {
   // When set, receives the keys/values of indices 0..p+T-1 for all B rows.
   KvCache* present = nullptr;
   OutputRequest output;
+  // Cap on the explicit attention scores of the multiplicative control path, in bytes per
+  // chunk of queries (attention.h, Attend); 0: one chunk.
+  int64_t max_score_bytes = int64_t{256} << 20;
 };
 
 // log p(targets[b, k]) under logits[b, k, :] ([B, K, V], any float dtype; targets [B, K]
@@ -114,7 +121,8 @@ struct ForwardOutput {
 
 class CausalLM {
  public:
-  // Loads the checkpoint folder `dir` onto `device` in `dtype` (float32, bfloat16, float16).
+  // Loads the checkpoint folder `dir` onto `device` in `dtype` (float32, bfloat16, float16);
+  // "cuda" without an index is the current CUDA device, and device() reports it with its index.
   // Errors: UNIMPLEMENTED for an unsupported model_type or switch; NOT_FOUND for a missing
   // tensor; INVALID_ARGUMENT for a shape that contradicts config.json or tensors the config
   // does not account for. Each message names the tensor / field.

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
+#include "core/model/device.h"
 
 namespace atman::model {
 namespace {
@@ -184,6 +185,7 @@ absl::StatusOr<LlavaConfig> ParseLlavaConfig(const Json& config) {
 
 absl::StatusOr<std::unique_ptr<VisionLanguageModel>> VisionLanguageModel::Load(
     const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype) {
+  ATMAN_ASSIGN_OR_RETURN(device, ResolveDevice(device));
   ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<io::Checkpoint> checkpoint, io::Checkpoint::Open(dir));
   absl::StatusOr<LlavaConfig> config = ParseLlavaConfig(checkpoint->config());
   if (!config.ok()) return Annotate(config.status(), dir.string());

@@ -1,6 +1,7 @@
 #include "core/runtime/dynamic_batcher.h"
 
 #include <ATen/ops/from_blob.h>
+#include <c10/core/StreamGuard.h>
 
 #include <algorithm>
 #include <cstring>
@@ -329,6 +330,10 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
 }
 
 void DynamicBatcher::WorkerLoop(size_t device_index) {
+  // Each worker enqueues its batches on its own stream from the device's pool (none on the
+  // CPU), so the workers of a device overlap on the GPU; RunScoringBatch makes the stream
+  // wait for each prefix's unperturbed pass.
+  const c10::OptionalStreamGuard stream(model::PoolStream(models_[device_index]->device()));
   MutexLock lock(&mu_);
   while (true) {
     if (stopping_) return;
@@ -387,7 +392,9 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
       result = RunScoringBatch(*models_[device_index], rows, options_.limits.reuse_prefix);
     }
     if (result.ok()) {
-      const at::Tensor lp = result->log_probs.to(at::kCPU).to(at::kDouble).contiguous();
+      // Waits for the batch's device work (its one device-to-host copy); the batch's rows,
+      // and so the prefix caches its stream read, are held until this returns.
+      const at::Tensor lp = result->LogProbs().contiguous();
       batch_k = lp.size(1);
       host.resize(static_cast<size_t>(lp.numel()));
       if (!host.empty())

@@ -7,20 +7,27 @@
 // indices p..L-1 only.
 //
 //   embeds          [1, L, H]  input embeddings (model dtype, model device)
-//   positions       [1, L]     position ids (0..L-1)
-//   cache           KvCache of batch 1 and length L
-//   target_indices  [K] int64  sequence index whose output predicts target token k
-//   target_tokens   [K] int64  the target token ids
-//   base_log_probs  [K] float64 log p(target_k) of the unperturbed pass
+//   positions       [1, L]     position ids (0..L-1), int64 on the host
+//   cache           KvCache of batch 1 and length L (model device)
+//   target_indices  [K] int64 on the host: sequence index whose output predicts target token k
+//   target_tokens   [K] int64 on the host: the target token ids
+//   base_log_probs  [K] float64 on the host: log p(target_k) of the unperturbed pass
+//   ready           recorded on the stream that ran the unperturbed pass (embeds, image
+//                   features and cache are complete when it fires); a worker stream waits on
+//                   it before reading (RunScoringBatch). Empty on the CPU.
 //
-// Immutable once built and shared (std::shared_ptr<const KvPrefixCache>) by every row of the
-// explanation, from any thread.
+// What a batch needs on the host stays on the host, so that a batch is staged and validated
+// without a device-to-host copy. Immutable once built and shared
+// (std::shared_ptr<const KvPrefixCache>) by every row of the explanation, from any thread; its
+// device memory is freed when the last row (or batch) lets go, which the runtime does only
+// after the streams that read it are done (device.h, Lifetimes).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
+#include "core/model/device.h"
 #include "core/model/kv_cache.h"
 
 namespace atman::runtime {
@@ -32,6 +39,7 @@ struct KvPrefixCache {
   at::Tensor target_indices;
   at::Tensor target_tokens;
   at::Tensor base_log_probs;
+  model::DeviceEvent ready;
 
   int64_t length() const { return embeds.size(1); }
   int64_t num_targets() const { return target_tokens.size(0); }

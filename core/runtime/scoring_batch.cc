@@ -2,6 +2,7 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
@@ -81,6 +82,11 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
   return batches;
 }
 
+at::Tensor BatchResult::LogProbs() const {
+  done.Synchronize();
+  return at::where(keep, pending, base);
+}
+
 absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
                                             const std::vector<const ScoringRow*>& rows,
                                             bool reuse_prefix) {
@@ -100,33 +106,48 @@ absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
   const int64_t T = longest - start;
 
   try {
-    const auto device = model.device();
-    const auto long_cpu = at::TensorOptions().dtype(at::kLong);
+    const c10::Device device = model.device();
+    // Host staging: pinned on CUDA, so that the uploads in Forward do not sync.
+    const auto host_long = model::HostStaging(device, at::kLong);
+    const auto host_double = at::TensorOptions().dtype(at::kDouble);
+    // The current stream reads what each prefix's unperturbed pass wrote.
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const bool first_time = std::none_of(rows.begin(), rows.begin() + static_cast<int64_t>(i),
+                                           [&](const ScoringRow* r) { return r->prefix == rows[i]->prefix; });
+      if (first_time) rows[i]->prefix->ready.WaitOnCurrentStream();
+    }
+
     model::KvCache stacked;
     model::ForwardInput input;
     input.past_length = start;
+    // Position ids [B, T] on the host; right padding repeats a row's last real position id
+    // (valid for learned position tables; causal attention never lets real positions see it).
+    input.positions = at::empty({B, T}, host_long);
+    int64_t* positions = input.positions.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const KvPrefixCache& prefix = *rows[b]->prefix;
+      const at::Tensor ids = prefix.positions.to(at::kCPU, at::kLong).contiguous();
+      const int64_t* src = ids.data_ptr<int64_t>();
+      const int64_t n = prefix.length() - start;
+      for (int64_t t = 0; t < T; ++t) positions[b * T + t] = src[start + std::min(t, n - 1)];
+    }
     if (one_prefix) {
       // The common case: every row continues one explanation; its cache is shared, not copied.
       const KvPrefixCache& prefix = *rows.front()->prefix;
       const int64_t H = prefix.embeds.size(2);
       input.embeds = prefix.embeds.slice(1, start, longest).expand({B, T, H});
-      input.positions = prefix.positions.slice(1, start, longest).expand({B, T});
       input.past = start > 0 ? &prefix.cache : nullptr;
     } else {
       // Rows of several explanations: stack their caches up to `start` and right-pad the new
-      // positions. Padding sits after every real position, so causal attention hides it.
+      // positions (device-to-device copies, enqueued on the current stream).
       const KvPrefixCache& first = *rows.front()->prefix;
       const int64_t H = first.embeds.size(2);
       input.embeds = at::zeros({B, T, H}, first.embeds.options());
-      input.positions = at::zeros({B, T}, first.positions.options());
       for (int64_t b = 0; b < B; ++b) {
         const KvPrefixCache& prefix = *rows[b]->prefix;
         const int64_t n = prefix.length() - start;
-        input.embeds[b].slice(0, 0, n).copy_(prefix.embeds[0].slice(0, start, prefix.length()));
-        at::Tensor pos = prefix.positions[0].slice(0, start, prefix.length());
-        input.positions[b].slice(0, 0, n).copy_(pos);
-        // Padding repeats the last real position id (valid for learned position tables).
-        if (n < T) input.positions[b].slice(0, n, T).fill_(pos[n - 1]);
+        input.embeds[b].slice(0, 0, n).copy_(prefix.embeds[0].slice(0, start, prefix.length()),
+                                             /*non_blocking=*/true);
       }
       if (start > 0) {
         const int64_t layers = first.cache.num_layers();
@@ -150,28 +171,44 @@ absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
     input.control = &control;
 
     // Targets predicted at indices >= start are recomputed; earlier ones (and padding
-    // entries) point at `start` and are replaced by the unperturbed values below.
-    at::Tensor indices = at::full({B, max_targets}, start, long_cpu);
-    at::Tensor targets = at::zeros({B, max_targets}, long_cpu);
-    at::Tensor base = at::zeros({B, max_targets}, at::TensorOptions().dtype(at::kDouble));
-    at::Tensor recomputed = at::zeros({B, max_targets}, at::TensorOptions().dtype(at::kBool));
+    // entries) point at `start` and are replaced by the unperturbed values (BatchResult).
+    BatchResult result;
+    at::Tensor indices = at::full({B, max_targets}, start, host_long);
+    at::Tensor targets = at::zeros({B, max_targets}, host_long);
+    result.base = at::zeros({B, max_targets}, host_double);
+    result.keep = at::zeros({B, max_targets}, at::TensorOptions().dtype(at::kBool));
+    int64_t* index_data = indices.data_ptr<int64_t>();
+    int64_t* target_data = targets.data_ptr<int64_t>();
+    double* base_data = result.base.data_ptr<double>();
+    bool* keep_data = result.keep.data_ptr<bool>();
     for (int64_t b = 0; b < B; ++b) {
       const KvPrefixCache& prefix = *rows[b]->prefix;
       const int64_t K = prefix.num_targets();
-      const at::Tensor idx = prefix.target_indices.to(at::kCPU);
-      const at::Tensor keep = idx >= start;
-      indices[b].slice(0, 0, K).copy_(at::where(keep, idx, at::full_like(idx, start)));
-      targets[b].slice(0, 0, K).copy_(at::where(keep, prefix.target_tokens.to(at::kCPU), at::zeros_like(idx)));
-      base[b].slice(0, 0, K).copy_(prefix.base_log_probs.to(at::kCPU).to(at::kDouble));
-      recomputed[b].slice(0, 0, K).copy_(keep);
+      const at::Tensor idx = prefix.target_indices.to(at::kCPU, at::kLong).contiguous();
+      const at::Tensor tok = prefix.target_tokens.to(at::kCPU, at::kLong).contiguous();
+      const at::Tensor lp = prefix.base_log_probs.to(at::kCPU, at::kDouble).contiguous();
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t i = b * max_targets + k;
+        const int64_t at_index = idx.data_ptr<int64_t>()[k];
+        keep_data[i] = at_index >= start;
+        index_data[i] = keep_data[i] ? at_index : start;
+        target_data[i] = keep_data[i] ? tok.data_ptr<int64_t>()[k] : 0;
+        base_data[i] = lp.data_ptr<double>()[k];
+      }
     }
     input.output.kind = model::OutputRequest::Kind::kLogProbs;
-    input.output.indices = indices.to(device);
-    input.output.targets = targets.to(device);
+    input.output.indices = indices;  // validated on the host and uploaded by Forward
+    input.output.targets = targets;
 
     ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput out, model.Forward(input));
-    BatchResult result;
-    result.log_probs = at::where(recomputed, out.log_probs.to(at::kCPU).to(at::kDouble), base);
+    // The batch's one device-to-host copy, non-blocking into pinned memory; LogProbs() waits.
+    if (device.is_cpu()) {
+      result.pending = out.log_probs;
+    } else {
+      result.pending = at::empty({B, max_targets}, model::HostStaging(device, at::kDouble));
+      result.pending.copy_(out.log_probs, /*non_blocking=*/true);
+      result.done = model::DeviceEvent::Record(device);
+    }
     result.start_index = start;
     result.positions_computed = B * T;
     return result;

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "core/model/attention_control.h"
 #include "core/model/causal_lm.h"
+#include "core/model/device.h"
 #include "core/runtime/kv_prefix_cache.h"
 
 namespace atman::runtime {
@@ -61,15 +62,27 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
                                              const BatchLimits& limits);
 
 struct BatchResult {
-  // [B, K_max] float64 on the CPU: log p(target_k) for row b; entries k >= K of the row's
-  // prefix are 0. Targets predicted before the batch's start index are unaffected by the
-  // row's manipulation and are copied from the unperturbed pass.
-  at::Tensor log_probs;
   int64_t start_index = 0;        // recomputation started here
   int64_t positions_computed = 0; // rows x recomputed positions
+
+  // [B, K_max] float64 on the host: log p(target_k) for row b; entries k >= K of the row's
+  // prefix are 0. Targets predicted before the batch's start index are unaffected by the
+  // row's manipulation and are copied from the unperturbed pass. Blocks until the batch's
+  // device work is done (the event below); this is the batch's only host sync.
+  at::Tensor LogProbs() const;
+
+  // What RunScoringBatch leaves: the recomputed values, copied non-blocking into `pending`
+  // (pinned host memory on CUDA), complete once `done` fires; `keep` marks them, `base` holds
+  // the unperturbed values for the rest.
+  at::Tensor pending, keep, base;  // [B, K_max] float64, bool, float64 on the host
+  model::DeviceEvent done;
 };
 
-// Runs one batch of rows (all with the same mode and layers) through `model`.
+// Runs one batch of rows (all with the same mode and layers) through `model` on the calling
+// thread's current stream, without a host sync: indices, targets and positions are staged and
+// validated on the host and uploaded non-blocking; the current stream first waits for each
+// prefix's unperturbed pass (KvPrefixCache::ready). The rows (their prefixes) must stay alive
+// until LogProbs() returned: the runtime holds them until then.
 absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
                                             const std::vector<const ScoringRow*>& rows,
                                             bool reuse_prefix = true);

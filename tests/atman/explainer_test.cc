@@ -374,7 +374,7 @@ TEST(Engine, RowsOfTwoExplanationsInOneBatchScoreAsAlone) {
     ASSERT_TRUE(alone.ok());
     const int64_t K = mixed[r]->prefix->num_targets();
     for (int64_t k = 0; k < K; ++k) {
-      EXPECT_NEAR(together->log_probs[r][k].item<float>(), alone->log_probs[0][k].item<float>(),
+      EXPECT_NEAR(together->LogProbs()[r][k].item<float>(), alone->LogProbs()[0][k].item<float>(),
                   1e-4)
           << "row " << r << " target " << k;
     }
