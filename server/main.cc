@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/io/checkpoint.h"
+#include "core/model/device.h"
 #include "core/model/llava.h"
 #include "core/runtime/memory_meter.h"
 #include "server/call_log.h"
@@ -249,6 +250,7 @@ int Run(int argc, char** argv) {
   std::vector<std::unique_ptr<DeviceEngine>> engines;
   for (absl::string_view name : absl::StrSplit(config.devices, ',', absl::SkipWhitespace())) {
     auto device = model::ParseDevice(std::string(name));
+    if (device.ok()) device = model::ResolveDevice(*device);  // cuda -> cuda:<current>
     if (!device.ok()) {
       Log(log, config, spdlog::level::critical,
           absl::StrCat("--devices: ", device.status().message()));
@@ -256,7 +258,7 @@ int Run(int argc, char** argv) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     auto engine = std::make_unique<DeviceEngine>();
-    engine->device_name = std::string(name);
+    engine->device_name = device->str();  // cuda:N, also when --devices said cuda
     if (*kind == model::ModelKind::kVisionLanguage) {
       auto vlm = model::VisionLanguageModel::Load(dir, *device, *dtype);
       if (!vlm.ok()) {
