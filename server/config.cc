@@ -75,7 +75,7 @@ const std::map<std::string, Setter>& Setters() {
   static const auto* setters = new std::map<std::string, Setter>{
       {"model", Str(&Config::model)},
       {"devices", Str(&Config::devices)},
-      {"dtype", Str(&Config::dtype, {"float32", "bfloat16", "float16"})},
+      {"dtype", Str(&Config::dtype, {"auto", "float32", "bfloat16", "float16"})},
       {"host", Str(&Config::host)},
       {"port", Int32(&Config::port, 0, 65535)},
       {"metrics-port", Int32(&Config::metrics_port, 0, 65535)},

@@ -18,7 +18,7 @@ namespace atman::server {
 struct Config {
   std::string model = "models/default";
   std::string devices = "cpu";  // "cpu" or "cuda:0,cuda:1"
-  std::string dtype = "float32";
+  std::string dtype = "auto";  // auto: bfloat16 on CUDA devices, float32 on the CPU
   std::string host = "0.0.0.0";
   int32_t port = 50051;
   int32_t metrics_port = 9090;  // 0: no metrics endpoint

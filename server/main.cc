@@ -213,11 +213,6 @@ int Run(int argc, char** argv) {
   std::unique_ptr<Metrics> metrics = *std::move(metrics_or);
 
   // --- the model, once per device ---
-  auto dtype = model::ParseDtype(config.dtype);
-  if (!dtype.ok()) {
-    Log(log, config, spdlog::level::critical, absl::StrCat("--dtype: ", dtype.status().message()));
-    return 2;
-  }
   const std::filesystem::path dir = config.model;
   auto model_json = io::ReadJsonFile(dir / "config.json");
   if (!model_json.ok()) {
@@ -256,9 +251,19 @@ int Run(int argc, char** argv) {
           absl::StrCat("--devices: ", device.status().message()));
       return 2;
     }
+    // --dtype auto: bfloat16 weights and activations on CUDA, float32 on the CPU (target
+    // log-softmax is float64 either way).
+    const std::string dtype_name =
+        config.dtype != "auto" ? config.dtype : (device->is_cuda() ? "bfloat16" : "float32");
+    auto dtype = model::ParseDtype(dtype_name);
+    if (!dtype.ok()) {
+      Log(log, config, spdlog::level::critical, absl::StrCat("--dtype: ", dtype.status().message()));
+      return 2;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     auto engine = std::make_unique<DeviceEngine>();
     engine->device_name = device->str();  // cuda:N, also when --devices said cuda
+    engine->dtype_name = dtype_name;
     if (*kind == model::ModelKind::kVisionLanguage) {
       auto vlm = model::VisionLanguageModel::Load(dir, *device, *dtype);
       if (!vlm.ok()) {
@@ -343,7 +348,7 @@ int Run(int argc, char** argv) {
   info.set_max_positions(mc.max_positions);
   info.set_supports_images(*kind == model::ModelKind::kVisionLanguage);
   info.set_device(engines.front()->device_name);
-  info.set_dtype(config.dtype);
+  info.set_dtype(engines.front()->dtype_name);
   info.set_max_prompt_tokens(config.max_prompt_tokens);
   info.set_max_units(config.max_units);
   info.set_max_image_bytes(config.max_image_bytes);

@@ -78,6 +78,7 @@ class ThreadPool {
 // The model on one device, and the engine over it.
 struct DeviceEngine {
   std::string device_name;      // "cpu", "cuda:0"
+  std::string dtype_name;       // "float32", "bfloat16", "float16" (--dtype auto resolved)
   std::shared_ptr<void> owner;  // keeps the loaded model (CausalLM or VisionLanguageModel)
   const model::CausalLM* lm = nullptr;
   // Vision-language models: the image processor the explainer borrows (from the model folder's
