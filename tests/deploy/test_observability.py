@@ -201,17 +201,20 @@ def test_server_metrics_endpoint_serves_every_metric_used(tmp_path):
     server = subprocess.Popen([binary, f"--model={model}", "--devices=cpu", f"--port={grpc_port}",
                                f"--metrics-port={metrics_port}", "--log-format=text"], stdout=log, stderr=log)
     try:
-        deadline, text = time.monotonic() + 240, None
+        deadline, text, ready = time.monotonic() + 240, None, False
         while time.monotonic() < deadline and server.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
                     text = response.read().decode()
-                if "atman_ready 1" in text:
+                # The sample line, not the HELP line ("# HELP atman_ready 1 when ..."): a scrape
+                # before SERVING has no per-device gauges yet.
+                ready = re.search(r"^atman_ready 1$", text, re.MULTILINE) is not None
+                if ready:
                     break
             except OSError:
                 pass
             time.sleep(1)
-        assert text is not None, f"no /metrics within 240 s: {(tmp_path / 'server.log').read_text()[-4000:]}"
+        assert ready, f"no ready /metrics within 240 s: {(tmp_path / 'server.log').read_text()[-4000:]}"
         served = parse_exposition(text)
         missing = {}
         for name in used_metrics():
