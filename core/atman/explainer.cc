@@ -9,6 +9,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -768,21 +769,35 @@ absl::StatusOr<Explanation> Explainer::ExplainOrThrow(const ExplainRequest& requ
   at::Tensor log_probs = at::zeros({n, K}, at::TensorOptions().dtype(at::kDouble));
   int64_t done = 0;
   if (progress) progress(0, n);
-  for (const std::vector<size_t>& batch : runtime::PackBatches(prepared->rows, options_.limits)) {
+  // One batch in flight while the next is staged: on a GPU the host prepares batch k + 1 while
+  // the device runs batch k (same stream, so the allocator recycles k's temporaries for k + 1
+  // and the peak stays that of one batch). On the CPU a batch is done when it is launched.
+  struct InFlight {
+    const std::vector<size_t>* batch;
+    runtime::BatchResult result;
+  };
+  std::optional<InFlight> in_flight;
+  auto collect = [&](InFlight& f) {
+    const at::Tensor values = f.result.LogProbs();  // [B, K_max] on the host
+    for (size_t b = 0; b < f.batch->size(); ++b) {
+      log_probs[static_cast<int64_t>((*f.batch)[b])].copy_(
+          values[static_cast<int64_t>(b)].slice(0, 0, K));
+    }
+    prepared->usage.forward_passes += 1;
+    prepared->usage.positions_computed += f.result.positions_computed;
+    done += static_cast<int64_t>(f.batch->size());
+    if (progress) progress(done, n);
+  };
+  const std::vector<std::vector<size_t>> batches = runtime::PackBatches(prepared->rows, options_.limits);
+  for (const std::vector<size_t>& batch : batches) {
     std::vector<const runtime::ScoringRow*> rows;
     for (size_t i : batch) rows.push_back(&prepared->rows[i]);
     ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result,
                            runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix));
-    const at::Tensor values = result.LogProbs();  // [B, K_max] on the host
-    for (size_t b = 0; b < batch.size(); ++b) {
-      log_probs[static_cast<int64_t>(batch[b])].copy_(
-          values[static_cast<int64_t>(b)].slice(0, 0, K));
-    }
-    prepared->usage.forward_passes += 1;
-    prepared->usage.positions_computed += result.positions_computed;
-    done += static_cast<int64_t>(batch.size());
-    if (progress) progress(done, n);
+    if (in_flight) collect(*in_flight);
+    in_flight = InFlight{&batch, std::move(result)};
   }
+  if (in_flight) collect(*in_flight);
   prepared->usage.perturbed_rows = n;
   prepared->usage.perturbed_seconds = Seconds(started);
   ATMAN_ASSIGN_OR_RETURN(Explanation explanation, Finish(*prepared, log_probs));
