@@ -9,6 +9,14 @@
 #                                  a GoogleTest executable whose tests ctest lists by name;
 #                                  FIXTURES names ctest fixtures (e.g. oracle generators)
 #                                  that must run first.
+#
+# ATMAN_FIXTURES_DIR: where the oracles write their fixtures and where the tests read them
+# (ctest passes it to every test as ATMAN_FIXTURES). Default: fixtures/ in the build folder.
+# A build that runs its tests on fixtures generated elsewhere (scripts/gpu-check.sh: the
+# copy carried to the GPU machine) points it there and excludes the oracle steps (ctest -FA).
+
+set(ATMAN_FIXTURES_DIR "${CMAKE_BINARY_DIR}/fixtures" CACHE PATH
+    "Oracle fixtures: written by the oracle steps, read by the tests (ATMAN_FIXTURES)")
 
 function(atman_target_flags target)
   target_compile_features(${target} PUBLIC cxx_std_20)
@@ -46,14 +54,14 @@ function(atman_add_gtest name)
   gtest_discover_tests(${name}
     DISCOVERY_TIMEOUT 120
     PROPERTIES ${_props}
-      ENVIRONMENT "ATMAN_FIXTURES=${CMAKE_BINARY_DIR}/fixtures"
+      ENVIRONMENT "ATMAN_FIXTURES=${ATMAN_FIXTURES_DIR}"
       # A second variable goes through ENVIRONMENT_MODIFICATION: a ';' inside one
       # ENVIRONMENT value does not survive gtest_discover_tests.
       ENVIRONMENT_MODIFICATION "ATMAN_SOURCE_DIR=set:${PROJECT_SOURCE_DIR}")
 endfunction()
 
 # atman_add_oracle(<fixture> <script> [args...]): a ctest step that runs a Python oracle
-# (tests/oracle/) to write fixtures under ${CMAKE_BINARY_DIR}/fixtures before the tests that
+# (tests/oracle/) to write fixtures under ${ATMAN_FIXTURES_DIR} before the tests that
 # require <fixture>.
 function(atman_add_oracle fixture script)
   if(NOT ATMAN_PYTHON)
@@ -62,7 +70,7 @@ function(atman_add_oracle fixture script)
   endif()
   add_test(NAME oracle.${fixture}
            COMMAND ${ATMAN_PYTHON} ${PROJECT_SOURCE_DIR}/tests/oracle/${script}
-                   --out ${CMAKE_BINARY_DIR}/fixtures/${fixture} ${ARGN})
+                   --out ${ATMAN_FIXTURES_DIR}/${fixture} ${ARGN})
   set_tests_properties(oracle.${fixture} PROPERTIES FIXTURES_SETUP ${fixture} LABELS oracle
                        ENVIRONMENT "PYTHONHASHSEED=0;OMP_NUM_THREADS=1")
 endfunction()
