@@ -45,6 +45,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -578,7 +579,8 @@ def summarize(path):
                 f"(a) ratio {r['batched_over_n_plus_1_forwards']:.3f}, positions "
                 f"{r['positions_over_n_plus_1_times_L']:.3f}, (e) {r['explain_tflops']} TFLOP/s = "
                 f"{r.get('explain_fraction_of_matmul', '-')} of matmul, peak {gib:.1f} GiB "
-                f"(batch 1 / plain, weights included: {_round(r.get('peak_with_weights_batch1_over_plain'))})")
+                f"(batch 1 / plain, weights included: {_round(r.get('peak_with_weights_batch1_over_plain'))})"
+                + ("" if r.get("plan_matches_usage") else " [batch plan != positions counted: FLOPs off]"))
         elif r["phase"] == "reference":
             lines.append(f"{head} {r['tokens']}: (b) {r['reference_seconds']:.1f} s for n + 1 rows "
                          f"({r['rows_timed']} timed), reference / ours {r.get('reference_over_ours', '-')}")
@@ -628,6 +630,9 @@ def main():
     if not args.preset:
         p.error("--preset is required")
     args.build = args.build.resolve()
+    # `timeout` ends a run with SIGTERM: exit through the finally blocks (the checkpoint on
+    # tmpfs is removed, a running benchmark binary is killed).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rec = Recorder(args.out, args.preset, args.deadline or math.inf)
     torch.set_num_threads(args.threads)
     state = {}
