@@ -14,9 +14,8 @@
 // (the batcher promises results that do not depend on which rows share a batch; on a GPU,
 // kernels chosen per batch shape may differ in the last bits).
 //
-// The batcher gives its workers no CUDA streams of their own: every worker thread issues its
-// kernels on LibTorch's current stream, the device's default stream unless a caller sets
-// one. W workers overlap their host-side work (packing, copies, launches), not kernels.
+// On CUDA each worker owns a stream from the device's pool (docs/engine.md, "On a GPU"), so
+// W workers overlap their batches on the GPU as well as their host-side work.
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>

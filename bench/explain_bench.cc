@@ -173,6 +173,7 @@ absl::StatusOr<Measured> Batch1Peak(const Explainer& explainer, const ExplainReq
   });
   auto result = atman::runtime::RunScoringBatch(decoder, {&*longest});
   if (!result.ok()) return result.status();
+  result->LogProbs();  // waits for the batch's device work
   m.seconds = Seconds(t0);
   m.peak = atman::runtime::ReadMemory(device).peak_bytes - before;
   return m;

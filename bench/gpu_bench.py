@@ -139,9 +139,12 @@ class Recorder:
             self.write(phase, **context, error=repr(e)[:2000],
                        traceback=traceback.format_exc()[-3000:],
                        seconds=round(time.perf_counter() - start, 2))
+            return None
+        finally:
+            # What this process's allocator caches (IG's activations: tens of GiB) goes back
+            # to the device before the next phase, which may be another process (the engine).
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            return None
 
 
 # ---- The model, its tokenizer and prompts ----------------------------------------------------
