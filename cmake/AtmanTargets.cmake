@@ -45,19 +45,30 @@ function(atman_add_gtest name)
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} atman_test_support GTest::gmock_main)
   atman_target_flags(${name})
-  set(_props LABELS "${ARG_LABELS}")
-  if(ARG_FIXTURES)
-    list(APPEND _props FIXTURES_REQUIRED "${ARG_FIXTURES}")
-  endif()
   # Tests find fixtures and the shared test data through the environment, never through
   # absolute paths compiled into the binary.
   gtest_discover_tests(${name}
     DISCOVERY_TIMEOUT 120
-    PROPERTIES ${_props}
+    TEST_LIST ${name}_TESTS
+    PROPERTIES
       ENVIRONMENT "ATMAN_FIXTURES=${ATMAN_FIXTURES_DIR}"
       # A second variable goes through ENVIRONMENT_MODIFICATION: a ';' inside one
       # ENVIRONMENT value does not survive gtest_discover_tests.
       ENVIRONMENT_MODIFICATION "ATMAN_SOURCE_DIR=set:${PROJECT_SOURCE_DIR}")
+  # Labels and fixtures are lists, which do not survive gtest_discover_tests' PROPERTIES either
+  # (each item becomes one argument of set_tests_properties: FIXTURES "a;b" shifted every later
+  # property onto the wrong name, ENVIRONMENT included). They are set on the discovered tests
+  # by a file ctest includes after the discovery's own.
+  set(_file "${CMAKE_CURRENT_BINARY_DIR}/${name}_properties.cmake")
+  file(CONFIGURE OUTPUT "${_file}" CONTENT [==[
+foreach(_test IN LISTS @name@_TESTS)
+  set_tests_properties("${_test}" PROPERTIES LABELS "@ARG_LABELS@")
+  if(NOT "@ARG_FIXTURES@" STREQUAL "")
+    set_tests_properties("${_test}" PROPERTIES FIXTURES_REQUIRED "@ARG_FIXTURES@")
+  endif()
+endforeach()
+]==] @ONLY)
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${_file}")
 endfunction()
 
 # atman_add_oracle(<fixture> <script> [args...]): a ctest step that runs a Python oracle
