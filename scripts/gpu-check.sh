@@ -12,7 +12,8 @@
 #   bash scripts/gpu-check.sh run       # there (device tool, carry [".gpu-deps"]); results in
 #                                       # $OUT (or ./gpu-results)
 #   ATMAN_GPU_CHECK_DRY=1 bash scripts/gpu-check.sh run              # here: the same run on the
-#                                       # CPU with tiny models, to prove the script end to end
+#                                       # CPU with tiny models (and tests/gpu with the CPU standing
+#                                       # in for cuda:0), to prove the script end to end
 #   ATMAN_GPU_CHECK_CONFIGURE_ONLY=1 bash scripts/gpu-check.sh run   # stops after configuring
 #
 # The GPU machine has LibTorch (its Python's torch), transformers, numpy, pillow, tokenizers,
@@ -142,6 +143,7 @@ phase() {
 
 run() {
   local dry="${ATMAN_GPU_CHECK_DRY:-0}" py out build="$ROOT/build-gpu" arch budget device work
+  local tests_cap="${ATMAN_GPU_CHECK_TESTS_S:-150}"
   local bench_sizes=() presets=(llama3-8b llava-1.5-7b) tokens=(1024 512)
   if [[ "$dry" == 1 ]]; then
     source "$ROOT/scripts/common.sh"
@@ -154,6 +156,9 @@ run() {
     bench_sizes=(--reference-rows 8 --reference-batch 4 --ig-steps 8 --ig-batch 4
                  --batcher-requests 4 --batcher-tokens 32)
     work="${TMPDIR:-/tmp}/atman-gpu-check-$$"
+    # tests/gpu's own dry run: the CPU stands in for cuda:0 (gpu_test.cc, OnCpuStandIn).
+    export ATMAN_GPU_TESTS_ON_CPU=1
+    tests_cap="${ATMAN_GPU_CHECK_TESTS_S:-900}"
   else
     py="${ATMAN_GPU_PYTHON:-python3}"
     budget="${ATMAN_GPU_CHECK_BUDGET_S:-400}"
@@ -222,7 +227,7 @@ run() {
     # is its own process (gtest_discover_tests), so each pays LibTorch's and CUDA's start-up;
     # ATMAN_GPU_CHECK_CTEST_JOBS runs several at once. At most ATMAN_GPU_CHECK_TESTS_S (150 s),
     # so that a hang leaves the benchmarks their time.
-    phase gpu-tests 20 "${ATMAN_GPU_CHECK_TESTS_S:-150}" "$out/gpu-tests.log" \
+    phase gpu-tests 20 "$tests_cap" "$out/gpu-tests.log" \
       ctest --test-dir "$build" -L gpu -FA '.*' --output-on-failure --timeout 120 \
       -j "${ATMAN_GPU_CHECK_CTEST_JOBS:-1}" --output-junit "$out/gpu-tests.xml"
   else
