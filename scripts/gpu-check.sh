@@ -143,7 +143,7 @@ phase() {
 
 run() {
   local dry="${ATMAN_GPU_CHECK_DRY:-0}" py out build="$ROOT/build-gpu" arch budget device work
-  local tests_cap="${ATMAN_GPU_CHECK_TESTS_S:-150}"
+  local tests_cap="${ATMAN_GPU_CHECK_TESTS_S:-150}" props="${TMPDIR:-/tmp}/atman-gpu-test-properties-$$"
   local bench_sizes=() presets=(llama3-8b llava-1.5-7b) tokens=(1024 512)
   if [[ "$dry" == 1 ]]; then
     source "$ROOT/scripts/common.sh"
@@ -227,9 +227,28 @@ run() {
     # is its own process (gtest_discover_tests), so each pays LibTorch's and CUDA's start-up;
     # ATMAN_GPU_CHECK_CTEST_JOBS runs several at once. At most ATMAN_GPU_CHECK_TESTS_S (150 s),
     # so that a hang leaves the benchmarks their time.
+    # ctest's JUnit report has no GoogleTest properties (RecordProperty: the bf16 error, the
+    # noise floor): each test process also writes GoogleTest's own XML, and their properties
+    # are appended to gpu-tests.log and summary.txt.
+    local gtest_xml="${TMPDIR:-/tmp}/atman-gpu-gtest-$$"
+    rm -rf "$gtest_xml"
     phase gpu-tests 20 "$tests_cap" "$out/gpu-tests.log" \
+      env GTEST_OUTPUT="xml:$gtest_xml/" \
       ctest --test-dir "$build" -L gpu -FA '.*' --output-on-failure --timeout 120 \
       -j "${ATMAN_GPU_CHECK_CTEST_JOBS:-1}" --output-junit "$out/gpu-tests.xml"
+    "$py" - "$gtest_xml" >"$props" 2>&1 <<'EOF'
+import glob, sys, xml.etree.ElementTree as ET
+for path in sorted(glob.glob(sys.argv[1] + "/*.xml")):
+    for case in ET.parse(path).getroot().iter("testcase"):
+        for prop in case.iter("property"):
+            print(f"{case.get('classname')}.{case.get('name')}: {prop.get('name')} = {prop.get('value')}")
+EOF
+    {
+      echo
+      echo "GoogleTest properties:"
+      cat "$props"
+    } >>"$out/gpu-tests.log"
+    rm -rf "$gtest_xml"
   else
     log "phase gpu-tests: no tests/gpu/ in this tree, so no GPU tests to build or run"
     echo "no tests/gpu/ in this tree: no GPU tests were built or run" >"$out/gpu-tests.log"
@@ -264,6 +283,12 @@ run() {
 
   {
     [[ -f "$out/bench.jsonl" ]] && "$py" "$ROOT/bench/gpu_bench.py" --summarize "$out/bench.jsonl"
+    if [[ -f "$props" ]]; then
+      echo
+      echo "GPU tests' properties (tests/gpu, RecordProperty):"
+      sed 's/^/  /' "$props"
+      rm -f "$props"
+    fi
     echo
     echo "phases (budget $budget s):"
     printf '  %s\n' "${PHASES[@]}"
