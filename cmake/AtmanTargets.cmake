@@ -9,6 +9,14 @@
 #                                  a GoogleTest executable whose tests ctest lists by name;
 #                                  FIXTURES names ctest fixtures (e.g. oracle generators)
 #                                  that must run first.
+#
+# ATMAN_FIXTURES_DIR: where the oracles write their fixtures and where the tests read them
+# (ctest passes it to every test as ATMAN_FIXTURES). Default: fixtures/ in the build folder.
+# A build that runs its tests on fixtures generated elsewhere (scripts/gpu-check.sh: the
+# copy carried to the GPU machine) points it there and excludes the oracle steps (ctest -FA).
+
+set(ATMAN_FIXTURES_DIR "${CMAKE_BINARY_DIR}/fixtures" CACHE PATH
+    "Oracle fixtures: written by the oracle steps, read by the tests (ATMAN_FIXTURES)")
 
 function(atman_target_flags target)
   target_compile_features(${target} PUBLIC cxx_std_20)
@@ -37,23 +45,34 @@ function(atman_add_gtest name)
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} atman_test_support GTest::gmock_main)
   atman_target_flags(${name})
-  set(_props LABELS "${ARG_LABELS}")
-  if(ARG_FIXTURES)
-    list(APPEND _props FIXTURES_REQUIRED "${ARG_FIXTURES}")
-  endif()
   # Tests find fixtures and the shared test data through the environment, never through
   # absolute paths compiled into the binary.
   gtest_discover_tests(${name}
     DISCOVERY_TIMEOUT 120
-    PROPERTIES ${_props}
-      ENVIRONMENT "ATMAN_FIXTURES=${CMAKE_BINARY_DIR}/fixtures"
+    TEST_LIST ${name}_TESTS
+    PROPERTIES
+      ENVIRONMENT "ATMAN_FIXTURES=${ATMAN_FIXTURES_DIR}"
       # A second variable goes through ENVIRONMENT_MODIFICATION: a ';' inside one
       # ENVIRONMENT value does not survive gtest_discover_tests.
       ENVIRONMENT_MODIFICATION "ATMAN_SOURCE_DIR=set:${PROJECT_SOURCE_DIR}")
+  # Labels and fixtures are lists, which do not survive gtest_discover_tests' PROPERTIES either
+  # (each item becomes one argument of set_tests_properties: FIXTURES "a;b" shifted every later
+  # property onto the wrong name, ENVIRONMENT included). They are set on the discovered tests
+  # by a file ctest includes after the discovery's own.
+  set(_file "${CMAKE_CURRENT_BINARY_DIR}/${name}_properties.cmake")
+  file(CONFIGURE OUTPUT "${_file}" CONTENT [==[
+foreach(_test IN LISTS @name@_TESTS)
+  set_tests_properties("${_test}" PROPERTIES LABELS "@ARG_LABELS@")
+  if(NOT "@ARG_FIXTURES@" STREQUAL "")
+    set_tests_properties("${_test}" PROPERTIES FIXTURES_REQUIRED "@ARG_FIXTURES@")
+  endif()
+endforeach()
+]==] @ONLY)
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${_file}")
 endfunction()
 
 # atman_add_oracle(<fixture> <script> [args...]): a ctest step that runs a Python oracle
-# (tests/oracle/) to write fixtures under ${CMAKE_BINARY_DIR}/fixtures before the tests that
+# (tests/oracle/) to write fixtures under ${ATMAN_FIXTURES_DIR} before the tests that
 # require <fixture>.
 function(atman_add_oracle fixture script)
   if(NOT ATMAN_PYTHON)
@@ -62,7 +81,7 @@ function(atman_add_oracle fixture script)
   endif()
   add_test(NAME oracle.${fixture}
            COMMAND ${ATMAN_PYTHON} ${PROJECT_SOURCE_DIR}/tests/oracle/${script}
-                   --out ${CMAKE_BINARY_DIR}/fixtures/${fixture} ${ARGN})
+                   --out ${ATMAN_FIXTURES_DIR}/${fixture} ${ARGN})
   set_tests_properties(oracle.${fixture} PROPERTIES FIXTURES_SETUP ${fixture} LABELS oracle
                        ENVIRONMENT "PYTHONHASHSEED=0;OMP_NUM_THREADS=1")
 endfunction()

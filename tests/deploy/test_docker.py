@@ -90,7 +90,8 @@ def test_runtime_libs_names_the_debian_packages_of_a_binary():
 
 def test_runtime_libs_covers_atman_health_when_built():
     binary = os.environ.get("ATMAN_HEALTH_BINARY")
-    assert binary, "ATMAN_HEALTH_BINARY is not set (tests/deploy/CMakeLists.txt passes it)"
+    if not binary:
+        pytest.skip("atman-health is not part of this build (configured with ATMAN_BUILD_SERVICE=OFF)")
     result = subprocess.run(["bash", str(DOCKER / "runtime-libs.sh"), binary], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     packages = result.stdout.split()
