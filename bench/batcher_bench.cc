@@ -3,6 +3,7 @@
 //
 //   batcher_bench <model-folder> <prompts-file> <target> [--device cpu|cuda:N]
 //       [--dtype float32|bfloat16|float16] [--workers 1,2,4] [--max-rows N] [--threads N]
+//       [--null-row off|on|both] [--noise-floor on]
 //
 // Every line of <prompts-file> is one request (token granularity, target `target`). All
 // requests are prepared first (tokenize, unperturbed pass, rows; not timed); then, for each
@@ -13,6 +14,11 @@
 // per batch, and the largest difference of any log-probability from the first worker count's
 // (the batcher promises results that do not depend on which rows share a batch; on a GPU,
 // kernels chosen per batch shape may differ in the last bits).
+//
+// --null-row on runs the rounds with BatchLimits::subtract_null_row (both: without, then
+// with; each compared with its own first worker count). --noise-floor on first prints, per
+// batch shape, how far null rows (factor 1: no manipulation) of the first request drift from
+// its unperturbed pass, beside that request's median / p90 / largest |relevance|.
 //
 // On CUDA each worker owns a stream from the device's pool (docs/engine.md, "On a GPU"), so
 // W workers overlap their batches on the GPU as well as their host-side work.
@@ -37,6 +43,7 @@
 #include "core/atman/explainer.h"
 #include "core/model/causal_lm.h"
 #include "core/runtime/dynamic_batcher.h"
+#include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
 
 namespace {
@@ -59,7 +66,8 @@ struct RoundResult {
 // Submits every request's rows to a fresh batcher with `workers` workers and waits for all.
 RoundResult RunRound(
     const atman::model::CausalLM& lm, int32_t workers, int64_t max_rows,
-    const std::vector<std::unique_ptr<atman::atman::PreparedExplanation>>& requests) {
+    const std::vector<std::unique_ptr<atman::atman::PreparedExplanation>>& requests,
+    bool subtract_null_row = false) {
   RoundResult result;
   std::mutex mu;
   std::condition_variable all_done;
@@ -69,6 +77,7 @@ RoundResult RunRound(
   options.workers_per_device = workers;
   options.limits.max_rows = max_rows;
   options.limits.max_tokens = int64_t{1} << 40;
+  options.limits.subtract_null_row = subtract_null_row;
   options.max_queued_requests = static_cast<int64_t>(requests.size()) + 1;
   DynamicBatcher::Observer observer;
   observer.on_batch = [&](const DynamicBatcher::BatchInfo& info) {
@@ -114,11 +123,13 @@ int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr,
                  "usage: %s <model-folder> <prompts-file> <target> [--device D] [--dtype T] "
-                 "[--workers 1,2,4] [--max-rows N] [--threads N]\n",
+                 "[--workers 1,2,4] [--max-rows N] [--threads N] [--null-row off|on|both] "
+                 "[--noise-floor on]\n",
                  argv[0]);
     return 2;
   }
-  std::string device_name = "cpu", dtype_name = "float32", workers_list = "1,2,4";
+  std::string device_name = "cpu", dtype_name = "float32", workers_list = "1,2,4", null_row = "off";
+  bool noise_floor = false;
   int64_t max_rows = 32;
   int threads = 1;
   for (int i = 4; i + 1 < argc; i += 2) {
@@ -133,6 +144,10 @@ int main(int argc, char** argv) {
       max_rows = std::atoll(value.c_str());
     else if (flag == "--threads")
       threads = std::atoi(value.c_str());
+    else if (flag == "--null-row")
+      null_row = value;
+    else if (flag == "--noise-floor")
+      noise_floor = value == "on";
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -189,9 +204,58 @@ int main(int argc, char** argv) {
       return Fail(round.status);
   }
 
+  if (noise_floor) {
+    // The relevance noise floor: null rows (factor 1 on the first manipulated key: recompute
+    // from there, change nothing) of the first request in batches of several shapes; each
+    // row's |log p - log p(unperturbed)| should be 0 and is the rounding the batch shape adds.
+    // Beside it, the request's typical |relevance| (|log p(row) - base| over its real rows).
+    const atman::atman::PreparedExplanation& p = *requests.front();
+    const int64_t L = p.prefix->length();
+    const double base = p.prefix->base_log_probs[0].item<double>();
+    std::vector<double> relevance;
+    {
+      RoundResult r = RunRound(**lm, 1, max_rows, requests, false);
+      if (!r.status.ok()) return Fail(r.status);
+      const at::Tensor lp = r.log_probs.front();
+      for (int64_t k = 0; k < lp.size(0); ++k) relevance.push_back(std::abs(lp[k][0].item<double>() - base));
+      std::sort(relevance.begin(), relevance.end());
+    }
+    std::vector<int64_t> shapes = {1, 8, max_rows};
+    std::sort(shapes.begin(), shapes.end());
+    shapes.erase(std::unique(shapes.begin(), shapes.end()), shapes.end());
+    for (int64_t batch : shapes) {
+      for (int64_t first : {int64_t{0}, L / 2, L - 1}) {
+        std::vector<atman::runtime::ScoringRow> nulls(static_cast<size_t>(batch));
+        std::vector<const atman::runtime::ScoringRow*> rows_ptr;
+        for (auto& r : nulls) {
+          r.prefix = p.prefix;
+          r.factors = {{first, 1.0}};
+          rows_ptr.push_back(&r);
+        }
+        auto result = atman::runtime::RunScoringBatch(**lm, rows_ptr);
+        if (!result.ok()) return Fail(result.status());
+        const at::Tensor lp = result->LogProbs();
+        double floor = 0;
+        for (int64_t b = 0; b < batch; ++b) floor = std::max(floor, std::abs(lp[b][0].item<double>() - base));
+        nlohmann::json out = {{"noise_floor", true},        {"device", device_name},
+                              {"dtype", dtype_name},        {"sequence_length", L},
+                              {"batch_rows", batch},        {"recompute_from", first},
+                              {"max_abs_log_prob_drift", floor},
+                              {"median_abs_relevance", relevance[relevance.size() / 2]},
+                              {"p90_abs_relevance", relevance[relevance.size() * 9 / 10]},
+                              {"max_abs_relevance", relevance.back()}};
+        std::cout << out.dump() << std::endl;
+      }
+    }
+  }
+
+  std::vector<bool> variants;
+  if (null_row == "off" || null_row == "both") variants.push_back(false);
+  if (null_row == "on" || null_row == "both") variants.push_back(true);
+  for (bool subtract : variants) {
   std::vector<at::Tensor> reference;
   for (int32_t workers : worker_counts) {
-    RoundResult round = RunRound(**lm, workers, max_rows, requests);
+    RoundResult round = RunRound(**lm, workers, max_rows, requests, subtract);
     if (!round.status.ok()) return Fail(round.status);
     double max_diff = 0;
     if (reference.empty()) {
@@ -203,6 +267,7 @@ int main(int argc, char** argv) {
       }
     }
     nlohmann::json out = {
+        {"subtract_null_row", subtract},
         {"device", device_name},
         {"dtype", dtype_name},
         {"workers_per_device", workers},
@@ -220,6 +285,7 @@ int main(int argc, char** argv) {
         {"max_abs_log_prob_diff_vs_first", max_diff},
     };
     std::cout << out.dump() << std::endl;
+  }
   }
   return 0;
 }

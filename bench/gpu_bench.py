@@ -94,7 +94,7 @@ PRESETS = {
 }
 # Seconds a phase needs at least on an H200 (per length where it runs per length); a phase is
 # skipped when less is left before the deadline.
-NEEDS = {"setup": 40, "matmul": 5, "ours": 45, "reference": 15, "ig": 20, "batcher": 40}
+NEEDS = {"setup": 40, "matmul": 5, "ours": 45, "reference": 15, "ig": 20, "batcher": 40, "noise": 40}
 
 
 def log(message):
@@ -554,6 +554,31 @@ def phase_batcher(args, rec, state, setup):
     run_streaming(command, rec.left() - 5, on_line)
 
 
+def phase_noise(args, rec, state, setup):
+    """Batch invariance: null rows' drift per batch shape against the typical |relevance|, and
+    the batcher at 1 and 4 workers (different batches) without and with subtract_null_row."""
+    prompts = setup.folder / "noise_prompts.txt"
+    lines = [prompt_text(setup.tokenizer, args.batcher_tokens, offset=37 * r)
+             for r in range(args.batcher_requests)]
+    prompts.write_text("\n".join(lines) + "\n")
+    command = [args.build / "bench" / "batcher_bench", setup.folder, prompts, TARGET,
+               "--device", args.device, "--dtype", args.dtype, "--workers", "1,4",
+               "--max-rows", args.max_rows, "--threads", args.threads,
+               "--null-row", "both", "--noise-floor", "on"]
+
+    def on_line(result):
+        if result.get("noise_floor"):
+            rec.write("noise", **result)
+            log(f"noise B={result['batch_rows']} from {result['recompute_from']}: drift "
+                f"{result['max_abs_log_prob_drift']:.3g} (median |R| {result['median_abs_relevance']:.3g})")
+        else:
+            rec.write("noise-batcher", tokens_per_request=args.batcher_tokens, **result)
+            log(f"noise batcher null_row={result['subtract_null_row']} W={result['workers_per_device']}: "
+                f"diff vs W=1 {result['max_abs_log_prob_diff_vs_first']:.3g}")
+
+    run_streaming(command, rec.left() - 5, on_line)
+
+
 # ---- Summary ---------------------------------------------------------------------------------
 
 def _round(x, digits=3):
@@ -593,6 +618,13 @@ def summarize(path):
                          f"{r['internal_batch_size']}: {r['ig_seconds']:.2f} s, peak {peak:.1f} GiB, "
                          f"IG / ours peak {r.get('ig_peak_over_ours', '-')}, at batch 1 "
                          f"{r.get('ig_peak_batch1_over_ours_batch1', '-')}")
+        elif r["phase"] == "noise":
+            lines.append(f"{head} noise floor: {r['batch_rows']} rows from {r['recompute_from']}: "
+                         f"max |log p - base| {r['max_abs_log_prob_drift']:.3g}; |R| median "
+                         f"{r['median_abs_relevance']:.3g}, p90 {r['p90_abs_relevance']:.3g}, max {r['max_abs_relevance']:.3g}")
+        elif r["phase"] == "noise-batcher":
+            lines.append(f"{head} noise batcher: subtract_null_row {r['subtract_null_row']}, W={r['workers_per_device']}: "
+                         f"max |diff| vs W=1 {r['max_abs_log_prob_diff_vs_first']:.3g}, {r['rows_per_second']:.1f} rows/s")
         elif r["phase"] == "batcher":
             lines.append(f"{head} (d) W={r['workers_per_device']}: {r['rows_per_second']:.1f} rows/s, "
                          f"{r['rows_per_batch']:.1f} rows/batch, {r['requests']} requests x "
@@ -609,7 +641,7 @@ def main():
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument("--tokens", default=[1024, 512], type=int, nargs="+")
     p.add_argument("--phases", default=["matmul", "ours", "reference", "ig", "batcher"], nargs="+",
-                   choices=["matmul", "ours", "reference", "ig", "batcher"])
+                   choices=["matmul", "ours", "reference", "ig", "batcher", "noise"])
     p.add_argument("--threads", default=os.cpu_count(), type=int)
     p.add_argument("--repeats", default=3, type=int, help="plain passes (explanations: repeats // 2)")
     p.add_argument("--max-rows", default=32, type=int)
@@ -666,6 +698,8 @@ def main():
                         lambda: phase_ig(args, rec, state, setup, tokens), tokens=tokens)
             if tokens == first and "batcher" in args.phases and not setup.llava:
                 rec.run("batcher", NEEDS["batcher"], lambda: phase_batcher(args, rec, state, setup))
+            if tokens == first and "noise" in args.phases and not setup.llava:
+                rec.run("noise", NEEDS["noise"], lambda: phase_noise(args, rec, state, setup))
     finally:
         setup.cleanup()
 

@@ -793,7 +793,8 @@ absl::StatusOr<Explanation> Explainer::ExplainOrThrow(const ExplainRequest& requ
     std::vector<const runtime::ScoringRow*> rows;
     for (size_t i : batch) rows.push_back(&prepared->rows[i]);
     ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result,
-                           runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix));
+                           runtime::RunScoringBatch(*lm_, rows, options_.limits.reuse_prefix,
+                                                    options_.limits.subtract_null_row));
     if (in_flight) collect(*in_flight);
     in_flight = InFlight{&batch, std::move(result)};
   }

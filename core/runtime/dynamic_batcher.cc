@@ -389,7 +389,8 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
       std::vector<const ScoringRow*> rows;
       rows.reserve(batch.entries.size());
       for (const auto& e : batch.entries) rows.push_back(&(*e.rows)[e.row]);
-      result = RunScoringBatch(*models_[device_index], rows, options_.limits.reuse_prefix);
+      result = RunScoringBatch(*models_[device_index], rows, options_.limits.reuse_prefix,
+                               options_.limits.subtract_null_row);
     }
     if (result.ok()) {
       // Waits for the batch's device work (its one device-to-host copy); the batch's rows,

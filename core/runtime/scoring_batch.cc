@@ -6,6 +6,8 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/full_like.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -84,13 +86,39 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
 
 at::Tensor BatchResult::LogProbs() const {
   done.Synchronize();
-  return at::where(keep, pending, base);
+  const at::Tensor values = at::where(keep, pending, base);  // [B', K]
+  if (!null_of.defined()) return values;
+  // log p(row) - (log p(its null row) - log p(unperturbed)): entries not recomputed hold the
+  // unperturbed value in both, so their correction is 0.
+  const int64_t B = null_of.size(0);
+  const at::Tensor drift = values.index_select(0, null_of) - base.index_select(0, null_of);
+  return values.slice(0, 0, B) - drift;
 }
 
 absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
                                             const std::vector<const ScoringRow*>& rows,
-                                            bool reuse_prefix) {
+                                            bool reuse_prefix, bool subtract_null_row) {
   if (rows.empty()) return absl::InvalidArgumentError("scoring batch: no rows");
+  if (subtract_null_row) {
+    // One unmanipulated row per explanation, after the batch's own rows; it recomputes from
+    // the batch's start like every other row (its own start, the prefix's end, is later).
+    std::vector<ScoringRow> nulls;
+    std::vector<int64_t> null_of;
+    for (const ScoringRow* row : rows) {
+      auto it = std::find_if(nulls.begin(), nulls.end(),
+                             [&](const ScoringRow& n) { return n.prefix == row->prefix; });
+      if (it == nulls.end()) {
+        nulls.push_back({row->prefix, {}, row->mode, row->layers});
+        it = nulls.end() - 1;
+      }
+      null_of.push_back(static_cast<int64_t>(rows.size()) + (it - nulls.begin()));
+    }
+    std::vector<const ScoringRow*> all = rows;
+    for (const ScoringRow& n : nulls) all.push_back(&n);
+    ATMAN_ASSIGN_OR_RETURN(BatchResult result, RunScoringBatch(model, all, reuse_prefix, false));
+    result.null_of = at::tensor(null_of, at::TensorOptions().dtype(at::kLong));
+    return result;
+  }
   const auto B = static_cast<int64_t>(rows.size());
   int64_t start = std::numeric_limits<int64_t>::max(), longest = 0, max_targets = 0;
   bool one_prefix = true;

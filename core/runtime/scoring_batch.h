@@ -53,6 +53,12 @@ struct BatchLimits {
   // Continue rows from the unperturbed pass's KV cache (the default). Off: every row
   // recomputes from index 0 (for tests and benchmarks; scores are the same).
   bool reuse_prefix = true;
+  // Batch invariance: a GEMM's rounding depends on the batch's shape, so in bfloat16 a row's
+  // log p moves with the batch it lands in (docs/performance.md, GPU: the noise floor). On:
+  // each batch also runs one unmanipulated row per explanation in it (its "null row") and
+  // subtracts that row's deviation from the unperturbed pass from the explanation's rows,
+  // which cancels the rounding the rows share; costs one row per explanation per batch.
+  bool subtract_null_row = false;
 };
 
 // Batches of row indices into `rows`; every row lands in exactly one batch. Rows are visited
@@ -74,17 +80,22 @@ struct BatchResult {
   // What RunScoringBatch leaves: the recomputed values, copied non-blocking into `pending`
   // (pinned host memory on CUDA), complete once `done` fires; `keep` marks them, `base` holds
   // the unperturbed values for the rest.
-  at::Tensor pending, keep, base;  // [B, K_max] float64, bool, float64 on the host
+  at::Tensor pending, keep, base;  // [B', K_max] float64, bool, float64 on the host
   model::DeviceEvent done;
+  // subtract_null_row: rows B.. of `pending` are null rows; null_of [B] int64 is the index
+  // of row b's null row. Undefined otherwise (B' = B).
+  at::Tensor null_of;
 };
 
 // Runs one batch of rows (all with the same mode and layers) through `model` on the calling
 // thread's current stream, without a host sync: indices, targets and positions are staged and
 // validated on the host and uploaded non-blocking; the current stream first waits for each
 // prefix's unperturbed pass (KvPrefixCache::ready). The rows (their prefixes) must stay alive
-// until LogProbs() returned: the runtime holds them until then.
+// until LogProbs() returned: the runtime holds them until then. subtract_null_row: see
+// BatchLimits (the null rows count in positions_computed).
 absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
                                             const std::vector<const ScoringRow*>& rows,
-                                            bool reuse_prefix = true);
+                                            bool reuse_prefix = true,
+                                            bool subtract_null_row = false);
 
 }  // namespace atman::runtime

@@ -296,6 +296,32 @@ TEST(Engine, PrefixReuseComputesFewerPositions) {
   EXPECT_LT(a->usage.positions_computed, 0.6 * (n + 1) * L);
 }
 
+// subtract_null_row: each batch carries one unmanipulated row per explanation; in float32 on
+// the CPU it reproduces the unperturbed pass to rounding, so the scores stay (1e-4 of the
+// largest) in as many batches, whose positions now count the null rows too.
+TEST(Engine, SubtractingTheNullRowKeepsFloat32ScoresAndCostsARowPerBatch) {
+  const Loaded& loaded = Load("llama");
+  ASSERT_TRUE(loaded.lm);
+  ExplainRequest request;
+  request.prompt = {PromptItem::Text(loaded.cases.at("greedy").at("prompt"))};
+  request.target = " Paris";
+  request.options.text_granularity = TextGranularity::kToken;
+  Explainer::Options plain, corrected;
+  plain.limits.max_rows = corrected.limits.max_rows = 4;
+  corrected.limits.subtract_null_row = true;
+  auto a = Explainer(loaded.lm.get(), loaded.tokenizer.get(), plain).Explain(request);
+  auto b = Explainer(loaded.lm.get(), loaded.tokenizer.get(), corrected).Explain(request);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  double largest = 1e-12;
+  for (const auto& s : a->explanations[0].scores) largest = std::max(largest, std::abs(s.score));
+  ASSERT_EQ(a->explanations[0].scores.size(), b->explanations[0].scores.size());
+  for (size_t k = 0; k < a->explanations[0].scores.size(); ++k) {
+    EXPECT_NEAR(b->explanations[0].scores[k].score, a->explanations[0].scores[k].score, 1e-4 * largest);
+  }
+  EXPECT_EQ(a->usage.forward_passes, b->usage.forward_passes);
+  EXPECT_GT(b->usage.positions_computed, a->usage.positions_computed);
+}
+
 // Warm-up measures the memory a row adds per position; a budget of two full-length rows then
 // caps every batch at two rows, and the scores do not change.
 TEST(Engine, MeasuredMemoryBudgetCapsBatches) {

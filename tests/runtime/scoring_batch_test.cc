@@ -1,5 +1,7 @@
 #include "core/runtime/scoring_batch.h"
 
+#include <ATen/ops/ones.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -112,6 +114,33 @@ TEST(PackBatches, WithoutPrefixReuseEveryRowStartsAtZero) {
   limits.reuse_prefix = false;
   const auto batches = PackBatches(rows, limits);
   ASSERT_EQ(batches.size(), 1u);  // no waste when everything starts at 0
+}
+
+}  // namespace
+}  // namespace atman::runtime
+
+namespace atman::runtime {
+namespace {
+
+TEST(NullRow, LogProbsSubtractEachRowsNullRowDrift) {
+  // Rows 0, 1 of explanation A (its null row is 3), row 2 of explanation B (null row 4).
+  // Target 1 of A predicts before the batch's start: not recomputed, the unperturbed value.
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  BatchResult r;
+  r.pending = at::tensor({-1.0, -2.0, -2.0, -1.5, -3.0, -3.5, -0.6, -0.9, -0.2, -0.4}, f64).view({5, 2});
+  r.base = at::tensor({-0.5, -0.7, -0.5, -0.7, -0.3, -0.4, -0.5, -0.7, -0.3, -0.4}, f64).view({5, 2});
+  r.keep = at::ones({5, 2}, at::kBool);
+  for (int64_t row : {0, 1, 3}) r.keep[row][1] = false;
+  r.null_of = at::tensor(std::vector<int64_t>{3, 3, 4}, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor lp = r.LogProbs();
+  ASSERT_EQ(lp.sizes(), (std::vector<int64_t>{3, 2}));
+  // A's null row drifted by -0.1 on target 0, B's by +0.1 on target 0 and 0 on target 1.
+  EXPECT_NEAR(lp[0][0].item<double>(), -0.9, 1e-12);
+  EXPECT_NEAR(lp[0][1].item<double>(), -0.7, 1e-12);
+  EXPECT_NEAR(lp[1][0].item<double>(), -1.9, 1e-12);
+  EXPECT_NEAR(lp[1][1].item<double>(), -0.7, 1e-12);
+  EXPECT_NEAR(lp[2][0].item<double>(), -3.1, 1e-12);
+  EXPECT_NEAR(lp[2][1].item<double>(), -3.5, 1e-12);
 }
 
 }  // namespace
