@@ -16,6 +16,11 @@
 #                                       # in for cuda:0), to prove the script end to end
 #   ATMAN_GPU_CHECK_CONFIGURE_ONLY=1 bash scripts/gpu-check.sh run   # stops after configuring
 #
+# A rerun may narrow the run: ATMAN_GPU_CHECK_PRESETS (default "llama3-8b llava-1.5-7b"),
+# ATMAN_GPU_CHECK_PHASES (the first model's gpu_bench phases, default "matmul ours reference
+# ig batcher noise"), ATMAN_GPU_CHECK_TESTS (a ctest -R regex over the GPU tests, default all),
+# ATMAN_GPU_CHECK_CTEST_JOBS (default 1: the tests' printed figures stay in order).
+#
 # The GPU machine has LibTorch (its Python's torch), transformers, numpy, pillow, tokenizers,
 # safetensors, cmake and ninja, but none of our Debian libraries and no network: `prepare`
 # downloads Abseil, nlohmann-json, GoogleTest/GMock and the pkg-config'd libraries core/ and
@@ -144,14 +149,17 @@ phase() {
 run() {
   local dry="${ATMAN_GPU_CHECK_DRY:-0}" py out build="$ROOT/build-gpu" arch budget device work
   local tests_cap="${ATMAN_GPU_CHECK_TESTS_S:-150}" props="${TMPDIR:-/tmp}/atman-gpu-test-properties-$$"
-  local bench_sizes=() presets=(llama3-8b llava-1.5-7b) tokens=(1024 512)
+  local bench_sizes=() tokens=(1024 512)
+  # A rerun may narrow the run: which models, which phases of the first, which GPU tests.
+  local presets=(${ATMAN_GPU_CHECK_PRESETS:-llama3-8b llava-1.5-7b})
+  local llama_phases=(${ATMAN_GPU_CHECK_PHASES:-matmul ours reference ig batcher noise})
   if [[ "$dry" == 1 ]]; then
     source "$ROOT/scripts/common.sh"
     py="${ATMAN_GPU_PYTHON:-$ATMAN_PY}"
     build="$ROOT/build-gpu-dry"
     budget="${ATMAN_GPU_CHECK_BUDGET_S:-3600}"
     device=cpu
-    presets=(tiny-llama tiny-llava)
+    presets=(${ATMAN_GPU_CHECK_PRESETS:-tiny-llama tiny-llava})
     tokens=(64 32)
     bench_sizes=(--reference-rows 8 --reference-batch 4 --ig-steps 8 --ig-batch 4
                  --batcher-requests 4 --batcher-tokens 32)
@@ -234,7 +242,7 @@ run() {
     rm -rf "$gtest_xml"
     phase gpu-tests 20 "$tests_cap" "$out/gpu-tests.log" \
       env GTEST_OUTPUT="xml:$gtest_xml/" \
-      ctest --test-dir "$build" -L gpu -FA '.*' --output-on-failure --timeout 120 \
+      ctest --test-dir "$build" -L gpu -R "${ATMAN_GPU_CHECK_TESTS:-.}" -FA '.*' -V --timeout 120 \
       -j "${ATMAN_GPU_CHECK_CTEST_JOBS:-1}" --output-junit "$out/gpu-tests.xml"
     "$py" - "$gtest_xml" >"$props" 2>&1 <<'EOF'
 import glob, sys, xml.etree.ElementTree as ET
@@ -273,12 +281,14 @@ EOF
   [[ "$dry" == 1 ]] && common+=(--threads "$(nproc)")
   phase "bench-${presets[0]}" 60 0 - \
     "$py" "$ROOT/bench/gpu_bench.py" --preset "${presets[0]}" --tokens "${tokens[@]}" \
-    --phases matmul ours reference ig batcher --deadline "$((DEADLINE - 5))" \
+    --phases "${llama_phases[@]}" --deadline "$((DEADLINE - 5))" \
     --reserve "$llava_needs" "${common[@]}"
   rm -rf "$work"
-  phase "bench-${presets[1]}" 60 0 - \
-    "$py" "$ROOT/bench/gpu_bench.py" --preset "${presets[1]}" --tokens "${tokens[@]}" \
-    --phases ours reference ig --deadline "$((DEADLINE - 5))" "${common[@]}"
+  if ((${#presets[@]} > 1)); then
+    phase "bench-${presets[1]}" 60 0 - \
+      "$py" "$ROOT/bench/gpu_bench.py" --preset "${presets[1]}" --tokens "${tokens[@]}" \
+      --phases ours reference ig --deadline "$((DEADLINE - 5))" "${common[@]}"
+  fi
   rm -rf "$work" "$site"
 
   {
