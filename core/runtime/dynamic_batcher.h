@@ -5,12 +5,17 @@
 // them (scores do not depend on which rows share a batch).
 //
 // Scheduling:
-//   - Batches obey BatchLimits (max_rows, max_tokens = rows x recomputed positions, and the
-//     memory budget = estimated bytes = tokens x bytes_per_row_position).
-//   - Fairness: requests are served round-robin; each contributes at most
-//     ceil(max_rows / active requests) rows per batch (its rows in order of first manipulated
-//     index), and the request that leads a batch rotates, so a request of 2,000 rows cannot
-//     starve one of 10: the small one is in the next batch formed.
+//   - Batches are formed by the rule PackBatches uses (batch_shape.h, CanJoin): BatchLimits'
+//     max_rows, max_tokens (rows x recomputed positions), the memory budget (estimated bytes of
+//     the batch's shape), only rows of equal control mode and layers, and the waste bound: a
+//     batch computes at most (1 + max_waste) x what its rows would compute each alone (it
+//     recomputes every row from its smallest start index, and pads shorter rows to its longest).
+//   - Fairness: requests are served round-robin. The request leading a batch rotates and opens
+//     it with its first queued row; then rows join one at a time, the one that wastes least
+//     first, each request adding at most ceil(max_rows / active requests) rows per round. A
+//     request none of whose rows can join adds none and holds nobody back; when no request with
+//     quota left can add, a new round fills the room left. So a request of 2,000 rows cannot
+//     starve one of 10: with N requests active, each leads one batch in every N.
 //   - max_queue_delay: a worker that finds fewer than max_rows rows waiting waits up to this
 //     long after the oldest waiting row arrived for more rows to fill the batch.
 //   - Only rows with equal control mode and layers share a batch (RunScoringBatch's rule).
@@ -92,7 +97,8 @@ class DynamicBatcher {
   struct BatchInfo {
     int64_t rows = 0;
     int64_t positions_computed = 0;
-    int32_t requests = 0;  // distinct requests in the batch
+    int64_t ideal_positions = 0;  // what its rows would compute each in a batch of its own
+    int32_t requests = 0;         // distinct requests in the batch
     double seconds = 0;
   };
   struct Observer {
@@ -172,7 +178,6 @@ class DynamicBatcher {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs the request's queued callbacks in order unless another thread is running them.
   void Deliver(const std::shared_ptr<Request>& request) ABSL_LOCKS_EXCLUDED(mu_);
-  int64_t EstimateBytes(int64_t tokens) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::vector<const model::CausalLM*> models_;
   const int32_t workers_per_device_;
