@@ -311,9 +311,13 @@ int Run(int argc, char** argv) {
   for (const auto& e : engines) batcher_options.models.push_back(e->lm);
   batcher_options.workers_per_device = config.workers_per_device;
   batcher_options.limits = engines.front()->explainer->options().limits;
-  int64_t budget = config.memory_budget_bytes;
-  if (budget == 0 && engines.front()->lm->device().is_cpu()) budget = MemAvailableBytes() / 2;
-  batcher_options.limits.memory_budget_bytes = budget;
+  // Memory per device: each device's own warm-up figure and budget.
+  for (const auto& e : engines) {
+    int64_t budget = config.memory_budget_bytes;
+    if (budget == 0 && e->lm->device().is_cpu()) budget = MemAvailableBytes() / 2;
+    batcher_options.device_memory.push_back(
+        {budget, e->explainer->options().limits.bytes_per_row_position});
+  }
   batcher_options.max_queue_delay = std::chrono::milliseconds(config.max_queue_delay_ms);
   batcher_options.max_queued_requests = config.max_queued_requests;
   batcher_options.simulated_device_bytes = config.simulated_device_bytes;
@@ -404,6 +408,10 @@ int Run(int argc, char** argv) {
                          static_cast<double>(r.peak_bytes));
     }
     const auto stats = batcher.stats();
+    for (size_t d = 0; d < engines.size() && d < stats.devices.size(); ++d) {
+      metrics->SetMemoryBudget(engines[d]->device_name,
+                               static_cast<double>(stats.devices[d].memory_budget_bytes));
+    }
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
     metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
     metrics->test_hold->Set(service.held() ? 1 : 0);

@@ -11,16 +11,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
 #include "core/runtime/batch_shape.h"
 
 namespace atman::runtime {
 namespace {
-
-bool IsOutOfMemory(const absl::Status& status) {
-  const std::string message(status.message());
-  return message.find("out of memory") != std::string::npos ||
-         message.find("not enough memory") != std::string::npos;
-}
 
 double Seconds(DynamicBatcher::Clock::duration d) {
   return std::chrono::duration<double>(d).count();
@@ -87,6 +82,16 @@ DynamicBatcher::DynamicBatcher(Options options, Observer observer)
     MutexLock lock(&mu_);
     limits_ = options.limits;
     limits_.max_rows = std::max<int64_t>(1, limits_.max_rows);
+    devices_.resize(models_.size());
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      DeviceLimits& device = devices_[d];
+      device.limits = limits_;
+      if (d < options.device_memory.size()) {
+        device.limits.memory_budget_bytes = options.device_memory[d].budget_bytes;
+        device.limits.bytes_per_row_position = options.device_memory[d].bytes_per_row_position;
+      }
+      device.budget_ceiling = std::max<int64_t>(0, device.limits.memory_budget_bytes);
+    }
   }
   for (size_t d = 0; d < models_.size(); ++d) {
     for (int32_t w = 0; w < workers_per_device_; ++w) {
@@ -250,10 +255,38 @@ void DynamicBatcher::Shutdown() {
 
 DynamicBatcher::Stats DynamicBatcher::stats() const {
   MutexLock lock(&mu_);
-  return {queued_rows_,       static_cast<int64_t>(all_.size()),
-          oom_retries_,       limits_.memory_budget_bytes,
-          limits_.max_tokens, held_,
-          batches_running_};
+  Stats stats{
+      queued_rows_, static_cast<int64_t>(all_.size()), oom_retries_, held_, batches_running_, {}};
+  for (const DeviceLimits& d : devices_) {
+    stats.devices.push_back({d.limits.memory_budget_bytes, d.limits.max_tokens, d.oom_retries});
+  }
+  return stats;
+}
+
+// Multiplicative decrease: 3/4 of the failed batch (never more than the budget was).
+void DynamicBatcher::DeviceLimits::Shrink(int64_t estimate, int64_t tokens) {
+  ++oom_retries;
+  if (estimate > 0) {
+    int64_t budget = std::max<int64_t>(1, estimate * 3 / 4);
+    if (limits.memory_budget_bytes > 0) budget = std::min(budget, limits.memory_budget_bytes);
+    limits.memory_budget_bytes = budget;
+    if (budget_ceiling == 0) budget_ceiling = budget;  // started without a budget
+  } else {
+    limits.max_tokens = std::min(limits.max_tokens, std::max<int64_t>(1, tokens * 3 / 4));
+  }
+}
+
+// Additive increase: 1/16 of the ceiling per successful batch, up to the ceiling.
+void DynamicBatcher::DeviceLimits::Grow(int64_t max_tokens_ceiling) {
+  constexpr int64_t kSteps = 16;
+  if (budget_ceiling > 0 && limits.memory_budget_bytes < budget_ceiling) {
+    limits.memory_budget_bytes = std::min(
+        budget_ceiling, limits.memory_budget_bytes + std::max<int64_t>(1, budget_ceiling / kSteps));
+  }
+  if (limits.max_tokens < max_tokens_ceiling) {
+    limits.max_tokens = std::min(
+        max_tokens_ceiling, limits.max_tokens + std::max<int64_t>(1, max_tokens_ceiling / kSteps));
+  }
 }
 
 void DynamicBatcher::TimerLoop() {
@@ -290,7 +323,7 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
     if (r->device == device_index && !r->queued.empty()) candidates.push_back(r);
   }
   if (candidates.empty()) return false;
-  const BatchLimits& limits = limits_;
+  const BatchLimits& limits = devices_[device_index].limits;
   const auto n = static_cast<int64_t>(candidates.size());
   const int64_t quantum = (limits.max_rows + n - 1) / n;
   // The lead (first in round-robin order) opens the batch with its first row. Then, one row at
@@ -391,7 +424,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   int64_t estimate = 0;
   {
     MutexLock lock(&mu_);
-    estimate = EstimateBytes(batch.shape, limits_);
+    estimate = EstimateBytes(batch.shape, devices_[device_index].limits);
   }
   // Everything that allocates or may throw runs here, outside the lock: the batch, and the
   // copy of its results to host float64.
@@ -400,9 +433,9 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   int64_t batch_k = 0;
   try {
     if (simulated_device_bytes_ > 0 && estimate > simulated_device_bytes_) {
-      result = absl::ResourceExhaustedError(absl::StrCat(
-          "simulated device: out of memory (batch of ", batch.entries.size(), " rows needs about ",
-          estimate, " bytes, device has ", simulated_device_bytes_, ")"));
+      result = OutOfMemoryError(absl::StrCat("simulated device: out of memory (batch of ",
+                                             batch.entries.size(), " rows needs about ", estimate,
+                                             " bytes, device has ", simulated_device_bytes_, ")"));
     } else {
       std::vector<const ScoringRow*> rows;
       rows.reserve(batch.entries.size());
@@ -417,7 +450,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
         std::memcpy(host.data(), lp.data_ptr<double>(), host.size() * sizeof(double));
     }
   } catch (const std::exception& e) {
-    result = absl::InternalError(absl::StrCat("scoring batch failed: ", e.what()));
+    result = StatusFromException(e, "scoring batch failed");
   } catch (...) {
     result = absl::InternalError("scoring batch failed with an unknown exception");
   }
@@ -437,11 +470,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
     if (!result.ok() && IsOutOfMemory(result.status())) {
       oom = true;
       ++oom_retries_;
-      if (limits_.bytes_per_row_position > 0) {
-        limits_.memory_budget_bytes = std::max<int64_t>(1, estimate * 3 / 4);
-      } else {
-        limits_.max_tokens = std::max<int64_t>(1, tokens * 3 / 4);
-      }
+      devices_[device_index].Shrink(estimate, tokens);
       if (batch.entries.size() == 1) {
         EndLocked(batch.entries.front().request,
                   absl::ResourceExhaustedError(absl::StrCat(
@@ -463,6 +492,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
     } else if (!result.ok()) {
       for (auto& e : batch.entries) EndLocked(e.request, result.status());
     } else {
+      devices_[device_index].Grow(limits_.max_tokens);
       const int64_t T = batch.shape.longest - batch.shape.start;
       for (size_t b = 0; b < batch.entries.size(); ++b) {
         Request& r = *batch.entries[b].request;

@@ -3,6 +3,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,7 +21,17 @@ class CountingCpuAllocator final : public c10::Allocator {
   explicit CountingCpuAllocator(c10::Allocator* inner) : inner_(inner) {}
 
   c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = inner_->allocate(n);
+    c10::DataPtr inner;
+    try {
+      inner = inner_->allocate(n);
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
+    } catch (const c10::Error& e) {
+      // LibTorch's CPU allocator reports a refused allocation as a plain c10::Error
+      // ("DefaultCPUAllocator: can't allocate memory", alloc_cpu.cpp); it throws nothing else.
+      // Rethrown as what it is, so that callers recognise it by its type.
+      C10_THROW_ERROR(OutOfMemoryError, e.msg());
+    }
     void* data = inner.get();
     const c10::Device device = inner.device();
     if (data == nullptr) return inner;  // zero-byte allocations

@@ -3,7 +3,9 @@
 // CUDA (and any device with a caching DeviceAllocator): the allocator's own statistics
 // (allocated, reserved, peak), so figures match torch.cuda.memory_allocated() and friends.
 // CPU: LibTorch's CPU allocator keeps no statistics, so InstallCpuAccounting() wraps it once
-// per process in a counting allocator (the wrapped allocator still does the work). Tensors
+// per process in a counting allocator (the wrapped allocator still does the work), which also
+// turns the wrapped allocator's refusal (a plain c10::Error) into c10::OutOfMemoryError, the
+// type the CUDA allocator throws, so that out of memory is recognised by type. Tensors
 // that alias memory LibTorch did not allocate (weights memory-mapped from safetensors) are
 // not counted: they are file-backed pages, not allocations.
 //

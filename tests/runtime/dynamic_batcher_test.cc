@@ -578,14 +578,56 @@ TEST(DynamicBatcher, OutOfMemorySplitsTheBatchShrinksTheBudgetAndStillSucceeds) 
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_GT(retries.load(), 0);
   EXPECT_EQ(batcher.stats().oom_retries, retries.load());
-  EXPECT_GT(batcher.stats().memory_budget_bytes, 0);
-  EXPECT_LE(batcher.stats().memory_budget_bytes, 100'000);
+  ASSERT_EQ(batcher.stats().devices.size(), 1u);
+  EXPECT_EQ(batcher.stats().devices[0].oom_retries, retries.load());
+  // It started without a budget: the first out-of-memory batch set one (3/4 of that batch),
+  // which later failures lowered and successes raise again, never above the first.
+  EXPECT_GT(batcher.stats().devices[0].memory_budget_bytes, 0);
+  EXPECT_LT(batcher.stats().devices[0].memory_budget_bytes, 600'000);
   auto batched = explainer.Finish(**p, result->log_probs);
   auto alone = explainer.Explain(request);
   ASSERT_TRUE(batched.ok() && alone.ok());
   const auto a = Scores(*batched), b = Scores(*alone);
   ASSERT_EQ(a.size(), b.size());
   for (size_t k = 0; k < a.size(); ++k) EXPECT_NEAR(a[k], b[k], 1e-4) << k;
+}
+
+// Memory is per device: an out-of-memory batch shrinks the budget of its device only, and
+// successful batches there grow it back by 1/16 of the configured budget each, up to it.
+TEST(DynamicBatcher, OutOfMemoryShrinksThatDevicesBudgetWhichGrowsBackGradually) {
+  const Model& m = Llama();
+  atman::Explainer explainer(m.lm.get(), m.tokenizer.get(), {});
+  auto p = explainer.Prepare(Requests()[0]);
+  ASSERT_TRUE(p.ok());
+  auto options = BatcherOptions(1);
+  options.models = {m.lm.get(), m.lm.get()};  // two devices (both the CPU here)
+  options.limits.max_rows = 32;
+  options.max_queue_delay = 0ms;
+  constexpr int64_t kBudget = 1'600'000;  // 1,600 positions at 1,000 bytes each
+  options.device_memory = {{kBudget, 1000}, {kBudget, 1000}};
+  // Batches above 100 positions fail as out of memory; one row (about 25 positions) fits.
+  options.simulated_device_bytes = 100'000;
+  DynamicBatcher batcher(options);
+  Outcome out;
+  ASSERT_TRUE(batcher.Submit((*p)->rows, Clock::now() + 600s, out.Fn(), {}, 0).ok());
+  ASSERT_TRUE(out.future.get().ok());
+  auto stats = batcher.stats();
+  ASSERT_EQ(stats.devices.size(), 2u);
+  EXPECT_GT(stats.devices[0].oom_retries, 0);
+  EXPECT_LT(stats.devices[0].memory_budget_bytes, kBudget);
+  EXPECT_EQ(stats.devices[1].oom_retries, 0);
+  EXPECT_EQ(stats.devices[1].memory_budget_bytes, kBudget);
+  // Requests of one row each: one successful batch apiece, each adding kBudget / 16.
+  int64_t budget = stats.devices[0].memory_budget_bytes;
+  for (int k = 0; k < 20; ++k) {
+    Outcome one;
+    ASSERT_TRUE(batcher.Submit({(*p)->rows.back()}, Clock::now() + 600s, one.Fn(), {}, 0).ok());
+    ASSERT_TRUE(one.future.get().ok());
+    budget = std::min(kBudget, budget + kBudget / 16);
+    EXPECT_EQ(batcher.stats().devices[0].memory_budget_bytes, budget) << k;
+  }
+  EXPECT_EQ(budget, kBudget);
+  EXPECT_EQ(batcher.stats().devices[0].oom_retries, stats.devices[0].oom_retries);
 }
 
 TEST(DynamicBatcher, ARowThatCannotFitFailsItsRequestWithResourceExhausted) {
