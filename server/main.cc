@@ -41,17 +41,6 @@ std::string ReadFile(const std::string& path) {
   return s.str();
 }
 
-int64_t MemAvailableBytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit) {
-    if (key == "MemAvailable:") return kb * 1024;
-  }
-  return 0;
-}
-
 int64_t ProcessRssBytes() {
   std::ifstream in("/proc/self/statm");
   int64_t size = 0, resident = 0;
@@ -311,10 +300,24 @@ int Run(int argc, char** argv) {
   for (const auto& e : engines) batcher_options.models.push_back(e->lm);
   batcher_options.workers_per_device = config.workers_per_device;
   batcher_options.limits = engines.front()->explainer->options().limits;
-  // Memory per device: each device's own warm-up figure and budget.
+  // Memory per device: each device's own warm-up figure and budget. Without a configured
+  // budget, it is read now that every model is loaded and warmed up (memory_meter.h).
   for (const auto& e : engines) {
     int64_t budget = config.memory_budget_bytes;
-    if (budget == 0 && e->lm->device().is_cpu()) budget = MemAvailableBytes() / 2;
+    if (budget == 0) {
+      auto capacity = runtime::ReadCapacity(e->lm->device());
+      if (!capacity.ok()) {
+        Log(log, config, spdlog::level::critical,
+            absl::StrCat("--memory-budget-bytes 0: ", capacity.status().message(),
+                         "; set a budget explicitly"));
+        return 1;
+      }
+      budget = runtime::DefaultMemoryBudget(e->lm->device(), *capacity, config.workers_per_device);
+      Log(log, config, spdlog::level::info,
+          absl::StrCat("memory budget on ", e->device_name, ": ", budget, " bytes per batch (",
+                       capacity->free_bytes, " of ", capacity->total_bytes, " bytes free, ",
+                       config.workers_per_device, " worker(s))"));
+    }
     batcher_options.device_memory.push_back(
         {budget, e->explainer->options().limits.bytes_per_row_position});
   }

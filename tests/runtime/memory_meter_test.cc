@@ -44,6 +44,27 @@ TEST(MemoryMeter, CountsCpuAllocationsAndTheirPeak) {
   EXPECT_EQ(ReadMemory(cpu).peak_bytes, before);
 }
 
+TEST(MemoryMeter, CpuCapacityIsAvailableAndTotalMemory) {
+  auto capacity = ReadCapacity(c10::Device(c10::kCPU));
+  ASSERT_TRUE(capacity.ok()) << capacity.status();
+  EXPECT_GT(capacity->free_bytes, 0);
+  EXPECT_GE(capacity->total_bytes, capacity->free_bytes);
+}
+
+TEST(MemoryMeter, DefaultBudgetIsFreeMemoryLessAMarginPerWorker) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  const c10::Device cpu(c10::kCPU), cuda(c10::kCUDA, 1);
+  // CPU: half of what is free, shared by the workers.
+  EXPECT_EQ(DefaultMemoryBudget(cpu, {16 * kGiB, 64 * kGiB}, 1), 8 * kGiB);
+  EXPECT_EQ(DefaultMemoryBudget(cpu, {16 * kGiB, 64 * kGiB}, 2), 4 * kGiB);
+  // CUDA: free less max(1 GiB, 10% of total).
+  EXPECT_EQ(DefaultMemoryBudget(cuda, {60 * kGiB, 80 * kGiB}, 1), 52 * kGiB);
+  EXPECT_EQ(DefaultMemoryBudget(cuda, {60 * kGiB, 80 * kGiB}, 4), 13 * kGiB);
+  EXPECT_EQ(DefaultMemoryBudget(cuda, {5 * kGiB, 8 * kGiB}, 1), 4 * kGiB);
+  // Less free than the margin: one row per batch, not an error.
+  EXPECT_EQ(DefaultMemoryBudget(cuda, {kGiB / 2, 8 * kGiB}, 1), 1);
+}
+
 // With the accounting installed, the CPU allocator's refusal (a plain c10::Error in LibTorch)
 // is thrown as c10::OutOfMemoryError, and becomes an out-of-memory status by its type.
 TEST(OutOfMemory, ARefusedCpuAllocationIsOutOfMemoryByType) {
