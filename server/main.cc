@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/io/checkpoint.h"
 #include "core/model/llava.h"
@@ -33,6 +34,9 @@ namespace atman::server {
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
+// Warm-up batches run over prefixes up to this many positions (or the model's context): the
+// memory estimate covers batches up to it and extrapolates beyond (Explainer::Warmup).
+constexpr int64_t kWarmupLength = 256;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -277,17 +281,22 @@ int Run(int argc, char** argv) {
       engine->explainer =
           std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
     }
-    // Warm-up: one scoring row, which also measures bytes per row position for the budget.
-    if (auto s = engine->explainer->Warmup(); !s.ok()) {
+    // Warm-up: measured scoring batches, from which the memory estimate is fitted.
+    if (auto s = engine->explainer->Warmup(kWarmupLength); !s.ok()) {
       Log(log, config, spdlog::level::critical,
           absl::StrCat("warm-up on ", name, ": ", s.message()));
       return 1;
     }
+    const runtime::BatchMemoryModel& memory = engine->explainer->options().limits.memory;
+    auto terms = [](const runtime::MemoryCoefficients& c) {
+      return absl::StrFormat("%.0f x T + %.0f x S + %.1f x T x S + %.0f x K", c.per_position,
+                             c.per_key, c.per_score, c.per_target);
+    };
     Log(log, config, spdlog::level::info,
         absl::StrCat("model ", config.model, " loaded and warmed up on ", name, " in ",
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                     "s; bytes per row position ",
-                     engine->explainer->options().limits.bytes_per_row_position));
+                     "s; bytes per batch row: log_additive ", terms(memory.log_additive),
+                     ", multiplicative ", terms(memory.multiplicative)));
     engines.push_back(std::move(engine));
   }
   if (engines.empty()) {
@@ -318,8 +327,7 @@ int Run(int argc, char** argv) {
                        capacity->free_bytes, " of ", capacity->total_bytes, " bytes free, ",
                        config.workers_per_device, " worker(s))"));
     }
-    batcher_options.device_memory.push_back(
-        {budget, e->explainer->options().limits.bytes_per_row_position});
+    batcher_options.device_memory.push_back({budget, e->explainer->options().limits.memory});
   }
   batcher_options.max_queue_delay = std::chrono::milliseconds(config.max_queue_delay_ms);
   batcher_options.max_queued_requests = config.max_queued_requests;

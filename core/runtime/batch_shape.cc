@@ -14,7 +14,9 @@ bool SameControls(const ScoringRow& a, const ScoringRow& b) {
 }
 
 int64_t EstimateBytes(const BatchShape& shape, const BatchLimits& limits) {
-  return shape.positions() * limits.bytes_per_row_position;
+  if (shape.rows == 0) return 0;
+  return limits.memory.Estimate(shape.mode, shape.rows, shape.longest - shape.start, shape.longest,
+                                shape.targets);
 }
 
 bool CanJoin(const BatchShape& shape, const ScoringRow& row, const BatchLimits& limits) {
@@ -27,6 +29,7 @@ bool CanJoin(const BatchShape& shape, const ScoringRow& row, const BatchLimits& 
   joined.start = std::min(shape.start, start);
   joined.longest = std::max(shape.longest, row.prefix->length());
   joined.ideal = shape.ideal + row.prefix->length() - start;
+  joined.targets = std::max(shape.targets, row.prefix->num_targets());
   joined.mode = shape.mode;
   if (joined.rows > limits.max_rows || joined.positions() > limits.max_tokens) return false;
   if (static_cast<double>(joined.positions()) >
@@ -60,6 +63,7 @@ BatchShape Add(BatchShape shape, const ScoringRow& row, bool reuse_prefix) {
   }
   shape.rows += 1;
   shape.ideal += length - start;
+  shape.targets = std::max(shape.targets, row.prefix->num_targets());
   return shape;
 }
 

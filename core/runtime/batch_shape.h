@@ -4,8 +4,8 @@
 // prefix: rows x (longest - start) positions. A row joins a batch (CanJoin) only when it has
 // the batch's control mode and layers (what RunScoringBatch requires), and the batch with it
 // stays within BatchLimits: max_rows, max_tokens (rows x recomputed positions), the memory
-// budget (bytes estimated for the shape) and the waste bound: the batch's positions stay within
-// (1 + max_waste) x what its rows would compute alone (`ideal`, the sum of each row's
+// budget (bytes estimated for the shape, batch_memory.h) and the waste bound: the batch's positions
+// stay within (1 + max_waste) x what its rows would compute alone (`ideal`, the sum of each row's
 // length - start index). The first row always joins: a row that alone exceeds a limit still
 // gets a batch of its own.
 //
@@ -35,6 +35,7 @@ struct BatchShape {
   int64_t start = 0;    // smallest start index of its rows (when rows > 0)
   int64_t longest = 0;  // longest prefix of its rows
   int64_t ideal = 0;    // positions its rows would compute each in a batch of its own
+  int64_t targets = 0;  // most target tokens of a row (the batch scores that many per row)
   model::ControlMode mode = model::ControlMode::kLogAdditive;  // of its rows (when rows > 0)
   std::vector<int64_t> layers;                                 // of its rows
 
@@ -42,7 +43,8 @@ struct BatchShape {
   int64_t positions() const { return rows * (longest - start); }
 };
 
-// The bytes a batch of `shape` is estimated to add on its device (0: no estimate known).
+// The bytes a batch of `shape` is estimated to add on its device by `limits.memory` (0: no
+// estimate known): rows x (longest - start) positions over `longest` keys.
 int64_t EstimateBytes(const BatchShape& shape, const BatchLimits& limits);
 
 // Whether `row` may join a batch of `shape` under `limits` (always, for an empty batch).

@@ -88,7 +88,7 @@ DynamicBatcher::DynamicBatcher(Options options, Observer observer)
       device.limits = limits_;
       if (d < options.device_memory.size()) {
         device.limits.memory_budget_bytes = options.device_memory[d].budget_bytes;
-        device.limits.bytes_per_row_position = options.device_memory[d].bytes_per_row_position;
+        device.limits.memory = options.device_memory[d].memory;
       }
       device.budget_ceiling = std::max<int64_t>(0, device.limits.memory_budget_bytes);
     }

@@ -96,11 +96,11 @@ class DynamicBatcher {
     std::chrono::microseconds max_queue_delay{5000};
     int64_t max_queued_requests = 256;
     // Per device, as in `models` (empty: every device takes those of `limits`): the device's
-    // memory budget and the figure its batches' bytes are estimated with (its engine's
-    // warm-up), which replace those of `limits` on that device.
+    // memory budget and the model its batches' bytes are estimated with (fitted by its
+    // engine's warm-up), which replace those of `limits` on that device.
     struct DeviceMemory {
       int64_t budget_bytes = 0;  // 0: none
-      int64_t bytes_per_row_position = 0;
+      BatchMemoryModel memory;
     };
     std::vector<DeviceMemory> device_memory;
     // > 0: simulate devices of this many bytes each (tests, capacity planning): a batch whose

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "core/model/attention_control.h"
 #include "core/model/causal_lm.h"
+#include "core/runtime/batch_memory.h"
 #include "core/runtime/kv_prefix_cache.h"
 
 namespace atman::runtime {
@@ -44,10 +45,11 @@ struct BatchLimits {
   int64_t max_rows = 32;
   // Rows x recomputed positions of one batch.
   int64_t max_tokens = 16384;
-  // Bytes a batch may add on the device; 0 = unlimited. Estimated per row from a measured
-  // warm-up (bytes_per_row_position x recomputed positions).
+  // Bytes a batch may add on the device; 0 = unlimited. A batch's bytes are estimated by
+  // `memory` (batch_memory.h: fitted from batches measured at warm-up); without an estimate
+  // the budget does not apply.
   int64_t memory_budget_bytes = 0;
-  int64_t bytes_per_row_position = 0;
+  BatchMemoryModel memory;
   // A batch recomputes every row from its smallest first index (and pads shorter rows to its
   // longest): rows join a batch only while its positions stay within (1 + max_waste) x what
   // its rows would compute alone (batch_shape.h).

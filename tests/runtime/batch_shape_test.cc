@@ -5,12 +5,15 @@
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 
+#include <array>
+
 namespace atman::runtime {
 namespace {
 
 std::shared_ptr<KvPrefixCache> Prefix(int64_t length) {
   auto prefix = std::make_shared<KvPrefixCache>();
   prefix->embeds = at::zeros({1, length, 1});
+  prefix->target_tokens = at::zeros({1}, at::kLong);
   return prefix;
 }
 
@@ -48,7 +51,7 @@ TEST(BatchShape, TheFirstRowAlwaysJoins) {
   BatchLimits limits;
   limits.max_tokens = 10;
   limits.memory_budget_bytes = 1;
-  limits.bytes_per_row_position = 1000;
+  limits.memory = BatchMemoryModel::PerRowPosition(1000);
   EXPECT_TRUE(CanJoin({}, Row(500, 0), limits));
 }
 
@@ -91,6 +94,23 @@ TEST(BatchShape, OnlyRowsOfTheSameControlsJoin) {
   EXPECT_TRUE(CanJoin(Shape({some_layers}), some_layers, limits));
 }
 
+TEST(BatchShape, MemoryIsEstimatedForTheJoinedShapeInItsMode) {
+  BatchLimits limits;
+  limits.max_waste = 1e9;  // only the budget decides
+  limits.memory.log_additive = {10, 1, 0, 0};
+  limits.memory.multiplicative = {10, 1, 1, 0};
+  // 2 rows, 20 positions (start 30) over 50 keys.
+  const BatchShape additive = Shape({Row(50, 30), Row(50, 35)});
+  EXPECT_EQ(EstimateBytes(additive, limits), 2 * (10 * 20 + 50));
+  const BatchShape multiplicative = Shape({Row(50, 30, model::ControlMode::kMultiplicative),
+                                           Row(50, 35, model::ControlMode::kMultiplicative)});
+  EXPECT_EQ(EstimateBytes(multiplicative, limits), 2 * (10 * 20 + 50 + 20 * 50));
+  limits.memory_budget_bytes = 3 * (10 * 20 + 50);
+  EXPECT_TRUE(CanJoin(additive, Row(50, 30), limits));
+  EXPECT_FALSE(CanJoin(additive, Row(50, 25), limits));  // 25 positions: 3 x 300 bytes
+  EXPECT_FALSE(CanJoin(multiplicative, Row(50, 30, model::ControlMode::kMultiplicative), limits));
+}
+
 TEST(BatchShape, RowsTokensAndMemoryBudgetCapABatch) {
   const BatchShape two = Shape({Row(50, 0), Row(50, 0)});
   BatchLimits limits;
@@ -101,7 +121,7 @@ TEST(BatchShape, RowsTokensAndMemoryBudgetCapABatch) {
   EXPECT_FALSE(CanJoin(two, Row(50, 0), limits));
   limits.max_tokens = 150;
   EXPECT_TRUE(CanJoin(two, Row(50, 0), limits));
-  limits.bytes_per_row_position = 10;
+  limits.memory = BatchMemoryModel::PerRowPosition(10);
   limits.memory_budget_bytes = 1499;
   EXPECT_EQ(EstimateBytes(two, limits), 1000);
   EXPECT_FALSE(CanJoin(two, Row(50, 0), limits));

@@ -565,7 +565,7 @@ TEST(DynamicBatcher, OutOfMemorySplitsTheBatchShrinksTheBudgetAndStillSucceeds) 
   ASSERT_TRUE(p.ok());
   auto options = BatcherOptions(1);
   options.limits.max_rows = 32;
-  options.limits.bytes_per_row_position = 1000;
+  options.limits.memory = BatchMemoryModel::PerRowPosition(1000);
   // A full batch of this prompt (~25 rows x ~25 positions) needs ~600 KB; the device has 100 KB.
   options.simulated_device_bytes = 100'000;
   std::atomic<int> retries{0};
@@ -604,7 +604,8 @@ TEST(DynamicBatcher, OutOfMemoryShrinksThatDevicesBudgetWhichGrowsBackGradually)
   options.limits.max_rows = 32;
   options.max_queue_delay = 0ms;
   constexpr int64_t kBudget = 1'600'000;  // 1,600 positions at 1,000 bytes each
-  options.device_memory = {{kBudget, 1000}, {kBudget, 1000}};
+  const auto memory = BatchMemoryModel::PerRowPosition(1000);
+  options.device_memory = {{kBudget, memory}, {kBudget, memory}};
   // Batches above 100 positions fail as out of memory; one row (about 25 positions) fits.
   options.simulated_device_bytes = 100'000;
   DynamicBatcher batcher(options);
@@ -636,7 +637,7 @@ TEST(DynamicBatcher, ARowThatCannotFitFailsItsRequestWithResourceExhausted) {
   auto p = explainer.Prepare(Requests()[0]);
   ASSERT_TRUE(p.ok());
   auto options = BatcherOptions(1);
-  options.limits.bytes_per_row_position = 1000;
+  options.limits.memory = BatchMemoryModel::PerRowPosition(1000);
   options.simulated_device_bytes = 10;  // not even one position fits
   DynamicBatcher batcher(options);
   Outcome out;
