@@ -1,8 +1,10 @@
 """Throughput of atman-server under concurrent clients vs the same requests one after another.
 
 Starts atman-server (or uses --address), sends --requests explanations sequentially, then the
-same requests from --concurrency client threads, and prints requests/s for both, the ratio,
-and p50/p99 latency of each phase, plus the server's batch and memory figures from /metrics.
+same requests from --concurrency client threads (--rounds times, alternating, so that both
+phases share the machine's load), and prints requests/s for both, the ratio, p50/p99 latency
+of each phase, the server's batches and positions computed per request in each phase (from
+/metrics), and its memory figures.
 
   python bench/server_bench.py --server build/server/atman-server --model build/fixtures/atman_cases/llama
   python bench/server_bench.py --address 10.0.0.5:50051 --metrics 10.0.0.5:9090
@@ -78,6 +80,15 @@ def metrics(address):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (Linux), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", help="atman-server binary to start")
@@ -89,6 +100,7 @@ def main():
     ap.add_argument("--metrics")
     ap.add_argument("--requests", type=int, default=48)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1, help="sequential + concurrent phases, alternated")
     args = ap.parse_args()
     pb, pb_grpc = stubs()
     proc = None
@@ -121,25 +133,57 @@ def main():
             stub.Explain(r, timeout=600)
             return time.perf_counter() - t
 
-        t0 = time.perf_counter()
-        seq = [timed(r) for r in reqs]
-        seq_wall = time.perf_counter() - t0
-        before = metrics(args.metrics)
-        t0 = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
-            conc = list(pool.map(timed, reqs))
-        conc_wall = time.perf_counter() - t0
-        after = metrics(args.metrics)
-        batches = after["atman_batch_rows_count"] - before["atman_batch_rows_count"]
-        rows = after["atman_batch_rows_sum"] - before["atman_batch_rows_sum"]
-        print(f"requests: {args.requests} {GRANULARITY}-granularity explanations, devices={args.devices}, "
+        def phase(run):
+            """Runs one phase; returns (wall seconds, latencies, server figures of the phase)."""
+            before = metrics(args.metrics)
+            cpu0 = cpu_seconds(proc.pid) if proc else None
+            t0 = time.perf_counter()
+            latencies = run()
+            wall = time.perf_counter() - t0
+            cpu1 = cpu_seconds(proc.pid) if proc else None
+            after = metrics(args.metrics)
+            d = {k: after[k] - before.get(k, 0) for k in ("atman_batch_rows_count", "atman_batch_rows_sum",
+                                                         "atman_positions_computed_total")}
+            d["server_cpu_seconds"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else float("nan")
+            return wall, latencies, d
+
+        def in_parallel():
+            with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+                return list(pool.map(timed, reqs))
+
+        # Side by side in one run (one server): sequential, then concurrent, `--rounds` times, so
+        # that both phases see the same machine load (other processes on a shared machine).
+        n = args.requests
+        totals = {"sequential": [0.0, [], None], "concurrent": [0.0, [], None]}
+        for k in range(args.rounds):
+            for name, run in (("sequential", lambda: [timed(r) for r in reqs]), ("concurrent", in_parallel)):
+                wall, lat, d = phase(run)
+                t = totals[name]
+                t[0] += wall
+                t[1] += lat
+                t[2] = d if t[2] is None else {key: t[2][key] + d[key] for key in d}
+                totals[name + str(k)] = wall
+            if args.rounds > 1:
+                print(f"round {k + 1}: speed-up {totals['sequential' + str(k)] / totals['concurrent' + str(k)]:.2f}x")
+
+        def batches(d):
+            b = max(d["atman_batch_rows_count"], 1)
+            return (f"{d['atman_batch_rows_count'] / (n * args.rounds):5.1f} batches/request, "
+                    f"{d['atman_batch_rows_sum'] / b:5.1f} rows/batch, "
+                    f"{d['atman_positions_computed_total'] / (n * args.rounds):7.0f} positions/request, "
+                    f"server CPU {d['server_cpu_seconds'] / (n * args.rounds) * 1e3:5.1f} ms/request")
+
+        seq_wall, seq, seq_d = totals["sequential"]
+        conc_wall, conc, conc_d = totals["concurrent"]
+        total = n * args.rounds
+        print(f"requests: {n} {GRANULARITY}-granularity explanations x {args.rounds} rounds, devices={args.devices}, "
               f"workers/device={args.workers_per_device}")
-        print(f"sequential:     {args.requests / seq_wall:8.2f} req/s  p50 {pct(seq, .5) * 1e3:8.1f} ms  "
-              f"p99 {pct(seq, .99) * 1e3:8.1f} ms")
-        print(f"concurrency {args.concurrency}:  {args.requests / conc_wall:8.2f} req/s  p50 {pct(conc, .5) * 1e3:8.1f} ms  "
-              f"p99 {pct(conc, .99) * 1e3:8.1f} ms")
-        print(f"speed-up: {seq_wall / conc_wall:.2f}x   concurrent phase: {batches:.0f} batches, "
-              f"{rows / max(batches, 1):.1f} rows/batch")
+        print(f"sequential:     {total / seq_wall:8.2f} req/s  p50 {pct(seq, .5) * 1e3:8.1f} ms  "
+              f"p99 {pct(seq, .99) * 1e3:8.1f} ms  {batches(seq_d)}")
+        print(f"concurrency {args.concurrency}:  {total / conc_wall:8.2f} req/s  p50 {pct(conc, .5) * 1e3:8.1f} ms  "
+              f"p99 {pct(conc, .99) * 1e3:8.1f} ms  {batches(conc_d)}")
+        print(f"speed-up: {seq_wall / conc_wall:.2f}x")
+        after = metrics(args.metrics)
         mem = {k: v for k, v in after.items() if k.startswith("atman_device_memory")}
         for k, v in sorted(mem.items()):
             print(f"{k} {v / 2**20:.1f} MiB")

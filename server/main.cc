@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
@@ -34,23 +35,15 @@ namespace atman::server {
 namespace {
 
 constexpr char kVersion[] = "0.1.0";
+// Warm-up batches run over prefixes up to this many positions (or the model's context): the
+// memory estimate covers batches up to it and extrapolates beyond (Explainer::Warmup).
+constexpr int64_t kWarmupLength = 256;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-int64_t MemAvailableBytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit) {
-    if (key == "MemAvailable:") return kb * 1024;
-  }
-  return 0;
 }
 
 int64_t ProcessRssBytes() {
@@ -295,17 +288,22 @@ int Run(int argc, char** argv) {
       engine->explainer =
           std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
     }
-    // Warm-up: one scoring row, which also measures bytes per row position for the budget.
-    if (auto s = engine->explainer->Warmup(); !s.ok()) {
+    // Warm-up: measured scoring batches, from which the memory estimate is fitted.
+    if (auto s = engine->explainer->Warmup(kWarmupLength); !s.ok()) {
       Log(log, config, spdlog::level::critical,
           absl::StrCat("warm-up on ", name, ": ", s.message()));
       return 1;
     }
+    const runtime::BatchMemoryModel& memory = engine->explainer->options().limits.memory;
+    auto terms = [](const runtime::MemoryCoefficients& c) {
+      return absl::StrFormat("%.0f x T + %.0f x S + %.1f x T x S + %.0f x K", c.per_position,
+                             c.per_key, c.per_score, c.per_target);
+    };
     Log(log, config, spdlog::level::info,
         absl::StrCat("model ", config.model, " loaded and warmed up on ", name, " in ",
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                     "s; bytes per row position ",
-                     engine->explainer->options().limits.bytes_per_row_position));
+                     "s; bytes per batch row: log_additive ", terms(memory.log_additive),
+                     ", multiplicative ", terms(memory.multiplicative)));
     engines.push_back(std::move(engine));
   }
   if (engines.empty()) {
@@ -318,9 +316,26 @@ int Run(int argc, char** argv) {
   for (const auto& e : engines) batcher_options.models.push_back(e->lm);
   batcher_options.workers_per_device = config.workers_per_device;
   batcher_options.limits = engines.front()->explainer->options().limits;
-  int64_t budget = config.memory_budget_bytes;
-  if (budget == 0 && engines.front()->lm->device().is_cpu()) budget = MemAvailableBytes() / 2;
-  batcher_options.limits.memory_budget_bytes = budget;
+  // Memory per device: each device's own warm-up figure and budget. Without a configured
+  // budget, it is read now that every model is loaded and warmed up (memory_meter.h).
+  for (const auto& e : engines) {
+    int64_t budget = config.memory_budget_bytes;
+    if (budget == 0) {
+      auto capacity = runtime::ReadCapacity(e->lm->device());
+      if (!capacity.ok()) {
+        Log(log, config, spdlog::level::critical,
+            absl::StrCat("--memory-budget-bytes 0: ", capacity.status().message(),
+                         "; set a budget explicitly"));
+        return 1;
+      }
+      budget = runtime::DefaultMemoryBudget(e->lm->device(), *capacity, config.workers_per_device);
+      Log(log, config, spdlog::level::info,
+          absl::StrCat("memory budget on ", e->device_name, ": ", budget, " bytes per batch (",
+                       capacity->free_bytes, " of ", capacity->total_bytes, " bytes free, ",
+                       config.workers_per_device, " worker(s))"));
+    }
+    batcher_options.device_memory.push_back({budget, e->explainer->options().limits.memory});
+  }
   batcher_options.max_queue_delay = std::chrono::milliseconds(config.max_queue_delay_ms);
   batcher_options.max_queued_requests = config.max_queued_requests;
   batcher_options.simulated_device_bytes = config.simulated_device_bytes;
@@ -411,6 +426,10 @@ int Run(int argc, char** argv) {
                          static_cast<double>(r.peak_bytes));
     }
     const auto stats = batcher.stats();
+    for (size_t d = 0; d < engines.size() && d < stats.devices.size(); ++d) {
+      metrics->SetMemoryBudget(engines[d]->device_name,
+                               static_cast<double>(stats.devices[d].memory_budget_bytes));
+    }
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
     metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
     metrics->test_hold->Set(service.held() ? 1 : 0);

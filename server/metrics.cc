@@ -345,6 +345,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                       .Name("atman_device_memory_peak_bytes")
                       .Help("Peak bytes allocated on the device since start")
                       .Register(r);
+  m->mem_budget_ = &prometheus::BuildGauge()
+                        .Name("atman_memory_budget_bytes")
+                        .Help(
+                            "Bytes one scoring batch may add on the device now (shrinks after "
+                            "out of memory, grows back after successful batches; 0: none)")
+                        .Register(r);
   m->oom_retries = &prometheus::BuildCounter()
                         .Name("atman_oom_retries_total")
                         .Help("Scoring batches that ran out of memory and were split and retried")
@@ -443,6 +449,10 @@ void Metrics::SetMemory(const std::string& device, double allocated, double rese
   mem_allocated_->Add({{"device", device}}).Set(allocated);
   mem_reserved_->Add({{"device", device}}).Set(reserved);
   mem_peak_->Add({{"device", device}}).Set(peak);
+}
+
+void Metrics::SetMemoryBudget(const std::string& device, double bytes) {
+  mem_budget_->Add({{"device", device}}).Set(bytes);
 }
 
 }  // namespace atman::server

@@ -12,8 +12,8 @@
 //
 // Ownership: Metrics owns the registry, the endpoint and the families; the metric handles
 // below point into them and live as long as the Metrics object. Thread safety: prometheus-cpp
-// metrics are thread-safe; RequestDone(), SetMemory(), Scrape() and SetCollector() may be
-// called from any thread.
+// metrics are thread-safe; RequestDone(), SetMemory(), SetMemoryBudget(), Scrape() and
+// SetCollector() may be called from any thread.
 #pragma once
 
 #include <prometheus/counter.h>
@@ -65,6 +65,8 @@ class Metrics {
   void RequestDone(const std::string& method, const std::string& code, double seconds);
   // Device memory gauges for `device` ("cpu", "cuda:0").
   void SetMemory(const std::string& device, double allocated, double reserved, double peak);
+  // The dynamic batcher's memory budget for `device` now (atman_memory_budget_bytes).
+  void SetMemoryBudget(const std::string& device, double bytes);
 
   // Runs `collector` at the start of every scrape (Scrape() and each GET /metrics), before
   // the metrics are read, so gauges it sets show the state at scrape time. An empty function
@@ -104,6 +106,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* mem_allocated_ = nullptr;
   prometheus::Family<prometheus::Gauge>* mem_reserved_ = nullptr;
   prometheus::Family<prometheus::Gauge>* mem_peak_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* mem_budget_ = nullptr;
 
   mutable std::mutex scrape_mu_;  // serialises scrapes; guards collector_
   std::function<void()> collector_;

@@ -81,25 +81,76 @@ Explainer::Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer
 }
 
 absl::Status Explainer::Warmup(int64_t length) {
-  length = std::max<int64_t>(2, std::min(length, options_.max_sequence));
+  const int64_t L = std::max<int64_t>(8, std::min(length, options_.max_sequence));
   const c10::Device device = lm_->device();
   try {
-    std::vector<int64_t> ids(static_cast<size_t>(length), 0);
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds, lm_->Embed(LongTensor(ids).unsqueeze(0)));
-    auto prefix = std::make_shared<runtime::KvPrefixCache>();
-    prefix->embeds = embeds;
-    prefix->positions = at::arange(length, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-    prefix->target_indices = LongTensor({length - 1});
-    prefix->target_tokens = LongTensor({0});
-    prefix->base_log_probs = at::zeros({1}, at::TensorOptions().dtype(at::kDouble));
-    runtime::ScoringRow row;
-    row.prefix = prefix;
-    row.factors = {{0, 0.1}};  // from index 0: the whole sequence is recomputed
-    const int64_t before = runtime::ReadMemory(device).allocated_bytes;
-    runtime::ResetPeak(device);
-    ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result, runtime::RunScoringBatch(*lm_, {&row}));
-    const int64_t peak = runtime::ReadMemory(device).peak_bytes;
-    options_.limits.bytes_per_row_position = std::max<int64_t>(1, (peak - before) / length);
+    // A prefix of n positions with its KV cache and k targets at its last k positions (so
+    // that a row recomputing k positions scores each of them).
+    auto make_prefix = [&](int64_t n) -> absl::StatusOr<std::shared_ptr<runtime::KvPrefixCache>> {
+      std::vector<int64_t> ids(static_cast<size_t>(n), 0);
+      auto prefix = std::make_shared<runtime::KvPrefixCache>();
+      ATMAN_ASSIGN_OR_RETURN(prefix->embeds, lm_->Embed(LongTensor(ids).unsqueeze(0)));
+      prefix->positions = at::arange(n, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+      model::ForwardInput pass;
+      pass.embeds = prefix->embeds;
+      pass.positions = prefix->positions;
+      pass.present = &prefix->cache;  // output kNone: only the cache
+      ATMAN_RETURN_IF_ERROR(lm_->Forward(pass).status());
+      return prefix;
+    };
+    auto with_targets = [](const runtime::KvPrefixCache& prefix, int64_t k) {
+      auto copy = std::make_shared<runtime::KvPrefixCache>(prefix);  // tensors shared
+      std::vector<int64_t> indices;
+      for (int64_t j = prefix.length() - k; j < prefix.length(); ++j) indices.push_back(j);
+      copy->target_indices = LongTensor(indices);
+      copy->target_tokens = at::zeros({k}, at::TensorOptions().dtype(at::kLong));
+      copy->base_log_probs = at::zeros({k}, at::TensorOptions().dtype(at::kDouble));
+      return copy;
+    };
+    // Batch shapes (prefix length n, recomputed positions T, targets K) spanning the phases
+    // that can hold a batch's peak: long recomputations (layers), long prefixes with short
+    // recomputations (attention, keys), every recomputed position a target (logits).
+    struct Shape {
+      int64_t n, T, K;
+    };
+    const int64_t h = L / 2, q = L / 4;
+    auto at_least_1 = [](int64_t v) { return std::max<int64_t>(1, v); };
+    const std::vector<Shape> shapes = {
+        {L, L, 1}, {L, h, 1},
+        {L, q, 1}, {L, q, q},                                   // long prefix
+        {h, h, 1}, {h, at_least_1(h / 4), at_least_1(h / 4)},   // half
+        {q, q, 1}, {q, at_least_1(q / 4), at_least_1(q / 4)}};  // quarter
+    std::vector<std::shared_ptr<runtime::KvPrefixCache>> prefixes;
+    for (int64_t n : {L, h, q}) {
+      ATMAN_ASSIGN_OR_RETURN(auto prefix, make_prefix(n));
+      prefixes.push_back(std::move(prefix));
+    }
+    constexpr int64_t kRows = 2;
+    for (const model::ControlMode mode :
+         {model::ControlMode::kLogAdditive, model::ControlMode::kMultiplicative}) {
+      std::vector<runtime::MemorySample> samples;
+      for (const Shape& shape : shapes) {
+        const auto& base = *prefixes[shape.n == L ? 0 : shape.n == h ? 1 : 2];
+        // Each row with a prefix object of its own: the batch stacks their caches, as when
+        // rows of several explanations share a batch (the costlier case).
+        std::vector<runtime::ScoringRow> rows(kRows);
+        for (runtime::ScoringRow& row : rows) {
+          row.prefix = with_targets(base, shape.K);
+          row.factors = {{shape.n - shape.T, 0.1}};
+          row.mode = mode;
+        }
+        std::vector<const runtime::ScoringRow*> batch;
+        for (const runtime::ScoringRow& row : rows) batch.push_back(&row);
+        const int64_t before = runtime::ReadMemory(device).allocated_bytes;
+        runtime::ResetPeak(device);
+        ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result, runtime::RunScoringBatch(*lm_, batch));
+        const int64_t peak = runtime::ReadMemory(device).peak_bytes;
+        samples.push_back({kRows, shape.T, shape.n, shape.K, peak - before});
+      }
+      (mode == model::ControlMode::kLogAdditive ? options_.limits.memory.log_additive
+                                                : options_.limits.memory.multiplicative) =
+          runtime::FitMemoryCoefficients(samples);
+    }
     return absl::OkStatus();
   } catch (const std::exception& e) {
     return StatusFromException(e, "warm-up");

@@ -86,9 +86,14 @@ class Explainer {
   Explainer(const model::VisionLanguageModel* vlm, const vision::ClipImageProcessor* processor,
             const text::Tokenizer* tokenizer, Options options);
 
-  // Measures the device memory one scoring row adds per recomputed position (a row over
-  // `length` positions from index 0) and stores it in the batch limits, so that the memory
-  // budget is enforced with a measured figure.
+  // Measures what scoring batches add on the device and fits the batch limits' memory model
+  // (runtime/batch_memory.h) for both control modes: per mode 8 batches of 2 rows over
+  // prefixes of `length`, length / 2 and length / 4 positions (at least 8, at most the
+  // model's context), from long recomputations to short ones that score every position, the
+  // rows' caches stacked (the costlier case, as when rows of several explanations share a
+  // batch). Batches over prefixes up to `length` are then estimated at or above their
+  // measured peak (within a few percent); longer ones are extrapolated. About 14 x length
+  // positions computed in all.
   absl::Status Warmup(int64_t length = 64);
   const Options& options() const { return options_; }
 

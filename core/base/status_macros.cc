@@ -2,19 +2,28 @@
 
 #include <string>
 
+#include "absl/strings/cord.h"
+
 namespace atman {
 
-absl::Status StatusFromException(const std::exception& e, std::string_view context) {
-  std::string_view what = e.what();
-  if (auto newline = what.find('\n'); newline != std::string_view::npos) {
-    what = what.substr(0, newline);
-  }
-  return absl::InternalError(absl::StrCat(ToAbsl(context), ": ", ToAbsl(what)));
+absl::Status OutOfMemoryError(std::string_view message) {
+  absl::Status status = absl::ResourceExhaustedError(ToAbsl(message));
+  status.SetPayload(kOutOfMemoryPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsOutOfMemory(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kResourceExhausted &&
+         status.GetPayload(kOutOfMemoryPayload).has_value();
 }
 
 absl::Status Annotate(const absl::Status& status, std::string_view context) {
   if (status.ok()) return status;
-  return absl::Status(status.code(), absl::StrCat(ToAbsl(context), ": ", status.message()));
+  absl::Status annotated(status.code(), absl::StrCat(ToAbsl(context), ": ", status.message()));
+  status.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) {
+    annotated.SetPayload(url, payload);
+  });
+  return annotated;
 }
 
 }  // namespace atman

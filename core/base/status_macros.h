@@ -2,7 +2,9 @@
 //
 // Errors cross module boundaries as absl::Status / absl::StatusOr<T> values, never as
 // exceptions. LibTorch throws c10::Error; code that calls LibTorch catches at the module
-// boundary with StatusFromException() and adds what it was doing.
+// boundary with StatusFromException() (torch_status.h, included here; its library is
+// atman_torch_status) and adds what it was doing. Out of memory is a status of its own kind
+// (OutOfMemoryError / IsOutOfMemory), so that callers can shrink and retry.
 //
 // Thread safety: stateless macros and free functions; safe from any thread.
 #pragma once
@@ -13,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "core/base/torch_status.h"
 
 #define ATMAN_STATUS_CONCAT_INNER_(a, b) a##b
 #define ATMAN_STATUS_CONCAT_(a, b) ATMAN_STATUS_CONCAT_INNER_(a, b)
@@ -40,12 +43,14 @@ namespace atman {
 // Our APIs use std::string_view; this bridges them. The other way: std::string(sv).
 inline absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
 
-// An INTERNAL status for an exception thrown by LibTorch (or the standard library), with
-// `context` saying what was being done: "forward pass: <what()>". c10 errors carry a
-// backtrace after the first line; only the first line is kept.
-absl::Status StatusFromException(const std::exception& e, std::string_view context);
+// Out of memory on a device, as a status: RESOURCE_EXHAUSTED with the payload
+// kOutOfMemoryPayload, which IsOutOfMemory recognises (and Annotate keeps). Other
+// RESOURCE_EXHAUSTED statuses (a full queue) are not out of memory.
+inline constexpr char kOutOfMemoryPayload[] = "atman/out-of-memory";
+absl::Status OutOfMemoryError(std::string_view message);
+bool IsOutOfMemory(const absl::Status& status);
 
-// Adds context in front of a non-OK status, keeping its code: "context: message".
+// Adds context in front of a non-OK status, keeping its code and payloads: "context: message".
 absl::Status Annotate(const absl::Status& status, std::string_view context);
 
 }  // namespace atman

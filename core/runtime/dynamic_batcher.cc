@@ -12,24 +12,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
+#include "core/runtime/batch_shape.h"
 
 namespace atman::runtime {
 namespace {
-
-// Where RunScoringBatch starts recomputing `row` (kept in step with scoring_batch.cc).
-int64_t StartIndex(const ScoringRow& row, bool reuse_prefix) {
-  return reuse_prefix ? std::min(row.FirstIndex(), row.prefix->length() - 1) : 0;
-}
-
-bool SameControls(const ScoringRow& a, const ScoringRow& b) {
-  return a.mode == b.mode && a.layers == b.layers;
-}
-
-bool IsOutOfMemory(const absl::Status& status) {
-  const std::string message(status.message());
-  return message.find("out of memory") != std::string::npos ||
-         message.find("not enough memory") != std::string::npos;
-}
 
 double Seconds(DynamicBatcher::Clock::duration d) {
   return std::chrono::duration<double>(d).count();
@@ -44,7 +31,8 @@ class DynamicBatcher::Request {
  public:
   using Rows = std::shared_ptr<const std::vector<ScoringRow>>;
   Rows rows;                  // null once ended
-  std::deque<size_t> queued;  // rows not yet run, in order of start index
+  std::vector<int64_t> starts;  // StartIndex of each row
+  std::deque<size_t> queued;    // rows not yet run, in order of start index
   size_t device = 0;
   int64_t num_rows = 0, num_targets = 0;
   Clock::time_point submitted, deadline, queued_since;
@@ -59,6 +47,18 @@ class DynamicBatcher::Request {
   // Callbacks waiting to run, in order; one thread at a time runs them (Deliver).
   std::deque<Delivery> outbox;
   bool delivering = false;
+
+  // The first queued row whose start index is >= `start` (queued is sorted by start index).
+  std::deque<size_t>::iterator FirstStartingAt(int64_t start) {
+    return std::lower_bound(queued.begin(), queued.end(), start,
+                            [&](size_t row, int64_t s) { return starts[row] < s; });
+  }
+  // Puts `row` back among the queued rows in its place by start index (after its equals).
+  void Requeue(size_t row) {
+    queued.insert(std::upper_bound(queued.begin(), queued.end(), row,
+                                   [&](size_t a, size_t b) { return starts[a] < starts[b]; }),
+                  row);
+  }
 };
 
 struct DynamicBatcher::Batch {
@@ -68,8 +68,7 @@ struct DynamicBatcher::Batch {
     size_t row = 0;
   };
   std::vector<Entry> entries;
-  int64_t start = 0, longest = 0;
-  int64_t tokens() const { return static_cast<int64_t>(entries.size()) * (longest - start); }
+  BatchShape shape;  // of the entries' rows
 };
 
 DynamicBatcher::DynamicBatcher(Options options, Observer observer)
@@ -84,6 +83,16 @@ DynamicBatcher::DynamicBatcher(Options options, Observer observer)
     MutexLock lock(&mu_);
     limits_ = options.limits;
     limits_.max_rows = std::max<int64_t>(1, limits_.max_rows);
+    devices_.resize(models_.size());
+    for (size_t d = 0; d < devices_.size(); ++d) {
+      DeviceLimits& device = devices_[d];
+      device.limits = limits_;
+      if (d < options.device_memory.size()) {
+        device.limits.memory_budget_bytes = options.device_memory[d].budget_bytes;
+        device.limits.memory = options.device_memory[d].memory;
+      }
+      device.budget_ceiling = std::max<int64_t>(0, device.limits.memory_budget_bytes);
+    }
   }
   for (size_t d = 0; d < models_.size(); ++d) {
     for (int32_t w = 0; w < workers_per_device_; ++w) {
@@ -119,10 +128,12 @@ absl::StatusOr<std::shared_ptr<DynamicBatcher::Request>> DynamicBatcher::Submit(
   request->log_probs.assign(static_cast<size_t>(request->num_rows * K), 0.0);
   std::vector<size_t> order(rows.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bool reuse = options_.limits.reuse_prefix;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return StartIndex(rows[a], reuse) < StartIndex(rows[b], reuse);
-  });
+  request->starts.resize(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    request->starts[i] = StartIndex(rows[i], options_.limits.reuse_prefix);
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return request->starts[a] < request->starts[b]; });
   request->queued.assign(order.begin(), order.end());
   request->rows = std::make_shared<const std::vector<ScoringRow>>(std::move(rows));
   {
@@ -245,14 +256,38 @@ void DynamicBatcher::Shutdown() {
 
 DynamicBatcher::Stats DynamicBatcher::stats() const {
   MutexLock lock(&mu_);
-  return {queued_rows_,       static_cast<int64_t>(all_.size()),
-          oom_retries_,       limits_.memory_budget_bytes,
-          limits_.max_tokens, held_,
-          batches_running_};
+  Stats stats{
+      queued_rows_, static_cast<int64_t>(all_.size()), oom_retries_, held_, batches_running_, {}};
+  for (const DeviceLimits& d : devices_) {
+    stats.devices.push_back({d.limits.memory_budget_bytes, d.limits.max_tokens, d.oom_retries});
+  }
+  return stats;
 }
 
-int64_t DynamicBatcher::EstimateBytes(int64_t tokens) const {
-  return tokens * limits_.bytes_per_row_position;
+// Multiplicative decrease: 3/4 of the failed batch (never more than the budget was).
+void DynamicBatcher::DeviceLimits::Shrink(int64_t estimate, int64_t tokens) {
+  ++oom_retries;
+  if (estimate > 0) {
+    int64_t budget = std::max<int64_t>(1, estimate * 3 / 4);
+    if (limits.memory_budget_bytes > 0) budget = std::min(budget, limits.memory_budget_bytes);
+    limits.memory_budget_bytes = budget;
+    if (budget_ceiling == 0) budget_ceiling = budget;  // started without a budget
+  } else {
+    limits.max_tokens = std::min(limits.max_tokens, std::max<int64_t>(1, tokens * 3 / 4));
+  }
+}
+
+// Additive increase: 1/16 of the ceiling per successful batch, up to the ceiling.
+void DynamicBatcher::DeviceLimits::Grow(int64_t max_tokens_ceiling) {
+  constexpr int64_t kSteps = 16;
+  if (budget_ceiling > 0 && limits.memory_budget_bytes < budget_ceiling) {
+    limits.memory_budget_bytes = std::min(
+        budget_ceiling, limits.memory_budget_bytes + std::max<int64_t>(1, budget_ceiling / kSteps));
+  }
+  if (limits.max_tokens < max_tokens_ceiling) {
+    limits.max_tokens = std::min(
+        max_tokens_ceiling, limits.max_tokens + std::max<int64_t>(1, max_tokens_ceiling / kSteps));
+  }
 }
 
 void DynamicBatcher::TimerLoop() {
@@ -289,32 +324,53 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
     if (r->device == device_index && !r->queued.empty()) candidates.push_back(r);
   }
   if (candidates.empty()) return false;
-  const BatchLimits& limits = limits_;
+  const BatchLimits& limits = devices_[device_index].limits;
   const auto n = static_cast<int64_t>(candidates.size());
   const int64_t quantum = (limits.max_rows + n - 1) / n;
-  const ScoringRow& lead = (*candidates.front()->rows)[candidates.front()->queued.front()];
-  batch->start = std::numeric_limits<int64_t>::max();
-  batch->longest = 0;
-  for (const auto& r : candidates) {
-    for (int64_t taken = 0; taken < quantum && !r->queued.empty(); ++taken) {
-      const ScoringRow& row = (*r->rows)[r->queued.front()];
-      if (!SameControls(row, lead)) break;
-      const int64_t start = std::min(batch->start, StartIndex(row, limits.reuse_prefix));
-      const int64_t longest = std::max(batch->longest, row.prefix->length());
-      const auto count = static_cast<int64_t>(batch->entries.size()) + 1;
-      const int64_t tokens = count * (longest - start);
-      if (!batch->entries.empty() && (count > limits.max_rows || tokens > limits.max_tokens ||
-                                      (limits.memory_budget_bytes > 0 &&
-                                       EstimateBytes(tokens) > limits.memory_budget_bytes))) {
-        break;
+  // The lead (first in round-robin order) opens the batch with its first row. Then, one row at
+  // a time, the row that wastes least joins (it must be allowed to: batch_shape.h), from the
+  // requests that have added fewer than `quantum` rows in this round; ties go to the earlier
+  // request in round-robin order. A request's queue is in order of start index, and its rows
+  // that waste least start nearest the batch's start (the first at or after it, or the last
+  // before it), so only those two are weighed. A request none of whose rows can join adds none
+  // and holds nobody back. When no request with quota left can add and room is left, a new
+  // round begins, so a batch is not left short for fairness alone.
+  std::vector<int64_t> taken(candidates.size(), 0);
+  auto take = [&](size_t c, std::deque<size_t>::iterator at) {
+    Request& r = *candidates[c];
+    batch->entries.push_back({candidates[c], r.rows, *at});
+    batch->shape = Add(std::move(batch->shape), (*r.rows)[*at], limits.reuse_prefix);
+    r.queued.erase(at);
+    --queued_rows_;
+    ++taken[c];
+  };
+  take(0, candidates.front()->queued.begin());
+  while (batch->shape.rows < limits.max_rows) {
+    size_t best = candidates.size();
+    std::deque<size_t>::iterator best_at;
+    int64_t least_waste = std::numeric_limits<int64_t>::max();
+    for (size_t c = 0; c < candidates.size(); ++c) {
+      Request& r = *candidates[c];
+      if (taken[c] >= quantum || r.queued.empty()) continue;
+      const auto after = r.FirstStartingAt(batch->shape.start);
+      for (auto at : {after, after == r.queued.begin() ? r.queued.end() : after - 1}) {
+        if (at == r.queued.end()) continue;
+        const ScoringRow& row = (*r.rows)[*at];
+        if (!CanJoin(batch->shape, row, limits)) continue;
+        const int64_t waste = WasteIfJoined(batch->shape, row, limits.reuse_prefix);
+        if (waste < least_waste) {
+          best = c;
+          best_at = at;
+          least_waste = waste;
+        }
       }
-      batch->entries.push_back({r, r->rows, r->queued.front()});
-      batch->start = start;
-      batch->longest = longest;
-      r->queued.pop_front();
-      --queued_rows_;
     }
-    if (static_cast<int64_t>(batch->entries.size()) >= limits.max_rows) break;
+    if (best < candidates.size()) {
+      take(best, best_at);
+      continue;
+    }
+    if (std::none_of(taken.begin(), taken.end(), [&](int64_t t) { return t >= quantum; })) break;
+    std::fill(taken.begin(), taken.end(), 0);  // a new round
   }
   // Rotate: the request that led this batch goes to the back of the round-robin order.
   auto it = std::find(active_.begin(), active_.end(), candidates.front());
@@ -369,11 +425,11 @@ void DynamicBatcher::WorkerLoop(size_t device_index) {
 
 void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   const auto started = Clock::now();
-  const int64_t tokens = batch.tokens();
+  const int64_t tokens = batch.shape.positions();
   int64_t estimate = 0;
   {
     MutexLock lock(&mu_);
-    estimate = EstimateBytes(tokens);
+    estimate = EstimateBytes(batch.shape, devices_[device_index].limits);
   }
   // Everything that allocates or may throw runs here, outside the lock: the batch, and the
   // copy of its results to host float64.
@@ -382,9 +438,9 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   int64_t batch_k = 0;
   try {
     if (simulated_device_bytes_ > 0 && estimate > simulated_device_bytes_) {
-      result = absl::ResourceExhaustedError(absl::StrCat(
-          "simulated device: out of memory (batch of ", batch.entries.size(), " rows needs about ",
-          estimate, " bytes, device has ", simulated_device_bytes_, ")"));
+      result = OutOfMemoryError(absl::StrCat("simulated device: out of memory (batch of ",
+                                             batch.entries.size(), " rows needs about ", estimate,
+                                             " bytes, device has ", simulated_device_bytes_, ")"));
     } else {
       std::vector<const ScoringRow*> rows;
       rows.reserve(batch.entries.size());
@@ -402,7 +458,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
         std::memcpy(host.data(), lp.data_ptr<double>(), host.size() * sizeof(double));
     }
   } catch (const std::exception& e) {
-    result = absl::InternalError(absl::StrCat("scoring batch failed: ", e.what()));
+    result = StatusFromException(e, "scoring batch failed");
   } catch (...) {
     result = absl::InternalError("scoring batch failed with an unknown exception");
   }
@@ -422,22 +478,18 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
     if (!result.ok() && IsOutOfMemory(result.status())) {
       oom = true;
       ++oom_retries_;
-      if (limits_.bytes_per_row_position > 0) {
-        limits_.memory_budget_bytes = std::max<int64_t>(1, estimate * 3 / 4);
-      } else {
-        limits_.max_tokens = std::max<int64_t>(1, tokens * 3 / 4);
-      }
+      devices_[device_index].Shrink(estimate, tokens);
       if (batch.entries.size() == 1) {
         EndLocked(batch.entries.front().request,
                   absl::ResourceExhaustedError(absl::StrCat(
                       "one scoring row does not fit on the device: ", result.status().message())));
       } else {
-        // Requeue the rows at the front of their requests, in their original order; the
-        // shrunken limits split them over smaller batches.
+        // Requeue the rows in their places by start index (a batch may have taken them from
+        // the middle of a queue); the shrunken limits split them over smaller batches.
         for (auto it = batch.entries.rbegin(); it != batch.entries.rend(); ++it) {
           Request& r = *it->request;
           if (r.ended) continue;
-          r.queued.push_front(it->row);
+          r.Requeue(it->row);
           ++queued_rows_;
           if (!r.in_active) {
             active_.push_front(it->request);
@@ -448,7 +500,8 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
     } else if (!result.ok()) {
       for (auto& e : batch.entries) EndLocked(e.request, result.status());
     } else {
-      const int64_t T = batch.longest - batch.start;
+      devices_[device_index].Grow(limits_.max_tokens);
+      const int64_t T = batch.shape.longest - batch.shape.start;
       for (size_t b = 0; b < batch.entries.size(); ++b) {
         Request& r = *batch.entries[b].request;
         if (r.ended) continue;
@@ -494,7 +547,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
         }
       }
       batch_info = BatchInfo{static_cast<int64_t>(batch.entries.size()), result->positions_computed,
-                             distinct, seconds};
+                             batch.shape.ideal, distinct, seconds};
     }
     for (auto& e : batch.entries) {
       Request& r = *e.request;

@@ -5,12 +5,17 @@
 // them (scores do not depend on which rows share a batch).
 //
 // Scheduling:
-//   - Batches obey BatchLimits (max_rows, max_tokens = rows x recomputed positions, and the
-//     memory budget = estimated bytes = tokens x bytes_per_row_position).
-//   - Fairness: requests are served round-robin; each contributes at most
-//     ceil(max_rows / active requests) rows per batch (its rows in order of first manipulated
-//     index), and the request that leads a batch rotates, so a request of 2,000 rows cannot
-//     starve one of 10: the small one is in the next batch formed.
+//   - Batches are formed by the rule PackBatches uses (batch_shape.h, CanJoin): BatchLimits'
+//     max_rows, max_tokens (rows x recomputed positions), the memory budget (estimated bytes of
+//     the batch's shape), only rows of equal control mode and layers, and the waste bound: a
+//     batch computes at most (1 + max_waste) x what its rows would compute each alone (it
+//     recomputes every row from its smallest start index, and pads shorter rows to its longest).
+//   - Fairness: requests are served round-robin. The request leading a batch rotates and opens
+//     it with its first queued row; then rows join one at a time, the one that wastes least
+//     first, each request adding at most ceil(max_rows / active requests) rows per round. A
+//     request none of whose rows can join adds none and holds nobody back; when no request with
+//     quota left can add, a new round fills the room left. So a request of 2,000 rows cannot
+//     starve one of 10: with N requests active, each leads one batch in every N.
 //   - max_queue_delay: a worker that finds fewer than max_rows rows waiting waits up to this
 //     long after the oldest waiting row arrived for more rows to fill the batch.
 //   - Only rows with equal control mode and layers share a batch (RunScoringBatch's rule).
@@ -36,14 +41,21 @@
 // Overload: Submit() refuses with RESOURCE_EXHAUSTED when max_queued_requests requests are
 // already in the batcher, and with UNAVAILABLE once Drain() was called.
 //
-// Out of memory: a batch failing with an out-of-memory error (c10::OutOfMemoryError, whose
-// message says "out of memory", or the CPU allocator's "not enough memory"), or - when
-// Options::simulated_device_bytes > 0 - a batch whose estimated bytes exceed that figure, is
-// split in two and both halves are requeued at the front; the memory budget shrinks to 3/4 of
-// the failed batch's estimate (or the max_tokens cap to 3/4 of its tokens when no per-position
-// figure is known); Stats::oom_retries counts it. A single row that still fails fails its
-// request with RESOURCE_EXHAUSTED. Any other exception from a batch fails that batch's
-// requests with INTERNAL; the worker keeps serving.
+// Memory, per device: every device has its own memory budget (Options::device_memory, else
+// that of Options::limits) and its own estimate of a batch's bytes (batch_shape.h). Out of
+// memory - a batch failing with an out-of-memory status (atman::IsOutOfMemory: LibTorch's
+// c10::OutOfMemoryError or the CPU allocator's refusal, recognised by type, see
+// core/base/torch_status.h), or, when Options::simulated_device_bytes > 0, a batch whose
+// estimated bytes exceed that figure - splits the batch: its rows go back to their requests'
+// queues (in their places by start index) and their requests to the front of the round robin.
+// The budget of that device alone shrinks to 3/4 of the failed batch's estimate (when no
+// estimate is known, its max_tokens cap to 3/4 of the batch's tokens) and grows back by 1/16
+// of its ceiling after every successful batch on that device, up to the ceiling: the budget
+// it started with, or, when it started without one, the one the first out-of-memory batch
+// set (additive increase, multiplicative decrease). Stats::oom_retries counts the splits. A
+// single row that still fails fails its request with RESOURCE_EXHAUSTED. Any other error of a
+// batch fails that batch's requests with it (INTERNAL for an exception); the worker keeps
+// serving.
 //
 // Hold(): an observable pause for tests and operators: while held, no new batch starts (one
 // already running finishes); requests still queue, expire and cancel. Release() resumes.
@@ -83,7 +95,15 @@ class DynamicBatcher {
     BatchLimits limits;
     std::chrono::microseconds max_queue_delay{5000};
     int64_t max_queued_requests = 256;
-    // > 0: simulate a device of this many bytes (tests, capacity planning): a batch whose
+    // Per device, as in `models` (empty: every device takes those of `limits`): the device's
+    // memory budget and the model its batches' bytes are estimated with (fitted by its
+    // engine's warm-up), which replace those of `limits` on that device.
+    struct DeviceMemory {
+      int64_t budget_bytes = 0;  // 0: none
+      BatchMemoryModel memory;
+    };
+    std::vector<DeviceMemory> device_memory;
+    // > 0: simulate devices of this many bytes each (tests, capacity planning): a batch whose
     // estimated bytes exceed it fails as out of memory before it runs.
     int64_t simulated_device_bytes = 0;
   };
@@ -92,7 +112,8 @@ class DynamicBatcher {
   struct BatchInfo {
     int64_t rows = 0;
     int64_t positions_computed = 0;
-    int32_t requests = 0;  // distinct requests in the batch
+    int64_t ideal_positions = 0;  // what its rows would compute each in a batch of its own
+    int32_t requests = 0;         // distinct requests in the batch
     double seconds = 0;
   };
   struct Observer {
@@ -111,14 +132,18 @@ class DynamicBatcher {
   using DoneFn = std::function<void(absl::StatusOr<Result>)>;
   using ProgressFn = std::function<void(int64_t rows_done, int64_t rows_total)>;
 
+  struct DeviceStats {
+    int64_t memory_budget_bytes = 0;  // now (0: none)
+    int64_t max_tokens = 0;           // now
+    int64_t oom_retries = 0;
+  };
   struct Stats {
     int64_t queued_rows = 0;
     int64_t queued_requests = 0;  // requests in the batcher (rows waiting or running)
-    int64_t oom_retries = 0;
-    int64_t memory_budget_bytes = 0;  // current (after shrinking)
-    int64_t max_tokens = 0;           // current
-    bool held = false;                // Hold() in effect
+    int64_t oom_retries = 0;      // on every device
+    bool held = false;            // Hold() in effect
     int64_t batches_running = 0;
+    std::vector<DeviceStats> devices;  // as in Options::models
   };
 
   class Request;  // opaque handle
@@ -172,7 +197,6 @@ class DynamicBatcher {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs the request's queued callbacks in order unless another thread is running them.
   void Deliver(const std::shared_ptr<Request>& request) ABSL_LOCKS_EXCLUDED(mu_);
-  int64_t EstimateBytes(int64_t tokens) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::vector<const model::CausalLM*> models_;
   const int32_t workers_per_device_;
@@ -183,9 +207,24 @@ class DynamicBatcher {
   Observer observer_;
 
   // atman::Mutex, not absl::Mutex: the TSan build must see the locking (core/base/mutex.h).
+  // One device's limits now: its memory budget and max_tokens shrink after an out-of-memory
+  // batch and grow back after successful ones (see the file comment).
+  struct DeviceLimits {
+    BatchLimits limits;
+    int64_t budget_ceiling = 0;  // what the budget grows back to (0: none)
+    int64_t oom_retries = 0;
+    // After an out-of-memory batch of `tokens` positions estimated at `estimate` bytes.
+    void Shrink(int64_t estimate, int64_t tokens);
+    // After a successful batch.
+    void Grow(int64_t max_tokens_ceiling);
+  };
+
   mutable Mutex mu_;
   CondVar work_cv_, idle_cv_, timer_cv_;
+  // Limits shared by every device (max_rows, max_waste, reuse_prefix); devices_ holds each
+  // device's own budget.
   BatchLimits limits_ ABSL_GUARDED_BY(mu_);
+  std::vector<DeviceLimits> devices_ ABSL_GUARDED_BY(mu_);
   // Requests with queued rows, in round-robin order.
   std::list<std::shared_ptr<Request>> active_ ABSL_GUARDED_BY(mu_);
   // Every request not yet ended.

@@ -1,13 +1,21 @@
 #include "core/runtime/memory_meter.h"
 
+#include <ATen/DeviceAccelerator.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
+#include <fstream>
 #include <mutex>
+#include <string>
 #include <unordered_map>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 
 namespace atman::runtime {
 namespace {
@@ -20,7 +28,17 @@ class CountingCpuAllocator final : public c10::Allocator {
   explicit CountingCpuAllocator(c10::Allocator* inner) : inner_(inner) {}
 
   c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = inner_->allocate(n);
+    c10::DataPtr inner;
+    try {
+      inner = inner_->allocate(n);
+    } catch (const c10::OutOfMemoryError&) {
+      throw;
+    } catch (const c10::Error& e) {
+      // LibTorch's CPU allocator reports a refused allocation as a plain c10::Error
+      // ("DefaultCPUAllocator: can't allocate memory", alloc_cpu.cpp); it throws nothing else.
+      // Rethrown as what it is, so that callers recognise it by its type.
+      C10_THROW_ERROR(OutOfMemoryError, e.msg());
+    }
     void* data = inner.get();
     const c10::Device device = inner.device();
     if (data == nullptr) return inner;  // zero-byte allocations
@@ -121,6 +139,46 @@ void ResetPeak(c10::Device device) {
   }
   auto* allocator = c10::getDeviceAllocator(device.type());
   if (allocator->initialized()) allocator->resetPeakStats(device.index() < 0 ? 0 : device.index());
+}
+
+absl::StatusOr<DeviceCapacity> ReadCapacity(c10::Device device) {
+  if (device.is_cpu()) {
+    std::ifstream in("/proc/meminfo");
+    std::string key, unit;
+    int64_t kb = 0, available = -1, total = -1;
+    while (in >> key >> kb >> unit) {
+      if (key == "MemAvailable:") available = kb * 1024;
+      if (key == "MemTotal:") total = kb * 1024;
+    }
+    if (available < 0 || total < 0) {
+      return absl::UnavailableError("cpu memory: no MemAvailable / MemTotal in /proc/meminfo");
+    }
+    return DeviceCapacity{available, total};
+  }
+  try {
+    const auto accelerator = at::accelerator::getAccelerator(/*checked=*/false);
+    if (!accelerator.has_value() || *accelerator != device.type()) {
+      return absl::UnavailableError(
+          absl::StrCat(device.str(), " memory: not the accelerator LibTorch reports"));
+    }
+    const c10::DeviceIndex index = device.index() < 0 ? 0 : device.index();
+    const auto [free, total] = at::accelerator::getMemoryInfo(index);
+    const MemoryReading held = ReadMemory(device);
+    const int64_t cached = std::max<int64_t>(0, held.reserved_bytes - held.allocated_bytes);
+    return DeviceCapacity{static_cast<int64_t>(free) + cached, static_cast<int64_t>(total)};
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));  // c10 errors: a backtrace follows
+    return absl::UnavailableError(absl::StrCat(device.str(), " memory: ", what));
+  }
+}
+
+int64_t DefaultMemoryBudget(c10::Device device, const DeviceCapacity& capacity, int32_t workers) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  const int64_t usable = device.is_cpu()
+                             ? capacity.free_bytes / 2
+                             : capacity.free_bytes - std::max(kGiB, capacity.total_bytes / 10);
+  return std::max<int64_t>(1, usable / std::max<int32_t>(1, workers));
 }
 
 }  // namespace atman::runtime

@@ -19,26 +19,13 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
+#include "core/runtime/batch_shape.h"
 
 namespace atman::runtime {
 
 int64_t ScoringRow::FirstIndex() const {
   return factors.empty() ? prefix->length() : factors.front().position;
 }
-
-namespace {
-
-// Where recomputation of `row` may start: at its first manipulated key, and no later than its
-// last position (every row computes at least one position).
-int64_t StartIndex(const ScoringRow& row, bool reuse_prefix) {
-  return reuse_prefix ? std::min(row.FirstIndex(), row.prefix->length() - 1) : 0;
-}
-
-bool SameControls(const ScoringRow& a, const ScoringRow& b) {
-  return a.mode == b.mode && a.layers == b.layers;
-}
-
-}  // namespace
 
 std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows,
                                              const BatchLimits& limits) {
@@ -56,28 +43,15 @@ std::vector<std::vector<size_t>> PackBatches(const std::vector<ScoringRow>& rows
     std::vector<size_t> batch = {order[first]};
     placed[order[first]] = true;
     const ScoringRow& lead = rows[order[first]];
-    const int64_t start = StartIndex(lead, limits.reuse_prefix);
-    int64_t longest = lead.prefix->length();
-    int64_t ideal = longest - start;  // positions the batch's rows would compute alone
+    BatchShape shape = Add({}, lead, limits.reuse_prefix);
     for (size_t next = first + 1; next < order.size(); ++next) {
       const size_t i = order[next];
       if (placed[i] || !SameControls(rows[i], lead)) continue;
-      const auto count = static_cast<int64_t>(batch.size()) + 1;
-      const int64_t length = std::max(longest, rows[i].prefix->length());
-      const int64_t tokens = count * (length - start);
-      if (count > limits.max_rows || tokens > limits.max_tokens) break;
-      const int64_t row_ideal = rows[i].prefix->length() - StartIndex(rows[i], limits.reuse_prefix);
-      if (static_cast<double>(tokens) > (1.0 + limits.max_waste) * static_cast<double>(ideal + row_ideal)) {
-        break;  // later rows start even later: they would waste more
-      }
-      if (limits.memory_budget_bytes > 0 &&
-          tokens * limits.bytes_per_row_position > limits.memory_budget_bytes) {
-        break;
-      }
+      // Later rows start even later: they would waste more, or exceed the same limit.
+      if (!CanJoin(shape, rows[i], limits)) break;
       batch.push_back(i);
       placed[i] = true;
-      longest = length;
-      ideal += row_ideal;
+      shape = Add(std::move(shape), rows[i], limits.reuse_prefix);
     }
     batches.push_back(std::move(batch));
   }

@@ -5,12 +5,14 @@
 // runtime knows rows, not AtMan: it returns log p(target_k) for every target of the row's
 // prefix, and the caller turns those into relevance.
 //
-// Packing (PackBatches): rows sorted by first manipulated index are cut into batches under
-// BatchLimits; each batch recomputes only from the smallest first index among its rows, so
-// neighbours in the sort order waste little. Rows may come from different explanations (the
-// service's dynamic batcher mixes requests): such a batch stacks each row's prefix cache and
-// right-pads shorter sequences, which causal attention never lets real positions see.
-// Only rows with the same control mode and layer subset share a batch.
+// Packing (PackBatches): rows sorted by first manipulated index are cut into batches; a row
+// joins the open batch by batch_shape.h's rule (CanJoin: BatchLimits and the waste bound),
+// the rule the service's dynamic batcher uses too. Each batch recomputes only from the
+// smallest first index among its rows, so neighbours in the sort order waste little. Rows may
+// come from different explanations (the service's dynamic batcher mixes requests): such a
+// batch stacks each row's prefix cache and right-pads shorter sequences, which causal
+// attention never lets real positions see. Only rows with the same control mode and layer
+// subset share a batch.
 //
 // RunScoringBatch is const on the model and may run concurrently on different batches.
 #pragma once
@@ -25,6 +27,7 @@
 #include "core/model/attention_control.h"
 #include "core/model/causal_lm.h"
 #include "core/model/device.h"
+#include "core/runtime/batch_memory.h"
 #include "core/runtime/kv_prefix_cache.h"
 
 namespace atman::runtime {
@@ -43,12 +46,14 @@ struct BatchLimits {
   int64_t max_rows = 32;
   // Rows x recomputed positions of one batch.
   int64_t max_tokens = 16384;
-  // Bytes a batch may add on the device; 0 = unlimited. Estimated per row from a measured
-  // warm-up (bytes_per_row_position x recomputed positions).
+  // Bytes a batch may add on the device; 0 = unlimited. A batch's bytes are estimated by
+  // `memory` (batch_memory.h: fitted from batches measured at warm-up); without an estimate
+  // the budget does not apply.
   int64_t memory_budget_bytes = 0;
-  int64_t bytes_per_row_position = 0;
-  // A batch recomputes every row from its smallest first index: rows join a batch only while
-  // its positions stay within (1 + max_waste) x what its rows would compute alone.
+  BatchMemoryModel memory;
+  // A batch recomputes every row from its smallest first index (and pads shorter rows to its
+  // longest): rows join a batch only while its positions stay within (1 + max_waste) x what
+  // its rows would compute alone (batch_shape.h).
   double max_waste = 0.1;
   // Continue rows from the unperturbed pass's KV cache (the default). Off: every row
   // recomputes from index 0 (for tests and benchmarks; scores are the same).

@@ -5,7 +5,9 @@
 // with prefix reuse on or off.
 #include "core/atman/explainer.h"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -17,6 +19,8 @@
 
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
+#include "core/runtime/memory_meter.h"
+#include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
 #include "tests/support/paths.h"
 
@@ -322,16 +326,18 @@ TEST(Engine, SubtractingTheNullRowKeepsFloat32ScoresAndCostsARowPerBatch) {
   EXPECT_GT(b->usage.positions_computed, a->usage.positions_computed);
 }
 
-// Warm-up measures the memory a row adds per position; a budget of two full-length rows then
-// caps every batch at two rows, and the scores do not change.
+// Warm-up fits the memory estimate; a budget of two full-length rows by that estimate then
+// caps every batch at two rows' worth of positions, and the scores do not change.
 TEST(Engine, MeasuredMemoryBudgetCapsBatches) {
   const Loaded& loaded = Load("llama");
   ASSERT_TRUE(loaded.lm);
   Explainer::Options options;
   Explainer measured(loaded.lm.get(), loaded.tokenizer.get(), options);
   ASSERT_TRUE(measured.Warmup(32).ok());
-  const int64_t per_position = measured.options().limits.bytes_per_row_position;
-  EXPECT_GT(per_position, 1000);  // activations of a 48-wide, 3-layer model per position
+  const runtime::BatchMemoryModel memory = measured.options().limits.memory;
+  ASSERT_TRUE(memory.known());
+  // Activations of a 48-wide, 3-layer model: more than 1 KB per row and position.
+  EXPECT_GT(memory.log_additive.per_position + memory.log_additive.per_key, 1000);
 
   ExplainRequest request;
   request.prompt = {PromptItem::Text(loaded.cases.at("greedy").at("prompt"))};
@@ -341,18 +347,97 @@ TEST(Engine, MeasuredMemoryBudgetCapsBatches) {
   auto free = Explainer(loaded.lm.get(), loaded.tokenizer.get(), options).Explain(request);
   ASSERT_TRUE(free.ok());
   const int64_t L = free->prompt_tokens, n = free->usage.perturbed_rows;
+  const auto K = static_cast<int64_t>(free->target_ids.size());
   EXPECT_EQ(free->usage.forward_passes, 1 + (n + 31) / 32);
-  options.limits.bytes_per_row_position = per_position;
-  options.limits.memory_budget_bytes = 2 * L * per_position;  // two rows of full length
+  options.limits.memory = memory;
+  // Two rows of full length (every term grows with rows, positions and keys).
+  const int64_t S = L + K - 1;
+  options.limits.memory_budget_bytes =
+      memory.Estimate(model::ControlMode::kLogAdditive, 2, S, S, K);
   auto capped = Explainer(loaded.lm.get(), loaded.tokenizer.get(), options).Explain(request);
   ASSERT_TRUE(capped.ok());
-  // Every batch stayed within 2 L positions (the budget / measured bytes per position).
+  // Every batch stayed within 2 S positions.
   const int64_t batches = capped->usage.forward_passes - 1;
   EXPECT_GT(batches, free->usage.forward_passes - 1);
-  EXPECT_LE(capped->usage.positions_computed - L, batches * 2 * L);
+  EXPECT_LE(capped->usage.positions_computed - S, batches * 2 * S);
   const auto a = Rows(free->unit_relevance), b = Rows(capped->unit_relevance);
   for (size_t k = 0; k < a[0].size(); ++k) EXPECT_NEAR(a[0][k], b[0][k], 1e-4);
   EXPECT_GT(capped->usage.peak_memory_bytes, 0);
+}
+
+// A prefix of n positions with its KV cache and k targets at its end (as warm-up builds them).
+std::shared_ptr<runtime::KvPrefixCache> MeasuredPrefix(const model::CausalLM& lm, int64_t n,
+                                                       int64_t k) {
+  auto prefix = std::make_shared<runtime::KvPrefixCache>();
+  std::vector<int64_t> ids(static_cast<size_t>(n), 3);
+  prefix->embeds = *lm.Embed(at::tensor(ids, at::kLong).unsqueeze(0));
+  prefix->positions = at::arange(n, at::kLong).unsqueeze(0);
+  model::ForwardInput pass;
+  pass.embeds = prefix->embeds;
+  pass.positions = prefix->positions;
+  pass.present = &prefix->cache;
+  EXPECT_TRUE(lm.Forward(pass).ok());
+  std::vector<int64_t> indices;
+  for (int64_t j = n - k; j < n; ++j) indices.push_back(j);
+  prefix->target_indices = at::tensor(indices, at::kLong);
+  prefix->target_tokens = at::zeros({k}, at::kLong);
+  prefix->base_log_probs = at::zeros({k}, at::kDouble);
+  return prefix;
+}
+
+// The estimate warm-up fits covers batches of shapes it never measured (more rows, other
+// prefix lengths, recomputed lengths and target counts, one prefix shared or one per row), in
+// both control modes, to within 5% (under by 0.7% at most when this test was written: a
+// batch's peak is the largest of its phases, which no linear model matches exactly); and it
+// grows as its terms say: in proportion to rows, and with keys x positions faster in the
+// multiplicative mode (explicit [B, H, T, S] scores).
+TEST(Engine, WarmupMemoryEstimateCoversUnseenBatches) {
+  const Loaded& loaded = Load("llama");
+  ASSERT_TRUE(loaded.lm);
+  Explainer explainer(loaded.lm.get(), loaded.tokenizer.get(), {});
+  constexpr int64_t kLength = 64;
+  ASSERT_TRUE(explainer.Warmup(kLength).ok());
+  const runtime::BatchMemoryModel memory = explainer.options().limits.memory;
+  const c10::Device cpu(c10::kCPU);
+  struct Shape {
+    int64_t rows, n, T, K;
+    bool shared;  // one prefix for every row (else one each: the caches are stacked)
+  };
+  const std::vector<Shape> shapes = {{3, 64, 40, 1, false}, {5, 48, 48, 1, false},
+                                     {4, 56, 12, 6, false}, {8, 40, 20, 1, true},
+                                     {6, 24, 5, 5, false},  {3, 64, 64, 2, true}};
+  for (const model::ControlMode mode :
+       {model::ControlMode::kLogAdditive, model::ControlMode::kMultiplicative}) {
+    for (const Shape& shape : shapes) {
+      SCOPED_TRACE(::testing::Message()
+                   << model::ControlModeName(mode) << " rows " << shape.rows << " n " << shape.n
+                   << " T " << shape.T << " K " << shape.K << (shape.shared ? " shared" : ""));
+      auto prefix = MeasuredPrefix(*loaded.lm, shape.n, shape.K);
+      std::vector<runtime::ScoringRow> rows(static_cast<size_t>(shape.rows));
+      for (runtime::ScoringRow& row : rows) {
+        row.prefix = shape.shared ? prefix : std::make_shared<runtime::KvPrefixCache>(*prefix);
+        row.factors = {{shape.n - shape.T, 0.1}};
+        row.mode = mode;
+      }
+      std::vector<const runtime::ScoringRow*> batch;
+      for (const auto& row : rows) batch.push_back(&row);
+      const int64_t before = runtime::ReadMemory(cpu).allocated_bytes;
+      runtime::ResetPeak(cpu);
+      ASSERT_TRUE(runtime::RunScoringBatch(*loaded.lm, batch).ok());
+      const int64_t measured = runtime::ReadMemory(cpu).peak_bytes - before;
+      const int64_t estimate = memory.Estimate(mode, shape.rows, shape.T, shape.n, shape.K);
+      EXPECT_GE(static_cast<double>(estimate), static_cast<double>(measured) / 1.05)
+          << "estimate " << estimate << " measured " << measured;
+      // And errs high by at most half (1.33 at most when this test was written).
+      EXPECT_LE(static_cast<double>(estimate), 1.5 * static_cast<double>(measured))
+          << "estimate " << estimate << " measured " << measured;
+      // In proportion to rows.
+      EXPECT_NEAR(
+          static_cast<double>(memory.Estimate(mode, 2 * shape.rows, shape.T, shape.n, shape.K)),
+          2.0 * static_cast<double>(estimate), 2.0);
+    }
+  }
+  EXPECT_GT(memory.multiplicative.per_score, memory.log_additive.per_score);
 }
 
 TEST(Engine, EmptyTargetIsGeneratedGreedilyThenExplained) {

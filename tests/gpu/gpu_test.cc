@@ -7,6 +7,8 @@
 //   Streams    the batcher's scores are identical with 1, 2 and 4 worker streams.
 //   NoSync     RunScoringBatch enqueues a batch without one host sync (CUDA sync debug mode
 //              set to error around it), for one explanation's rows and for mixed rows.
+//   Memory     a real CUDA out-of-memory (the device filled) is split and retried, and the
+//              device's budget grows back.
 //   Devices    "cuda" without an index is the current device; two devices when present.
 //
 // Figures worth keeping (bf16 error, noise floor) are printed and recorded as test properties
@@ -15,6 +17,9 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/randint.h>
 #include <ATen/ops/tensor.h>
+#include <ATen/DeviceAccelerator.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <gtest/gtest.h>
 
@@ -25,6 +30,7 @@
 #include <cmath>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -34,6 +40,7 @@
 #include "core/model/device.h"
 #include "core/model/llava.h"
 #include "core/runtime/dynamic_batcher.h"
+#include "core/runtime/memory_meter.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
 #include "tests/support/paths.h"
@@ -411,6 +418,102 @@ TEST(GpuNoSync, RunScoringBatchEnqueuesWithoutAHostSync) {
       EXPECT_LE(diff, 1e-4) << "batch " << k << " row " << r;
     }
   }
+}
+
+// ---- Out of memory ------------------------------------------------------------------------
+
+// A real CUDA out-of-memory: the device is filled (one large allocation) until a batch of 32
+// rows no longer fits while single rows do; the batcher must split and retry (by the
+// exception's type, c10::OutOfMemoryError), every score must come out as without the filler,
+// and the device's budget, shrunk by the failures, must grow back once memory is free again.
+TEST(GpuMemory, ARealOutOfMemoryIsSplitAndRetriedAndTheBudgetRecovers) {
+  if (model::CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device on this machine";
+  auto e = LoadEngine(FixtureDir("atman_cases") / "llama", kCuda0, at::kFloat);
+  ASSERT_TRUE(e);
+  // The longest prompt the model takes (256 positions), token granularity, multiplicative:
+  // explicit [rows, heads, T, S] scores make a batch's memory grow with its rows.
+  std::string prompt;
+  for (int i = 0; e->tokenizer->Encode(prompt, true)->size() < 240; ++i) {
+    prompt += " the quick brown fox jumps over the lazy dog";
+  }
+  auto request = Request(prompt, " Paris", atman::TextGranularity::kToken,
+                         model::ControlMode::kMultiplicative);
+  auto prepared = e->explainer->Prepare(request);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+
+  runtime::DynamicBatcher::Options o;
+  o.models = {e->lm.get()};
+  o.workers_per_device = 1;
+  o.limits = e->explainer->options().limits;
+  o.limits.max_rows = 32;
+  o.limits.memory_budget_bytes = 0;  // none: the first batch takes 32 rows
+  o.max_queue_delay = 0ms;
+  std::mutex mu;
+  std::vector<int64_t> budgets;  // the device's budget after each batch
+  runtime::DynamicBatcher* self = nullptr;
+  runtime::DynamicBatcher::Observer observer;
+  observer.on_batch = [&](const runtime::DynamicBatcher::BatchInfo&) {
+    const int64_t b = self->stats().devices.at(0).memory_budget_bytes;
+    std::lock_guard<std::mutex> lock(mu);
+    budgets.push_back(b);
+  };
+  runtime::DynamicBatcher batcher(o, observer);
+  self = &batcher;
+  auto run = [&]() {
+    Outcome outcome;
+    EXPECT_TRUE(batcher.Submit((*prepared)->rows, Clock::now() + 600s, outcome.Fn()).ok());
+    auto r = outcome.future.get();
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->log_probs : at::Tensor();
+  };
+
+  // Unconstrained: the reference scores, and the peak one full batch adds (the worker's stream
+  // and its cuBLAS workspace now exist).
+  const c10::Device device = kCuda0;
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  const int64_t before = runtime::ReadMemory(device).allocated_bytes;
+  runtime::ResetPeak(device);
+  const at::Tensor reference = run();
+  const int64_t batch_peak = runtime::ReadMemory(device).peak_bytes - before;
+  ASSERT_TRUE(reference.defined());
+  ASSERT_EQ(batcher.stats().devices.at(0).oom_retries, 0);
+  // A quarter of a full batch's peak stays free: 32 and 16 rows fail, 8 fit.
+  const int64_t headroom = batch_peak / 4;
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  const auto [free_bytes, total_bytes] = at::accelerator::getMemoryInfo(device.index());
+  std::printf("full batch adds %.1f MiB; free %.1f GiB of %.1f GiB; leaving %.1f MiB\n",
+              batch_peak / 1048576.0, free_bytes / 1073741824.0, total_bytes / 1073741824.0,
+              headroom / 1048576.0);
+  RecordProperty("full_batch_peak_bytes", std::to_string(batch_peak));
+  ASSERT_GT(static_cast<int64_t>(free_bytes), headroom + (int64_t{1} << 30));
+  at::Tensor filler = at::empty({static_cast<int64_t>(free_bytes) - headroom},
+                                at::TensorOptions().dtype(at::kByte).device(device));
+  budgets.clear();
+  const at::Tensor squeezed = run();
+  const auto after_oom = batcher.stats().devices.at(0);
+  filler.reset();
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  std::printf("with the filler: %ld out-of-memory splits; budget now %ld\n",
+              static_cast<long>(after_oom.oom_retries), static_cast<long>(after_oom.memory_budget_bytes));
+  RecordProperty("oom_retries", std::to_string(after_oom.oom_retries));
+  ASSERT_TRUE(squeezed.defined());
+  EXPECT_GE(after_oom.oom_retries, 1);
+  const double diff = (squeezed - reference).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-4) << "scores after splitting differ from the unconstrained run";
+
+  // Memory free again: the budget grows back (additive increase) over the next request.
+  int64_t lowest = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_FALSE(budgets.empty());
+    lowest = *std::min_element(budgets.begin(), budgets.end());
+    budgets.clear();
+  }
+  ASSERT_TRUE(run().defined());
+  const int64_t recovered = batcher.stats().devices.at(0).memory_budget_bytes;
+  std::printf("budget: lowest %ld, after a request with memory free %ld\n", static_cast<long>(lowest),
+              static_cast<long>(recovered));
+  EXPECT_GT(recovered, lowest);
 }
 
 // ---- Devices ------------------------------------------------------------------------------

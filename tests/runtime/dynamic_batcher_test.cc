@@ -150,12 +150,15 @@ TEST(DynamicBatcher, ASmallRequestIsNotStarvedByALargeOne) {
   ASSERT_TRUE(big.ok() && small.ok());
   auto options = BatcherOptions(/*workers=*/1);
   options.max_queue_delay = 0ms;
-  DynamicBatcher batcher(options);
-  // Both requests are queued before any batch forms (Hold), so the count below does not
+  std::atomic<int64_t> batches{0};
+  DynamicBatcher::Observer observer;
+  observer.on_batch = [&](const DynamicBatcher::BatchInfo&) { ++batches; };
+  DynamicBatcher batcher(options, observer);
+  // Both requests are queued before any batch forms (Hold), so the counts below do not
   // depend on how fast the machine is.
   batcher.Hold();
   std::atomic<int64_t> big_done{0};
-  std::atomic<int64_t> big_done_when_small_finished{-1};
+  std::atomic<int64_t> big_done_when_small_finished{-1}, batches_when_small_finished{-1};
   Outcome big_out, small_out;
   const size_t big_rows = 2000;
   ASSERT_TRUE(batcher
@@ -166,19 +169,112 @@ TEST(DynamicBatcher, ASmallRequestIsNotStarvedByALargeOne) {
                   .Submit((*small)->rows, Clock::now() + 600s,
                           [&](absl::StatusOr<DynamicBatcher::Result> r) {
                             big_done_when_small_finished = big_done.load();
+                            batches_when_small_finished = batches.load();
                             small_out.promise.set_value(std::move(r));
                           })
                   .ok());
   batcher.Release();
   auto r = small_out.future.get();
   ASSERT_TRUE(r.ok()) << r.status();
-  // Round robin: the large request ran about as many rows as the small one had (each batch
-  // takes ceil(max_rows / 2) rows of each), not its 2,000.
-  const auto small_rows = static_cast<int64_t>((*small)->rows.size());
-  EXPECT_LE(big_done_when_small_finished.load(), small_rows + options.limits.max_rows);
+  // Round robin: the two requests lead batches in turn, so the small one has rows in at least
+  // every second batch (the waste bound keeps the large one's rows out of most of its batches,
+  // which then fill with its own rows alone); the large one ran a few batches' worth of rows
+  // meanwhile, not its 2,000.
+  EXPECT_LE(batches_when_small_finished.load(), 2 * r->forward_passes + 1);
+  EXPECT_LE(big_done_when_small_finished.load(),
+            batches_when_small_finished.load() * options.limits.max_rows);
+  EXPECT_LT(big_done_when_small_finished.load(), static_cast<int64_t>(big_rows) / 4);
   EXPECT_GT(big_done_when_small_finished.load(), 0);
   batcher.Shutdown();
   EXPECT_EQ(big_out.future.get().status().code(), absl::StatusCode::kUnavailable);
+}
+
+// The service's batches obey the waste bound PackBatches obeys (batch_shape.h): rows of
+// several requests share batches, and no batch computes more than (1 + max_waste) x what its
+// rows would compute alone.
+TEST(DynamicBatcher, MixedBatchesStayWithinTheWasteBound) {
+  const Model& m = Llama();
+  atman::Explainer explainer(m.lm.get(), m.tokenizer.get(), {});
+  std::mutex mu;
+  std::vector<DynamicBatcher::BatchInfo> seen;
+  DynamicBatcher::Observer observer;
+  observer.on_batch = [&](const DynamicBatcher::BatchInfo& b) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(b);
+  };
+  auto options = BatcherOptions(/*workers=*/1);
+  options.limits.max_rows = 32;
+  options.limits.max_waste = 0.1;
+  DynamicBatcher batcher(options, observer);
+  batcher.Hold();
+  std::vector<std::unique_ptr<Outcome>> outcomes;
+  int64_t rows = 0;
+  // Two copies of each prompt: rows of equal shape from different requests can share batches.
+  for (int copy = 0; copy < 2; ++copy) {
+    for (const auto& request : Requests()) {
+      auto p = explainer.Prepare(request);
+      ASSERT_TRUE(p.ok()) << p.status();
+      rows += static_cast<int64_t>((*p)->rows.size());
+      outcomes.push_back(std::make_unique<Outcome>());
+      ASSERT_TRUE(batcher.Submit((*p)->rows, Clock::now() + 600s, outcomes.back()->Fn()).ok());
+    }
+  }
+  batcher.Release();
+  for (auto& o : outcomes) ASSERT_TRUE(o->future.get().ok());
+  std::lock_guard<std::mutex> lock(mu);
+  int64_t counted = 0, mixed = 0;
+  for (const auto& b : seen) {
+    counted += b.rows;
+    if (b.requests > 1) ++mixed;
+    EXPECT_LE(static_cast<double>(b.positions_computed),
+              1.1 * static_cast<double>(b.ideal_positions))
+        << b.rows << " rows of " << b.requests << " requests";
+    EXPECT_GE(b.positions_computed, b.ideal_positions);
+  }
+  EXPECT_EQ(counted, rows);
+  EXPECT_GT(mixed, 0) << "no batch mixed rows of two requests";
+}
+
+// A request whose rows cannot join the batch being formed (here: another control mode) does
+// not stop it: the next request's rows fill it, and the skipped request leads a batch of its
+// own soon after.
+TEST(DynamicBatcher, ARequestThatCannotJoinIsSkippedNotWaitedFor) {
+  const Model& m = Llama();
+  atman::Explainer explainer(m.lm.get(), m.tokenizer.get(), {});
+  auto p = explainer.Prepare(Requests()[1]);
+  ASSERT_TRUE(p.ok());
+  std::mutex mu;
+  std::vector<DynamicBatcher::BatchInfo> seen;
+  DynamicBatcher::Observer observer;
+  observer.on_batch = [&](const DynamicBatcher::BatchInfo& b) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.push_back(b);
+  };
+  auto options = BatcherOptions(/*workers=*/1);
+  options.limits.max_rows = 64;
+  options.limits.max_waste = 1e9;  // only the control mode keeps rows apart
+  DynamicBatcher batcher(options, observer);
+  batcher.Hold();
+  std::vector<ScoringRow> multiplicative = (*p)->rows;
+  for (auto& row : multiplicative) row.mode = model::ControlMode::kMultiplicative;
+  Outcome first, other_mode, third;
+  ASSERT_TRUE(batcher.Submit((*p)->rows, Clock::now() + 600s, first.Fn()).ok());
+  ASSERT_TRUE(batcher.Submit(multiplicative, Clock::now() + 600s, other_mode.Fn()).ok());
+  ASSERT_TRUE(batcher.Submit((*p)->rows, Clock::now() + 600s, third.Fn()).ok());
+  batcher.Release();
+  auto a = first.future.get(), b = other_mode.future.get(), c = third.future.get();
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  // The first batch holds every row of the first and third requests, the second batch the
+  // multiplicative request's rows.
+  EXPECT_EQ(a->forward_passes, 1);
+  EXPECT_EQ(b->forward_passes, 1);
+  EXPECT_EQ(c->forward_passes, 1);
+  std::lock_guard<std::mutex> lock(mu);
+  const auto n = static_cast<int64_t>((*p)->rows.size());
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].rows, 2 * n);
+  EXPECT_EQ(seen[0].requests, 2);
+  EXPECT_EQ(seen[1].rows, n);
 }
 
 TEST(DynamicBatcher, CancellationAndDeadlineEmptyTheQueueAtOnce) {
@@ -469,7 +565,7 @@ TEST(DynamicBatcher, OutOfMemorySplitsTheBatchShrinksTheBudgetAndStillSucceeds) 
   ASSERT_TRUE(p.ok());
   auto options = BatcherOptions(1);
   options.limits.max_rows = 32;
-  options.limits.bytes_per_row_position = 1000;
+  options.limits.memory = BatchMemoryModel::PerRowPosition(1000);
   // A full batch of this prompt (~25 rows x ~25 positions) needs ~600 KB; the device has 100 KB.
   options.simulated_device_bytes = 100'000;
   std::atomic<int> retries{0};
@@ -482,8 +578,12 @@ TEST(DynamicBatcher, OutOfMemorySplitsTheBatchShrinksTheBudgetAndStillSucceeds) 
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_GT(retries.load(), 0);
   EXPECT_EQ(batcher.stats().oom_retries, retries.load());
-  EXPECT_GT(batcher.stats().memory_budget_bytes, 0);
-  EXPECT_LE(batcher.stats().memory_budget_bytes, 100'000);
+  ASSERT_EQ(batcher.stats().devices.size(), 1u);
+  EXPECT_EQ(batcher.stats().devices[0].oom_retries, retries.load());
+  // It started without a budget: the first out-of-memory batch set one (3/4 of that batch),
+  // which later failures lowered and successes raise again, never above the first.
+  EXPECT_GT(batcher.stats().devices[0].memory_budget_bytes, 0);
+  EXPECT_LT(batcher.stats().devices[0].memory_budget_bytes, 600'000);
   auto batched = explainer.Finish(**p, result->log_probs);
   auto alone = explainer.Explain(request);
   ASSERT_TRUE(batched.ok() && alone.ok());
@@ -492,13 +592,52 @@ TEST(DynamicBatcher, OutOfMemorySplitsTheBatchShrinksTheBudgetAndStillSucceeds) 
   for (size_t k = 0; k < a.size(); ++k) EXPECT_NEAR(a[k], b[k], 1e-4) << k;
 }
 
+// Memory is per device: an out-of-memory batch shrinks the budget of its device only, and
+// successful batches there grow it back by 1/16 of the configured budget each, up to it.
+TEST(DynamicBatcher, OutOfMemoryShrinksThatDevicesBudgetWhichGrowsBackGradually) {
+  const Model& m = Llama();
+  atman::Explainer explainer(m.lm.get(), m.tokenizer.get(), {});
+  auto p = explainer.Prepare(Requests()[0]);
+  ASSERT_TRUE(p.ok());
+  auto options = BatcherOptions(1);
+  options.models = {m.lm.get(), m.lm.get()};  // two devices (both the CPU here)
+  options.limits.max_rows = 32;
+  options.max_queue_delay = 0ms;
+  constexpr int64_t kBudget = 1'600'000;  // 1,600 positions at 1,000 bytes each
+  const auto memory = BatchMemoryModel::PerRowPosition(1000);
+  options.device_memory = {{kBudget, memory}, {kBudget, memory}};
+  // Batches above 100 positions fail as out of memory; one row (about 25 positions) fits.
+  options.simulated_device_bytes = 100'000;
+  DynamicBatcher batcher(options);
+  Outcome out;
+  ASSERT_TRUE(batcher.Submit((*p)->rows, Clock::now() + 600s, out.Fn(), {}, 0).ok());
+  ASSERT_TRUE(out.future.get().ok());
+  auto stats = batcher.stats();
+  ASSERT_EQ(stats.devices.size(), 2u);
+  EXPECT_GT(stats.devices[0].oom_retries, 0);
+  EXPECT_LT(stats.devices[0].memory_budget_bytes, kBudget);
+  EXPECT_EQ(stats.devices[1].oom_retries, 0);
+  EXPECT_EQ(stats.devices[1].memory_budget_bytes, kBudget);
+  // Requests of one row each: one successful batch apiece, each adding kBudget / 16.
+  int64_t budget = stats.devices[0].memory_budget_bytes;
+  for (int k = 0; k < 20; ++k) {
+    Outcome one;
+    ASSERT_TRUE(batcher.Submit({(*p)->rows.back()}, Clock::now() + 600s, one.Fn(), {}, 0).ok());
+    ASSERT_TRUE(one.future.get().ok());
+    budget = std::min(kBudget, budget + kBudget / 16);
+    EXPECT_EQ(batcher.stats().devices[0].memory_budget_bytes, budget) << k;
+  }
+  EXPECT_EQ(budget, kBudget);
+  EXPECT_EQ(batcher.stats().devices[0].oom_retries, stats.devices[0].oom_retries);
+}
+
 TEST(DynamicBatcher, ARowThatCannotFitFailsItsRequestWithResourceExhausted) {
   const Model& m = Llama();
   atman::Explainer explainer(m.lm.get(), m.tokenizer.get(), {});
   auto p = explainer.Prepare(Requests()[0]);
   ASSERT_TRUE(p.ok());
   auto options = BatcherOptions(1);
-  options.limits.bytes_per_row_position = 1000;
+  options.limits.memory = BatchMemoryModel::PerRowPosition(1000);
   options.simulated_device_bytes = 10;  // not even one position fits
   DynamicBatcher batcher(options);
   Outcome out;

@@ -14,6 +14,7 @@ namespace {
 std::shared_ptr<KvPrefixCache> Prefix(int64_t length) {
   auto prefix = std::make_shared<KvPrefixCache>();
   prefix->embeds = at::zeros({1, length, 1});
+  prefix->target_tokens = at::zeros({1}, at::kLong);
   return prefix;
 }
 
@@ -80,7 +81,7 @@ TEST(PackBatches, MemoryBudgetIsMeasuredBytesTimesPositions) {
   std::vector<ScoringRow> rows;
   for (int k = 0; k < 10; ++k) rows.push_back(Row(prefix, 0));
   BatchLimits limits;
-  limits.bytes_per_row_position = 1000;
+  limits.memory = BatchMemoryModel::PerRowPosition(1000);
   limits.memory_budget_bytes = 3 * 50 * 1000;  // three full rows
   for (const auto& batch : PackBatches(rows, limits)) EXPECT_LE(batch.size(), 3u);
   EXPECT_EQ(PackBatches(rows, limits).size(), 4u);  // 3 + 3 + 3 + 1

@@ -232,7 +232,9 @@ def test_out_of_memory_splits_and_still_succeeds():
         expected = engine_scores(REQUESTS[:1])[0]["scores"]
         r = s.stub.Explain(to_proto(REQUESTS[0]), timeout=60)
         assert_scores_close(flat_scores(r), expected, "after OOM split")
-        assert s.metrics()["atman_oom_retries_total"] > 0
+        metrics = s.metrics()
+        assert metrics["atman_oom_retries_total"] > 0
+        assert metrics['atman_memory_budget_bytes{device="cpu"}'] > 0
     finally:
         assert s.stop() == 0
 
