@@ -341,7 +341,6 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
     batch->entries.push_back({candidates[c], r.rows, *at});
     batch->shape = Add(std::move(batch->shape), (*r.rows)[*at], limits.reuse_prefix);
     r.queued.erase(at);
-    --queued_rows_;
     ++taken[c];
   };
   take(0, candidates.front()->queued.begin());
@@ -372,6 +371,7 @@ bool DynamicBatcher::FormBatch(size_t device_index, Batch* batch) {
     if (std::none_of(taken.begin(), taken.end(), [&](int64_t t) { return t >= quantum; })) break;
     std::fill(taken.begin(), taken.end(), 0);  // a new round
   }
+  queued_rows_ -= static_cast<int64_t>(batch->entries.size());
   // Rotate: the request that led this batch goes to the back of the round-robin order.
   auto it = std::find(active_.begin(), active_.end(), candidates.front());
   if (it != active_.end()) active_.splice(active_.end(), active_, it);
