@@ -63,6 +63,8 @@ struct BatchLimits {
   // each batch also runs one unmanipulated row per explanation in it (its "null row") and
   // subtracts that row's deviation from the unperturbed pass from the explanation's rows,
   // which cancels the rounding the rows share; costs one row per explanation per batch.
+  // Measured on an 8B model in bf16 on the H200 (docs/performance.md, "Batch invariance"): the
+  // rows did not share their rounding, and the correction added noise; hence off.
   bool subtract_null_row = false;
 };
 
