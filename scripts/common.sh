@@ -4,11 +4,15 @@
 #   ATMAN_CACHE   where the venv lives, outside the tree so that fresh clones (CI) reuse it
 #   ATMAN_VENV    the Python venv with requirements.txt installed
 #   ATMAN_BUILD   the CMake build folder (default build/ in the tree)
+#   ATMAN_SMOLLM2_GGUF  SmolLM2-135M-Instruct Q4_1 (real pretrained weights; scripts/setup.sh)
+#   ATMAN_SMOLLM2_HF    the same weights as a Hugging Face folder (float32)
 ATMAN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ATMAN_CACHE="${ATMAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/atman}"
 ATMAN_VENV="${ATMAN_VENV:-$ATMAN_CACHE/venv}"
 ATMAN_BUILD="${ATMAN_BUILD:-$ATMAN_ROOT/build}"
 ATMAN_PY="$ATMAN_VENV/bin/python"
+ATMAN_SMOLLM2_GGUF="${ATMAN_SMOLLM2_GGUF:-$ATMAN_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+ATMAN_SMOLLM2_HF="${ATMAN_SMOLLM2_HF:-$ATMAN_CACHE/models/smollm2-135m-instruct-f32}"
 
 atman_log() { printf '[atman %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

