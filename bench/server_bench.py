@@ -143,7 +143,9 @@ def main():
             cpu1 = cpu_seconds(proc.pid) if proc else None
             after = metrics(args.metrics)
             d = {k: after[k] - before.get(k, 0) for k in ("atman_batch_rows_count", "atman_batch_rows_sum",
-                                                         "atman_positions_computed_total")}
+                                                         "atman_positions_computed_total",
+                                                         "atman_batch_duration_seconds_sum")}
+            d["wall"] = wall
             d["server_cpu_seconds"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else float("nan")
             return wall, latencies, d
 
@@ -166,12 +168,15 @@ def main():
             if args.rounds > 1:
                 print(f"round {k + 1}: speed-up {totals['sequential' + str(k)] / totals['concurrent' + str(k)]:.2f}x")
 
+        workers = int(args.workers_per_device) * len(args.devices.split(","))
+
         def batches(d):
             b = max(d["atman_batch_rows_count"], 1)
             return (f"{d['atman_batch_rows_count'] / (n * args.rounds):5.1f} batches/request, "
                     f"{d['atman_batch_rows_sum'] / b:5.1f} rows/batch, "
                     f"{d['atman_positions_computed_total'] / (n * args.rounds):7.0f} positions/request, "
-                    f"server CPU {d['server_cpu_seconds'] / (n * args.rounds) * 1e3:5.1f} ms/request")
+                    f"server CPU {d['server_cpu_seconds'] / (n * args.rounds) * 1e3:5.1f} ms/request, "
+                    f"workers busy {d['atman_batch_duration_seconds_sum'] / (d['wall'] * workers):4.0%}")
 
         seq_wall, seq, seq_d = totals["sequential"]
         conc_wall, conc, conc_d = totals["concurrent"]

@@ -84,6 +84,7 @@ const std::map<std::string, Setter>& Setters() {
       {"prepare-threads", Int32(&Config::prepare_threads, 1, 256)},
       {"max-batch-rows", Int(&Config::max_batch_rows, 1)},
       {"max-batch-tokens", Int(&Config::max_batch_tokens, 1)},
+      {"batch-overhead-positions", Int(&Config::batch_overhead_positions, -1)},
       {"memory-budget-bytes", Int(&Config::memory_budget_bytes, 0)},
       {"simulated-device-bytes", Int(&Config::simulated_device_bytes, 0)},
       {"max-queue-delay-ms", Int(&Config::max_queue_delay_ms, 0)},

@@ -27,6 +27,9 @@ struct Config {
   int32_t prepare_threads = 2;  // tokenize + unperturbed pass + scoring, and Generate
   int64_t max_batch_rows = 32;
   int64_t max_batch_tokens = 16384;
+  // A batch's fixed cost in positions' worth (BatchLimits::overhead_positions); -1: measured
+  // at warm-up.
+  int64_t batch_overhead_positions = -1;
   int64_t memory_budget_bytes = 0;     // per device; 0: from its free memory (memory_meter.h)
   int64_t simulated_device_bytes = 0;  // > 0: batches estimated above this fail as OOM (tests)
   int64_t max_queue_delay_ms = 5;

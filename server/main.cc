@@ -229,6 +229,7 @@ int Run(int argc, char** argv) {
   atman::Explainer::Options engine_options;
   engine_options.limits.max_rows = config.max_batch_rows;
   engine_options.limits.max_tokens = config.max_batch_tokens;
+  engine_options.limits.overhead_positions = config.batch_overhead_positions;
   engine_options.max_units = static_cast<int32_t>(config.max_units);
   engine_options.max_new_tokens_limit = config.max_new_tokens;
   engine_options.max_prompt_tokens = config.max_prompt_tokens;
@@ -303,7 +304,14 @@ int Run(int argc, char** argv) {
         absl::StrCat("model ", config.model, " loaded and warmed up on ", name, " in ",
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                      "s; bytes per batch row: log_additive ", terms(memory.log_additive),
-                     ", multiplicative ", terms(memory.multiplicative)));
+                     ", multiplicative ", terms(memory.multiplicative),
+                     "; a batch's fixed cost: ",
+                     engine->explainer->options().limits.overhead_positions, " positions",
+                     config.batch_overhead_positions < 0
+                         ? absl::StrFormat(" (measured: %.3f ms + %.4f ms x positions)",
+                                           engine->explainer->batch_cost().fixed_seconds * 1e3,
+                                           engine->explainer->batch_cost().per_position_seconds * 1e3)
+                         : std::string(" (--batch-overhead-positions)")));
     engines.push_back(std::move(engine));
   }
   if (engines.empty()) {
@@ -343,6 +351,7 @@ int Run(int argc, char** argv) {
   Metrics* m = metrics.get();
   observer.on_batch = [m](const runtime::DynamicBatcher::BatchInfo& b) {
     m->batch_rows->Observe(static_cast<double>(b.rows));
+    m->batch_duration->Observe(b.seconds);
     m->forward_passes->Increment();
     m->positions->Increment(static_cast<double>(b.positions_computed));
   };

@@ -321,6 +321,15 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
            .Help("Rows per executed scoring batch")
            .Register(r)
            .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64, 128, 256});
+  m->batch_duration =
+      &prometheus::BuildHistogram()
+           .Name("atman_batch_duration_seconds")
+           .Help("Wall time of one scoring batch, from its start to its results on the host; "
+                 "rate(_sum) / workers is how busy the batcher's workers are")
+           .Register(r)
+           .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                            0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                                            10});
   m->forward_passes = &prometheus::BuildCounter()
                            .Name("atman_forward_passes_total")
                            .Help("Forward passes run (unperturbed, generation, scoring batches)")

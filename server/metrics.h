@@ -91,6 +91,7 @@ class Metrics {
   prometheus::Gauge* queued_requests = nullptr;   // atman_queued_requests
   prometheus::Gauge* inflight = nullptr;          // atman_inflight_requests
   prometheus::Histogram* batch_rows = nullptr;    // atman_batch_rows
+  prometheus::Histogram* batch_duration = nullptr;  // atman_batch_duration_seconds
   prometheus::Counter* forward_passes = nullptr;  // atman_forward_passes_total
   prometheus::Counter* positions = nullptr;       // atman_positions_computed_total
   prometheus::Counter* oom_retries = nullptr;     // atman_oom_retries_total

@@ -9,6 +9,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <chrono>
 #include <cmath>
@@ -150,6 +151,35 @@ absl::Status Explainer::Warmup(int64_t length) {
       (mode == model::ControlMode::kLogAdditive ? options_.limits.memory.log_additive
                                                 : options_.limits.memory.multiplicative) =
           runtime::FitMemoryCoefficients(samples);
+    }
+    if (options_.limits.overhead_positions < 0) {
+      // The fixed cost of a batch (batch_cost.h): batches of 1 and 8 rows recomputing 1 and
+      // 8 positions over a prefix of h keys, each the fastest of 3 runs (a run the machine
+      // interrupted is slower, never faster), timed to its results on the host.
+      std::vector<runtime::TimeSample> timings;
+      const auto& base = *prefixes[1];
+      for (const int64_t rows_n : {1, 8}) {
+        for (const int64_t T : {int64_t{1}, std::min<int64_t>(8, h)}) {
+          std::vector<runtime::ScoringRow> rows(static_cast<size_t>(rows_n));
+          for (runtime::ScoringRow& row : rows) {
+            row.prefix = with_targets(base, 1);
+            row.factors = {{base.length() - T, 0.1}};
+          }
+          std::vector<const runtime::ScoringRow*> batch;
+          for (const runtime::ScoringRow& row : rows) batch.push_back(&row);
+          double best = std::numeric_limits<double>::infinity();
+          for (int run = 0; run < 3; ++run) {
+            const auto t0 = std::chrono::steady_clock::now();
+            ATMAN_ASSIGN_OR_RETURN(runtime::BatchResult result, runtime::RunScoringBatch(*lm_, batch));
+            (void)result.LogProbs();
+            best = std::min(
+                best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          }
+          timings.push_back({rows_n * T, best});
+        }
+      }
+      batch_cost_ = runtime::FitBatchCost(timings);
+      options_.limits.overhead_positions = batch_cost_.OverheadPositions(kMaxOverheadPositions);
     }
     return absl::OkStatus();
   } catch (const std::exception& e) {

@@ -34,6 +34,7 @@
 #include "core/atman/generation.h"
 #include "core/model/causal_lm.h"
 #include "core/model/llava.h"
+#include "core/runtime/batch_cost.h"
 #include "core/runtime/kv_prefix_cache.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
@@ -93,9 +94,15 @@ class Explainer {
   // rows' caches stacked (the costlier case, as when rows of several explanations share a
   // batch). Batches over prefixes up to `length` are then estimated at or above their
   // measured peak (within a few percent); longer ones are extrapolated. About 14 x length
-  // positions computed in all.
+  // positions computed in all. When options.limits.overhead_positions is negative, it also
+  // times batches of 1 and 8 rows recomputing 1 and 8 positions (3 runs each) and sets
+  // overhead_positions to a batch's fixed cost in positions' worth (runtime/batch_cost.h,
+  // at most kMaxOverheadPositions).
   absl::Status Warmup(int64_t length = 64);
+  static constexpr int64_t kMaxOverheadPositions = 4096;
   const Options& options() const { return options_; }
+  // What Warmup measured of a batch's time (zero when it did not time batches).
+  const runtime::BatchCostModel& batch_cost() const { return batch_cost_; }
 
   absl::StatusOr<Explanation> Explain(const ExplainRequest& request,
                                       const ProgressFn& progress = {}) const;
@@ -150,6 +157,7 @@ class Explainer {
   const vision::ClipImageProcessor* processor_ = nullptr;  // with vlm_
   const text::Tokenizer* tokenizer_;
   Options options_;
+  runtime::BatchCostModel batch_cost_;
   std::vector<int32_t> leading_specials_;
 };
 

@@ -33,7 +33,8 @@ bool CanJoin(const BatchShape& shape, const ScoringRow& row, const BatchLimits& 
   joined.mode = shape.mode;
   if (joined.rows > limits.max_rows || joined.positions() > limits.max_tokens) return false;
   if (static_cast<double>(joined.positions()) >
-      (1.0 + limits.max_waste) * static_cast<double>(joined.ideal)) {
+      (1.0 + limits.max_waste) * static_cast<double>(joined.ideal) +
+          static_cast<double>(std::max<int64_t>(0, limits.overhead_positions))) {
     return false;
   }
   return limits.memory_budget_bytes <= 0 ||

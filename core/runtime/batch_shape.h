@@ -6,8 +6,10 @@
 // stays within BatchLimits: max_rows, max_tokens (rows x recomputed positions), the memory
 // budget (bytes estimated for the shape, batch_memory.h) and the waste bound: the batch's positions
 // stay within (1 + max_waste) x what its rows would compute alone (`ideal`, the sum of each row's
-// length - start index). The first row always joins: a row that alone exceeds a limit still
-// gets a batch of its own.
+// length - start index) plus overhead_positions, the fixed cost of a batch in positions' worth
+// (a row that joins may save a batch of its own; for a small model at token granularity that
+// is most of a row's cost, see batch_cost.h). The first row always joins: a row that alone
+// exceeds a limit still gets a batch of its own.
 //
 // Both batch builders use it: PackBatches (one explanation's rows, the engine) and the service's
 // DynamicBatcher (rows of many requests), so the two cannot drift apart.

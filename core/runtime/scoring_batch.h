@@ -55,6 +55,11 @@ struct BatchLimits {
   // longest): rows join a batch only while its positions stay within (1 + max_waste) x what
   // its rows would compute alone (batch_shape.h).
   double max_waste = 0.1;
+  // What one batch costs beyond its positions (operator dispatch, kernel launches, the
+  // batch's assembly), in recomputed positions' worth: a batch may also waste up to this many
+  // positions, since packing a row into it can save a batch of its own (batch_shape.h). 0:
+  // the waste bound alone. Explainer::Warmup measures it (batch_cost.h) unless set.
+  int64_t overhead_positions = 0;
   // Continue rows from the unperturbed pass's KV cache (the default). Off: every row
   // recomputes from index 0 (for tests and benchmarks; scores are the same).
   bool reuse_prefix = true;

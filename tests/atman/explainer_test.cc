@@ -365,6 +365,41 @@ TEST(Engine, MeasuredMemoryBudgetCapsBatches) {
   EXPECT_GT(capped->usage.peak_memory_bytes, 0);
 }
 
+// A batch's fixed cost in positions (BatchLimits::overhead_positions): measured by warm-up
+// when asked for (negative), left alone when set; a larger allowance packs a token-granularity
+// explanation into fewer batches that compute more positions, and no score moves.
+TEST(Engine, BatchOverheadPacksShortRowsWithoutChangingScores) {
+  const Loaded& loaded = Load("llama");
+  ASSERT_TRUE(loaded.lm);
+  Explainer::Options options;
+  options.limits.overhead_positions = -1;
+  Explainer measured(loaded.lm.get(), loaded.tokenizer.get(), options);
+  ASSERT_TRUE(measured.Warmup(32).ok());
+  EXPECT_GT(measured.batch_cost().per_position_seconds, 0);
+  EXPECT_GE(measured.options().limits.overhead_positions, 0);
+  EXPECT_LE(measured.options().limits.overhead_positions, Explainer::kMaxOverheadPositions);
+  options.limits.overhead_positions = 7;
+  Explainer given(loaded.lm.get(), loaded.tokenizer.get(), options);
+  ASSERT_TRUE(given.Warmup(32).ok());
+  EXPECT_EQ(given.options().limits.overhead_positions, 7);
+  EXPECT_EQ(given.batch_cost().per_position_seconds, 0);  // not timed
+
+  ExplainRequest request;
+  request.prompt = {PromptItem::Text(loaded.cases.at("greedy").at("prompt"))};
+  request.target = " Paris";
+  request.options.text_granularity = TextGranularity::kToken;
+  options.limits.overhead_positions = 0;
+  auto tight = Explainer(loaded.lm.get(), loaded.tokenizer.get(), options).Explain(request);
+  options.limits.overhead_positions = 64;
+  auto packed = Explainer(loaded.lm.get(), loaded.tokenizer.get(), options).Explain(request);
+  ASSERT_TRUE(tight.ok() && packed.ok());
+  EXPECT_LT(packed->usage.forward_passes, tight->usage.forward_passes);
+  EXPECT_GT(packed->usage.positions_computed, tight->usage.positions_computed);
+  const auto a = Rows(tight->unit_relevance), b = Rows(packed->unit_relevance);
+  ASSERT_EQ(a[0].size(), b[0].size());
+  for (size_t k = 0; k < a[0].size(); ++k) EXPECT_NEAR(a[0][k], b[0][k], 1e-4);
+}
+
 // A prefix of n positions with its KV cache and k targets at its end (as warm-up builds them).
 std::shared_ptr<runtime::KvPrefixCache> MeasuredPrefix(const model::CausalLM& lm, int64_t n,
                                                        int64_t k) {

@@ -72,6 +72,29 @@ TEST(BatchShape, ARowJoinsWhileTheWasteStaysWithinTheBound) {
   EXPECT_TRUE(CanJoin(lead, Row(100, 30), limits));
 }
 
+TEST(BatchShape, ABatchsFixedCostBuysThatManyPositionsOfWaste) {
+  BatchLimits limits;
+  limits.max_waste = 0.1;
+  // Token granularity over a short prompt: rows starting 4 apart recompute 8 and 4 positions;
+  // together 2 x 8 = 16 for 12 alone, 4 positions of waste (33%).
+  const BatchShape lead = Shape({Row(20, 12)});
+  EXPECT_EQ(WasteIfJoined(lead, Row(20, 16), true), 4);
+  EXPECT_FALSE(CanJoin(lead, Row(20, 16), limits));
+  // A batch that costs 2 positions' worth by itself: still apart (16 > 1.1 x 12 + 2).
+  limits.overhead_positions = 2;
+  EXPECT_FALSE(CanJoin(lead, Row(20, 16), limits));
+  // 3 positions: packing the row saves a batch worth about what it wastes (16 <= 13.2 + 3).
+  limits.overhead_positions = 3;
+  EXPECT_TRUE(CanJoin(lead, Row(20, 16), limits));
+  // The allowance is the batch's, not each row's: a third row starting at 8 makes 3 x 12 = 36
+  // for 24 alone (> 1.1 x 24 + 3).
+  const BatchShape two = Shape({Row(20, 12), Row(20, 16)});
+  EXPECT_FALSE(CanJoin(two, Row(20, 8), limits));
+  // Negative (the "measure at warm-up" setting before warm-up ran): the waste bound alone.
+  limits.overhead_positions = -1;
+  EXPECT_FALSE(CanJoin(lead, Row(20, 16), limits));
+}
+
 TEST(BatchShape, PaddingToTheLongestRowIsWaste) {
   BatchLimits limits;
   limits.max_waste = 0.1;
