@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--server", help="atman-server binary to start")
     ap.add_argument("--model")
     ap.add_argument("--devices", default="cpu")
-    ap.add_argument("--workers-per-device", default="1")
+    ap.add_argument("--workers-per-device", default="0", help="0: the server's auto setting")
     ap.add_argument("--extra", default="", help="more server flags")
     ap.add_argument("--address")
     ap.add_argument("--metrics")
@@ -168,7 +168,7 @@ def main():
             if args.rounds > 1:
                 print(f"round {k + 1}: speed-up {totals['sequential' + str(k)] / totals['concurrent' + str(k)]:.2f}x")
 
-        workers = int(args.workers_per_device) * len(args.devices.split(","))
+        workers = metrics(args.metrics).get("atman_batch_workers", 1.0)
 
         def batches(d):
             b = max(d["atman_batch_rows_count"], 1)
@@ -182,7 +182,7 @@ def main():
         conc_wall, conc, conc_d = totals["concurrent"]
         total = n * args.rounds
         print(f"requests: {n} {GRANULARITY}-granularity explanations x {args.rounds} rounds, devices={args.devices}, "
-              f"workers/device={args.workers_per_device}")
+              f"--workers-per-device {args.workers_per_device} ({workers:.0f} workers)")
         print(f"sequential:     {total / seq_wall:8.2f} req/s  p50 {pct(seq, .5) * 1e3:8.1f} ms  "
               f"p99 {pct(seq, .99) * 1e3:8.1f} ms  {batches(seq_d)}")
         print(f"concurrency {args.concurrency}:  {total / conc_wall:8.2f} req/s  p50 {pct(conc, .5) * 1e3:8.1f} ms  "

@@ -80,7 +80,7 @@ const std::map<std::string, Setter>& Setters() {
       {"port", Int32(&Config::port, 0, 65535)},
       {"metrics-port", Int32(&Config::metrics_port, 0, 65535)},
       {"metrics-host", Str(&Config::metrics_host)},
-      {"workers-per-device", Int32(&Config::workers_per_device, 1, 64)},
+      {"workers-per-device", Int32(&Config::workers_per_device, 0, 64)},
       {"prepare-threads", Int32(&Config::prepare_threads, 1, 256)},
       {"max-batch-rows", Int(&Config::max_batch_rows, 1)},
       {"max-batch-tokens", Int(&Config::max_batch_tokens, 1)},

@@ -23,7 +23,8 @@ struct Config {
   int32_t port = 50051;
   int32_t metrics_port = 9090;  // 0: no metrics endpoint
   std::string metrics_host;     // address /metrics binds to; LoadConfig fills in `host` if unset
-  int32_t workers_per_device = 1;
+  // 0: auto (CUDA: 1; CPU: one per usable core, runtime/cpu_threads.h)
+  int32_t workers_per_device = 0;
   int32_t prepare_threads = 2;  // tokenize + unperturbed pass + scoring, and Generate
   int64_t max_batch_rows = 32;
   int64_t max_batch_tokens = 16384;

@@ -1,6 +1,7 @@
 // atman-server: loads the model once, warms it up, then serves atman.v1.Atman over gRPC
 // with health, reflection and Prometheus metrics until SIGTERM/SIGINT, then drains.
 // Flags: docs/operations.md.
+#include <ATen/Parallel.h>
 #include <google/protobuf/stubs/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -11,6 +12,7 @@
 
 #include <condition_variable>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -19,12 +21,15 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
 #include "core/model/llava.h"
+#include "core/runtime/cpu_threads.h"
 #include "core/runtime/memory_meter.h"
 #include "server/call_log.h"
 #include "server/config.h"
@@ -205,6 +210,26 @@ int Run(int argc, char** argv) {
   }
   std::unique_ptr<Metrics> metrics = *std::move(metrics_or);
 
+  // --- threads: batcher workers per device, and on the CPU LibTorch's intra-op pool ---
+  bool on_cpu = false;
+  for (absl::string_view name : absl::StrSplit(config.devices, ',', absl::SkipWhitespace())) {
+    on_cpu = on_cpu || absl::StartsWith(absl::StripAsciiWhitespace(name), "cpu");
+  }
+  int32_t workers_per_device = config.workers_per_device > 0 ? config.workers_per_device : 1;
+  if (on_cpu) {
+    const int32_t cpus = runtime::UsableCpus();
+    const runtime::CpuThreads plan = runtime::PlanCpuThreads(config.workers_per_device, cpus);
+    workers_per_device = plan.workers;
+    const char* omp = std::getenv("OMP_NUM_THREADS");
+    if (omp == nullptr || *omp == '\0') at::set_num_threads(plan.intra_op_threads);
+    Log(log, config, spdlog::level::info,
+        absl::StrCat("CPU: ", cpus, " usable core(s); ", workers_per_device,
+                     " batcher worker(s) per device",
+                     config.workers_per_device == 0 ? " (--workers-per-device 0: one per core)" : "",
+                     ", ", at::get_num_threads(), " intra-op thread(s) each",
+                     omp != nullptr && *omp != '\0' ? " (OMP_NUM_THREADS)" : ""));
+  }
+
   // --- the model, once per device ---
   const std::filesystem::path dir = config.model;
   auto model_json = io::ReadJsonFile(dir / "config.json");
@@ -322,7 +347,9 @@ int Run(int argc, char** argv) {
   // --- the batcher ---
   runtime::DynamicBatcher::Options batcher_options;
   for (const auto& e : engines) batcher_options.models.push_back(e->lm);
-  batcher_options.workers_per_device = config.workers_per_device;
+  batcher_options.workers_per_device = workers_per_device;
+  metrics->batch_workers->Set(static_cast<double>(workers_per_device) *
+                              static_cast<double>(engines.size()));
   batcher_options.limits = engines.front()->explainer->options().limits;
   // Memory per device: each device's own warm-up figure and budget. Without a configured
   // budget, it is read now that every model is loaded and warmed up (memory_meter.h).
@@ -336,11 +363,11 @@ int Run(int argc, char** argv) {
                          "; set a budget explicitly"));
         return 1;
       }
-      budget = runtime::DefaultMemoryBudget(e->lm->device(), *capacity, config.workers_per_device);
+      budget = runtime::DefaultMemoryBudget(e->lm->device(), *capacity, workers_per_device);
       Log(log, config, spdlog::level::info,
           absl::StrCat("memory budget on ", e->device_name, ": ", budget, " bytes per batch (",
                        capacity->free_bytes, " of ", capacity->total_bytes, " bytes free, ",
-                       config.workers_per_device, " worker(s))"));
+                       workers_per_device, " worker(s))"));
     }
     batcher_options.device_memory.push_back({budget, e->explainer->options().limits.memory});
   }

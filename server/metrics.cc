@@ -365,6 +365,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                         .Help("Scoring batches that ran out of memory and were split and retried")
                         .Register(r)
                         .Add({});
+  m->batch_workers = &prometheus::BuildGauge()
+                          .Name("atman_batch_workers")
+                          .Help("Batcher worker threads, over all devices (each runs one scoring "
+                                "batch at a time)")
+                          .Register(r)
+                          .Add({});
   m->ready = &prometheus::BuildGauge()
                   .Name("atman_ready")
                   .Help("1 when the server reports SERVING")

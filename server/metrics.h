@@ -95,6 +95,7 @@ class Metrics {
   prometheus::Counter* forward_passes = nullptr;  // atman_forward_passes_total
   prometheus::Counter* positions = nullptr;       // atman_positions_computed_total
   prometheus::Counter* oom_retries = nullptr;     // atman_oom_retries_total
+  prometheus::Gauge* batch_workers = nullptr;     // atman_batch_workers
   prometheus::Gauge* ready = nullptr;             // atman_ready
   prometheus::Gauge* test_hold = nullptr;         // atman_test_hold (--test-hooks)
 
