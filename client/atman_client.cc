@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "atman/v1/atman.grpc.pb.h"
-#include "docker/health/health.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace atman::client {
 namespace {

@@ -101,6 +101,7 @@ function(atman_add_fuzzer)
   set(_replay ${ARG_NAME}_replay)
   add_executable(${_replay} ${ARG_SOURCES} ${PROJECT_SOURCE_DIR}/tests/fuzz/replay_main.cc)
   target_link_libraries(${_replay} PRIVATE ${ARG_DEPS} ${_extra_deps})
+  target_include_directories(${_replay} PRIVATE ${PROJECT_SOURCE_DIR})  # tests/fuzz/*.h
   atman_target_flags(${_replay})
   add_test(NAME fuzz.${ARG_NAME}
            COMMAND ${_replay} ${PROJECT_SOURCE_DIR}/tests/fuzz/regressions/${ARG_NAME}
@@ -111,6 +112,7 @@ function(atman_add_fuzzer)
   if(ATMAN_FUZZ)
     add_executable(${ARG_NAME} ${ARG_SOURCES})
     target_link_libraries(${ARG_NAME} PRIVATE ${ARG_DEPS} ${_extra_deps})
+    target_include_directories(${ARG_NAME} PRIVATE ${PROJECT_SOURCE_DIR})
     target_link_options(${ARG_NAME} PRIVATE -fsanitize=fuzzer)
     atman_target_flags(${ARG_NAME})
     add_dependencies(atman_fuzzers ${ARG_NAME})

@@ -4,7 +4,8 @@
 #                                  root. Third-party headers come in through imported targets,
 #                                  which CMake marks as system headers, so their warnings do
 #                                  not fail our build.
-#   atman_add_library(<name> SOURCES ... DEPS ...)      a static module library of core/
+#   atman_add_library(<name> SOURCES ... DEPS ... [PRIVATE_DEPS ...])
+#                                  a static module library of core/ with its own include root
 #   atman_add_gtest(<name> SOURCES ... DEPS ... [FIXTURES f...] [LABELS l...])
 #                                  a GoogleTest executable whose tests ctest lists by name;
 #                                  FIXTURES names ctest fixtures (e.g. oracle generators)
@@ -34,7 +35,17 @@ endfunction()
 function(atman_add_library name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
   add_library(${name} STATIC ${ARG_SOURCES})
-  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  # Each module's headers are reachable only through its own include root, which holds one
+  # link, core/<module> -> the module's folder: a target sees "core/<module>/..." only when it
+  # links that module (DEPS: PUBLIC, for what the module's headers include; PRIVATE_DEPS: for
+  # what only its sources include). So an include that skips a layer (core/text including
+  # core/model) does not compile, rather than linking by luck.
+  file(RELATIVE_PATH _module ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
+  set(_root ${PROJECT_BINARY_DIR}/include/${name})
+  get_filename_component(_parent ${_root}/${_module} DIRECTORY)
+  file(MAKE_DIRECTORY ${_parent})
+  file(CREATE_LINK ${CMAKE_CURRENT_SOURCE_DIR} ${_root}/${_module} SYMBOLIC)
+  target_include_directories(${name} PUBLIC ${_root})
   target_link_libraries(${name} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
   set_target_properties(${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
   atman_target_flags(${name})

@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "docker/health/health.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace atman::health {
 namespace {
