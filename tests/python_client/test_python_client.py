@@ -461,9 +461,13 @@ def test_html_renders_in_chromium_with_the_scale_colours(server, tmp_path):
     with atman.Client(server.address, timeout=120) as client:
         result = client.explain(["USER: ", image, " what is it? ASSISTANT:"], " a cat",
                                 text_granularity="token")
-    text = result._repr_html_()
-    assert not re.search(r"""(src|href)=["'](?!data:)""", text), "a non-data: reference"
-    html = tmp_path / "report.html"
+    page = result.html()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page), "a non-data: reference"
+    # As a notebook shows it: the page in a sandboxed iframe, inside a host page.
+    view = result._repr_html_()
+    assert view.startswith('<iframe sandbox="allow-scripts"') and "<style>" not in view
+    text = f"<!DOCTYPE html><html><body>{view}</body></html>"
+    html = tmp_path / "notebook.html"
     html.write_text(text)
     shot = tmp_path / "shot.png"
     console = screenshot(html, shot)

@@ -228,6 +228,26 @@ def html_report(result: "Explanation", model: Optional["ModelInfo"] = None) -> s
     return "".join(parts)
 
 
+def notebook_html(result: "Explanation") -> str:
+    """html_report() inside a sandboxed iframe, sized to fit its content (estimated: the page
+    scrolls inside the frame when the estimate is short)."""
+    page = html_report(result)
+    height = 700  # title, target, usage table and options
+    for e in result.explanations:
+        height += 110 + 30 * len(result.target) // 60
+        for i, item in enumerate(result.request.prompt):
+            kind = item.WhichOneof("item")
+            if kind == "image":
+                height += display_size(*_decode(item.image).size)[1] + 50
+            elif kind == "text":
+                height += 26 * (1 + sum(max(1, len(line) // 90 + 1)
+                                        for line in item.text.split("\n")))
+            else:
+                height += 26 * (1 + len(item.token_ids.ids) // 12)
+    return (f'<iframe sandbox="allow-scripts" style="width:100%;height:{height}px;border:none" '
+            f'srcdoc="{_esc(page)}"></iframe>')
+
+
 def overlay(result: "Explanation", item: Optional[int], explanation: int):
     import numpy as np
     Image = _pil()

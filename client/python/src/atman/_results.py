@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from atman.v1 import atman_pb2 as pb
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 
 @dataclass(frozen=True)
@@ -212,9 +215,12 @@ class Explanation:
         return html_report(self, model)
 
     def _repr_html_(self) -> str:
-        return self.html()
+        """Jupyter's view: the html() page in a sandboxed iframe (srcdoc), so that its styles
+        and Content-Security-Policy apply to it alone and not to the notebook."""
+        from atman._render import notebook_html
+        return notebook_html(self)
 
-    def overlay(self, item: Optional[int] = None, explanation: int = 0):
+    def overlay(self, item: Optional[int] = None, explanation: int = 0) -> "PIL.Image.Image":
         """The image of prompt item `item` (default: the first image) with its relevance
         overlay and a colour bar, as a PIL image (the look of `atman explain --png`). Needs
         Pillow (pip install pillow, or atman-client[images])."""
