@@ -547,3 +547,33 @@ def test_to_pandas_and_to_dict(server):
     assert d["target"] == " yes" and len(d["explanations"]) == len(result.explanations)
     assert np.array(d["unit_relevance"]).shape == result.unit_relevance.shape
     assert d["explanations"][0]["spans"][1]["text"] == "cat"
+
+
+def test_retry_policy_attempts_reach_a_draining_server():
+    """A draining server answers UNAVAILABLE and counts each call: the count shows how many
+    attempts gRPC's retry policy (the channel's service config) made for one client call."""
+    s = Server("--test-hooks", "true", "--max-batch-rows", "1", "--max-queue-delay-ms", "0",
+               "--drain-grace-seconds", "600")
+    try:
+        s.hold()
+        in_flight = s.stub.Explain.future(pb.ExplainRequest(
+            prompt=[pb.PromptItem(text=LONG)], target=" yes"), timeout=600)
+        s.wait_metrics(lambda m: m["atman_queued_requests"] == 1, "a queued request")
+        s.proc.send_signal(__import__("signal").SIGTERM)
+        with atman.Client(s.address, retries=0) as c:
+            while c.health("atman.v1.Atman") != "NOT_SERVING":  # an observable state
+                pass
+        for retries, attempts in ((0, 1), (2, 3), (4, 5), (6, 10)):
+            before = s.count("Tokenize", "UNAVAILABLE")
+            with atman.Client(s.address, retries=retries, initial_backoff=0.01,
+                              max_backoff=0.02, timeout=600) as c:
+                with pytest.raises(atman.AtmanError) as e:
+                    c.tokenize("Tom")
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE
+            # The server counts a call before it sends its status.
+            assert s.count("Tokenize", "UNAVAILABLE") - before == attempts, retries
+        s.release()
+        assert in_flight.result().explanations
+        assert s.proc.wait(timeout=600) == 0, s.output()
+    finally:
+        s.stop()

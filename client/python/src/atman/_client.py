@@ -8,8 +8,9 @@ metadata, message size limits and keepalive pings.
 
 Retries: gRPC's own retry policy, from the channel's service config (retryableStatusCodes
 UNAVAILABLE, initial/max backoff and multiplier as given), on every atman.v1.Atman method; the
-call's deadline bounds all its attempts. gRPC caps a policy at 5 attempts; larger `retries` are
-met by repeating the call (after max_backoff, while the deadline allows) in Python. A stream is
+call's deadline bounds all its attempts. gRPC caps a policy at 5 attempts: up to 4 retries
+make exactly retries + 1 attempts; more are met by repeating the call in Python, in rounds of
+5 attempts (ceil((retries + 1) / 5) rounds, max_backoff apart, while the deadline allows). A stream is
 retried only before its first event (gRPC commits the call then); health checks are never
 retried. The channel's reconnect backoff follows the same initial/max backoff, so that a server
 that comes up is reached by the next attempt.
