@@ -26,15 +26,17 @@ from atman_service import free_port, pb  # noqa: E402,F401
 
 FIXTURES = Path(os.environ["ATMAN_FIXTURES"])
 LLAVA = FIXTURES / "atman_cases" / "llava"
+LLAMA = FIXTURES / "atman_cases" / "llama"  # text only (the service suite's default model)
 
 
 class Server(atman_service.Server):
-    """atman-server on the atman_cases LLaVA; `credentials` makes the raw channel a TLS one."""
+    """atman-server on the atman_cases LLaVA unless `model` is given; `credentials` makes the
+    raw channel a TLS one."""
 
-    def __init__(self, *flags, credentials=None, **kwargs):
+    def __init__(self, *flags, credentials=None, model=LLAVA, **kwargs):
         if credentials is not None:
             kwargs["secure_channel"] = lambda address: grpc.secure_channel(address, credentials)
-        super().__init__(*flags, model=LLAVA, **kwargs)
+        super().__init__(*flags, model=model, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -577,3 +577,48 @@ def test_retry_policy_attempts_reach_a_draining_server():
         assert s.proc.wait(timeout=600) == 0, s.output()
     finally:
         s.stop()
+
+
+def test_server_errors_name_the_field_on_a_text_only_model(tmp_path):
+    from conftest import LLAMA
+    image = grey_image(tmp_path / "g.png", 8, 8)
+    s = Server(model=LLAMA)
+    try:
+        with atman.Client(s.address, timeout=120) as client:
+            assert not client.model_info().supports_images
+            result = client.explain("Tom lives in Rome.", " yes", request_id="t",
+                                    text_granularity="word")
+            raw = s.stub.Explain(pb.ExplainRequest(
+                prompt=[pb.PromptItem(text="Tom lives in Rome.")], target=" yes", request_id="t",
+                options=pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_WORD)), timeout=120)
+            assert without_timings(result.raw) == without_timings(raw)
+            assert [sp.text for sp in result.spans] == ["Tom", "lives", "in", "Rome."]
+            vocab = client.model_info().vocab_size
+            for prompt, field in ((["x", image], "prompt[1].image"),
+                                  ([[1, vocab]], "prompt[0].token_ids.ids[1]")):
+                with pytest.raises(atman.AtmanError) as e:
+                    client.explain(prompt, " yes")
+                assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+                assert e.value.field == field, e.value.details
+    finally:
+        assert s.stop() == 0, s.output()
+
+
+def test_closing_a_stream_cancels_it_on_the_server(held_server):
+    server = held_server
+    server.hold()
+    try:
+        before = server.count("ExplainStream", "CANCELLED")
+        with atman.Client(server.address, timeout=600) as client:
+            stream = client.explain_stream(LONG, " It was not amused!", text_granularity="token")
+            # The rows are planned (first progress event) but none can run: the server is held.
+            first = next(stream)
+            assert isinstance(first, atman.Progress) and first.rows_done == 0
+            stream.close()
+        server.wait_metrics(lambda m: m.get(
+            'atman_requests_total{code="CANCELLED",method="ExplainStream"}', 0) == before + 1,
+            "the cancel")
+        m = server.idle()
+        assert m["atman_test_hold"] == 1  # cancelled, not finished
+    finally:
+        server.release()
