@@ -211,6 +211,7 @@ def test_stream_yields_progress_then_the_result(server):
         assert done == sorted(done)
         assert all(p.rows_total == result.usage.perturbed_rows > 1 for p in progress)
         assert without_timings(result.raw) == without_timings(plain.raw)
+        assert result == result and result != plain  # timings differ between the two runs
 
 
 def test_deadline_exceeded(held_server):

@@ -98,7 +98,7 @@ def _tensor(t: pb.Tensor) -> Optional[np.ndarray]:
     return np.asarray(t.values, dtype=np.float32).reshape(tuple(t.shape))
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, eq=False)
 class Explanation:
     """The result of explain(): the explained target (the generation when no target was given),
     its token ids and log-probabilities, the explanations, the raw relevance tensors
@@ -143,6 +143,15 @@ class Explanation:
                            np.asarray(r.target_log_probs, dtype=np.float64), explanations,
                            _tensor(r.unit_relevance), _tensor(r.position_relevance),
                            Usage.from_proto(r.usage), request, r)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when made from equal requests and responses (numpy fields do not compare as
+        dataclass fields)."""
+        if not isinstance(other, Explanation):
+            return NotImplemented
+        return self.request == other.request and self.raw == other.raw
+
+    __hash__ = None  # type: ignore[assignment]
 
     # The first (with target_granularity="complete": the only) explanation's units.
     @property
