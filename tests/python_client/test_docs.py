@@ -5,8 +5,6 @@ import os
 import re
 from pathlib import Path
 
-from conftest import LLAVA  # noqa: F401  (the server's model)
-
 SOURCE = Path(os.environ["ATMAN_SOURCE_DIR"])
 
 
