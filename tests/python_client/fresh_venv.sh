@@ -9,10 +9,12 @@ set -euo pipefail
 src="$1" out="$2" py="$3"
 base="$("$py" -c 'import sys; print(sys._base_executable)')"
 rm -rf "$out/venv"
-"$base" -m venv "$out/venv"
+# No pip inside (ensurepip is slow): the build venv's pip installs into it (pip --python).
+"$base" -m venv --without-pip "$out/venv"
 wheel=("$out"/dist/atman_client-*.whl)
-"$out/venv/bin/python" -m pip install -q --constraint "$src/requirements.txt" "${wheel[0]}"
-"$out/venv/bin/python" -m pip check
+pip=("$py" -m pip --python "$out/venv/bin/python")
+"${pip[@]}" install -q --no-compile --constraint "$src/requirements.txt" "${wheel[0]}"
+"${pip[@]}" check
 cd "$out"  # not the tree: the import must come from the venv
 "$out/venv/bin/python" - "$src" <<'PY'
 import importlib.metadata as md
