@@ -44,7 +44,7 @@ TEST(Gguf, ReadsEveryMetadataValueType) {
   EXPECT_EQ(*file->GetInteger("zoo.i16"), -30000);
   EXPECT_EQ(*file->GetInteger("zoo.u32"), 4000000000);
   EXPECT_EQ(*file->GetInteger("zoo.i32"), -2000000000);
-  EXPECT_EQ(*file->GetInteger("zoo.u64"), (int64_t{1} << 62) * 2 - 1 - 4);
+  EXPECT_EQ(*file->GetInteger("zoo.u64"), std::numeric_limits<int64_t>::max() - 4);
   EXPECT_EQ(*file->GetInteger("zoo.i64"), -(int64_t{1} << 62));
   EXPECT_EQ(*file->GetNumber("zoo.f32"), 0.125);
   EXPECT_EQ(*file->GetNumber("zoo.f64"), -1.0e300);
@@ -101,8 +101,7 @@ TEST(Gguf, DequantizesEveryTypeLikeTheReference) {
     auto got = file->Dequantize(t, at::kFloat);
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_EQ(got->sizes(), want->sizes());
-    EXPECT_TRUE(at::equal(*got, *want)) << "max |diff| "
-                                        << (*got - *want).abs().max().item<float>();
+    EXPECT_TRUE(at::equal(*got, *want));
     // Other dtypes: the float32 result, cast.
     auto half = file->Dequantize(t, at::kHalf);
     ASSERT_TRUE(half.ok()) << half.status();
