@@ -48,6 +48,7 @@
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
 #include "core/model/llava.h"
+#include "core/model/model_files.h"
 #include "core/text/tokenizer.h"
 
 namespace atman {
@@ -147,7 +148,7 @@ struct Loaded {
 
 absl::StatusOr<Loaded> LoadModel(const Args& args) {
   const std::filesystem::path dir = args.model;
-  ATMAN_ASSIGN_OR_RETURN(const nlohmann::json config, io::ReadJsonFile(dir / "config.json"));
+  ATMAN_ASSIGN_OR_RETURN(const nlohmann::json config, model::ReadModelConfig(dir));
   ATMAN_ASSIGN_OR_RETURN(const model::ModelKind kind, model::ResolveModelKind(config));
   c10::Device device(c10::kCPU);
   try {
@@ -165,7 +166,7 @@ absl::StatusOr<Loaded> LoadModel(const Args& args) {
   } else {
     ATMAN_ASSIGN_OR_RETURN(loaded.lm, model::CausalLM::Load(dir, device, dtype));
   }
-  ATMAN_ASSIGN_OR_RETURN(loaded.tokenizer, text::Tokenizer::FromFolder(dir));
+  ATMAN_ASSIGN_OR_RETURN(loaded.tokenizer, model::LoadTokenizer(dir));
   return loaded;
 }
 
