@@ -3,7 +3,7 @@
 // reads one JSON request per line from stdin and writes one JSON line per request to stdout
 // (flushed after each, so a caller can drive it through a pipe).
 //
-//   atman-explain --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
+//   atman-explain --model DIR|FILE.gguf [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //                 [--max-rows N] [--max-tokens N] [--no-prefix-reuse] [--no-warmup]
 //
 // Request (fields other than "prompt" optional; unknown fields are an error):
@@ -62,7 +62,7 @@ using atman::TextGranularity;
 using atman::UnitScore;
 
 constexpr char kUsage[] =
-    "usage: atman-explain --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
+    "usage: atman-explain --model DIR|FILE.gguf [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
     "                     [--max-rows N] [--max-tokens N] [--no-prefix-reuse] [--no-warmup]\n"
     "Reads JSON-lines requests on stdin, writes one JSON line per explanation on stdout\n"
     "(see docs/engine.md, \"atman-explain\").\n";

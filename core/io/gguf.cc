@@ -1,5 +1,6 @@
 #include "core/io/gguf.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/BFloat16.h>
@@ -637,10 +638,13 @@ absl::Status DequantizeBlocks(const GgmlTypeInfo& type, std::span<const std::byt
           absl::StrCat("ggml type ", type.name, " cannot be dequantized (supported: F32, "
                        "F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)"));
   }
-  const std::size_t n = blocks.size() / type.type_size;
-  for (std::size_t k = 0; k < n; ++k) {
-    decode(blocks.data() + k * type.type_size, out.data() + k * type.block_size);
-  }
+  const auto n = static_cast<int64_t>(blocks.size() / type.type_size);
+  // Blocks decode independently: spread them over LibTorch's intra-op threads.
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      decode(blocks.data() + k * type.type_size, out.data() + k * type.block_size);
+    }
+  });
   return absl::OkStatus();
 }
 
