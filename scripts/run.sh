@@ -7,8 +7,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 model="${ATMAN_MODEL:-$ATMAN_ROOT/models/default}"
 "$ATMAN_ROOT/scripts/build.sh" --target atman-server
-if [[ ! -f "$model/config.json" ]]; then
-  atman_log "no model at $model: set ATMAN_MODEL to a Hugging Face checkpoint folder"
+if [[ ! -f "$model/config.json" && "$model" != *.gguf ]] && ! compgen -G "$model/*.gguf" > /dev/null; then
+  atman_log "no model at $model: set ATMAN_MODEL to a Hugging Face checkpoint folder or a .gguf file"
   exit 2
 fi
 atman_log "starting atman-server on $model (defaults: gRPC :50051, metrics :9090/metrics; Ctrl-C stops)"

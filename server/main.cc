@@ -29,6 +29,7 @@
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
 #include "core/model/llava.h"
+#include "core/model/model_files.h"
 #include "core/runtime/cpu_threads.h"
 #include "core/runtime/memory_meter.h"
 #include "server/call_log.h"
@@ -232,7 +233,7 @@ int Run(int argc, char** argv) {
 
   // --- the model, once per device ---
   const std::filesystem::path dir = config.model;
-  auto model_json = io::ReadJsonFile(dir / "config.json");
+  auto model_json = model::ReadModelConfig(dir);
   if (!model_json.ok()) {
     Log(log, config, spdlog::level::critical,
         absl::StrCat("--model: ", model_json.status().message()));
@@ -243,7 +244,7 @@ int Run(int argc, char** argv) {
     Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", kind.status().message()));
     return 1;
   }
-  auto tokenizer_or = text::Tokenizer::FromFolder(dir);
+  auto tokenizer_or = model::LoadTokenizer(dir);
   if (!tokenizer_or.ok()) {
     Log(log, config, spdlog::level::critical,
         absl::StrCat("--model: ", tokenizer_or.status().message()));

@@ -3,7 +3,7 @@
 // reads one JSON request per line from stdin and writes one JSON line per request to stdout
 // (flushed after each, so a caller can drive it through a pipe).
 //
-//   atman-explain --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
+//   atman-explain --model DIR|FILE.gguf [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]
 //                 [--max-rows N] [--max-tokens N] [--no-prefix-reuse] [--no-warmup]
 //
 // Request (fields other than "prompt" optional; unknown fields are an error):
@@ -48,6 +48,7 @@
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
 #include "core/model/llava.h"
+#include "core/model/model_files.h"
 #include "core/text/tokenizer.h"
 
 namespace atman {
@@ -61,7 +62,7 @@ using atman::TextGranularity;
 using atman::UnitScore;
 
 constexpr char kUsage[] =
-    "usage: atman-explain --model DIR [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
+    "usage: atman-explain --model DIR|FILE.gguf [--device cpu|cuda[:N]] [--dtype float32|bfloat16|float16]\n"
     "                     [--max-rows N] [--max-tokens N] [--no-prefix-reuse] [--no-warmup]\n"
     "Reads JSON-lines requests on stdin, writes one JSON line per explanation on stdout\n"
     "(see docs/engine.md, \"atman-explain\").\n";
@@ -147,7 +148,7 @@ struct Loaded {
 
 absl::StatusOr<Loaded> LoadModel(const Args& args) {
   const std::filesystem::path dir = args.model;
-  ATMAN_ASSIGN_OR_RETURN(const nlohmann::json config, io::ReadJsonFile(dir / "config.json"));
+  ATMAN_ASSIGN_OR_RETURN(const nlohmann::json config, model::ReadModelConfig(dir));
   ATMAN_ASSIGN_OR_RETURN(const model::ModelKind kind, model::ResolveModelKind(config));
   c10::Device device(c10::kCPU);
   try {
@@ -165,7 +166,7 @@ absl::StatusOr<Loaded> LoadModel(const Args& args) {
   } else {
     ATMAN_ASSIGN_OR_RETURN(loaded.lm, model::CausalLM::Load(dir, device, dtype));
   }
-  ATMAN_ASSIGN_OR_RETURN(loaded.tokenizer, text::Tokenizer::FromFolder(dir));
+  ATMAN_ASSIGN_OR_RETURN(loaded.tokenizer, model::LoadTokenizer(dir));
   return loaded;
 }
 

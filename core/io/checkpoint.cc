@@ -37,7 +37,39 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const std::filesystem::path& path) {
   }
 }
 
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::OpenGguf(const std::filesystem::path& path) {
+  auto checkpoint = std::unique_ptr<Checkpoint>(new Checkpoint());
+  checkpoint->dir_ = path;
+  ATMAN_ASSIGN_OR_RETURN(checkpoint->gguf_, GgufFile::Open(path));
+  ATMAN_ASSIGN_OR_RETURN(checkpoint->gguf_model_, ConvertGgufModel(*checkpoint->gguf_));
+  checkpoint->config_ = checkpoint->gguf_model_.config;
+  auto& entries = checkpoint->gguf_entries_;
+  entries.reserve(checkpoint->gguf_model_.tensors.size());  // no reallocation: where_ points in
+  for (const GgufMappedTensor& m : checkpoint->gguf_model_.tensors) {
+    TensorEntry entry;
+    entry.name = m.name;
+    entry.dtype_name = std::string(m.tensor->type->name);
+    entry.dtype = m.tensor->type->id == 1    ? c10::ScalarType::Half
+                  : m.tensor->type->id == 30 ? c10::ScalarType::BFloat16
+                                             : c10::ScalarType::Float;
+    entry.shape = m.tensor->shape;
+    entry.begin = m.tensor->offset;
+    entry.end = m.tensor->offset + m.tensor->size;
+    entries.push_back(std::move(entry));
+    auto [it, inserted] =
+        checkpoint->where_.emplace(m.name, Location{nullptr, &entries.back(), &m});
+    if (!inserted) {
+      return absl::InvalidArgumentError(absl::StrCat(path.string(), ": tensors '",
+                                                     it->second.gguf->tensor->name, "' and '",
+                                                     m.tensor->name, "' both map to '", m.name, "'"));
+    }
+  }
+  return checkpoint;
+}
+
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::filesystem::path& dir) {
+  ATMAN_ASSIGN_OR_RETURN(std::optional<std::filesystem::path> gguf, FindGgufModel(dir));
+  if (gguf) return OpenGguf(*gguf);
   if (!std::filesystem::is_directory(dir)) {
     return absl::NotFoundError(absl::StrCat(dir.string(), ": not a checkpoint folder"));
   }
@@ -128,22 +160,49 @@ absl::StatusOr<const TensorEntry*> Checkpoint::Entry(std::string_view name) cons
 
 absl::StatusOr<std::filesystem::path> Checkpoint::FileOf(std::string_view name) const {
   ATMAN_ASSIGN_OR_RETURN(Location location, Locate(name));
+  if (location.gguf != nullptr) return gguf_->path();
   return location.file->path();
 }
 
 absl::StatusOr<std::span<const std::byte>> Checkpoint::Bytes(std::string_view name) const {
   ATMAN_ASSIGN_OR_RETURN(Location location, Locate(name));
+  if (location.gguf != nullptr) return gguf_->Bytes(*location.gguf->tensor);
   return location.file->Bytes(*location.entry);
 }
 
 absl::StatusOr<at::Tensor> Checkpoint::View(std::string_view name) const {
   ATMAN_ASSIGN_OR_RETURN(Location location, Locate(name));
+  if (location.gguf != nullptr) return LoadGguf(*location.gguf, location.entry->dtype);
   return location.file->View(*location.entry);
+}
+
+absl::StatusOr<at::Tensor> Checkpoint::LoadGguf(const GgufMappedTensor& m,
+                                                c10::ScalarType dtype) const {
+  const int64_t heads = m.unpermute_heads;
+  // Un-permuting goes through float32, as transformers does (numpy on the dequantized rows).
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor t, gguf_->Dequantize(*m.tensor, heads > 0 ? at::kFloat : dtype));
+  if (heads == 0) return t;
+  try {
+    // llama.cpp stored rows as [heads, 2, rows/heads/2] (the rotary halves interleaved);
+    // transformers' reverse: reshape(heads, dim, 2, ...).swapaxes(1, 2).
+    const std::vector<int64_t> shape = m.tensor->shape;
+    std::vector<int64_t> split = {heads, shape[0] / heads / 2, 2};
+    split.insert(split.end(), shape.begin() + 1, shape.end());
+    return t.reshape(split).transpose(1, 2).reshape(shape).to(dtype).contiguous();
+  } catch (const std::exception& e) {
+    return StatusFromException(e, absl::StrCat(dir_.string(), ": tensor '", m.tensor->name, "'"));
+  }
 }
 
 absl::StatusOr<at::Tensor> Checkpoint::Load(std::string_view name, c10::Device device,
                                             c10::ScalarType dtype) const {
-  ATMAN_ASSIGN_OR_RETURN(at::Tensor view, View(name));
+  ATMAN_ASSIGN_OR_RETURN(Location location, Locate(name));
+  at::Tensor view;
+  if (location.gguf != nullptr) {
+    ATMAN_ASSIGN_OR_RETURN(view, LoadGguf(*location.gguf, dtype));
+  } else {
+    ATMAN_ASSIGN_OR_RETURN(view, location.file->View(*location.entry));
+  }
   try {
     return view.to(device, dtype);
   } catch (const std::exception& e) {

@@ -7,6 +7,13 @@
 // naming both. Tensors are read lazily: View() aliases the mapping, Load() casts and moves
 // to a device.
 //
+// A GGUF file (a path ending in .gguf, or a folder without config.json holding exactly one)
+// opens as the same kind of checkpoint: config() is the config.json transformers derives
+// from its metadata and tensors go by their Hugging Face names (gguf_model.h); View() and
+// Load() dequantize (and un-permute llama's Q/K rows); Bytes() is the stored block data;
+// Entry() reports the dequantized dtype (float32; F16/BF16 tensors their own) and the ggml
+// type name as dtype_name.
+//
 // Ownership: a Checkpoint owns its mapped files; tensors returned by View()/Load() keep
 // their own reference to the mapping they alias. Thread safety: immutable after Open();
 // const methods are safe from any thread.
@@ -25,6 +32,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/io/gguf.h"
+#include "core/io/gguf_model.h"
 #include "core/io/safetensors.h"
 
 namespace atman::io {
@@ -36,7 +45,10 @@ class Checkpoint {
  public:
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::filesystem::path& dir);
 
+  // The folder, or the .gguf file for a GGUF checkpoint (used in error messages).
   const std::filesystem::path& dir() const { return dir_; }
+  // The GGUF file behind this checkpoint; nullptr for safetensors.
+  const GgufFile* gguf() const { return gguf_.get(); }
   const nlohmann::json& config() const { return config_; }
 
   // Every tensor name, sorted.
@@ -58,15 +70,21 @@ class Checkpoint {
 
  private:
   struct Location {
-    const SafetensorsFile* file;
+    const SafetensorsFile* file;  // nullptr for GGUF tensors
     const TensorEntry* entry;
+    const GgufMappedTensor* gguf = nullptr;
   };
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> OpenGguf(const std::filesystem::path& path);
+  absl::StatusOr<at::Tensor> LoadGguf(const GgufMappedTensor& m, c10::ScalarType dtype) const;
   absl::StatusOr<Location> Locate(std::string_view name) const;
 
   std::filesystem::path dir_;
   nlohmann::json config_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, Location, std::less<>> where_;
+  std::unique_ptr<GgufFile> gguf_;
+  GgufModel gguf_model_;
+  std::vector<TensorEntry> gguf_entries_;
 };
 
 }  // namespace atman::io

@@ -6,6 +6,9 @@ after changing this script, in the project venv):
   corpus/safetensors_fuzzer/       small .safetensors files written by the `safetensors`
                                    library: every dtype, scalars, empty tensors, metadata,
                                    several tensors, padding between them
+  corpus/gguf_fuzzer/              small .gguf files written by the `gguf` package: every
+                                   metadata type and ggml type, a one-layer llama with a
+                                   byte-level tokenizer, a SentencePiece tokenizer, version 2
   corpus/tokenizer_json_fuzzer/    tokenizer.json files saved by the `tokenizers` library,
                                    with tiny vocabularies learnt here from a few sentences (so
                                    the seeds stay small), one per pipeline style, covering every
@@ -94,6 +97,83 @@ def safetensors_seeds() -> dict[str, bytes]:
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     seeds["bf16_f8.safetensors"] = struct.pack("<Q", len(text)) + text + bytes(range(7))
+    return seeds
+
+
+# --- gguf ---------------------------------------------------------------------------------------
+
+def gguf_bytes(fill) -> bytes:
+    import tempfile
+    from gguf import GGUFWriter
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "seed.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        fill(writer)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+
+def gguf_seeds() -> dict[str, bytes]:
+    from gguf import GGMLQuantizationType as Q
+    from gguf.constants import GGML_QUANT_SIZES
+    from gguf.quants import quantize
+    rng = np.random.default_rng(0)
+    seeds = {}
+
+    def types(writer):
+        writer.add_uint32("x.u32", 7)
+        writer.add_int64("x.i64", -3)
+        writer.add_float64("x.f64", 0.5)
+        writer.add_bool("x.b", True)
+        writer.add_array("x.nested", [[1, 2], ["a"]])
+        for qtype in (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1):
+            data = rng.standard_normal((1, 32)).astype(np.float32)
+            raw = data if qtype == Q.F32 else data.astype(np.float16) if qtype == Q.F16 else quantize(data, qtype)
+            writer.add_tensor(f"t.{qtype.name}", raw, raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype)
+        for qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL):
+            size = GGML_QUANT_SIZES[qtype][1]
+            writer.add_tensor(f"t.{qtype.name}", rng.integers(0, 256, (1, size), dtype=np.uint8),
+                              raw_dtype=qtype)
+    seeds["types.gguf"] = gguf_bytes(types)
+
+    def tiny_llama(writer):
+        writer.add_block_count(1)
+        writer.add_context_length(64)
+        writer.add_embedding_length(64)
+        writer.add_feed_forward_length(64)
+        writer.add_head_count(2)
+        writer.add_head_count_kv(1)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_rope_freq_base(10000.0)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("qwen2")
+        writer.add_token_list(["a", "b", "ab", "<|end|>"])
+        writer.add_token_types([1, 1, 1, 3])
+        writer.add_token_merges(["a b"])
+        writer.add_bos_token_id(3)
+        writer.add_add_bos_token(True)
+        writer.add_chat_template("{{ x }}")
+        for name, shape in [("token_embd.weight", (4, 64)), ("output_norm.weight", (64,)),
+                            ("blk.0.attn_norm.weight", (64,)), ("blk.0.ffn_norm.weight", (64,)),
+                            ("blk.0.attn_q.weight", (64, 64)), ("blk.0.attn_k.weight", (32, 64)),
+                            ("blk.0.attn_v.weight", (32, 64)), ("blk.0.attn_output.weight", (64, 64)),
+                            ("blk.0.ffn_gate.weight", (64, 64)), ("blk.0.ffn_up.weight", (64, 64)),
+                            ("blk.0.ffn_down.weight", (64, 64))]:
+            writer.add_tensor(name, rng.standard_normal(shape).astype(np.float16))
+    seeds["tiny_llama.gguf"] = gguf_bytes(tiny_llama)
+
+    def sentencepiece(writer):
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(["<unk>", "<s>", "</s>", "\u2581a", "a", "\u2581", "<0x41>"])
+        writer.add_token_scores([0.0, 0.0, 0.0, -1.0, -2.0, -3.0, 0.0])
+        writer.add_token_types([2, 3, 3, 1, 1, 1, 6])
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+    seeds["sentencepiece.gguf"] = gguf_bytes(sentencepiece)
+    seeds["version2.gguf"] = seeds["sentencepiece.gguf"][:4] + struct.pack("<I", 2) + seeds["sentencepiece.gguf"][8:]
     return seeds
 
 
@@ -436,13 +516,20 @@ def dictionaries() -> dict[str, str]:
              b"\xff\xd8\xff", b"\xff\xc0", b"\xff\xc2", b"\xff\xc4", b"\xff\xda", b"\xff\xd9",
              b"\xff\xdb", b"\xff\xdd", b"\xff\xd0", b"\xff\xe0", b"\xff\xee", b"GIF87a",
              b"GIF89a", b"\x21\xf9\x04", b"\x2c", b"\x3b", b"NETSCAPE2.0"]
+    gguf = [b"GGUF", b"\x03\x00\x00\x00", b"general.architecture", b"general.alignment",
+            b"llama", b"qwen2", b"tokenizer.ggml.model", b"tokenizer.ggml.tokens",
+            b"tokenizer.ggml.merges", b"tokenizer.ggml.scores", b"tokenizer.ggml.token_type",
+            b"llama.block_count", b"llama.embedding_length", b"llama.attention.head_count",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff", b"\x00\x00\x00\x00\x00\x00\x00\x80"]
     return {"safetensors_fuzzer.dict": dictionary(st),
+            "gguf_fuzzer.dict": dictionary(gguf),
             "tokenizer_json_fuzzer.dict": dictionary(tok),
             "image_decode_fuzzer.dict": dictionary(image)}
 
 
 def main() -> None:
     targets = {"safetensors_fuzzer": safetensors_seeds(),
+               "gguf_fuzzer": gguf_seeds(),
                "tokenizer_json_fuzzer": tokenizer_json_seeds(),
                "tokenizer_encode_fuzzer": tokenizer_encode_seeds(),
                "image_decode_fuzzer": image_seeds(),
