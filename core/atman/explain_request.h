@@ -1,6 +1,6 @@
 // What a caller asks the engine to explain, and what it gets back. Plain value types; the
 // service maps its protobuf messages onto these. Field meanings and defaults follow
-// ../shared/docs/atman.md (defaults are the production API's).
+// docs/method.md (defaults are the production API's).
 #pragma once
 
 #include <ATen/core/Tensor.h>
