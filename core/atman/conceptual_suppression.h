@@ -1,4 +1,4 @@
-// Conceptual suppression (the spec's contextual_control_threshold, ../shared/docs/atman.md):
+// Conceptual suppression (the spec's contextual_control_threshold, docs/method.md):
 // when a unit is suppressed, positions whose input embedding is close in meaning to one of
 // the unit's positions are suppressed with it, more weakly the less similar they are.
 //

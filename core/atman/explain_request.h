@@ -1,6 +1,6 @@
 // What a caller asks the engine to explain, and what it gets back. Plain value types; the
 // service maps its protobuf messages onto these. Field meanings and defaults follow
-// ../shared/docs/atman.md (defaults are the production API's).
+// docs/method.md (defaults are the production API's).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -78,7 +78,7 @@ struct Usage {
   int64_t forward_passes = 0;      // unperturbed + generation + one per batch of rows
   int64_t perturbed_rows = 0;
   int64_t positions_computed = 0;  // rows x positions over every forward pass
-  int64_t peak_memory_bytes = 0;   // device peak during the explanation, measured
+  int64_t peak_memory_bytes = 0;   // device peak (process-wide) since ResetPeak: Explain's start
   double prepare_seconds = 0;      // tokenize, embed, unperturbed pass, plan
   double perturbed_seconds = 0;    // the perturbed batches
   double score_seconds = 0;

@@ -1,5 +1,5 @@
 // Relevance scores from cross-entropies: AtMan's R_{k,j} = CE_j^(k) - CE_j, then the
-// target granularity, postprocessing and normalisation of ../shared/docs/atman.md.
+// target granularity, postprocessing and normalisation of docs/method.md.
 //
 //   base_ce       [m]     CE_j = -log p(t_j | ...) of the unperturbed pass, j = 1..m
 //   perturbed_ce  [n, m]  CE_j^(k) of the pass with unit k suppressed

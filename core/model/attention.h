@@ -1,5 +1,5 @@
 // Scaled dot-product attention with AtMan's manipulation: the one place in the model code
-// where attention scores are changed (spec: attention_control.h, docs/atman.md).
+// where attention scores are changed (spec: attention_control.h, docs/method.md).
 //
 //   log_additive (and no control): s' = s + log f, as an additive float bias (WithControl,
 //     once per forward pass) through at::scaled_dot_product_attention (a fused kernel on CPU

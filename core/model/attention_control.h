@@ -1,4 +1,4 @@
-// AtMan's attention manipulation (docs/atman.md, "The attention manipulation"), as the model
+// AtMan's attention manipulation (docs/method.md, section 2), as the model
 // receives it: for each batch row, sparse (key position, factor) pairs, a mode, and an
 // optional subset of layers.
 //

@@ -12,7 +12,7 @@
 // from a key/value cache:
 //
 //   ids [B, T] --Embed--> embeds [B, T, H] --Forward(embeds, positions, padding, past,
-//   control)--> log p(target) [B, K] | logits [B, K, V] | logits [B, T, V] (tests only)
+//   control)--> log p(target) [B, K] float64 | logits [B, K, V] | logits [B, T, V] (tests only)
 //
 // Ownership: a CausalLM owns its weights (on its device). Thread safety: immutable after
 // Load(); Embed() and Forward() are const and may run concurrently from many threads (each
@@ -70,7 +70,7 @@ absl::StatusOr<c10::ScalarType> ParseDtype(std::string_view name);
 struct OutputRequest {
   enum class Kind {
     kNone,          // only fill the KV cache
-    kLogProbs,      // log p(targets[b, k] | sequence up to indices[b, k]) -> [B, K] float32
+    kLogProbs,      // log p(targets[b, k] | sequence up to indices[b, k]) -> [B, K] float64
     kLogits,        // logits at indices -> [B, K, V] model dtype
     kAllLogits,     // logits at every computed position -> [B, T, V] model dtype
   };
@@ -93,7 +93,9 @@ struct ForwardInput {
   // padding.
   at::Tensor key_padding;
   // Keys/values of indices 0..p-1 come from past[:, :, :p]; its batch is 1 (shared by every
-  // row, broadcast without a copy of the cache) or B. Null with p = 0 for a fresh sequence.
+  // row: broadcast to B as a view) or B. Each layer concatenates them with the T new keys and
+  // values into fresh [B, Hkv, p+T, D] tensors, so a pass copies the prefix once per row and
+  // layer (transiently; `past` itself is only read). Null with p = 0 for a fresh sequence.
   // The cache must have been computed under the same controls for indices < p; AtMan's
   // perturbed rows therefore continue from at most their first manipulated key.
   const KvCache* past = nullptr;

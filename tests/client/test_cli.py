@@ -141,7 +141,7 @@ def test_generate_tokenize_info_health_equal_the_rpcs(server):
 def screenshot(html: Path, out: Path) -> str:
     """Headless Chromium's screenshot of `html`; returns its console lines."""
     chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed (scripts/apt-packages.txt)"
+    assert chromium, "chromium is not installed (scripts/apt-packages-test.txt)"
     proc = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
          "--force-device-scale-factor=1", "--force-color-profile=srgb", "--window-size=1000,1600",

@@ -52,7 +52,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$job": ".*"}
 
 def promtool():
     path = shutil.which("promtool")
-    assert path, "promtool is missing: install Debian's prometheus package (scripts/apt-packages.txt)"
+    assert path, "promtool is missing: install Debian's prometheus package (scripts/apt-packages-test.txt)"
     return path
 
 

@@ -3,7 +3,7 @@
 For each unit, one forward pass of the whole input (no prefix reuse, one row at a time)
 through transformers with its attention patched to apply the manipulation (the "atman"
 attention function of make_model_cases.py, registered with transformers' AttentionInterface),
-then R[k, j] = CE_j^(k) - CE_j and the scores of ../shared/docs/atman.md. Units come from the
+then R[k, j] = CE_j^(k) - CE_j and the scores of docs/method.md. Units come from the
 `tokenizers` library's offsets and the text-unit rules written in core/text/units.h, redone
 here with regular expressions.
 """

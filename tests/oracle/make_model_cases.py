@@ -14,7 +14,7 @@ Cases (sequence length T = 9 unless said):
             test runs the prefix once (batch 1) and continues the rows from the cache.
   control/* the padded inputs with AtMan controls, through a custom attention function
             registered with transformers' AttentionInterface ("atman"), which applies the
-            manipulation of docs/atman.md to the scaled scores of the selected layers before
+            manipulation of docs/method.md to the scaled scores of the selected layers before
             the mask. A query whose every visible key is removed gets a zero attention output,
             as in core/model/attention.h.
   cached_control/*  the cached rows with controls on positions >= 6.
