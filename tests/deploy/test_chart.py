@@ -30,7 +30,7 @@ PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 PRODUCTION = {
     "replicaCount": 2,
     "image": {"repository": "registry.example/atman-server", "tag": "0.1.0", "digest": "sha256:" + "a" * 64},
-    "server": {"devices": "cuda:0", "dtype": "bfloat16", "maxBatchRows": 64},
+    "server": {"dtype": "bfloat16", "maxBatchRows": 64},  # devices: derived from gpu.count
     "gpu": {"count": 1},
     "resources": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "48Gi"}},
     "nodeSelector": {"nvidia.com/gpu.present": "true"},
@@ -173,8 +173,14 @@ def test_default_values_render_and_validate():
     assert pod["volumes"][-1] == {"name": "model", "persistentVolumeClaim": {"claimName": "atman-model", "readOnly": True}}
     headless = by_kind(objects, "Service", "rel-atman-headless")
     assert headless["spec"]["clusterIP"] == "None"
-    config = by_kind(objects, "ConfigMap")["data"]["atman.json"]
-    assert yaml.safe_load(config)["model"] == "/models/model"
+    # The settings the chart owns are flags (they win over the image's and extraEnv's ATMAN_*
+    # variables); the config file holds the tuning keys only.
+    assert container["args"] == ["--config=/etc/atman/config/atman.json", "--model=/models/model", "--devices=cpu",
+                                 "--port=50051", "--metrics-port=9090"]
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
+    assert not {"model", "devices", "port", "metrics-port", "tls-cert", "auth-tokens-file"} & set(config)
+    # CPU mode: LibTorch's threads follow the CPU request (2), not the node's cores.
+    assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
 
 
 def assert_hardened(pod):
@@ -212,9 +218,12 @@ def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["model"] == {"name": "model", "mountPath": "/models/llama", "readOnly": True, "subPath": "llama-3-8b"}
     config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
-    assert config["devices"] == "cuda:0" and config["dtype"] == "bfloat16" and config["max-batch-rows"] == 64
-    assert config["tls-cert"] == "/etc/atman/tls/tls.crt" and config["tls-client-ca"] == "/etc/atman/tls/ca.crt"
-    assert config["auth-tokens-file"] == "/etc/atman/auth/tokens"
+    assert config["dtype"] == "bfloat16" and config["max-batch-rows"] == 64
+    assert container["args"] == [
+        "--config=/etc/atman/config/atman.json", "--model=/models/llama", "--devices=cuda:0", "--port=50051",
+        "--metrics-port=9090", "--tls-cert=/etc/atman/tls/tls.crt", "--tls-key=/etc/atman/tls/tls.key",
+        "--tls-client-ca=/etc/atman/tls/ca.crt", "--auth-tokens-file=/etc/atman/auth/tokens"]
+    assert "env" not in container, "no OMP_NUM_THREADS on GPUs"
     tls = by_kind(objects, "Secret", "rel-atman-tls")
     assert tls["type"] == "kubernetes.io/tls" and sorted(tls["data"]) == ["ca.crt", "tls.crt", "tls.key"]
     hpa = by_kind(objects, "HorizontalPodAutoscaler")
@@ -255,6 +264,27 @@ def test_host_path_and_demo_image_variants_render_and_validate():
     assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
 
 
+@pytest.mark.parametrize("gpu, devices, expected", [
+    (0, "", "cpu"), (1, "", "cuda:0"), (4, "", "cuda:0,cuda:1,cuda:2,cuda:3"), (2, "cuda:1,cuda:0", "cuda:1,cuda:0")])
+def test_devices_follow_the_gpu_count(gpu, devices, expected):
+    container = by_kind(render({"gpu": {"count": gpu}, "server": {"devices": devices}}),
+                        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert f"--devices={expected}" in container["args"]
+    if gpu:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == gpu
+
+
+@pytest.mark.parametrize("resources, threads, expected", [
+    ({"requests": {"cpu": "500m"}}, 0, "1"), ({"requests": {"cpu": "2500m"}}, 0, "3"),
+    ({"requests": {"cpu": 3}, "limits": {"cpu": "6"}}, 0, "6"), ({"requests": {"cpu": "2"}}, 5, "5"),
+    ({"requests": {"cpu": None}}, 0, None)])  # null removes the default request
+def test_cpu_mode_sets_omp_threads_from_the_cpu_resources(resources, threads, expected):
+    container = by_kind(render({"resources": resources, "server": {"ompNumThreads": threads}}),
+                        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert env.get("OMP_NUM_THREADS") == expected
+
+
 @pytest.mark.parametrize("values, message", [
     ({"replicaCount": "three"}, "replicaCount"),
     ({"gpu": {"count": 1.5}}, "count"),
@@ -282,6 +312,10 @@ def test_values_schema_rejects(values, message):
     ({"auth": {"enabled": True}}, "auth.enabled needs auth.existingSecret"),
     ({"model": {"source": "objectStorage"}}, "model.source=objectStorage needs model.objectStorage.uri"),
     ({"model": {"source": "hostPath"}}, "model.source=hostPath needs model.hostPath.path"),
+    ({"gpu": {"count": 1}, "server": {"devices": "cpu"}}, "server.devices=cpu with gpu.count=1"),
+    ({"server": {"devices": "cuda:0"}}, "server.devices=cuda:0 names 1 CUDA device(s) but gpu.count=0"),
+    ({"gpu": {"count": 2}, "server": {"devices": "cuda:0"}}, "names 1 CUDA device(s) but gpu.count=2"),
+    ({"gpu": {"count": 2}, "server": {"devices": "cuda:0,cuda:2"}}, "server.devices: cuda:2 is past the 2 GPU(s)"),
 ])
 def test_incomplete_values_fail_with_a_message(values, message):
     with pytest.raises(helm.HelmRenderError) as error:
