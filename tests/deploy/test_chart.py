@@ -170,6 +170,9 @@ def test_default_values_render_and_validate():
     assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
     assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "atman.v1.Atman"}
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    # Termination: preStop sleep (endpoints drop the pod), drain delay, grace, margin.
+    assert container["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert pod["terminationGracePeriodSeconds"] == 5 + 5 + 30 + 15
     assert pod["volumes"][-1] == {"name": "model", "persistentVolumeClaim": {"claimName": "atman-model", "readOnly": True}}
     headless = by_kind(objects, "Service", "rel-atman-headless")
     assert headless["spec"]["clusterIP"] == "None"
@@ -179,6 +182,8 @@ def test_default_values_render_and_validate():
                                  "--port=50051", "--metrics-port=9090"]
     config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
     assert not {"model", "devices", "port", "metrics-port", "tls-cert", "auth-tokens-file"} & set(config)
+    assert (config["drain-delay-seconds"], config["max-connection-age-seconds"],
+            config["max-connection-age-grace-seconds"]) == (5, 300, 600)
     # CPU mode: LibTorch's threads follow the CPU request (2), not the node's cores.
     assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
 

@@ -179,7 +179,7 @@ def test_non_default_values_with_mutual_tls_and_tokens_serve(dockerfile, tmp_pat
         "tls": {"enabled": True, "mutual": True, "cert": certs["tls.crt"], "key": certs["tls.key"],
                 "ca": certs["ca.crt"]},
         "auth": {"enabled": True, "tokens": [token]},
-        "server": {"maxBatchRows": 8, "maxUnits": 64, "logFormat": "text", "drainGraceSeconds": 5,
+        "server": {"maxBatchRows": 8, "maxUnits": 64, "logFormat": "text", "drainGraceSeconds": 5, "drainDelaySeconds": 1,
                    # Loopback only on a shared machine (the pod binds 0.0.0.0).
                    "extraEnv": [{"name": "ATMAN_HOST", "value": "127.0.0.1"}]},
         "resources": {"requests": {"cpu": "1"}},
@@ -224,7 +224,7 @@ def test_non_default_ports_and_host_path_model_serve_with_native_grpc_probes(doc
         "server": {"extraEnv": [{"name": "ATMAN_HOST", "value": "127.0.0.1"},
                                 # A variable naming a chart-owned flag loses to the chart's flag.
                                 {"name": "ATMAN_PORT", "value": "1"}],
-                   "ompNumThreads": 1},
+                   "ompNumThreads": 1, "drainDelaySeconds": 0},
     }
     objects = render(values)
     root = tmp_path / "pod"
