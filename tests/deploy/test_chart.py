@@ -160,9 +160,16 @@ def test_lint_strict_passes():
 
 def test_default_values_render_and_validate():
     objects = render({})
-    assert validate_all(objects) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
-                                     "ServiceAccount"]
-    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    # One replica: no PodDisruptionBudget (it would let the only pod go, or block node drains).
+    assert validate_all(objects) == ["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"]
+    deployment = by_kind(objects, "Deployment")
+    assert deployment["spec"]["progressDeadlineSeconds"] == 1800
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "atman", "app.kubernetes.io/instance": "rel"}}}]
     (container,) = pod["containers"]
     # Native gRPC probes on the standard health service: liveness/startup on "", readiness on ours.
     assert container["startupProbe"]["grpc"] == {"port": 50051, "service": ""}
@@ -186,6 +193,26 @@ def test_default_values_render_and_validate():
             config["max-connection-age-grace-seconds"]) == (5, 300, 600)
     # CPU mode: LibTorch's threads follow the CPU request (2), not the node's cores.
     assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
+
+
+def test_rollout_strategy_volumes_and_pdb_are_configurable():
+    objects = render({"replicaCount": 3, "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+                      "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+                      "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+                      "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                                     "whenUnsatisfiable": "DoNotSchedule",
+                                                     "labelSelector": {"matchLabels": {"a": "b"}}}]})
+    validate_all(objects)
+    deployment = by_kind(objects, "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == ["topology.kubernetes.io/zone"]
+    assert by_kind(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    recreate = by_kind(render({"strategy": {"type": "Recreate"}}), "Deployment")
+    assert recreate["spec"]["strategy"] == {"type": "Recreate"}
+    validate_all([recreate])
 
 
 def assert_hardened(pod):
