@@ -161,7 +161,11 @@ def test_lint_strict_passes():
 def test_default_values_render_and_validate():
     objects = render({})
     # One replica: no PodDisruptionBudget (it would let the only pod go, or block node drains).
-    assert validate_all(objects) == ["ConfigMap", "Deployment", "Service", "Service", "ServiceAccount"]
+    assert validate_all(objects) == ["ConfigMap", "Deployment", "Service", "Service", "Service", "ServiceAccount"]
+    # Metrics only on their own ClusterIP Service, never on the main one (maybe a LoadBalancer).
+    assert [p["name"] for p in by_kind(objects, "Service", "rel-atman")["spec"]["ports"]] == ["grpc"]
+    metrics = by_kind(objects, "Service", "rel-atman-metrics")
+    assert metrics["spec"]["type"] == "ClusterIP" and metrics["spec"]["ports"][0]["port"] == 9090
     deployment = by_kind(objects, "Deployment")
     assert deployment["spec"]["progressDeadlineSeconds"] == 1800
     assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
@@ -215,6 +219,22 @@ def test_rollout_strategy_volumes_and_pdb_are_configurable():
     validate_all([recreate])
 
 
+def test_network_policy_limits_grpc_metrics_and_egress():
+    objects = render({"networkPolicy": {
+        "enabled": True,
+        "grpcFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]}})
+    validate_all(objects)
+    policy = by_kind(objects, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    grpc_rule, metrics_rule = policy["ingress"]
+    assert grpc_rule == {"ports": [{"port": "grpc", "protocol": "TCP"}],
+                         "from": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]}
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert policy["egress"][0]["ports"][0]["port"] == 53 and policy["egress"][1]["ports"] == [{"port": 443, "protocol": "TCP"}]
+    assert "NetworkPolicy" not in [o["kind"] for o in render({})]
+
+
 def assert_hardened(pod):
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
@@ -228,7 +248,8 @@ def assert_hardened(pod):
 def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     objects = render(PRODUCTION)
     assert validate_all(objects) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                     "Secret", "Secret", "Service", "Service", "ServiceAccount", "ServiceMonitor"]
+                                     "Secret", "Secret", "Service", "Service", "Service", "ServiceAccount",
+                                     "ServiceMonitor"]
     deployment = by_kind(objects, "Deployment")
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     pod = deployment["spec"]["template"]["spec"]
@@ -264,6 +285,10 @@ def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     monitor = by_kind(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"]["atman.dev/metrics"] == "true"
+    selected = [o["metadata"]["name"] for o in objects if o["kind"] == "Service" and
+                monitor["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    assert selected == ["rel-atman-metrics"]
 
 
 def test_keda_object_storage_variant_renders_and_validates():
@@ -277,7 +302,7 @@ def test_keda_object_storage_variant_renders_and_validates():
     assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
     scaled = by_kind(objects, "ScaledObject")
     assert scaled["spec"]["triggers"][0]["metadata"]["query"] == \
-        'sum(atman_queue_depth_rows{namespace="ns",service="rel-atman"})'
+        'sum(atman_queue_depth_rows{namespace="ns",service="rel-atman-metrics"})'
     pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
     assert_hardened(pod)
     (init,) = pod["initContainers"]
