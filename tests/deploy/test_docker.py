@@ -67,6 +67,9 @@ def test_runtime_stage_is_non_root_mounted_model_with_grpc_healthcheck(dockerfil
             assert not key.startswith("ATMAN_") or key == "ATMAN_CONFIG", f"{stage} sets {key}"
     assert image_config(dockerfile, "demo").env["ATMAN_CONFIG"] == "/opt/atman/config/demo.json"
     assert image_config(dockerfile).entrypoint == ["atman-server"]
+    if dockerfile.name == "Dockerfile":
+        # The NVIDIA container runtime refuses to start the image on a driver too old for CUDA 13.
+        assert image_env(dockerfile, "final")["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
     assert 'VOLUME ["/models"]' in runtime
     # The model is baked into the demo target only.
     assert "models/default" not in runtime
