@@ -123,6 +123,10 @@ SCALED_OBJECT_SUBSET = {
                 "maxReplicaCount": {"type": "integer", "minimum": 1},
                 "pollingInterval": {"type": "integer", "minimum": 1},
                 "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "fallback": {"type": "object", "additionalProperties": False,
+                             "required": ["failureThreshold", "replicas"],
+                             "properties": {"failureThreshold": {"type": "integer", "minimum": 1},
+                                            "replicas": {"type": "integer", "minimum": 0}}},
                 "advanced": {"type": "object", "additionalProperties": False, "properties": {
                     "horizontalPodAutoscalerConfig": {"type": "object", "additionalProperties": False,
                                                       "properties": {"behavior": {"type": "object"}}}}},
@@ -280,7 +284,11 @@ def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     tls = by_kind(objects, "Secret", "rel-atman-tls")
     assert tls["type"] == "kubernetes.io/tls" and sorted(tls["data"]) == ["ca.crt", "tls.crt", "tls.key"]
     hpa = by_kind(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "atman_queue_depth_rows"
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "atman_queued_requests_avg"
+    assert hpa["spec"]["metrics"][0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "4"}
+    assert hpa["spec"]["behavior"] == {
+        "scaleUp": {"stabilizationWindowSeconds": 60, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+        "scaleDown": {"stabilizationWindowSeconds": 300}}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     monitor = by_kind(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
@@ -302,7 +310,10 @@ def test_keda_object_storage_variant_renders_and_validates():
     assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
     scaled = by_kind(objects, "ScaledObject")
     assert scaled["spec"]["triggers"][0]["metadata"]["query"] == \
-        'sum(atman_queue_depth_rows{namespace="ns",service="rel-atman-metrics"})'
+        'sum(avg_over_time(atman_queued_requests{namespace="ns",service="rel-atman-metrics"}[2m]))'
+    assert scaled["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]["policies"] == [
+        {"type": "Pods", "value": 1, "periodSeconds": 300}]
     pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
     assert_hardened(pod)
     (init,) = pod["initContainers"]
