@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "atman/v1/atman.grpc.pb.h"
+#include "client/service_config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace atman::client {
@@ -36,8 +37,14 @@ absl::Status FromGrpc(const grpc::Status& status) {
 
 }  // namespace
 
+const char* PublishedServiceConfig() { return internal::kPublishedServiceConfig; }
+
 absl::Status ValidateOptions(const ClientOptions& o) {
   if (o.address.empty()) return absl::InvalidArgumentError("address: empty");
+  if (o.load_balancing != "pick_first" && o.load_balancing != "round_robin") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "load_balancing: \"", o.load_balancing, "\" is not one of pick_first|round_robin"));
+  }
   if (o.deadline.count() < 0) {
     return absl::InvalidArgumentError(absl::StrCat("deadline: ", o.deadline.count(), " ms < 0"));
   }
@@ -99,6 +106,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   // Our own retry loop (below) counts attempts; the channel's built-in one would hide them.
   arguments.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
+  if (options.load_balancing == "round_robin") {
+    arguments.SetServiceConfigJSON(PublishedServiceConfig());
+  }
   if (options.tls.enabled) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls.ca_file.empty()) {

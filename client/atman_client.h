@@ -50,6 +50,13 @@ struct RetryOptions {
 
 struct ClientOptions {
   std::string address = "127.0.0.1:50051";  // host:port, or any gRPC target URI
+  // "pick_first": one connection to the first address that answers. "round_robin": the
+  // published service config (deploy/client/service-config.json): per-call round robin over
+  // every address the target resolves to (e.g. dns:///<fullname>-headless.<ns>.svc:50051),
+  // with client-side health checking on atman.v1.Atman, so a draining server stops being
+  // picked and a retry goes to another one. Its retryPolicy is the channel's; this client
+  // keeps the channel's retries off and retries with `retry` below instead.
+  std::string load_balancing = "pick_first";
   // Deadline of one call including its retries; zero = no deadline.
   std::chrono::milliseconds deadline{60000};
   RetryOptions retry;
@@ -90,6 +97,9 @@ struct CallOptions {
   // Borrowed; null = the call cannot be cancelled.
   Cancellation* cancellation = nullptr;
 };
+
+// The published client service config (deploy/client/service-config.json), as JSON text.
+const char* PublishedServiceConfig();
 
 // Checks the options (ranges, both or neither of cert/key). INVALID_ARGUMENT names the field.
 absl::Status ValidateOptions(const ClientOptions& options);

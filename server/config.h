@@ -35,10 +35,18 @@ struct Config {
   int64_t simulated_device_bytes = 0;  // > 0: batches estimated above this fail as OOM (tests)
   int64_t max_queue_delay_ms = 5;
   int64_t max_queued_requests = 256;
+  // After SIGTERM: health NOT_SERVING at once, calls still served for drain_delay_seconds (so
+  // that clients watching health, and endpoint controllers, move away); then new calls are
+  // UNAVAILABLE and in-flight calls get drain_grace_seconds to finish.
+  int64_t drain_delay_seconds = 5;
   int64_t drain_grace_seconds = 30;
   // After the in-flight calls of a drain end: keep answering UNAVAILABLE until no call has
   // arrived for this long (within the grace period), then close the connections.
   int64_t drain_quiet_ms = 500;
+  // Connections older than this get a GOAWAY (clients reconnect, re-resolve and so spread over
+  // new replicas); 0 = never. Calls in flight then get the grace to finish.
+  int64_t max_connection_age_seconds = 0;
+  int64_t max_connection_age_grace_seconds = 60;
   std::string tls_cert, tls_key, tls_client_ca;
   std::string auth_tokens_file;
   std::vector<std::string> auth_tokens;  // from ATMAN_AUTH_TOKENS (comma-separated) + file

@@ -90,7 +90,8 @@ void Log(const std::shared_ptr<spdlog::logger>& log, const Config& config,
 // The process's signals, taken by one thread with sigtimedwait (they are blocked in every
 // thread, so none interrupts a forward pass):
 //   SIGTERM / SIGINT   before the service is up: exit at once (nothing to drain; kubelet does
-//                      not wait for a model load); after: the drain starts (WaitForStop).
+//                      not wait for a model load); after: the drain starts (WaitForStop); a
+//                      second one ends the drain delay (WaitForSecondStop).
 //   SIGUSR1 / SIGUSR2  with --test-hooks: hold / release the service (atman_test_hold);
 //                      ignored otherwise.
 class SignalWatcher {
@@ -118,6 +119,12 @@ class SignalWatcher {
     cv_.wait(lock, [&] { return stop_signal_ != 0; });
     return stop_signal_;
   }
+  // After WaitForStop: blocks until `deadline`, or a second SIGTERM/SIGINT (which cuts the
+  // drain delay short).
+  void WaitForSecondStop(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_until(lock, deadline, [&] { return stop_count_ > 1; });
+  }
   std::function<void(int)> on_early_stop;  // before Serving(): the process exits after it
 
  private:
@@ -141,6 +148,7 @@ class SignalWatcher {
         std::_Exit(0);
       }
       if (stop_signal_ == 0) stop_signal_ = signal;
+      ++stop_count_;
       cv_.notify_all();
     }
   }
@@ -152,6 +160,7 @@ class SignalWatcher {
   AtmanService* service_ = nullptr;
   bool test_hooks_ = false;
   int stop_signal_ = 0;
+  int stop_count_ = 0;
   std::thread thread_;
 };
 
@@ -445,6 +454,16 @@ int Run(int argc, char** argv) {
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  if (config.max_connection_age_seconds > 0) {
+    // gRPC adds +-10% jitter, so that connections opened together do not all close together.
+    auto ms = [](int64_t seconds) {
+      return static_cast<int>(std::min<int64_t>(seconds, INT32_MAX / 1000) * 1000);
+    };
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               ms(config.max_connection_age_seconds));
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               ms(config.max_connection_age_grace_seconds));
+  }
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) {
@@ -488,12 +507,22 @@ int Run(int argc, char** argv) {
   if (config.test_hooks)
     Log(log, config, spdlog::level::warn, "test hooks on (SIGUSR1 holds, SIGUSR2 releases)");
   const int signal = watcher.WaitForStop();
+  // The drain. 1: health NOT_SERVING; calls are still served for --drain-delay-seconds, so
+  // that clients watching health (the published service config's healthCheckConfig) and the
+  // endpoint controllers move away without a single error. 2: new calls get UNAVAILABLE
+  // (retryable on another replica), in-flight calls finish within --drain-grace-seconds.
+  // 3: once no call has arrived for --drain-quiet-ms, Shutdown: GOAWAY, connections close.
   Log(log, config, spdlog::level::info,
-      absl::StrCat("signal ", signal, ": NOT_SERVING, draining ", service.inflight(),
-                   " in-flight calls (grace ", config.drain_grace_seconds, "s)"));
+      absl::StrCat("signal ", signal, ": NOT_SERVING; serving ", config.drain_delay_seconds,
+                   "s more for clients to move away (", service.inflight(),
+                   " calls in flight, grace ", config.drain_grace_seconds, "s)"));
   health->SetServingStatus("", false);
   health->SetServingStatus("atman.v1.Atman", false);
-  metrics->ready->Set(0);
+  metrics->ready->Set(0);  // after the health: a scrape that sees 0 also sees NOT_SERVING
+  watcher.WaitForSecondStop(std::chrono::steady_clock::now() +
+                            std::chrono::seconds(config.drain_delay_seconds));
+  Log(log, config, spdlog::level::info,
+      absl::StrCat("draining: new calls UNAVAILABLE, ", service.inflight(), " in flight"));
   service.StartDraining();
   batcher.Drain();
   const auto grace =

@@ -8,7 +8,9 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "atman/v1/atman.grpc.pb.h"
@@ -21,9 +23,27 @@ namespace {
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
+TEST(ClientOptions, RoundRobinUsesThePublishedServiceConfig) {
+  std::ifstream in(atman::testing::SourceDir() / "deploy" / "client" / "service-config.json");
+  std::stringstream file;
+  file << in.rdbuf();
+  ASSERT_FALSE(file.str().empty());
+  EXPECT_EQ(std::string(PublishedServiceConfig()), file.str());
+  ClientOptions o;
+  o.address = "ipv4:127.0.0.1:1,127.0.0.1:2";
+  o.load_balancing = "round_robin";
+  EXPECT_TRUE(Client::Create(o).ok());  // the channel accepts the config
+}
+
 TEST(ClientOptions, InvalidOptionsNameTheField) {
   ClientOptions o;
   EXPECT_TRUE(ValidateOptions(o).ok());
+  o.load_balancing = "round_robin";
+  EXPECT_TRUE(ValidateOptions(o).ok());
+  o.load_balancing = "least_request";
+  EXPECT_THAT(std::string(ValidateOptions(o).message()),
+              HasSubstr("load_balancing: \"least_request\" is not one of pick_first|round_robin"));
+  o = {};
   o.retry.max_attempts = 0;
   EXPECT_THAT(std::string(ValidateOptions(o).message()), HasSubstr("retry.max_attempts"));
   o = {};

@@ -30,7 +30,7 @@ PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 PRODUCTION = {
     "replicaCount": 2,
     "image": {"repository": "registry.example/atman-server", "tag": "0.1.0", "digest": "sha256:" + "a" * 64},
-    "server": {"devices": "cuda:0", "dtype": "bfloat16", "maxBatchRows": 64},
+    "server": {"dtype": "bfloat16", "maxBatchRows": 64},  # devices: derived from gpu.count
     "gpu": {"count": 1},
     "resources": {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "48Gi"}},
     "nodeSelector": {"nvidia.com/gpu.present": "true"},
@@ -123,6 +123,10 @@ SCALED_OBJECT_SUBSET = {
                 "maxReplicaCount": {"type": "integer", "minimum": 1},
                 "pollingInterval": {"type": "integer", "minimum": 1},
                 "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "fallback": {"type": "object", "additionalProperties": False,
+                             "required": ["failureThreshold", "replicas"],
+                             "properties": {"failureThreshold": {"type": "integer", "minimum": 1},
+                                            "replicas": {"type": "integer", "minimum": 0}}},
                 "advanced": {"type": "object", "additionalProperties": False, "properties": {
                     "horizontalPodAutoscalerConfig": {"type": "object", "additionalProperties": False,
                                                       "properties": {"behavior": {"type": "object"}}}}},
@@ -160,9 +164,20 @@ def test_lint_strict_passes():
 
 def test_default_values_render_and_validate():
     objects = render({})
-    assert validate_all(objects) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "Service",
-                                     "ServiceAccount"]
-    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    # One replica: no PodDisruptionBudget (it would let the only pod go, or block node drains).
+    assert validate_all(objects) == ["ConfigMap", "Deployment", "Service", "Service", "Service", "ServiceAccount"]
+    # Metrics only on their own ClusterIP Service, never on the main one (maybe a LoadBalancer).
+    assert [p["name"] for p in by_kind(objects, "Service", "rel-atman")["spec"]["ports"]] == ["grpc"]
+    metrics = by_kind(objects, "Service", "rel-atman-metrics")
+    assert metrics["spec"]["type"] == "ClusterIP" and metrics["spec"]["ports"][0]["port"] == 9090
+    deployment = by_kind(objects, "Deployment")
+    assert deployment["spec"]["progressDeadlineSeconds"] == 1800
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "atman", "app.kubernetes.io/instance": "rel"}}}]
     (container,) = pod["containers"]
     # Native gRPC probes on the standard health service: liveness/startup on "", readiness on ours.
     assert container["startupProbe"]["grpc"] == {"port": 50051, "service": ""}
@@ -170,11 +185,58 @@ def test_default_values_render_and_validate():
     assert container["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
     assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "atman.v1.Atman"}
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    # Termination: preStop sleep (endpoints drop the pod), drain delay, grace, margin.
+    assert container["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert pod["terminationGracePeriodSeconds"] == 5 + 5 + 30 + 15
     assert pod["volumes"][-1] == {"name": "model", "persistentVolumeClaim": {"claimName": "atman-model", "readOnly": True}}
     headless = by_kind(objects, "Service", "rel-atman-headless")
     assert headless["spec"]["clusterIP"] == "None"
-    config = by_kind(objects, "ConfigMap")["data"]["atman.json"]
-    assert yaml.safe_load(config)["model"] == "/models/model"
+    # The settings the chart owns are flags (they win over the image's and extraEnv's ATMAN_*
+    # variables); the config file holds the tuning keys only.
+    assert container["args"] == ["--config=/etc/atman/config/atman.json", "--model=/models/model", "--devices=cpu",
+                                 "--port=50051", "--metrics-port=9090"]
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
+    assert not {"model", "devices", "port", "metrics-port", "tls-cert", "auth-tokens-file"} & set(config)
+    assert (config["drain-delay-seconds"], config["max-connection-age-seconds"],
+            config["max-connection-age-grace-seconds"]) == (5, 300, 600)
+    # CPU mode: LibTorch's threads follow the CPU request (2), not the node's cores.
+    assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
+
+
+def test_rollout_strategy_volumes_and_pdb_are_configurable():
+    objects = render({"replicaCount": 3, "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+                      "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+                      "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+                      "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                                     "whenUnsatisfiable": "DoNotSchedule",
+                                                     "labelSelector": {"matchLabels": {"a": "b"}}}]})
+    validate_all(objects)
+    deployment = by_kind(objects, "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert [c["topologyKey"] for c in pod["topologySpreadConstraints"]] == ["topology.kubernetes.io/zone"]
+    assert by_kind(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    recreate = by_kind(render({"strategy": {"type": "Recreate"}}), "Deployment")
+    assert recreate["spec"]["strategy"] == {"type": "Recreate"}
+    validate_all([recreate])
+
+
+def test_network_policy_limits_grpc_metrics_and_egress():
+    objects = render({"networkPolicy": {
+        "enabled": True,
+        "grpcFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 443, "protocol": "TCP"}]}]}})
+    validate_all(objects)
+    policy = by_kind(objects, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    grpc_rule, metrics_rule = policy["ingress"]
+    assert grpc_rule == {"ports": [{"port": "grpc", "protocol": "TCP"}],
+                         "from": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]}
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert policy["egress"][0]["ports"][0]["port"] == 53 and policy["egress"][1]["ports"] == [{"port": 443, "protocol": "TCP"}]
+    assert "NetworkPolicy" not in [o["kind"] for o in render({})]
 
 
 def assert_hardened(pod):
@@ -190,7 +252,8 @@ def assert_hardened(pod):
 def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     objects = render(PRODUCTION)
     assert validate_all(objects) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                     "Secret", "Secret", "Service", "Service", "ServiceAccount", "ServiceMonitor"]
+                                     "Secret", "Secret", "Service", "Service", "Service", "ServiceAccount",
+                                     "ServiceMonitor"]
     deployment = by_kind(objects, "Deployment")
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     pod = deployment["spec"]["template"]["spec"]
@@ -212,17 +275,28 @@ def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["model"] == {"name": "model", "mountPath": "/models/llama", "readOnly": True, "subPath": "llama-3-8b"}
     config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
-    assert config["devices"] == "cuda:0" and config["dtype"] == "bfloat16" and config["max-batch-rows"] == 64
-    assert config["tls-cert"] == "/etc/atman/tls/tls.crt" and config["tls-client-ca"] == "/etc/atman/tls/ca.crt"
-    assert config["auth-tokens-file"] == "/etc/atman/auth/tokens"
+    assert config["dtype"] == "bfloat16" and config["max-batch-rows"] == 64
+    assert container["args"] == [
+        "--config=/etc/atman/config/atman.json", "--model=/models/llama", "--devices=cuda:0", "--port=50051",
+        "--metrics-port=9090", "--tls-cert=/etc/atman/tls/tls.crt", "--tls-key=/etc/atman/tls/tls.key",
+        "--tls-client-ca=/etc/atman/tls/ca.crt", "--auth-tokens-file=/etc/atman/auth/tokens"]
+    assert "env" not in container, "no OMP_NUM_THREADS on GPUs"
     tls = by_kind(objects, "Secret", "rel-atman-tls")
     assert tls["type"] == "kubernetes.io/tls" and sorted(tls["data"]) == ["ca.crt", "tls.crt", "tls.key"]
     hpa = by_kind(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "atman_queue_depth_rows"
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "atman_queued_requests_avg"
+    assert hpa["spec"]["metrics"][0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "4"}
+    assert hpa["spec"]["behavior"] == {
+        "scaleUp": {"stabilizationWindowSeconds": 60, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+        "scaleDown": {"stabilizationWindowSeconds": 300}}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     monitor = by_kind(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"]["atman.dev/metrics"] == "true"
+    selected = [o["metadata"]["name"] for o in objects if o["kind"] == "Service" and
+                monitor["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()]
+    assert selected == ["rel-atman-metrics"]
 
 
 def test_keda_object_storage_variant_renders_and_validates():
@@ -236,7 +310,10 @@ def test_keda_object_storage_variant_renders_and_validates():
     assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
     scaled = by_kind(objects, "ScaledObject")
     assert scaled["spec"]["triggers"][0]["metadata"]["query"] == \
-        'sum(atman_queue_depth_rows{namespace="ns",service="rel-atman"})'
+        'sum(avg_over_time(atman_queued_requests{namespace="ns",service="rel-atman-metrics"}[2m]))'
+    assert scaled["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]["policies"] == [
+        {"type": "Pods", "value": 1, "periodSeconds": 300}]
     pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
     assert_hardened(pod)
     (init,) = pod["initContainers"]
@@ -253,6 +330,27 @@ def test_host_path_and_demo_image_variants_render_and_validate():
     validate_all(demo)
     pod = by_kind(demo, "Deployment")["spec"]["template"]["spec"]
     assert [v["name"] for v in pod["volumes"]] == ["config", "tmp"]
+
+
+@pytest.mark.parametrize("gpu, devices, expected", [
+    (0, "", "cpu"), (1, "", "cuda:0"), (4, "", "cuda:0,cuda:1,cuda:2,cuda:3"), (2, "cuda:1,cuda:0", "cuda:1,cuda:0")])
+def test_devices_follow_the_gpu_count(gpu, devices, expected):
+    container = by_kind(render({"gpu": {"count": gpu}, "server": {"devices": devices}}),
+                        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert f"--devices={expected}" in container["args"]
+    if gpu:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == gpu
+
+
+@pytest.mark.parametrize("resources, threads, expected", [
+    ({"requests": {"cpu": "500m"}}, 0, "1"), ({"requests": {"cpu": "2500m"}}, 0, "3"),
+    ({"requests": {"cpu": 3}, "limits": {"cpu": "6"}}, 0, "6"), ({"requests": {"cpu": "2"}}, 5, "5"),
+    ({"requests": {"cpu": None}}, 0, None)])  # null removes the default request
+def test_cpu_mode_sets_omp_threads_from_the_cpu_resources(resources, threads, expected):
+    container = by_kind(render({"resources": resources, "server": {"ompNumThreads": threads}}),
+                        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    assert env.get("OMP_NUM_THREADS") == expected
 
 
 @pytest.mark.parametrize("values, message", [
@@ -282,6 +380,10 @@ def test_values_schema_rejects(values, message):
     ({"auth": {"enabled": True}}, "auth.enabled needs auth.existingSecret"),
     ({"model": {"source": "objectStorage"}}, "model.source=objectStorage needs model.objectStorage.uri"),
     ({"model": {"source": "hostPath"}}, "model.source=hostPath needs model.hostPath.path"),
+    ({"gpu": {"count": 1}, "server": {"devices": "cpu"}}, "server.devices=cpu with gpu.count=1"),
+    ({"server": {"devices": "cuda:0"}}, "server.devices=cuda:0 names 1 CUDA device(s) but gpu.count=0"),
+    ({"gpu": {"count": 2}, "server": {"devices": "cuda:0"}}, "names 1 CUDA device(s) but gpu.count=2"),
+    ({"gpu": {"count": 2}, "server": {"devices": "cuda:0,cuda:2"}}, "server.devices: cuda:2 is past the 2 GPU(s)"),
 ])
 def test_incomplete_values_fail_with_a_message(values, message):
     with pytest.raises(helm.HelmRenderError) as error:

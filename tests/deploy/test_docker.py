@@ -4,6 +4,7 @@ the runtime packages names the right Debian packages for a real binary.
 
 No Docker engine runs in CI: the images themselves are not built here.
 """
+import json
 import os
 import pathlib
 import re
@@ -12,6 +13,9 @@ import subprocess
 import sys
 
 import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from dockerimage import image_config, image_env, stages  # noqa: E402
 
 ROOT = pathlib.Path(os.environ.get("ATMAN_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
 DOCKER = ROOT / "docker"
@@ -42,19 +46,6 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
         assert rule in result.stdout, result.stdout
 
 
-def stages(dockerfile):
-    """{stage name: its lines}; the unnamed last stage is "final"."""
-    out, name = {}, None
-    for line in dockerfile.read_text().splitlines():
-        match = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line)
-        if match:
-            name = match.group(1) or "final"
-            out[name] = []
-        elif name:
-            out[name].append(line)
-    return out
-
-
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_runtime_stage_is_non_root_mounted_model_with_grpc_healthcheck(dockerfile):
     text = dockerfile.read_text()
@@ -65,7 +56,21 @@ def test_runtime_stage_is_non_root_mounted_model_with_grpc_healthcheck(dockerfil
     assert re.search(r'^HEALTHCHECK .*\n\s+CMD \["atman-health", "--addr=127.0.0.1:50051"', runtime, re.M)
     assert 'ENTRYPOINT ["atman-server"]' in runtime
     assert "EXPOSE 50051 9090" in runtime
-    assert "ATMAN_MODEL=/models/model" in runtime and 'VOLUME ["/models"]' in runtime
+    # Image defaults are a config file (ATMAN_CONFIG), the lowest precedence: an ATMAN_<FLAG>
+    # variable would win over the --config file of a deployment (issue 19, finding 1).
+    assert "ATMAN_CONFIG=/opt/atman/config/runtime.json" in runtime
+    assert "COPY docker/defaults/ /opt/atman/config/" in runtime
+    assert json.loads((DOCKER / "defaults" / "runtime.json").read_text()) == {"model": "/models/model"}
+    assert json.loads((DOCKER / "defaults" / "demo.json").read_text()) == {"model": "/opt/atman/models/default"}
+    for stage in ("runtime", "demo", "final"):
+        for key in image_env(dockerfile, stage):
+            assert not key.startswith("ATMAN_") or key == "ATMAN_CONFIG", f"{stage} sets {key}"
+    assert image_config(dockerfile, "demo").env["ATMAN_CONFIG"] == "/opt/atman/config/demo.json"
+    assert image_config(dockerfile).entrypoint == ["atman-server"]
+    if dockerfile.name == "Dockerfile":
+        # The NVIDIA container runtime refuses to start the image on a driver too old for CUDA 13.
+        assert image_env(dockerfile, "final")["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    assert 'VOLUME ["/models"]' in runtime
     # The model is baked into the demo target only.
     assert "models/default" not in runtime
     assert "COPY --chown=root:root models/default/ /opt/atman/models/default/" in "\n".join(parts["demo"])

@@ -105,6 +105,27 @@ def test_rules_parse_with_promtool():
     assert "SUCCESS: 12 rules found" in result.stdout, result.stdout
 
 
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "atman-rules.test.yaml"
+
+
+def test_every_alert_fires_and_stays_quiet_under_promtool_unit_tests():
+    """promtool test rules on synthetic series (deploy/prometheus/atman-rules.test.yaml). Debian
+    bookworm's promtool is 2.42 and no PyPI package ships one, so no Prometheus 3 promtool runs
+    here; the SLO tests feed the 10 s bucket in both forms, le="10" (Prometheus 2) and le="10.0"
+    (Prometheus 3's normalised classic-histogram label), and both must fire."""
+    result = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    alerts = {name for name, _ in rule_queries() if name[0].isupper()}
+    fires, quiet = set(), set()
+    for group in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for case in group["alert_rule_test"]:
+            (fires if case["exp_alerts"] else quiet).add(case["alertname"])
+    assert fires == alerts and quiet == alerts, (alerts - fires, alerts - quiet)
+    slo_series = [s["series"] for g in yaml.safe_load(RULE_TESTS.read_text())["tests"] for s in g["input_series"]
+                  if s["series"].startswith("atman_request_duration_seconds_bucket")]
+    assert any('le="10"' in s for s in slo_series) and any('le="10.0"' in s for s in slo_series)
+
+
 def test_rules_cover_the_alerts_operators_need():
     alerts = {name for name, _ in rule_queries() if name[0].isupper()}
     assert {"AtmanHighErrorRatio", "AtmanQueueSaturated", "AtmanLatencySLOBurnFast", "AtmanLatencySLOBurnSlow",

@@ -18,8 +18,9 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 // The ATMAN_ variables these tests set; cleared before and after each test.
-constexpr const char* kVariables[] = {"ATMAN_AUTH_TOKENS", "ATMAN_CONFIG", "ATMAN_HOST",
-                                      "ATMAN_METRICS_HOST", "ATMAN_AUTH_TOKENS_FILE"};
+constexpr const char* kVariables[] = {"ATMAN_AUTH_TOKENS", "ATMAN_CONFIG",      "ATMAN_HOST",
+                                      "ATMAN_METRICS_HOST", "ATMAN_AUTH_TOKENS_FILE", "ATMAN_MODEL",
+                                      "ATMAN_PORT"};
 
 class LoadConfigTest : public ::testing::Test {
  protected:
@@ -129,6 +130,39 @@ TEST_F(LoadConfigTest, MetricsHostFromFlagEnvironmentOrFileInThatOrder) {
 TEST_F(LoadConfigTest, UsageListsMetricsHost) {
   EXPECT_THAT(Usage(), HasSubstr(" --metrics-host "));
   EXPECT_THAT(Usage(), HasSubstr("--metrics-host defaults to --host's value."));
+}
+
+// The images' defaults (ATMAN_CONFIG, docker/defaults/) lose to a deployment's --config, and
+// the flags the Helm chart passes win over any ATMAN_<FLAG> (issue 19, finding 1).
+TEST_F(LoadConfigTest, ImageDefaultsFileLosesToConfigFlagAndFlagsWinOverEnvironment) {
+  const std::string image = WriteFile("image.json", R"({"model": "/models/model"})");
+  const std::string chart = WriteFile("chart.json", R"({"model": "/from/file", "port": 7000})");
+  setenv("ATMAN_CONFIG", image.c_str(), 1);
+  EXPECT_EQ(Load({})->model, "/models/model");
+  EXPECT_EQ(Load({"--config", chart})->model, "/from/file");
+  setenv("ATMAN_MODEL", "/from/env", 1);
+  setenv("ATMAN_PORT", "6000", 1);
+  auto c = Load({"--config", chart});
+  EXPECT_EQ(c->model, "/from/env");  // env over file: why the images set no ATMAN_MODEL
+  EXPECT_EQ(c->port, 6000);
+  c = Load({"--config", chart, "--model=/models/llama", "--port=8001"});
+  EXPECT_EQ(c->model, "/models/llama");
+  EXPECT_EQ(c->port, 8001);
+}
+
+TEST_F(LoadConfigTest, DrainAndConnectionAgeFlags) {
+  auto c = Load({});
+  EXPECT_EQ(c->drain_delay_seconds, 5);
+  EXPECT_EQ(c->max_connection_age_seconds, 0);
+  EXPECT_EQ(c->max_connection_age_grace_seconds, 60);
+  c = Load({"--drain-delay-seconds=0", "--max-connection-age-seconds=300",
+            "--max-connection-age-grace-seconds=600"});
+  EXPECT_EQ(c->drain_delay_seconds, 0);
+  EXPECT_EQ(c->max_connection_age_seconds, 300);
+  EXPECT_EQ(c->max_connection_age_grace_seconds, 600);
+  EXPECT_EQ(Load({"--drain-delay-seconds=-1"}).status().message(),
+            "flag --drain-delay-seconds: \"-1\" is not an integer >= 0");
+  EXPECT_THAT(Usage(), HasSubstr("--max-connection-age-seconds"));
 }
 
 }  // namespace

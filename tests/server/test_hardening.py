@@ -404,7 +404,7 @@ def test_calls_arriving_during_shutdown_are_unavailable_and_counted():
     give up on this replica (as a client with a retry policy does): every call they make is OK or
     UNAVAILABLE, none CANCELLED, and the server logged every call it answered."""
     s = Server("--test-hooks", "true", "--max-batch-rows", "1", "--max-queue-delay-ms", "0",
-               "--drain-grace-seconds", "600")
+               "--drain-grace-seconds", "600", "--drain-delay-seconds", "0")
     s.hold()
     in_flight = s.stub.Explain.future(big_request(), timeout=600)
     s.wait_metrics(lambda m: m["atman_queued_requests"] == 1, "a queued request")

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import grpc
 import pytest
 
 from conftest import (FIXTURES, MODEL, Server, assert_scores_close, engine_scores, flat_scores, pb, pb_grpc,
-                      to_proto, health_pb2, health_pb2_grpc)
+                      to_proto)
 
 PROMPT_A = "Tom lives in Rome. Anna lives in Paris.\n\nWhere does Anna live? She lives in"
 PROMPT_B = "Rivers flow to the sea; mountains rise to the sky; people walk between them"
@@ -201,21 +200,25 @@ def test_overload_is_resource_exhausted():
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero():
+    # --drain-delay-seconds 0: new calls are refused right after NOT_SERVING (the drain test
+    # of tests/deploy covers the delay, with clients that move away).
     s = Server("--max-batch-rows", "1", "--max-queue-delay-ms", "0", "--drain-grace-seconds", "600",
-               "--test-hooks", "true")
-    health = health_pb2_grpc.HealthStub(s.channel)
+               "--drain-delay-seconds", "0", "--test-hooks", "true")
     s.hold()
     in_flight = [s.stub.Explain.future(big_request(), timeout=600) for _ in range(2)]
     s.wait_metrics(lambda m: m["atman_queued_requests"] == 2, "two queued requests")
     s.proc.send_signal(signal.SIGTERM)
-    while health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30).status != \
-            health_pb2.HealthCheckResponse.NOT_SERVING:
-        time.sleep(0.02)
-    for call in (lambda: s.stub.Explain(to_proto(REQUESTS[0]), timeout=30),
-                 lambda: s.stub.Tokenize(pb.TokenizeRequest(text="Tom"), timeout=30)):
-        with pytest.raises(grpc.RpcError) as e:
-            call()
-        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    s.wait_metrics(lambda m: m["atman_ready"] == 0, "NOT_SERVING")
+    # Once the delay is over, new calls are UNAVAILABLE (retryable elsewhere).
+    while True:
+        try:
+            s.stub.Tokenize(pb.TokenizeRequest(text="Tom"), timeout=30)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE
+            break
+    with pytest.raises(grpc.RpcError) as e:
+        s.stub.Explain(to_proto(REQUESTS[0]), timeout=30)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     # The held calls are still in flight (the drain waits for them) until the hold ends.
     assert s.proc.poll() is None and not any(f.done() for f in in_flight)
     s.release()

@@ -63,7 +63,9 @@ class Server:
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [SERVER, "--model", str(model), "--devices", "cpu", "--host", "127.0.0.1",
-             "--port", str(self.port), "--metrics-port", str(self.metrics_port), *map(str, flags)],
+             "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+             # No drain delay unless a test asks for one (a later flag wins): stop() is prompt.
+             "--drain-delay-seconds", "0", *map(str, flags)],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.channel = (secure_channel or grpc.insecure_channel)(self.address)
         self.stub = pb_grpc.AtmanStub(self.channel)

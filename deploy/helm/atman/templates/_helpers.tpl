@@ -84,3 +84,59 @@ periodSeconds: {{ .cfg.periodSeconds }}
 failureThreshold: {{ .cfg.failureThreshold }}
 timeoutSeconds: {{ .cfg.timeoutSeconds }}
 {{- end -}}
+
+
+{{/* --devices: server.devices, or derived from gpu.count when empty ("cpu", "cuda:0,...,cuda:N-1").
+A list that disagrees with gpu.count fails the render: a pod holding GPUs it does not use, or
+naming devices it was not given, would serve on the CPU or crash-loop. */}}
+{{- define "atman.devices" -}}
+{{- $count := int .Values.gpu.count -}}
+{{- $devices := .Values.server.devices -}}
+{{- if not $devices -}}
+{{- if eq $count 0 -}}
+{{- $devices = "cpu" -}}
+{{- else -}}
+{{- $names := list -}}
+{{- range $i := until $count -}}
+{{- $names = append $names (printf "cuda:%d" $i) -}}
+{{- end -}}
+{{- $devices = join "," $names -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $devices "cpu") (gt $count 0) -}}
+{{- fail (printf "server.devices=cpu with gpu.count=%d: the pod would hold GPUs and serve on the CPU (leave server.devices empty to derive it)" $count) -}}
+{{- end -}}
+{{- if ne $devices "cpu" -}}
+{{- $list := splitList "," $devices -}}
+{{- if ne (len $list) $count -}}
+{{- fail (printf "server.devices=%s names %d CUDA device(s) but gpu.count=%d: give one device per GPU (cuda:0 to cuda:%d), or leave server.devices empty" $devices (len $list) $count (sub $count 1)) -}}
+{{- end -}}
+{{- range $list -}}
+{{- if ge (int (trimPrefix "cuda:" .)) $count -}}
+{{- fail (printf "server.devices: %s is past the %d GPU(s) of gpu.count (the container sees cuda:0 to cuda:%d)" . $count (sub $count 1)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $devices -}}
+{{- end -}}
+
+{{/* OMP_NUM_THREADS in CPU mode: server.ompNumThreads, else the pod's CPU limit or request
+rounded up ("" on GPUs, or when neither is set). */}}
+{{- define "atman.ompThreads" -}}
+{{- if eq (include "atman.devices" .) "cpu" -}}
+{{- $n := int .Values.server.ompNumThreads -}}
+{{- if eq $n 0 -}}
+{{- $cpu := "" -}}
+{{- with .Values.resources.limits }}{{ with .cpu }}{{ $cpu = toString . }}{{ end }}{{ end -}}
+{{- if not $cpu }}{{ with .Values.resources.requests }}{{ with .cpu }}{{ $cpu = toString . }}{{ end }}{{ end }}{{ end -}}
+{{- if $cpu -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $n = int (ceil (divf (float64 (trimSuffix "m" $cpu)) 1000)) -}}
+{{- else -}}
+{{- $n = int (ceil (float64 $cpu)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $n 0 }}{{ $n }}{{ end -}}
+{{- end -}}
+{{- end -}}
