@@ -81,6 +81,7 @@ const std::map<std::string, Setter>& Setters() {
       {"metrics-port", Int32(&Config::metrics_port, 0, 65535)},
       {"metrics-host", Str(&Config::metrics_host)},
       {"workers-per-device", Int32(&Config::workers_per_device, 0, 64)},
+      {"cpu-cores", Int32(&Config::cpu_cores, 0, 4096)},
       {"prepare-threads", Int32(&Config::prepare_threads, 1, 256)},
       {"max-batch-rows", Int(&Config::max_batch_rows, 1)},
       {"max-batch-tokens", Int(&Config::max_batch_tokens, 1)},

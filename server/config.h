@@ -25,6 +25,9 @@ struct Config {
   std::string metrics_host;     // address /metrics binds to; LoadConfig fills in `host` if unset
   // 0: auto (CUDA: 1; CPU: one per usable core, runtime/cpu_threads.h)
   int32_t workers_per_device = 0;
+  // CPU cores the server may use (sizes the CPU workers and threads); 0: detect (affinity
+  // bounded by the cgroup CPU limit).
+  int32_t cpu_cores = 0;
   int32_t prepare_threads = 2;  // tokenize + unperturbed pass + scoring, and Generate
   int64_t max_batch_rows = 32;
   int64_t max_batch_tokens = 16384;

@@ -227,13 +227,14 @@ int Run(int argc, char** argv) {
   }
   int32_t workers_per_device = config.workers_per_device > 0 ? config.workers_per_device : 1;
   if (on_cpu) {
-    const int32_t cpus = runtime::UsableCpus();
+    const int32_t cpus = config.cpu_cores > 0 ? config.cpu_cores : runtime::UsableCpus();
     const runtime::CpuThreads plan = runtime::PlanCpuThreads(config.workers_per_device, cpus);
     workers_per_device = plan.workers;
     const char* omp = std::getenv("OMP_NUM_THREADS");
     if (omp == nullptr || *omp == '\0') at::set_num_threads(plan.intra_op_threads);
     Log(log, config, spdlog::level::info,
-        absl::StrCat("CPU: ", cpus, " usable core(s); ", workers_per_device,
+        absl::StrCat("CPU: ", cpus, " usable core(s)",
+                     config.cpu_cores > 0 ? " (--cpu-cores)" : "", "; ", workers_per_device,
                      " batcher worker(s) per device",
                      config.workers_per_device == 0 ? " (--workers-per-device 0: one per core)" : "",
                      ", ", at::get_num_threads(), " intra-op thread(s) each",

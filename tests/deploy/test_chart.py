@@ -199,8 +199,10 @@ def test_default_values_render_and_validate():
     assert not {"model", "devices", "port", "metrics-port", "tls-cert", "auth-tokens-file"} & set(config)
     assert (config["drain-delay-seconds"], config["max-connection-age-seconds"],
             config["max-connection-age-grace-seconds"]) == (5, 300, 600)
-    # CPU mode: LibTorch's threads follow the CPU request (2), not the node's cores.
-    assert container["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
+    # CPU mode: the server sizes its workers and threads to the CPU request (2), not to the
+    # node's cores; no OMP_NUM_THREADS unless set.
+    assert config["cpu-cores"] == 2 and config["workers-per-device"] == 0
+    assert "env" not in container
 
 
 def test_rollout_strategy_volumes_and_pdb_are_configurable():
@@ -342,15 +344,17 @@ def test_devices_follow_the_gpu_count(gpu, devices, expected):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == gpu
 
 
-@pytest.mark.parametrize("resources, threads, expected", [
-    ({"requests": {"cpu": "500m"}}, 0, "1"), ({"requests": {"cpu": "2500m"}}, 0, "3"),
-    ({"requests": {"cpu": 3}, "limits": {"cpu": "6"}}, 0, "6"), ({"requests": {"cpu": "2"}}, 5, "5"),
-    ({"requests": {"cpu": None}}, 0, None)])  # null removes the default request
-def test_cpu_mode_sets_omp_threads_from_the_cpu_resources(resources, threads, expected):
-    container = by_kind(render({"resources": resources, "server": {"ompNumThreads": threads}}),
-                        "Deployment")["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize("resources, threads, cores, omp", [
+    ({"requests": {"cpu": "500m"}}, 0, 1, None), ({"requests": {"cpu": "2500m"}}, 0, 3, None),
+    ({"requests": {"cpu": 3}, "limits": {"cpu": "6"}}, 0, 6, None), ({"requests": {"cpu": "2"}}, 5, 2, "5"),
+    ({"requests": {"cpu": None}}, 0, None, None)])  # null removes the default request
+def test_cpu_mode_sizes_the_server_to_the_cpu_resources(resources, threads, cores, omp):
+    objects = render({"resources": resources, "server": {"ompNumThreads": threads}})
+    container = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")["data"]["atman.json"])
+    assert config.get("cpu-cores") == cores
     env = {e["name"]: e["value"] for e in container.get("env", [])}
-    assert env.get("OMP_NUM_THREADS") == expected
+    assert env.get("OMP_NUM_THREADS") == omp
 
 
 @pytest.mark.parametrize("values, message", [

@@ -120,12 +120,12 @@ naming devices it was not given, would serve on the CPU or crash-loop. */}}
 {{- $devices -}}
 {{- end -}}
 
-{{/* OMP_NUM_THREADS in CPU mode: server.ompNumThreads, else the pod's CPU limit or request
-rounded up ("" on GPUs, or when neither is set). */}}
-{{- define "atman.ompThreads" -}}
+{{/* CPU mode: the cores the pod asked for, which the server's --cpu-cores takes to size its
+batcher workers and their threads: the CPU limit, else the request, rounded up ("" on GPUs, or
+when neither is set: the server then detects its cores, the cgroup limit included). */}}
+{{- define "atman.cpuCores" -}}
 {{- if eq (include "atman.devices" .) "cpu" -}}
-{{- $n := int .Values.server.ompNumThreads -}}
-{{- if eq $n 0 -}}
+{{- $n := 0 -}}
 {{- $cpu := "" -}}
 {{- with .Values.resources.limits }}{{ with .cpu }}{{ $cpu = toString . }}{{ end }}{{ end -}}
 {{- if not $cpu }}{{ with .Values.resources.requests }}{{ with .cpu }}{{ $cpu = toString . }}{{ end }}{{ end }}{{ end -}}
@@ -134,7 +134,6 @@ rounded up ("" on GPUs, or when neither is set). */}}
 {{- $n = int (ceil (divf (float64 (trimSuffix "m" $cpu)) 1000)) -}}
 {{- else -}}
 {{- $n = int (ceil (float64 $cpu)) -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if gt $n 0 }}{{ $n }}{{ end -}}
