@@ -147,7 +147,8 @@ absl::StatusOr<std::string> RenderTerminal(const pb::ExplainRequest& request,
     const pb::TargetExplanation& explanation = response.explanations(e);
     const ColourScale scale = ColourScale::For(explanation);
     if (per_token) {
-      absl::StrAppend(&out, "\n[", e, "] target token \"",
+      const int token = explanation.has_target_token_index() ? explanation.target_token_index() : e;
+      absl::StrAppend(&out, "\n[", token, "] target token \"",
                       TargetPiece(response.target(), explanation), "\"\n");
     }
     for (const pb::ItemScores& item : explanation.items()) {
@@ -208,7 +209,8 @@ absl::StatusOr<std::string> RenderTerminal(const pb::ExplainRequest& request,
         absl::StrAppend(&out, "\n");
       }
     }
-    // TOKEN granularity: the earlier target tokens (those before the explained one).
+    // TOKEN granularity: the earlier target tokens, which are the explanation's target units
+    // (the span check keeps a response of a server that listed later ones too readable).
     std::string earlier;
     for (const pb::TextScore& s : explanation.target()) {
       if (int64_t{s.start()} + s.length() > explanation.target_start()) continue;

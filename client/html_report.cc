@@ -161,7 +161,8 @@ absl::StatusOr<std::string> RenderHtmlReport(const pb::ExplainRequest& request,
     const ColourScale scale = ColourScale::For(explanation);
     absl::StrAppend(&html, "<section class=\"explanation\" id=\"explanation-", e, "\">\n");
     if (per_token) {
-      absl::StrAppend(&html, "<h2>Target token ", e, ": \"",
+      const int token = explanation.has_target_token_index() ? explanation.target_token_index() : e;
+      absl::StrAppend(&html, "<h2>Target token ", token, ": \"",
                       Escape(TargetPiece(response.target(), explanation)), "\"</h2>\n",
                       "<p class=\"target\">",
                       TargetLine(response.target(), explanation, true, scale), "</p>\n");

@@ -300,6 +300,7 @@ void ToExplainResponse(const atman::Explanation& e, size_t prompt_items, bool te
     pb::TargetExplanation* te = out->add_explanations();
     te->set_target_start(t.target_start);
     te->set_target_length(t.target_length);
+    if (t.target_token >= 0) te->set_target_token_index(t.target_token);
     std::vector<pb::ItemScores*> by_item(prompt_items, nullptr);
     for (const atman::UnitScore& s : t.scores) {
       if (s.kind == atman::UnitScore::Kind::kTarget) {

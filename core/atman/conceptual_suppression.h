@@ -10,8 +10,8 @@
 //   (1 - f) * (1 - c_j) + f           if j is eligible, c_j = max_{u in U} sim[j, u] >= kappa
 //   1 (untouched)                     otherwise.
 // Negative similarity never suppresses (a kappa <= 0 is rejected). Only `eligible` positions
-// (those that may carry units: prompt positions and, for per-token target explanations,
-// earlier target tokens) are ever suppressed by similarity.
+// are ever suppressed by similarity; the explainer passes every input position (prompt and
+// teacher-forced target tokens, whatever the target granularity), as the spec says.
 //
 // Pure functions; thread-safe.
 #pragma once

@@ -65,13 +65,18 @@ struct UnitScore {
   int32_t start = 0, length = 0;    // kText: code points of the item's text; kTarget: of the
                                     // target text; kToken: token index within the item, 1
   double left = 0, top = 0, width = 0, height = 0;  // kImage: [0, 1] of the original image
+  int32_t target_token = -1;                        // kTarget: index into the target's tokens
   double score = 0;
 };
 
 // Scores for one target row: the whole target (complete) or one target token (token).
 struct TargetExplanation {
   int32_t target_start = 0, target_length = 0;  // code points of the target text explained
-  std::vector<UnitScore> scores;                // one per unit, in unit order
+  int32_t target_token = -1;  // token granularity: index of the explained target token
+  // One per unit of this row, in unit order: complete, every unit; token granularity (row j),
+  // the prompt units and the earlier target tokens 0 .. j-1 only (later target tokens are not
+  // units of row j, so they are absent rather than scored 0).
+  std::vector<UnitScore> scores;
 };
 
 struct Usage {
@@ -92,7 +97,9 @@ struct Explanation {
   std::vector<double> target_log_probs;
   std::vector<TargetExplanation> explanations;
   // Raw relevance before postprocessing: [m, n] (target token x unit) and [m, L] (target
-  // token x input position; a position carries its unit's relevance, 0 outside units).
+  // token x input position; a position carries its unit's relevance, 0 outside units). Units
+  // are in the order of the last row's scores (which has every unit); entry [j, k] of a target
+  // unit k that is not an earlier token of j (k >= j) is 0.
   at::Tensor unit_relevance;
   at::Tensor position_relevance;
   int64_t prompt_tokens = 0;

@@ -725,10 +725,12 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
     ATMAN_ASSIGN_OR_RETURN(prepared->units, MakeUnits(request, seq, m));
     const auto n = static_cast<int64_t>(prepared->units.size());
 
-    // Conceptual suppression spreads only into prompt positions.
+    // Conceptual suppression spreads into every other position of the model's input
+    // (../shared/docs/atman.md, as the research code): prompt positions and the
+    // teacher-forced target tokens t_1 .. t_{m-1}, including the position whose output
+    // predicts a target token. The last target token is not an input, so never suppressed.
     at::Tensor similarity;
-    std::vector<bool> eligible(static_cast<size_t>(L), false);
-    for (int64_t i = 0; i < P; ++i) eligible[static_cast<size_t>(i)] = true;
+    const std::vector<bool> eligible(static_cast<size_t>(L), true);
     if (request.options.contextual_control_threshold.has_value()) {
       similarity = CosineSimilarity(prefix->embeds[0].to(at::kCPU));
     }
@@ -780,6 +782,8 @@ absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepare
                                         o.postprocessing, o.normalize);
     const auto sc = scores.accessor<double, 2>();
     const int32_t target_chars = CodePoints(prepared.target);
+    const at::Tensor applicable = prepared.applicable.to(at::kBool).contiguous();
+    const auto ap = applicable.accessor<bool, 2>();  // [n, m]
     for (int64_t r = 0; r < scores.size(0); ++r) {
       TargetExplanation row;
       if (o.target_granularity == TargetGranularity::kComplete) {
@@ -789,8 +793,11 @@ absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepare
         const auto& span = prepared.target_spans[static_cast<size_t>(r)];
         row.target_start = span.first;
         row.target_length = span.second - span.first;
+        row.target_token = static_cast<int32_t>(r);
       }
       for (int64_t k = 0; k < n; ++k) {
+        // Token granularity: target token r's units only (a later target token is none).
+        if (o.target_granularity == TargetGranularity::kToken && !ap[k][r]) continue;
         const Unit& unit = prepared.units[static_cast<size_t>(k)];
         UnitScore score;
         score.kind = unit.kind;
@@ -805,6 +812,7 @@ absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepare
           const auto& span = prepared.target_spans[static_cast<size_t>(unit.start)];
           score.start = span.first;
           score.length = span.second - span.first;
+          score.target_token = unit.start;
         }
         score.score = sc[r][k];
         row.scores.push_back(score);

@@ -1,8 +1,10 @@
 // The engine against the plain Python reference (tests/oracle/atman_reference.py): the same
 // units and the same scores to 1e-4 relative, for every granularity, both modes, with and
-// without conceptual suppression, both target granularities, on random-initialised Llama and
-// GPT-2 models; and the same scores whatever the batching (1 or 32 rows, a token cap) and
-// with prefix reuse on or off.
+// without conceptual suppression (which spreads into target tokens too: the
+// suppression-into-target cases differ from the old prompt-only rule by a stated margin),
+// both target granularities (a per-token row lists only its own units), on random-initialised
+// Llama and GPT-2 models; and the same scores whatever the batching (1 or 32 rows, a token cap)
+// and with prefix reuse on or off.
 #include "core/atman/explainer.h"
 
 #include <ATen/ops/arange.h>
@@ -222,7 +224,8 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
     }
     const auto& ref_units = expected.at("units");
     ASSERT_FALSE(explanation->explanations.empty());
-    const auto& scores = explanation->explanations.front().scores;
+    // The last row has every unit (token granularity: all earlier target tokens).
+    const auto& scores = explanation->explanations.back().scores;
     ASSERT_EQ(scores.size(), ref_units.size());
     for (size_t k = 0; k < scores.size(); ++k) {
       EXPECT_EQ(KindName(scores[k].kind), ref_units[k].at("kind").get<std::string>()) << k;
@@ -244,12 +247,46 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
       }
     }
     ExpectClose(Rows(explanation->unit_relevance), expected.at("unit_relevance"), "unit_relevance");
+    // Each row lists exactly its units (the reference's row_units, indices into the units):
+    // token granularity leaves the later target tokens out of a row.
+    const auto& row_units = expected.at("row_units");
+    ASSERT_EQ(explanation->explanations.size(), row_units.size());
     std::vector<std::vector<double>> rows;
-    for (const auto& target_row : explanation->explanations) {
+    for (size_t r = 0; r < explanation->explanations.size(); ++r) {
+      const TargetExplanation& target_row = explanation->explanations[r];
+      const bool per_token = request.options.target_granularity == TargetGranularity::kToken;
+      EXPECT_EQ(target_row.target_token, per_token ? static_cast<int32_t>(r) : -1);
+      ASSERT_EQ(target_row.scores.size(), row_units[r].size()) << "row " << r;
       rows.emplace_back();
-      for (const auto& s : target_row.scores) rows.back().push_back(s.score);
+      for (size_t i = 0; i < target_row.scores.size(); ++i) {
+        const UnitScore& s = target_row.scores[i];
+        const auto& unit = ref_units[row_units[r][i].get<size_t>()];
+        EXPECT_EQ(KindName(s.kind), unit.at("kind").get<std::string>()) << r << "/" << i;
+        if (s.kind == UnitScore::Kind::kTarget) {
+          // An earlier target token of row r, by index.
+          EXPECT_EQ(s.target_token, unit.at("start").get<int32_t>()) << r << "/" << i;
+          EXPECT_LT(s.target_token, static_cast<int32_t>(r));
+        } else {
+          EXPECT_EQ(s.target_token, -1);
+        }
+        rows.back().push_back(s.score);
+      }
     }
     ExpectClose(rows, expected.at("scores"), "scores");
+    if (expected.contains("prompt_only_scores")) {
+      // Conceptual suppression reaches target tokens that resemble the suppressed unit: the
+      // old rule (prompt positions only) gives scores at least spread_margin x the largest
+      // |score| away from these (the oracle checked the reference; here the engine).
+      double largest = 0, gap = 0;
+      const auto& old_rows = expected.at("prompt_only_scores");
+      for (size_t r = 0; r < rows.size(); ++r) {
+        for (size_t k = 0; k < rows[r].size(); ++k) {
+          largest = std::max(largest, std::abs(rows[r][k]));
+          gap = std::max(gap, std::abs(rows[r][k] - old_rows[r][k].get<double>()));
+        }
+      }
+      EXPECT_GE(gap, expected.at("spread_margin").get<double>() * largest);
+    }
     EXPECT_EQ(explanation->usage.perturbed_rows, static_cast<int64_t>(ref_units.size()));
     EXPECT_GT(explanation->usage.positions_computed, 0);
   }
@@ -258,7 +295,8 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
 const std::string kCases[] = {"token-log_additive",        "word-multiplicative",
                               "sentence-target_token",     "paragraph-removal-layer1",
                               "custom-suppression-token",  "auto-square-normalize",
-                              "token-suppression-amplify", "mixed-items"};
+                              "token-suppression-amplify", "mixed-items",
+                              "suppression-into-target",   "suppression-into-target-token"};
 
 const std::string kImageCases[] = {"image-native", "image-grid-suppression",
                                    "images-3x3-multiplicative-token", "image-whole-removal"};

@@ -94,6 +94,49 @@ def test_token_granularity_json_equals_the_rpc_response(server):
     theirs = direct(server, request)
     assert len(theirs.explanations) == theirs.usage.target_tokens > 1
     assert without_timings(ours) == without_timings(theirs)
+    # Explanation j is about target token j, and its target units are exactly tokens 0 .. j-1
+    # (later target tokens are not its units: absent, never scored 0).
+    for j, e in enumerate(ours.explanations):
+        assert e.HasField("target_token_index") and e.target_token_index == j
+        assert [(s.start, s.length) for s in e.target] == \
+            [(t.target_start, t.target_length) for t in ours.explanations[:j]]
+    as_json = json.loads(proc.stdout.decode())
+    assert [e.get("targetTokenIndex", 0) for e in as_json["explanations"]] == \
+        list(range(len(ours.explanations)))
+    assert [len(e.get("target", [])) for e in as_json["explanations"]] == \
+        list(range(len(ours.explanations)))
+
+
+def test_token_granularity_text_and_html_show_only_earlier_target_tokens(server, tmp_path):
+    args = ["--prompt", "The cat sat on the mat.", "--target", " yes no", "--target-granularity",
+            "token", "--text-granularity", "word"]
+    html = tmp_path / "r.html"
+    proc = run_cli(*explain_args(server, *args, "--html", html))
+    assert proc.returncode == 0, proc.stderr
+    response = json_format.Parse(run_cli(*explain_args(server, *args, "--json")).stdout.decode(),
+                                 pb.ExplainResponse())
+    m = len(response.explanations)
+    assert m > 2
+    # Terminal: one block per target token; block j's "earlier target tokens" line lists j
+    # tokens with the response's scores (block 0 has none).
+    blocks = re.split(r"\n\[\d+\] target token ", proc.stdout.decode())[1:]
+    assert len(blocks) == m
+    for j, block in enumerate(blocks):
+        earlier = [line for line in block.splitlines() if line.startswith("earlier target tokens:")]
+        if j == 0:
+            assert not earlier
+            continue
+        marks = re.findall(r'\["(.*?)"\|([-+][0-9.e+-]+)\]', earlier[0])
+        assert len(marks) == j, block
+        for (piece, score), s in zip(marks, response.explanations[j].target):
+            assert piece == response.target[s.start:s.start + s.length]
+            assert abs(float(score) - s.score) <= 5e-5 + 1e-3 * abs(s.score)
+    # HTML: section j's target line colours exactly j earlier tokens.
+    page = html.read_text()
+    for j in range(m):
+        section = page.split(f'id="explanation-{j}"')[1].split("</section>")[0]
+        target_line = section.split('<p class="target">')[1].split("</p>")[0]
+        assert target_line.count('class="unit"') == j
 
 
 def test_generate_tokenize_info_health_equal_the_rpcs(server):

@@ -170,7 +170,11 @@ def target_cross_entropy(model, input_ids, target_ids, prompt_length, control=No
     return torch.stack([-logp[prompt_length - 1 + j, t] for j, t in enumerate(target_ids)])
 
 
-def suppression_factors(unit_positions, factor, threshold, embeddings, prompt_length, length):
+def suppression_factors(unit_positions, factor, threshold, embeddings, length, spread_to=None):
+    """Factors [length] for suppressing the unit. Conceptual suppression spreads into every
+    other input position (prompt and teacher-forced target tokens: the spec and the research
+    code's similarity matrix over the whole input); `spread_to` = P gives the old, wrong rule
+    (prompt positions only), kept so that the test can show the two differ."""
     f = torch.ones(length, dtype=torch.float64)
     for p in unit_positions:
         f[p] = factor
@@ -178,7 +182,7 @@ def suppression_factors(unit_positions, factor, threshold, embeddings, prompt_le
         x = embeddings.double()
         x = x / x.norm(dim=-1, keepdim=True)
         sim = x @ x.T
-        for j in range(prompt_length):
+        for j in range(length if spread_to is None else spread_to):
             if j in unit_positions:
                 continue
             best = max(sim[j, u].item() for u in unit_positions)
@@ -187,9 +191,10 @@ def suppression_factors(unit_positions, factor, threshold, embeddings, prompt_le
     return f
 
 
-def explain(model, tokenizer, prompt, target, options, processor=None):
+def explain(model, tokenizer, prompt, target, options, processor=None, spread_to_prompt_only=False):
     """The reference explanation: units, raw relevance [m, n] and the score rows. For a LLaVA
-    model, `processor` is its (Pillow) CLIP image processor and image items carry "path"."""
+    model, `processor` is its (Pillow) CLIP image processor and image items carry "path".
+    `spread_to_prompt_only`: the old conceptual-suppression rule (tests only)."""
     # The manipulation lives in the language model's attention (a LLaVA vision tower keeps its
     # own, unmanipulated attention).
     language_model = model.model.language_model if processor is not None else model
@@ -230,7 +235,8 @@ def explain(model, tokenizer, prompt, target, options, processor=None):
     applicable = torch.ones(len(units), m, dtype=torch.bool)
     suppressed_extra = 0
     for k, unit in enumerate(units):
-        f = suppression_factors(unit["positions"], factor, threshold, embeddings, P, L)
+        f = suppression_factors(unit["positions"], factor, threshold, embeddings, L,
+                                P if spread_to_prompt_only else None)
         suppressed_extra += int((f != 1).sum()) - len(unit["positions"])
         ce = target_cross_entropy(model, input_ids, target_ids, P,
                                   {"mode": mode, "layers": layers, "factors": f[None].float()},
@@ -262,7 +268,11 @@ def explain(model, tokenizer, prompt, target, options, processor=None):
     return {
         "units": units,
         "unit_relevance": R.T.tolist(),
-        "scores": rows.tolist(),
+        # Row r lists only its units (TOKEN granularity: the prompt units and the target tokens
+        # before token r; the later ones are not units of that row), in unit order.
+        "scores": [[rows[r, k].item() for k in range(len(units)) if mask[r, k]]
+                   for r in range(rows.shape[0])],
+        "row_units": [[k for k in range(len(units)) if mask[r, k]] for r in range(rows.shape[0])],
         "target_ids": target_ids,
         "target_offsets": [list(o) for o in target_enc.offsets],
         "prompt_tokens": P,

@@ -123,6 +123,19 @@ def cases(name: str):
         "postprocessing": "absolute", "target_granularity": "token"}
     yield "mixed-items", [{"text": "Tom lives in Rome."}, {"tokens": [5, 17, 42, 7]},
                           {"text": " Where does Tom live?"}], " Rome", {"text_granularity": "word"}
+    # Target tokens that repeat prompt words: conceptual suppression spreads into them too
+    # (every other input position, not only the prompt's).
+    yield "suppression-into-target", [{"text": "Tom lives in Rome. Anna lives in"}], \
+        " Paris. Tom lives in Rome", {"text_granularity": "word", "contextual_control_threshold": 0.5}
+    yield "suppression-into-target-token", [{"text": "Tom lives in Rome. Anna lives in"}], \
+        " Rome. Tom lives in Rome", {"text_granularity": "word", "mode": "multiplicative",
+                                     "contextual_control_threshold": 0.5, "target_granularity": "token"}
+
+
+# Cases whose scores must differ from the old rule (conceptual suppression into prompt
+# positions only) by at least this fraction of their largest |score|, or they prove nothing.
+SPREAD_CASES = ("suppression-into-target", "suppression-into-target-token")
+SPREAD_MARGIN = 0.2
 
 
 def generation_cases(name: str, folder: Path):
@@ -171,6 +184,15 @@ def main() -> None:
             if options.get("contextual_control_threshold") is not None:
                 # Conceptual suppression must reach beyond the unit, or the test proves nothing.
                 assert ref["similarity_suppressed"] > 0, (name, case)
+            if case in SPREAD_CASES:
+                old = explain(model, tokenizer, prompt, target, options, processor,
+                              spread_to_prompt_only=True)
+                largest = max(abs(v) for row in ref["scores"] for v in row)
+                gap = max(abs(a - b) for ra, rb in zip(ref["scores"], old["scores"])
+                          for a, b in zip(ra, rb))
+                assert gap >= SPREAD_MARGIN * largest, (name, case, gap, largest)
+                ref["prompt_only_scores"] = old["scores"]
+                ref["spread_margin"] = SPREAD_MARGIN
             for item in prompt:
                 item.pop("path", None)
             out.append({"name": case, "prompt": prompt, "target": target, "options": options,

@@ -61,6 +61,8 @@ def to_proto(r: dict) -> "pb.ExplainRequest":
     req.options.text_granularity = GRANULARITY[r.get("text_granularity", "auto")]
     if "control_factor" in r:
         req.options.control_factor = r["control_factor"]
+    if r.get("target_granularity") == "token":
+        req.options.target_granularity = pb.TARGET_GRANULARITY_TOKEN
     return req
 
 

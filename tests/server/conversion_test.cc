@@ -113,6 +113,61 @@ TEST(ToRequests, ControlRangesAreWidenedToInt64) {
   EXPECT_TRUE(r->partial_overlap);
 }
 
+// TOKEN granularity: explanation j carries target_token_index j and, as target units, exactly
+// the engine row's earlier target tokens 0 .. j-1 (later ones are no units of j); COMPLETE
+// leaves the index unset.
+TEST(ToExplainResponse, TokenRowsCarryTheirIndexAndOnlyEarlierTargetTokens) {
+  atman::Explanation e;
+  e.target = " a b c";
+  e.target_ids = {7, 8, 9};
+  for (int32_t j = 0; j < 3; ++j) {
+    atman::TargetExplanation row;
+    row.target_start = 2 * j;
+    row.target_length = 2;
+    row.target_token = j;
+    atman::UnitScore prompt_unit;
+    prompt_unit.item = 0;
+    prompt_unit.start = 0;
+    prompt_unit.length = 3;
+    prompt_unit.score = 1.0 + j;
+    row.scores.push_back(prompt_unit);
+    for (int32_t i = 0; i < j; ++i) {
+      atman::UnitScore earlier;
+      earlier.kind = atman::UnitScore::Kind::kTarget;
+      earlier.item = -1;
+      earlier.start = 2 * i;
+      earlier.length = 2;
+      earlier.target_token = i;
+      earlier.score = 10.0 * j + i;
+      row.scores.push_back(earlier);
+    }
+    e.explanations.push_back(row);
+  }
+  pb::ExplainResponse out;
+  ToExplainResponse(e, 1, false, &out);
+  ASSERT_EQ(out.explanations_size(), 3);
+  for (int j = 0; j < 3; ++j) {
+    const pb::TargetExplanation& t = out.explanations(j);
+    ASSERT_TRUE(t.has_target_token_index());
+    EXPECT_EQ(t.target_token_index(), j);
+    ASSERT_EQ(t.items_size(), 1);
+    EXPECT_EQ(t.items(0).text(0).score(), 1.0 + j);
+    ASSERT_EQ(t.target_size(), j);
+    for (int i = 0; i < j; ++i) {
+      EXPECT_EQ(t.target(i).start(), 2 * i);
+      EXPECT_EQ(t.target(i).score(), 10.0 * j + i);
+    }
+  }
+
+  e.explanations.resize(1);
+  e.explanations[0].target_token = -1;  // COMPLETE
+  e.explanations[0].target_length = 6;
+  pb::ExplainResponse complete;
+  ToExplainResponse(e, 1, false, &complete);
+  EXPECT_FALSE(complete.explanations(0).has_target_token_index());
+  EXPECT_EQ(complete.explanations(0).target_size(), 0);
+}
+
 TEST(EscapeForLog, ControlCharactersAndInvalidUtf8CannotBreakALine) {
   EXPECT_EQ(EscapeForLog("plain id-1"), "plain id-1");
   EXPECT_EQ(EscapeForLog("a\nb\rc\td"), "a\\nb\\rc\\td");

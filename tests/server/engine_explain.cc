@@ -4,9 +4,11 @@
 //   engine_explain <model-folder> <requests.json>
 //
 // requests.json: [{"prompt": [{"text": ...} | {"token_ids": [...]}], "target": "...",
-// "text_granularity": "token|word|sentence|paragraph|auto", "control_factor": f}, ...]
-// Prints one JSON array: per request, the flat list of scores (explanations in order, units in
-// order), the explained target, and the number of units.
+// "text_granularity": "token|word|sentence|paragraph|auto", "control_factor": f,
+// "target_granularity": "complete|token"}, ...]
+// Prints one JSON array: per request, the flat list of scores (explanations in order, each
+// row's units in order), the explained target, the number of units, and the number of units
+// of each row.
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -47,16 +49,24 @@ int main(int argc, char** argv) {
                                        : g == "paragraph" ? atman::atman::TextGranularity::kParagraph
                                                           : atman::atman::TextGranularity::kAuto;
     request.options.control_factor = r.value("control_factor", 0.1);
+    if (r.value("target_granularity", "complete") == "token") {
+      request.options.target_granularity = atman::atman::TargetGranularity::kToken;
+    }
     auto e = explainer.Explain(request);
     if (!e.ok()) {
       std::fprintf(stderr, "engine_explain: %s\n", std::string(e.status().message()).c_str());
       return 1;
     }
     std::vector<double> scores;
+    std::vector<size_t> row_units;
     for (const auto& t : e->explanations) {
       for (const auto& s : t.scores) scores.push_back(s.score);
+      row_units.push_back(t.scores.size());
     }
-    out.push_back({{"scores", scores}, {"target", e->target}, {"units", e->explanations.front().scores.size()}});
+    out.push_back({{"scores", scores},
+                   {"target", e->target},
+                   {"units", e->usage.perturbed_rows},
+                   {"row_units", row_units}});
   }
   std::cout << out.dump() << "\n";
   return 0;

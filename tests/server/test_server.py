@@ -72,6 +72,42 @@ def test_relevance_tensor_on_request(server):
         assert abs(sum(r.unit_relevance.values[j * n + k] for j in range(m)) - score) < 1e-4
 
 
+def test_token_granularity_rows_list_only_their_units(server):
+    """TOKEN granularity: explanation j says which target token it explains and lists the prompt
+    units and the target tokens 0 .. j-1 only (a later target token is not a unit of j: absent,
+    not scored 0); its scores are the engine's and the relevance tensor's, where the later
+    target tokens' entries are 0."""
+    r = {"prompt": [{"text": PROMPT_A}], "target": " Paris. Yes", "text_granularity": "word",
+         "target_granularity": "token"}
+    expected = engine_scores([r])[0]
+    req = to_proto(r)
+    req.options.return_relevance_tensor = True
+    response = server.stub.Explain(req, timeout=60)
+    m = len(response.target_token_ids)
+    assert m >= 3 and len(response.explanations) == m
+    prompt_units = sum(len(item.text) for item in response.explanations[0].items)
+    assert list(response.unit_relevance.shape) == [m, prompt_units + m - 1]
+    n = prompt_units + m - 1
+    values = response.unit_relevance.values
+    largest = max(abs(v) for v in values)
+    for j, e in enumerate(response.explanations):
+        assert e.HasField("target_token_index") and e.target_token_index == j
+        assert sum(len(item.text) for item in e.items) == prompt_units
+        assert len(e.target) == j, f"explanation {j} lists {len(e.target)} target units"
+        for i, s in enumerate(e.target):
+            earlier = response.explanations[i]
+            assert (s.start, s.length) == (earlier.target_start, earlier.target_length)
+            assert abs(s.score - values[j * n + prompt_units + i]) <= 1e-5 * largest
+        assert all(values[j * n + prompt_units + i] == 0 for i in range(j, m - 1))
+    assert expected["row_units"] == [prompt_units + j for j in range(m)]
+    assert_scores_close(flat_scores(response), expected["scores"], "token granularity")
+    # COMPLETE: one explanation of no target token, without target units.
+    complete = server.stub.Explain(to_proto({**r, "target_granularity": "complete"}), timeout=60)
+    assert len(complete.explanations) == 1
+    assert not complete.explanations[0].HasField("target_token_index")
+    assert len(complete.explanations[0].target) == 0
+
+
 def test_stream_sends_progress_then_the_result(server):
     events = list(server.stub.ExplainStream(big_request(), timeout=60))
     assert events[-1].WhichOneof("event") == "result"
