@@ -418,6 +418,13 @@ int Run(int argc, char** argv) {
   info.set_max_message_bytes(config.max_message_bytes);
   info.set_max_new_tokens(config.max_new_tokens);
   info.set_server_version(kVersion);
+  auto chat_template = model::ReadChatTemplate(dir);
+  if (!chat_template.ok()) {
+    Log(log, config, spdlog::level::critical,
+        absl::StrCat("--model: ", chat_template.status().message()));
+    return 1;
+  }
+  info.set_chat_template(*std::move(chat_template));
 
   std::vector<DeviceEngine*> engine_ptrs;
   for (const auto& e : engines) engine_ptrs.push_back(e.get());

@@ -10,9 +10,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "core/io/checkpoint.h"
 #include "core/io/gguf.h"
 #include "core/io/safetensors.h"
@@ -117,6 +120,49 @@ TEST_F(RealGguf, HuggingFaceFolderOfTheSameWeightsGivesTheSameLogits) {
     EXPECT_TRUE(at::allclose(Expected(absl::StrCat("hf_logits.", i)),
                              Expected(absl::StrCat("logits.", i)), 0, kLogitTolerance));
   }
+}
+
+// The chat template GetModelInfo passes on: the GGUF's tokenizer.chat_template as transformers
+// reads it, and the same text from the Hugging Face folder transformers wrote
+// (chat_template.jinja).
+TEST_F(RealGguf, ChatTemplateFromBothFormsEqualsTransformers) {
+  const std::string want = manifest_["chat_template"].get<std::string>();
+  EXPECT_THAT(want, ::testing::HasSubstr("<|im_start|>"));
+  auto from_gguf = model::ReadChatTemplate(gguf_);
+  ASSERT_TRUE(from_gguf.ok()) << from_gguf.status();
+  EXPECT_EQ(*from_gguf, want);
+  auto from_hf = model::ReadChatTemplate(hf_);
+  ASSERT_TRUE(from_hf.ok()) << from_hf.status();
+  EXPECT_EQ(*from_hf, want);
+}
+
+// A Hugging Face folder's template from tokenizer_config.json (a string, or the "default" of
+// a list), chat_template.jinja first, none at all, and a malformed value named in the error.
+TEST(ChatTemplate, HuggingFaceFolderForms) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / absl::StrCat("atman-chat-template-", ::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name, std::ios::binary) << text;
+  };
+  auto read = [&]() { return model::ReadChatTemplate(dir); };
+  ASSERT_TRUE(read().ok());
+  EXPECT_EQ(*read(), "");  // no tokenizer_config.json
+  write("tokenizer_config.json", R"({"bos_token": "<s>"})");
+  EXPECT_EQ(*read(), "");
+  write("tokenizer_config.json", R"({"chat_template": "{{ messages }}"})");
+  EXPECT_EQ(*read(), "{{ messages }}");
+  write("tokenizer_config.json",
+        R"({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})");
+  EXPECT_EQ(*read(), "D");
+  write("tokenizer_config.json", R"({"chat_template": 7})");
+  EXPECT_FALSE(read().ok());
+  EXPECT_THAT(std::string(read().status().message()),
+              ::testing::HasSubstr("tokenizer_config.json: chat_template"));
+  write("chat_template.jinja", "{% for m in messages %}{{ m }}{% endfor %}");
+  EXPECT_EQ(*read(), "{% for m in messages %}{{ m }}{% endfor %}");
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(RealGguf, TokenizerEqualsTransformersGgufTokenizer) {

@@ -291,6 +291,7 @@ class ModelInfo:
     max_message_bytes: int
     max_new_tokens: int
     server_version: str
+    chat_template: str  # Jinja source; "" when the model has none
     raw: pb.ModelInfo = field(compare=False, repr=False)
 
     @staticmethod
