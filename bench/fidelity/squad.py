@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""Fidelity on a real pretrained model: the AtMan paper's SQuAD protocol (Table 1a) on
+SmolLM2-135M-Instruct, with the QA items of bench/fidelity/data/qa_items.jsonl (written for this
+benchmark; docs/fidelity.md, "SQuAD protocol on SmolLM2").
+
+Each item: a context of 3-5 short sentences, a question, and the gold answer, which appears
+verbatim in exactly one sentence. The model reads a one-shot prompt
+("Context: ...\\nQuestion: ...\\nAnswer: ...\\n\\nContext: <context>\\nQuestion: <q>\\nAnswer:"),
+the target is " <answer>" (teacher-forced), relevance is computed per token and scored over the
+context tokens against the tokens of the answering sentence (mAP, mAR, pointing game, deletion
+AOPC: bench/fidelity/metrics.py). AtMan comes from our engine (atman-explain, token units), the
+baselines from transformers' LlamaForCausalLM on the same float32 weights.
+
+    nice -n 5 ~/.cache/atman/venv/bin/python bench/fidelity/squad.py \\
+        --model "$ATMAN_SMOLLM2_HF" --explain build/tools/atman-explain \\
+        --write-doc docs/fidelity.md --json squad.json
+
+Not thread-safe; one process drives one engine subprocess and one transformers model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import metrics  # noqa: E402
+import pipeline  # noqa: E402
+
+ITEMS = Path(__file__).resolve().parent / "data" / "qa_items.jsonl"
+# One demonstration before the item (its answer is not in any item's question): without it the
+# Instruct model answers in whole sentences and gives the bare answer a median probability of
+# 0.003 (plain format) or less (chat template); with it 0.2 (docs/fidelity.md).
+DEMO = ("Context: Anna lives in Rome. Tom works in a bank.\nQuestion: Where does Anna live?\n"
+        "Answer: Rome\n\n")
+BEGIN, END = "<!-- squad-table:begin -->", "<!-- squad-table:end -->"
+RANDOM = "Random (chance)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Items.
+
+
+def load_items(path: Path) -> list[dict]:
+    """The QA items, each checked: 3-5 sentences, the answer verbatim (as whole words) in
+    exactly one sentence and not in the question. Adds "answer_sentence" (its index)."""
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        where = f"{path.name}:{n} ({item.get('id')})"
+        for key in ("id", "context", "question", "answer"):
+            if key not in item:
+                raise ValueError(f"{where}: missing key '{key}'")
+        if not 3 <= len(item["context"]) <= 5:
+            raise ValueError(f"{where}: context has {len(item['context'])} sentences, not 3-5")
+        pattern = re.compile(r"(?<![\w])" + re.escape(item["answer"]) + r"(?![\w])")
+        holding = [k for k, s in enumerate(item["context"]) if pattern.search(s)]
+        if len(holding) != 1:
+            raise ValueError(f"{where}: answer {item['answer']!r} is in sentences {holding}, "
+                             "must be in exactly one")
+        if pattern.search(item["question"]):
+            raise ValueError(f"{where}: answer {item['answer']!r} appears in the question")
+        item["answer_sentence"] = holding[0]
+        items.append(item)
+    return items
+
+
+def prompt_parts(item: dict) -> list[str]:
+    """The prompt as three text items: the demonstration and "Context:", the context (item 1,
+    the units that are scored), the question and "Answer:". Each boundary is one where the
+    byte-level pre-tokenizer splits anyway, so the tokens are those of the joined text."""
+    return [DEMO + "Context:", " " + " ".join(item["context"]),
+            f"\nQuestion: {item['question']}\nAnswer:"]
+
+
+def sentence_spans(item: dict) -> list[tuple[int, int]]:
+    """[begin, end) of each sentence within the context part, its leading space included (the
+    byte-level tokens of a sentence start with that space)."""
+    spans, at = [], 0
+    for s in item["context"]:
+        spans.append((at, at + 1 + len(s)))
+        at += 1 + len(s)
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformers side.
+
+
+class QaModel:
+    """LlamaForCausalLM (eager attention, float32) and its tokenizer; the interface of
+    pipeline.HfModel that the baseline methods use (model, log_prob on input embeddings)."""
+
+    log_prob = pipeline.HfModel.log_prob
+
+    def __init__(self, model_dir: Path):
+        from tokenizers import Tokenizer
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), attn_implementation="eager", dtype=torch.float32).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.embedding = self.model.get_input_embeddings()
+
+    def encode(self, item: dict):
+        """(Encoded, [(part, begin, end) per prompt position]): every part tokenized on its
+        own, as the engine tokenizes its text items."""
+        ids, spans = [], []
+        for k, part in enumerate(prompt_parts(item)):
+            enc = self.tokenizer.encode(part, add_special_tokens=False)
+            ids += enc.ids
+            spans += [(k, b, e) for b, e in enc.offsets]
+        target_ids = self.tokenizer.encode(" " + item["answer"], add_special_tokens=False).ids
+        with torch.no_grad():
+            embeds = self.embedding(torch.tensor([ids + target_ids[:-1]])).clone()
+        return pipeline.Encoded(embeds, len(ids), target_ids, spans, -1), spans
+
+
+def locate_units(answer: dict, spans, item: dict) -> list[pipeline.Unit]:
+    """The engine's token units with their positions, context flag and ground truth."""
+    truth_span = sentence_spans(item)[item["answer_sentence"]]
+    units = []
+    for k, u in enumerate(answer["explanations"][0]["units"]):
+        if u["kind"] != "text":
+            raise ValueError(f"unexpected unit kind {u['kind']!r}")
+        b, e = u["start"], u["start"] + u["length"]
+        unit = pipeline.Unit("text", k, char_range=(b, e))
+        unit.positions = [p for p, (part, pb, pe) in enumerate(spans)
+                          if part == u["item"] and pb < e and pe > b]
+        if not unit.positions:
+            raise RuntimeError(f"unit {k} (item {u['item']}, chars {b}-{e}) has no position")
+        unit.context = u["item"] == 1
+        unit.truth = float(unit.context and b < truth_span[1] and e > truth_span[0])
+        units.append(unit)
+    return units
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", type=Path, default=Path(os.environ.get(
+        "ATMAN_SMOLLM2_HF", Path.home() / ".cache" / "atman" / "models" /
+        "smollm2-135m-instruct-f32")), help="SmolLM2 float32 HF folder (env ATMAN_SMOLLM2_HF)")
+    p.add_argument("--explain", type=Path, default=pipeline.ROOT / "build" / "tools" / "atman-explain")
+    p.add_argument("--items-file", type=Path, default=ITEMS)
+    p.add_argument("--limit", type=int, default=0, help="first N items only (0: all)")
+    p.add_argument("--start", type=int, default=0, help="skip the first N items")
+    p.add_argument("--kappa", type=float, default=0.7,
+                   help="conceptual-suppression threshold (research code: 0.6-0.75)")
+    p.add_argument("--ig-steps", type=int, default=20)
+    p.add_argument("--atman-configs", type=int, default=0,
+                   help="only the first N AtMan configurations (0: all nine; the smoke test uses 2)")
+    p.add_argument("--no-occlusion", action="store_true",
+                   help="leave out Captum occlusion (the costliest baseline)")
+    p.add_argument("--json", type=Path, help="write every figure (and per-item records) here")
+    p.add_argument("--resume", type=Path, help="a --json file of an earlier run: its items are "
+                   "kept and not recomputed")
+    p.add_argument("--write-doc", type=Path, help="replace the squad-table block of this file")
+    p.add_argument("--from-json", type=Path, nargs="+",
+                   help="compute nothing: merge the items of these --json files (runs over "
+                        "disjoint --start/--limit ranges, same methods) and print the table")
+    args = p.parse_args(argv)
+    if args.from_json:
+        return args
+    for path, what in ((args.model, "--model"), (args.explain, "--explain"),
+                       (args.items_file, "--items-file")):
+        if not path.exists():
+            p.error(f"{what} {path} does not exist")
+    return args
+
+
+def engine_methods(kappa: float) -> dict:
+    cs = {"contextual_control_threshold": kappa}
+    # Ordered by how much each answers: the default, removal, the paper's manipulation and a
+    # smaller log-additive factor first (--atman-configs N keeps the first N).
+    return {
+        "AtMan log-additive 0.1 (production default)": {},
+        "AtMan factor 0 (removal)": {"control_factor": 0.0},
+        "AtMan multiplicative 0.1 (paper's code)": {"mode": "multiplicative"},
+        "AtMan log-additive 0.01": {"control_factor": 0.01},
+        f"AtMan log-additive 0.1 + CS (kappa {kappa:g})": {**cs},
+        f"AtMan multiplicative 0.1 + CS (kappa {kappa:g})": {"mode": "multiplicative", **cs},
+        f"AtMan log-additive 0.01 + CS (kappa {kappa:g})": {"control_factor": 0.01, **cs},
+        f"AtMan factor 0 + CS (kappa {kappa:g})": {"control_factor": 0.0, **cs},
+        "AtMan multiplicative 0.01": {"mode": "multiplicative", "control_factor": 0.01},
+    }
+
+
+def request(item: dict, options: dict, rid: int) -> dict:
+    return {"id": rid, "prompt": [{"text": t} for t in prompt_parts(item)],
+            "target": " " + item["answer"], "options": {"text_granularity": "token", **options}}
+
+
+def explain_item(engine, hf, item, methods, baselines) -> dict:
+    enc, spans = hf.encode(item)
+    # All engine requests go out first; the engine (its own thread) works through them while
+    # this process computes the transformers baselines, then the answers are read in order.
+    for rid, options in enumerate(methods.values()):
+        engine.proc.stdin.write(json.dumps(request(item, options, rid)) + "\n")
+    engine.proc.stdin.flush()
+    rec = {"id": item["id"], "methods": {}}
+    with torch.no_grad():
+        lp = hf.log_prob(enc.embeds, enc)
+        logits = hf.model(inputs_embeds=enc.embeds).logits[0, enc.prompt_len - 1]
+    rec["p_answer"] = math.exp(float(lp[0]))
+    rec["greedy_first_token"] = int(logits.argmax()) == enc.target_ids[0]
+    rec["prompt_tokens"] = enc.prompt_len
+    base_results = {}
+    units = None
+    answers = []
+    # The first answer defines the units (the baselines need them), so read it before them.
+    line = engine.proc.stdout.readline()
+    answers.append(json.loads(line))
+    if "error" in answers[0]:
+        raise RuntimeError(f"atman-explain failed on {item['id']}: {answers[0]['error']}")
+    if answers[0]["prompt_tokens"] != enc.prompt_len:
+        raise RuntimeError(f"{item['id']}: engine has {answers[0]['prompt_tokens']} prompt "
+                           f"tokens, transformers {enc.prompt_len}")
+    if answers[0]["target_ids"] != enc.target_ids:
+        raise RuntimeError(f"{item['id']}: target ids differ: {answers[0]['target_ids']} "
+                           f"against {enc.target_ids}")
+    units = locate_units(answers[0], spans, item)
+    for name, fn in baselines.items():
+        rel, seconds, _ = pipeline.timed(fn, hf, enc, units)
+        base_results[name] = {"relevance": np.asarray(rel, dtype=np.float64), "seconds": seconds}
+    for _ in range(len(methods) - 1):
+        answers.append(json.loads(engine.proc.stdout.readline()))
+    for name, answer in zip(methods, answers):
+        if "error" in answer:
+            raise RuntimeError(f"{name} failed on {item['id']}: {answer['error']}")
+        if len(answer["explanations"][0]["units"]) != len(units):
+            raise RuntimeError(f"{name}: {len(answer['explanations'][0]['units'])} units, "
+                               f"expected {len(units)}")
+        rec["methods"][name] = {
+            "relevance": np.asarray(answer["unit_relevance"], dtype=np.float64).sum(0),
+            "seconds": answer["usage"]["seconds"],
+            "engine_peak": answer["usage"]["peak_memory_bytes"]}
+    rec["methods"].update(base_results)
+    context = [u for u in units if u.context]
+    idx = [u.index for u in context]
+    y = np.array([u.truth for u in context])
+    rec["context"], rec["truth"] = idx, y.tolist()
+    for name, m in rec["methods"].items():
+        x = m["relevance"][idx]
+        curve = pipeline.deletion_curve(hf, enc, context, x)
+        m.update(precision=metrics.precision(x, y), recall=metrics.recall(x, y),
+                 pointing=metrics.pointing_hit(x, y), aopc=metrics.area_over_curve(curve),
+                 curve=curve)
+        m["relevance"] = m["relevance"].tolist()
+    return rec
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.from_json:
+        return merge(args)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    pipeline.IG_STEPS = args.ig_steps
+    items = load_items(args.items_file)
+    items = items[args.start:]
+    if args.limit:
+        items = items[:args.limit]
+    done = {}
+    if args.resume and args.resume.exists():
+        done = {r["id"]: r for r in json.loads(args.resume.read_text()).get("items", [])}
+    hf = QaModel(args.model)
+    engine = pipeline.Engine(args.explain, args.model)
+    methods = engine_methods(args.kappa)
+    if args.atman_configs:
+        methods = dict(list(methods.items())[:args.atman_configs])
+    baselines = {k: v for k, v in pipeline.BASELINES.items()
+                 if not (args.no_occlusion and k.startswith("Occlusion"))}
+    baselines[RANDOM] = pipeline.random_baseline(0)
+    method_names = list(methods) + list(baselines)
+    started = time.time()
+    records = []
+    for n, item in enumerate(items):
+        if item["id"] in done and set(done[item["id"]]["methods"]) == set(method_names):
+            records.append(done[item["id"]])
+            continue
+        t0 = time.time()
+        records.append(explain_item(engine, hf, item, methods, baselines))
+        print(f"[squad] {item['id']}: {time.time() - t0:.1f}s ({n + 1}/{len(items)}, "
+              f"{(time.time() - started) / 60:.1f} min)", file=sys.stderr, flush=True)
+        if args.json:  # checkpoint after every item, so a run can be stopped and resumed
+            write_json(args, records, method_names, summarise(records, method_names))
+    engine.close()
+    summary = summarise(records, method_names)
+    table = render(summary, method_names, args, len(records))
+    print(table)
+    if args.json:
+        write_json(args, records, method_names, summary)
+    if args.write_doc:
+        write_doc(args.write_doc, table)
+    return 0
+
+
+def merge(args) -> int:
+    """The table of the items recorded in several --json files (in item-file order)."""
+    by_id, method_names, kappa, ig_steps = {}, None, None, None
+    for path in args.from_json:
+        data = json.loads(path.read_text())
+        if method_names is not None and data["methods"] != method_names:
+            raise SystemExit(f"{path}: other methods than {args.from_json[0]}")
+        method_names, kappa, ig_steps = data["methods"], data["kappa"], data["ig_steps"]
+        for rec in data["items"]:
+            by_id[rec["id"]] = rec
+    order = [it["id"] for it in load_items(args.items_file)]
+    records = [by_id[i] for i in order if i in by_id]
+    args.kappa, args.ig_steps = kappa, ig_steps
+    summary = summarise(records, method_names)
+    table = render(summary, method_names, args, len(records))
+    print(table)
+    if args.json:
+        write_json(args, records, method_names, summary)
+    if args.write_doc:
+        write_doc(args.write_doc, table)
+    return 0
+
+
+def write_doc(path: Path, table: str) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+def write_json(args, records, method_names, summary) -> None:
+    args.json.write_text(json.dumps({"model": args.model.name, "kappa": args.kappa,
+                                     "ig_steps": args.ig_steps, "methods": method_names,
+                                     "summary": summary, "items": records}))
+
+
+def summarise(records, method_names) -> dict:
+    out = {"items": len(records),
+           "median_p_answer": float(np.median([r["p_answer"] for r in records])),
+           "greedy_first_token": float(np.mean([r["greedy_first_token"] for r in records])),
+           "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
+           "mean_context_tokens": float(np.mean([len(r["context"]) for r in records])),
+           "methods": {}}
+    for name in method_names:
+        ms = [r["methods"][name] for r in records]
+        correct = [r["methods"][name] for r in records if r["greedy_first_token"]]
+        per = {
+            "mAP": 100 * float(np.mean([m["precision"] for m in ms])),
+            "mAR": 100 * float(np.mean([m["recall"] for m in ms])),
+            "mAP_correct": (100 * float(np.mean([m["precision"] for m in correct]))
+                            if correct else None),
+            "pointing": 100 * float(np.mean([m["pointing"] for m in ms])),
+            "aopc": float(np.mean([m["aopc"] for m in ms])),
+            "s": float(np.mean([m["seconds"] for m in ms])),
+        }
+        if "engine_peak" in ms[0]:
+            per["engine_peak_mb"] = max(m["engine_peak"] for m in ms) / 2**20
+        out["methods"][name] = per
+    truth_share = [float(np.mean(r["truth"])) for r in records]
+    out["truth_share"] = float(np.mean(truth_share))
+    return out
+
+
+def render(summary, method_names, args, n_items) -> str:
+    lines = [
+        f"Model `{args.model.name}`, {n_items} QA items "
+        f"(`{args.items_file.name}`), token units; mean {summary['mean_prompt_tokens']:.1f} "
+        f"prompt tokens of which {summary['mean_context_tokens']:.1f} context tokens; the "
+        f"answering sentence holds {100 * summary['truth_share']:.1f}% of the context tokens "
+        f"(the mAP of a uniform map). Median p(answer) {summary['median_p_answer']:.3f}; "
+        f"greedy first answer token right on {100 * summary['greedy_first_token']:.1f}% of "
+        f"items. Conceptual suppression kappa {args.kappa:g}; IG {args.ig_steps} steps.",
+        "",
+        "| method | mAP | mAR | mAP (first token greedy-right) | pointing | deletion AOPC "
+        "| s / explanation |",
+        "|---|---|---|---|---|---|---|"]
+    for name in method_names:
+        a = summary["methods"][name]
+        mc = "n/a" if a["mAP_correct"] is None else f"{a['mAP_correct']:.1f}"
+        lines.append(f"| {name} | {a['mAP']:.1f} | {a['mAR']:.1f} | {mc} | {a['pointing']:.1f} "
+                     f"| {a['aopc']:.3f} | {a['s']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

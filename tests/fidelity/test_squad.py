@@ -1,0 +1,150 @@
+"""Smoke test of the SQuAD-protocol fidelity benchmark on SmolLM2 (bench/fidelity/squad.py,
+docs/fidelity.md "SQuAD protocol on SmolLM2").
+
+- The committed QA items are valid (3-5 sentences, the answer in exactly one sentence, not in
+  the question), and malformed items are refused with a message naming the item.
+- Tokenizing the prompt's three parts on their own gives the tokens of the joined prompt (so
+  the engine, which tokenizes its text items separately, sees the model's natural tokens).
+- atman-explain's token-unit scores on SmolLM2 equal transformers' with each unit's key column
+  biased by log 0.1 (every unit of one item).
+- squad.py end to end on one item, two AtMan configurations: every recorded precision
+  recomputes from the recorded relevance and truth; the truth is the answering sentence.
+
+Environment: ATMAN_EXPLAIN (the binary) and ATMAN_SMOLLM2_HF (the float32 SmolLM2 folder that
+scripts/setup.sh writes; default as in scripts/common.sh). A missing model or binary fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SOURCE = Path(os.environ.get("ATMAN_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(SOURCE / "bench" / "fidelity"))
+import metrics  # noqa: E402
+import squad  # noqa: E402
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atman"
+MODEL = Path(os.environ.get("ATMAN_SMOLLM2_HF", CACHE / "models" / "smollm2-135m-instruct-f32"))
+EXPLAIN = Path(os.environ.get("ATMAN_EXPLAIN", SOURCE / "build" / "tools" / "atman-explain"))
+
+
+def test_inputs_exist():
+    assert (MODEL / "config.json").is_file(), f"no SmolLM2 folder at {MODEL} (ATMAN_SMOLLM2_HF)"
+    assert EXPLAIN.is_file(), f"no atman-explain at {EXPLAIN} (ATMAN_EXPLAIN)"
+
+
+def test_items_are_valid():
+    items = squad.load_items(squad.ITEMS)
+    assert len(items) >= 150
+    assert len({it["id"] for it in items}) == len(items)
+    for it in items:
+        s = it["context"][it["answer_sentence"]]
+        assert it["answer"] in s
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"id": "x", "context": ["A is red.", "B is red.", "C is blue."], "question": "Q?",
+      "answer": "red"}, "x): answer 'red' is in sentences [0, 1], must be in exactly one"),
+    ({"id": "y", "context": ["A is red.", "B is green.", "C is blue."], "question": "Is A red?",
+      "answer": "red"}, "y): answer 'red' appears in the question"),
+    ({"id": "z", "context": ["A is red.", "B is green."], "question": "Q?", "answer": "red"},
+     "z): context has 2 sentences, not 3-5"),
+    ({"id": "w", "context": ["A is red.", "B is green.", "C is blue."], "question": "Q?"},
+     "w): missing key 'answer'"),
+    # "red" inside "reddish" is not the answer as a whole word
+    ({"id": "v", "context": ["A is reddish.", "B is green.", "C is blue."], "question": "Q?",
+      "answer": "red"}, "v): answer 'red' is in sentences [], must be in exactly one"),
+])
+def test_bad_items_are_refused(tmp_path, item, message):
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps(item) + "\n")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        squad.load_items(path)
+
+
+def test_parts_tokenize_like_the_joined_prompt():
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    for it in squad.load_items(squad.ITEMS):
+        parts = squad.prompt_parts(it)
+        joined = tok.encode("".join(parts), add_special_tokens=False).ids
+        split = [t for p in parts for t in tok.encode(p, add_special_tokens=False).ids]
+        assert split == joined, it["id"]
+
+
+def explain(requests):
+    proc = subprocess.run([str(EXPLAIN), "--model", str(MODEL)],
+                          input="".join(json.dumps(r) + "\n" for r in requests),
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def hf():
+    torch.set_num_threads(1)
+    return squad.QaModel(MODEL)
+
+
+def test_engine_equals_transformers_on_smollm2(hf):
+    """R_k = log p(target) - log p(target | unit k's key column + log 0.1) on transformers."""
+    item = squad.load_items(squad.ITEMS)[0]
+    answer = explain([squad.request(item, {}, 0)])[0]
+    enc, spans = hf.encode(item)
+    assert answer["prompt_tokens"] == enc.prompt_len
+    assert answer["target_ids"] == enc.target_ids
+    units = squad.locate_units(answer, spans, item)
+    assert all(len(u.positions) == 1 for u in units)  # token units
+    n = enc.embeds.shape[1]
+    low = torch.finfo(torch.float32).min
+    causal = torch.full((n, n), low).triu(1)
+    reference = []
+    with torch.no_grad():
+        base = hf.log_prob(enc.embeds, enc)
+        for chunk in range(0, len(units), 16):
+            masks = []
+            for u in units[chunk:chunk + 16]:
+                m = causal.clone()
+                m[:, u.positions] += math.log(0.1)
+                masks.append(m.clamp(min=low))
+            masks = torch.stack(masks)[:, None]
+            perturbed = hf.log_prob(enc.embeds.expand(masks.shape[0], -1, -1), enc,
+                                    attention_mask=masks)
+            reference += (base - perturbed).double().tolist()
+    reference = np.array(reference)
+    ours = np.array(answer["unit_relevance"]).sum(0)
+    assert np.abs(ours - reference).max() <= 1e-3 * np.abs(reference).max() + 1e-4
+
+
+def test_squad_end_to_end(tmp_path):
+    out, doc = tmp_path / "squad.json", tmp_path / "doc.md"
+    doc.write_text(f"intro\n{squad.BEGIN}\nold\n{squad.END}\noutro\n")
+    assert squad.main(["--model", str(MODEL), "--explain", str(EXPLAIN), "--limit", "1",
+                       "--atman-configs", "2", "--ig-steps", "2", "--no-occlusion",
+                       "--json", str(out), "--write-doc", str(doc)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["items"]) == 1
+    rec = result["items"][0]
+    item = squad.load_items(squad.ITEMS)[0]
+    # truth: the context tokens of the answering sentence, and only those
+    assert 0 < sum(rec["truth"]) < len(rec["truth"])
+    assert len(result["methods"]) == 2 + 6  # default and removal AtMan, IG, IxG, Saliency, rollout, Chefer, random
+    for name, m in rec["methods"].items():
+        x = np.array(m["relevance"])[rec["context"]]
+        assert metrics.precision(x, rec["truth"]) == pytest.approx(m["precision"]), name
+        assert len(m["curve"]) == 11
+    assert item["id"] == rec["id"]
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
+    assert "| AtMan log-additive 0.1 (production default) |" in text
