@@ -451,7 +451,11 @@ def screenshot(html, out):
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
          "--force-device-scale-factor=1", "--force-color-profile=srgb", "--window-size=1000,1600",
          "--enable-logging=stderr", "--v=0", f"--user-data-dir={out.parent / 'chromium'}",
-         f"--screenshot={out}", html.as_uri()],
+         # The notebook view is an iframe whose document loads after the host page: the
+         # screenshot waits until the page and its frames have nothing left to do (virtual
+         # time), not for the host page's load event alone, which on a loaded machine came
+         # before the frame was painted.
+         "--virtual-time-budget=30000", f"--screenshot={out}", html.as_uri()],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and out.exists(), proc.stderr
     return "\n".join(line for line in proc.stderr.splitlines() if ":CONSOLE" in line)
