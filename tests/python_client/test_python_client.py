@@ -444,7 +444,20 @@ def test_bad_values_raise_before_the_call_naming_the_field(tmp_path):
 
 
 def screenshot(html, out):
-    """Headless Chromium's screenshot of `html`; returns its console lines."""
+    """Headless Chromium's screenshot of `html`; returns its console lines.
+
+    On a loaded machine headless Chromium now and then captures before anything is painted: an
+    all-white image, no iframe border even. Such a capture is taken again (3 tries); a page
+    that really renders blank stays blank and fails the caller's checks."""
+    for attempt in range(3):
+        console = _screenshot_once(html, out)
+        pixels = np.asarray(Image.open(out).convert("RGB"))
+        if (pixels != pixels[0, 0]).any():
+            break
+    return console
+
+
+def _screenshot_once(html, out):
     chromium = shutil.which("chromium")
     assert chromium, "chromium is not installed (scripts/apt-packages.txt)"
     proc = subprocess.run(
