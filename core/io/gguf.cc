@@ -489,7 +489,9 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::filesystem::
 
   const uint64_t end = in.pos();
   const uint64_t padded = (end + file->alignment_ - 1) / file->alignment_ * file->alignment_;
-  file->data_start_ = padded;
+  // A file without tensors may end before its padding (nothing is read from its data
+  // section); the data section never starts past the end of the file.
+  file->data_start_ = std::min<uint64_t>(padded, bytes.size());
   const uint64_t data_size = padded <= bytes.size() ? bytes.size() - padded : 0;
   for (const GgufTensor& t : file->tensors_) {
     if (padded > bytes.size() || t.offset > data_size || t.size > data_size - t.offset) {
