@@ -1,11 +1,12 @@
 // A decoder-only transformer loaded from a Hugging Face checkpoint folder, with AtMan's
 // attention manipulation built in.
 //
-// CausalLM::Load() reads config.json (ParseModelConfig: the architecture registry keyed by
-// model_type / architectures), checks every tensor the config implies against the
-// checkpoint, and moves the weights to the requested device and dtype. Families: llama,
-// mistral and qwen2 (one implementation with switches), gpt2, gpt_neox; the weights of all of
-// them are held in one layout (fused q/k/v, fused gate/up) and run by one block function.
+// CausalLM::Load() reads config.json (ParseModelConfig, through the family registry of
+// family_registry.h keyed by model_type / architectures), checks every tensor the config
+// implies against the checkpoint, and moves the weights to the requested device and dtype.
+// Families: llama, mistral and qwen2 (one implementation with switches), gpt2, gpt_neox; the
+// weights of all of them are held in one layout (fused q/k/v, fused gate/up) and run by one
+// block function.
 //
 // Embed() and Forward() are separate so that callers can edit input embeddings (image
 // embeddings at image positions, cosine similarities between input embeddings) and continue

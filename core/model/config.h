@@ -1,12 +1,12 @@
 // The architecture of a decoder-only transformer, read from a Hugging Face config.json.
 //
-// Every supported family (llama, mistral, qwen2, gpt2, gpt_neox) is described by the same
-// switches: how positions enter (rotary or learned), which norm, which MLP, whether the
-// residual is parallel, which projections carry a bias, tied embeddings, sliding windows.
-// ParseModelConfig() is the architecture registry: it maps config.json's `model_type` (or,
-// when absent, `architectures[0]`) to a family and reads that family's field names, old and
-// new spellings alike (`rope_scaling`/`rope_theta` and transformers 5's `rope_parameters`).
-// Errors name the field and the limit it breaks.
+// Every supported family (family_registry.h: llama, mistral, qwen2, gpt2, gpt_neox) is
+// described by the same switches: how positions enter (rotary or learned), which norm, which
+// MLP, whether the residual is parallel, which projections carry a bias, tied embeddings,
+// sliding windows. ParseModelConfig() maps config.json's `model_type` (or, when absent,
+// `architectures[0]`) to its family in the registry, which reads that family's field names,
+// old and new spellings alike (`rope_scaling`/`rope_theta` and transformers 5's
+// `rope_parameters`). Errors name the field and the limit it breaks.
 //
 // A plain value type; thread-compatible.
 #pragma once
@@ -20,7 +20,6 @@
 
 namespace atman::model {
 
-enum class Family { kLlama, kGpt2, kGptNeox };
 enum class NormKind { kRms, kLayer };
 enum class Activation { kSilu, kGelu, kGeluTanh, kRelu };
 enum class RopeScaling { kNone, kLinear, kLlama3 };
@@ -35,8 +34,7 @@ struct RopeConfig {
 };
 
 struct ModelConfig {
-  Family family = Family::kLlama;
-  std::string model_type;  // as in config.json, e.g. "mistral"
+  std::string model_type;  // as in config.json, e.g. "mistral"; keys the family registry
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t num_layers = 0;
@@ -64,7 +62,7 @@ struct ModelConfig {
   std::vector<double> attention_scale;
 };
 
-// The model types ParseModelConfig() accepts, sorted.
+// The model types ParseModelConfig() accepts (those of every registered family), sorted.
 const std::vector<std::string>& SupportedModelTypes();
 
 // Reads a config.json object. UNIMPLEMENTED for an unknown model_type or an unsupported

@@ -1,6 +1,6 @@
-// Internal to core/model: reads each family's checkpoint tensors (their Hugging Face names
-// and layouts) into CausalLM's common weight layout, checking every shape against the
-// config and that no checkpoint tensor is left unexplained.
+// Internal to core/model: reads a checkpoint's tensors into CausalLM's common weight layout
+// with the loader of config.model_type's family (family_registry.h), checking every shape
+// against the config and that no checkpoint tensor is left unexplained.
 //
 // Stateless; safe from any thread.
 #pragma once

@@ -1,0 +1,147 @@
+// The llama family: transformers' LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM
+// (one implementation with switches): RMSNorm, rotary positions (default, linear, llama3
+// scaling), grouped-query attention, gated MLP; mistral's sliding window on every layer,
+// qwen2's q/k/v biases and per-layer `layer_types`.
+#include <ATen/ops/cat.h>
+
+#include <cmath>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
+#include "core/model/families/family_support.h"
+
+namespace atman::model {
+namespace {
+
+using nlohmann::json;
+
+absl::Status ParseLlama(const json& c, ModelConfig& m) {
+  ATMAN_ASSIGN_OR_RETURN(m.vocab_size, PositiveIntField(c, "vocab_size"));
+  ATMAN_ASSIGN_OR_RETURN(m.hidden_size, PositiveIntField(c, "hidden_size"));
+  ATMAN_ASSIGN_OR_RETURN(m.num_layers, PositiveIntField(c, "num_hidden_layers"));
+  ATMAN_ASSIGN_OR_RETURN(m.num_heads, PositiveIntField(c, "num_attention_heads"));
+  ATMAN_ASSIGN_OR_RETURN(m.num_kv_heads, PositiveIntField(c, "num_key_value_heads", m.num_heads));
+  ATMAN_ASSIGN_OR_RETURN(m.head_dim, PositiveIntField(c, "head_dim", m.hidden_size / m.num_heads));
+  ATMAN_ASSIGN_OR_RETURN(m.intermediate_size, PositiveIntField(c, "intermediate_size"));
+  ATMAN_ASSIGN_OR_RETURN(m.max_positions, IntField(c, "max_position_embeddings", 0));
+  ATMAN_ASSIGN_OR_RETURN(m.norm_eps, DoubleField(c, "rms_norm_eps", 1e-6));
+  ATMAN_ASSIGN_OR_RETURN(std::string act, StringField(c, "hidden_act", "silu"));
+  ATMAN_ASSIGN_OR_RETURN(m.activation, ParseActivation(act, "hidden_act"));
+  m.norm = NormKind::kRms;
+  m.gated_mlp = true;
+  ATMAN_ASSIGN_OR_RETURN(m.tied_embeddings,
+                         BoolField(c, "tie_word_embeddings", false));
+  if (m.model_type == "qwen2") {
+    m.qkv_bias = true;  // Qwen2Attention: q/k/v with bias, o without
+    m.o_bias = false;
+  } else {
+    ATMAN_ASSIGN_OR_RETURN(m.qkv_bias, BoolField(c, "attention_bias", false));
+    m.o_bias = m.qkv_bias;
+    ATMAN_ASSIGN_OR_RETURN(m.mlp_bias, BoolField(c, "mlp_bias", false));
+  }
+  ATMAN_ASSIGN_OR_RETURN(int64_t pretraining_tp, IntField(c, "pretraining_tp", 1));
+  (void)pretraining_tp;  // only changes how transformers splits matmuls in training
+  ATMAN_ASSIGN_OR_RETURN(m.rope, ParseRope(c, m.head_dim, 1.0));
+
+  // Sliding windows: mistral applies `sliding_window` to every layer; qwen2 names each layer's
+  // kind in `layer_types` ("full_attention" / "sliding_attention").
+  ATMAN_ASSIGN_OR_RETURN(int64_t window, IntField(c, "sliding_window", 0));
+  m.sliding_window.assign(m.num_layers, 0);
+  if (const json* types = Field(c, "layer_types"); types != nullptr) {
+    if (!types->is_array() || static_cast<int64_t>(types->size()) != m.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: 'layer_types' must list one type per layer (num_hidden_layers = ",
+          m.num_layers, ")"));
+    }
+    for (int64_t i = 0; i < m.num_layers; ++i) {
+      const json& t = (*types)[i];
+      if (t == "sliding_attention") {
+        if (window <= 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "config.json: layer_types[", i, "] is sliding_attention but sliding_window is unset"));
+        }
+        m.sliding_window[i] = window;
+      } else if (t != "full_attention") {
+        return absl::UnimplementedError(
+            absl::StrCat("config.json: layer_types[", i, "] = ", t.dump(), " is not supported"));
+      }
+    }
+  } else if (m.model_type == "mistral" && window > 0) {
+    m.sliding_window.assign(m.num_layers, window);
+  } else if (m.model_type == "qwen2") {
+    ATMAN_ASSIGN_OR_RETURN(bool use_sliding, BoolField(c, "use_sliding_window", false));
+    if (use_sliding) {
+      return absl::UnimplementedError(
+          "config.json: qwen2 use_sliding_window without layer_types is not supported");
+    }
+  }
+  m.attention_scale.assign(m.num_layers, 1.0 / std::sqrt(static_cast<double>(m.head_dim)));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CausalLM::Weights> LoadLlama(WeightReader& r, const ModelConfig& c) {
+  const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t Hq = c.num_heads, Hkv = c.num_kv_heads;
+  CausalLM::Weights w;
+  ATMAN_ASSIGN_OR_RETURN(w.embed, r.Take("model.embed_tokens.weight", {V, H}, "vocab_size, hidden_size"));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    CausalLM::Layer layer;
+    ATMAN_ASSIGN_OR_RETURN(layer.attn_norm.weight, r.Take(p + "input_layernorm.weight", {H}, "hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.mlp_norm.weight, r.Take(p + "post_attention_layernorm.weight", {H}, "hidden_size"));
+    const char* q_why = "num_attention_heads * head_dim, hidden_size";
+    const char* kv_why = "num_key_value_heads * head_dim, hidden_size";
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor q, r.Take(p + "self_attn.q_proj.weight", {Hq * D, H}, q_why));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor k, r.Take(p + "self_attn.k_proj.weight", {Hkv * D, H}, kv_why));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor v, r.Take(p + "self_attn.v_proj.weight", {Hkv * D, H}, kv_why));
+    layer.qkv_w = at::cat({q, k, v}, 0);
+    if (c.qkv_bias) {
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor qb, r.Take(p + "self_attn.q_proj.bias", {Hq * D}, "num_attention_heads * head_dim"));
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor kb, r.Take(p + "self_attn.k_proj.bias", {Hkv * D}, "num_key_value_heads * head_dim"));
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor vb, r.Take(p + "self_attn.v_proj.bias", {Hkv * D}, "num_key_value_heads * head_dim"));
+      layer.qkv_b = at::cat({qb, kb, vb}, 0);
+    }
+    ATMAN_ASSIGN_OR_RETURN(layer.o_w, r.Take(p + "self_attn.o_proj.weight", {H, Hq * D}, "hidden_size, num_attention_heads * head_dim"));
+    if (c.o_bias) {
+      ATMAN_ASSIGN_OR_RETURN(layer.o_b, r.Take(p + "self_attn.o_proj.bias", {H}, "hidden_size"));
+    }
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor gate, r.Take(p + "mlp.gate_proj.weight", {I, H}, "intermediate_size, hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor up, r.Take(p + "mlp.up_proj.weight", {I, H}, "intermediate_size, hidden_size"));
+    layer.up_w = at::cat({gate, up}, 0);
+    ATMAN_ASSIGN_OR_RETURN(layer.down_w, r.Take(p + "mlp.down_proj.weight", {H, I}, "hidden_size, intermediate_size"));
+    if (c.mlp_bias) {
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor gb, r.Take(p + "mlp.gate_proj.bias", {I}, "intermediate_size"));
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor ub, r.Take(p + "mlp.up_proj.bias", {I}, "intermediate_size"));
+      layer.up_b = at::cat({gb, ub}, 0);
+      ATMAN_ASSIGN_OR_RETURN(layer.down_b, r.Take(p + "mlp.down_proj.bias", {H}, "hidden_size"));
+    }
+    w.layers.push_back(std::move(layer));
+  }
+  ATMAN_ASSIGN_OR_RETURN(w.final_norm.weight, r.Take("model.norm.weight", {H}, "hidden_size"));
+  if (c.tied_embeddings) {
+    r.Skip("lm_head.weight");
+    w.lm_head = w.embed;
+  } else {
+    ATMAN_ASSIGN_OR_RETURN(w.lm_head, r.Take("lm_head.weight", {V, H}, "vocab_size, hidden_size; tie_word_embeddings = false"));
+  }
+  return w;
+}
+
+}  // namespace
+
+const TextFamily& LlamaFamily() {
+  static const TextFamily kFamily{
+      .name = "llama",
+      .model_types = {{"llama", "LlamaForCausalLM"},
+                      {"mistral", "MistralForCausalLM"},
+                      {"qwen2", "Qwen2ForCausalLM"}},
+      .parse_config = ParseLlama,
+      .load_weights = LoadLlama,
+      .ignored_suffixes = {".rotary_emb.inv_freq"},
+  };
+  return kFamily;
+}
+
+}  // namespace atman::model
