@@ -81,7 +81,7 @@ struct Args {
 struct Loaded {
   std::unique_ptr<atman::model::CausalLM> lm;
   std::unique_ptr<atman::model::VisionLanguageModel> vlm;
-  std::optional<atman::vision::ClipImageProcessor> processor;
+  std::unique_ptr<atman::vision::ImageProcessor> processor;
   std::unique_ptr<atman::text::Tokenizer> tokenizer;
   const atman::model::CausalLM* decoder = nullptr;  // lm, or vlm's language model
   int64_t weight_bytes = 0;

@@ -307,7 +307,7 @@ int Run(int argc, char** argv) {
             absl::StrCat("--model: ", processor.status().message()));
         return 1;
       }
-      engine->image_processor = std::make_unique<vision::ClipImageProcessor>(*std::move(processor));
+      engine->image_processor = *std::move(processor);
       engine->lm = &(*vlm)->language_model();
       engine->explainer = std::make_unique<atman::Explainer>(
           vlm->get(), engine->image_processor.get(), tokenizer.get(), engine_options);

@@ -83,7 +83,7 @@ struct DeviceEngine {
   const model::CausalLM* lm = nullptr;
   // Vision-language models: the image processor the explainer borrows (from the model folder's
   // preprocessor_config.json).
-  std::unique_ptr<vision::ClipImageProcessor> image_processor;
+  std::unique_ptr<vision::ImageProcessor> image_processor;
   std::unique_ptr<atman::Explainer> explainer;
 };
 

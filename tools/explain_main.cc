@@ -142,7 +142,7 @@ std::optional<Args> ParseArgs(int argc, char** argv) {
 struct Loaded {
   std::unique_ptr<model::CausalLM> lm;
   std::unique_ptr<model::VisionLanguageModel> vlm;
-  std::optional<vision::ClipImageProcessor> processor;
+  std::unique_ptr<vision::ImageProcessor> processor;
   std::unique_ptr<text::Tokenizer> tokenizer;
 };
 

@@ -60,7 +60,7 @@ struct Explainer::Sequence {
 };
 
 Explainer::Explainer(const model::VisionLanguageModel* vlm,
-                     const vision::ClipImageProcessor* processor, const text::Tokenizer* tokenizer,
+                     const vision::ImageProcessor* processor, const text::Tokenizer* tokenizer,
                      Options options)
     : Explainer(&vlm->language_model(), tokenizer, options) {
   vlm_ = vlm;

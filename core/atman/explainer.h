@@ -38,8 +38,8 @@
 #include "core/runtime/kv_prefix_cache.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
-#include "core/vision/clip_image_processor.h"
 #include "core/vision/decode.h"
+#include "core/vision/image_processor.h"
 
 namespace atman::atman {
 
@@ -84,7 +84,7 @@ class Explainer {
   Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options);
   // A vision-language model and its image processor (model::LoadImageProcessor); image items
   // become the model's image tokens, and their tiles become units.
-  Explainer(const model::VisionLanguageModel* vlm, const vision::ClipImageProcessor* processor,
+  Explainer(const model::VisionLanguageModel* vlm, const vision::ImageProcessor* processor,
             const text::Tokenizer* tokenizer, Options options);
 
   // Measures what scoring batches add on the device and fits the batch limits' memory model
@@ -154,7 +154,7 @@ class Explainer {
 
   const model::CausalLM* lm_;
   const model::VisionLanguageModel* vlm_ = nullptr;        // null for text-only models
-  const vision::ClipImageProcessor* processor_ = nullptr;  // with vlm_
+  const vision::ImageProcessor* processor_ = nullptr;      // with vlm_
   const text::Tokenizer* tokenizer_;
   Options options_;
   runtime::BatchCostModel batch_cost_;

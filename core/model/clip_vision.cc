@@ -3,13 +3,9 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/conv2d.h>
-#include <ATen/ops/gelu.h>
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
-#include <ATen/ops/relu.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
-#include <ATen/ops/sigmoid.h>
-#include <ATen/ops/silu.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -21,6 +17,8 @@
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
+#include "core/model/vision_tower_registry.h"
+#include "core/vision/clip_image_processor.h"
 
 namespace atman::model {
 namespace {
@@ -141,35 +139,40 @@ absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(PrefixedReader& r,
   return w;
 }
 
+VisionTowerSpec SpecOf(const ClipVisionConfig& c) {
+  return VisionTowerSpec{.model_type = "clip_vision_model",
+                         .hidden_size = c.hidden_size,
+                         .num_layers = c.num_layers,
+                         .image_size = c.image_size,
+                         .patch_size = c.patch_size,
+                         .class_tokens = 1};
+}
+
+absl::StatusOr<VisionTowerSpec> ParseSpec(const Json& vision_config) {
+  ATMAN_ASSIGN_OR_RETURN(ClipVisionConfig config, ParseClipVisionConfig(vision_config));
+  return SpecOf(config);
+}
+
+absl::StatusOr<std::unique_ptr<VisionTower>> LoadTower(const io::Checkpoint& checkpoint,
+                                                       const Json& vision_config,
+                                                       const std::string& prefix,
+                                                       c10::Device device,
+                                                       c10::ScalarType dtype) {
+  ATMAN_ASSIGN_OR_RETURN(ClipVisionConfig config, ParseClipVisionConfig(vision_config));
+  ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<ClipVisionTower> tower,
+                         ClipVisionTower::Load(checkpoint, config, prefix, device, dtype));
+  return std::unique_ptr<VisionTower>(std::move(tower));
+}
+
+absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> LoadProcessor(
+    const std::filesystem::path& path, const VisionTowerSpec& spec) {
+  ATMAN_ASSIGN_OR_RETURN(vision::ClipImageProcessor processor,
+                         vision::ClipImageProcessor::FromFile(path, spec.patch_size));
+  return std::unique_ptr<vision::ImageProcessor>(
+      std::make_unique<vision::ClipImageProcessor>(std::move(processor)));
+}
+
 }  // namespace
-
-absl::StatusOr<VisionActivation> ParseVisionActivation(std::string_view name,
-                                                       std::string_view field) {
-  if (name == "quick_gelu") return VisionActivation::kQuickGelu;
-  if (name == "gelu") return VisionActivation::kGelu;
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return VisionActivation::kGeluTanh;
-  if (name == "relu") return VisionActivation::kRelu;
-  if (name == "silu" || name == "swish") return VisionActivation::kSilu;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "config.json: ", ToAbsl(field), " '", ToAbsl(name),
-      "' is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"));
-}
-
-at::Tensor ApplyVisionActivation(VisionActivation activation, const at::Tensor& x) {
-  switch (activation) {
-    case VisionActivation::kQuickGelu:
-      return x * at::sigmoid(x * 1.702);
-    case VisionActivation::kGelu:
-      return at::gelu(x);
-    case VisionActivation::kGeluTanh:
-      return at::gelu(x, "tanh");
-    case VisionActivation::kRelu:
-      return at::relu(x);
-    case VisionActivation::kSilu:
-      return at::silu(x);
-  }
-  return x;
-}
 
 absl::StatusOr<ClipVisionConfig> ParseClipVisionConfig(const Json& v) {
   if (!v.is_object()) {
@@ -214,28 +217,14 @@ absl::StatusOr<ClipVisionConfig> ParseClipVisionConfig(const Json& v) {
   return c;
 }
 
-absl::StatusOr<at::Tensor> LoadCheckedTensor(const io::Checkpoint& checkpoint,
-                                             const std::string& name,
-                                             const std::vector<int64_t>& shape,
-                                             std::string_view why, c10::Device device,
-                                             c10::ScalarType dtype) {
-  if (!checkpoint.Has(name)) {
-    return absl::NotFoundError(absl::StrCat(checkpoint.dir().string(), ": missing tensor '", name,
-                                            "' (expected shape ", ShapeString(shape),
-                                            " from config.json ", ToAbsl(why), ")"));
-  }
-  ATMAN_ASSIGN_OR_RETURN(const io::TensorEntry* entry, checkpoint.Entry(name));
-  if (entry->shape != shape) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        checkpoint.dir().string(), ": tensor '", name, "' has shape ", ShapeString(entry->shape),
-        " but config.json (", ToAbsl(why), ") implies ", ShapeString(shape)));
-  }
-  if (!at::isFloatingType(entry->dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(checkpoint.dir().string(), ": tensor '", name,
-                                                   "' is ", entry->dtype_name,
-                                                   ", not a floating-point type"));
-  }
-  return checkpoint.Load(name, device, dtype);
+const VisionTowerFamily& ClipVisionTowerFamily() {
+  static const VisionTowerFamily kFamily{
+      .model_type = "clip_vision_model",
+      .parse_config = ParseSpec,
+      .load = LoadTower,
+      .load_processor = LoadProcessor,
+  };
+  return kFamily;
 }
 
 absl::StatusOr<std::unique_ptr<ClipVisionTower>> ClipVisionTower::Load(
@@ -245,7 +234,7 @@ absl::StatusOr<std::unique_ptr<ClipVisionTower>> ClipVisionTower::Load(
   try {
     ATMAN_ASSIGN_OR_RETURN(Weights weights, LoadTowerWeights(reader, config));
     return std::unique_ptr<ClipVisionTower>(
-        new ClipVisionTower(config, std::move(weights), device, dtype));
+        new ClipVisionTower(config, SpecOf(config), std::move(weights), device, dtype));
   } catch (const std::exception& e) {
     return StatusFromException(
         e, absl::StrCat("loading the vision tower of ", checkpoint.dir().string()));

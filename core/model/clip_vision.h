@@ -16,6 +16,10 @@
 // Hidden-state indices follow transformers: 0 is the embeddings output, l the output of
 // encoder layer l, negative indices count from the end (-1 = L, LLaVA's default -2 = L - 1).
 //
+// It is the VisionTower of vision_config.model_type "clip_vision_model" (vision_tower.h), and
+// its registry entry (ClipVisionTowerFamily, vision_tower_registry.h) pairs it with
+// vision::ClipImageProcessor.
+//
 // Ownership: a ClipVisionTower owns its weights (on its device). Thread safety: immutable after
 // Load(); HiddenStates() is const and may run concurrently from many threads.
 #pragma once
@@ -33,22 +37,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/model/vision_tower.h"
 
 namespace atman::io {
 class Checkpoint;
 }  // namespace atman::io
 
 namespace atman::model {
-
-// Activations of the vision tower and of LLaVA's projector, by their transformers names:
-// quick_gelu (x * sigmoid(1.702 x)), gelu (exact, erf), gelu_new / gelu_pytorch_tanh (tanh
-// approximation), relu, silu.
-enum class VisionActivation { kQuickGelu, kGelu, kGeluTanh, kRelu, kSilu };
-
-// INVALID_ARGUMENT naming `field` for an unknown name.
-absl::StatusOr<VisionActivation> ParseVisionActivation(std::string_view name,
-                                                       std::string_view field);
-at::Tensor ApplyVisionActivation(VisionActivation activation, const at::Tensor& x);
 
 struct ClipVisionConfig {
   int64_t hidden_size = 768;
@@ -71,16 +66,11 @@ struct ClipVisionConfig {
 // UNIMPLEMENTED for another model_type; INVALID_ARGUMENT naming the field otherwise.
 absl::StatusOr<ClipVisionConfig> ParseClipVisionConfig(const nlohmann::json& vision_config);
 
-// Reads one tensor of `checkpoint` onto `device` in `dtype`, checking that it exists
-// (NOT_FOUND) and has `shape` (INVALID_ARGUMENT); `why` names the config fields the shape
-// comes from. Shared by the vision tower and LLaVA's projector.
-absl::StatusOr<at::Tensor> LoadCheckedTensor(const io::Checkpoint& checkpoint,
-                                             const std::string& name,
-                                             const std::vector<int64_t>& shape,
-                                             std::string_view why, c10::Device device,
-                                             c10::ScalarType dtype);
+// The registry entry of "clip_vision_model" (vision_tower_registry.h).
+struct VisionTowerFamily;
+const VisionTowerFamily& ClipVisionTowerFamily();
 
-class ClipVisionTower {
+class ClipVisionTower : public VisionTower {
  public:
   // Reads the tower's tensors, all named `prefix` + transformers' names inside
   // CLIPVisionModel's vision part ("embeddings.patch_embedding.weight",
@@ -97,13 +87,14 @@ class ClipVisionTower {
   ClipVisionTower& operator=(const ClipVisionTower&) = delete;
 
   const ClipVisionConfig& config() const { return config_; }
+  const VisionTowerSpec& spec() const override { return spec_; }
 
   // pixel_values [N, C, S, S] (any floating dtype or device; S = image_size) -> for each of
   // `layers` (hidden-state indices in [-(L + 1), L]), that hidden state [N, 1 + G*G, H] in the
   // model dtype, on its device. Runs the encoder only as deep as the deepest requested layer.
   // INVALID_ARGUMENT names the input shape or the layer index that does not fit.
-  absl::StatusOr<std::vector<at::Tensor>> HiddenStates(const at::Tensor& pixel_values,
-                                                       std::span<const int64_t> layers) const;
+  absl::StatusOr<std::vector<at::Tensor>> HiddenStates(
+      const at::Tensor& pixel_values, std::span<const int64_t> layers) const override;
 
   struct Norm {
     at::Tensor weight, bias;  // [H]
@@ -124,14 +115,19 @@ class ClipVisionTower {
   };
 
  private:
-  ClipVisionTower(ClipVisionConfig config, Weights weights, c10::Device device,
-                  c10::ScalarType dtype)
-      : config_(config), weights_(std::move(weights)), device_(device), dtype_(dtype) {}
+  ClipVisionTower(ClipVisionConfig config, VisionTowerSpec spec, Weights weights,
+                  c10::Device device, c10::ScalarType dtype)
+      : config_(config),
+        spec_(std::move(spec)),
+        weights_(std::move(weights)),
+        device_(device),
+        dtype_(dtype) {}
 
   at::Tensor RunEmbeddings(const at::Tensor& pixel_values) const;
   at::Tensor RunLayer(const at::Tensor& x, const Layer& layer) const;
 
   ClipVisionConfig config_;
+  VisionTowerSpec spec_;
   Weights weights_;
   c10::Device device_;
   c10::ScalarType dtype_;

@@ -7,6 +7,7 @@
 #include <ATen/ops/where.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 
@@ -17,6 +18,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/vision_tower_registry.h"
 
 namespace atman::model {
 namespace {
@@ -62,10 +64,13 @@ absl::StatusOr<Layout> DetectLayout(const io::Checkpoint& checkpoint) {
         ": no language model tensors (neither 'language_model.model.embed_tokens.weight' nor "
         "'model.language_model.embed_tokens.weight')"));
   }
-  // CLIPVisionModel had a "vision_model." level until transformers 5.
-  layout.tower = checkpoint.Has(vision_root + "vision_model.embeddings.patch_embedding.weight")
-                     ? vision_root + "vision_model."
-                     : vision_root;
+  // The towers' *VisionModel wrappers had a "vision_model." level until transformers 5.
+  const std::string nested = vision_root + "vision_model.";
+  const auto& names = checkpoint.TensorNames();
+  const bool has_nested = std::any_of(names.begin(), names.end(), [&](const std::string& name) {
+    return absl::StartsWith(name, nested);
+  });
+  layout.tower = has_nested ? nested : vision_root;
   return layout;
 }
 
@@ -154,8 +159,13 @@ absl::StatusOr<LlavaConfig> ParseLlavaConfig(const Json& config) {
     if (!it->is_boolean()) return FieldError("multimodal_projector_bias", "must be true or false");
     c.projector_bias = it->get<bool>();
   }
-  ATMAN_ASSIGN_OR_RETURN(c.vision,
-                         ParseClipVisionConfig(config.value("vision_config", Json::object())));
+  c.vision_config = config.value("vision_config", Json::object());
+  ATMAN_ASSIGN_OR_RETURN(c.vision, ParseVisionTowerSpec(c.vision_config));
+  if (c.select == FeatureSelect::kDefault && c.vision.class_tokens == 0) {
+    return absl::UnimplementedError(absl::StrCat(
+        "config.json: vision_feature_select_strategy \"default\" drops a class token, but the ",
+        c.vision.model_type, " tower has none"));
+  }
   const int64_t L = c.vision.num_layers;
   for (int64_t layer : c.feature_layers) {
     if (layer < -(L + 1) || layer > L) {
@@ -194,8 +204,8 @@ absl::StatusOr<std::unique_ptr<VisionLanguageModel>> VisionLanguageModel::Load(
       std::unique_ptr<CausalLM> language_model,
       CausalLM::Load(*checkpoint, config->text_config, layout.text, device, dtype));
   ATMAN_ASSIGN_OR_RETURN(
-      std::unique_ptr<ClipVisionTower> tower,
-      ClipVisionTower::Load(*checkpoint, config->vision, layout.tower, device, dtype));
+      std::unique_ptr<VisionTower> tower,
+      LoadVisionTower(*checkpoint, config->vision_config, layout.tower, device, dtype));
 
   const int64_t Ht = language_model->config().hidden_size;
   const int64_t in =
@@ -228,6 +238,10 @@ absl::StatusOr<std::unique_ptr<VisionLanguageModel>> VisionLanguageModel::Load(
   ATMAN_RETURN_IF_ERROR(CheckAllOwned(*checkpoint, layout));
   return std::unique_ptr<VisionLanguageModel>(new VisionLanguageModel(
       *std::move(config), std::move(tower), std::move(projector), std::move(language_model)));
+}
+
+int64_t VisionLanguageModel::image_token_offset() const {
+  return config_.vision.class_tokens - (config_.select == FeatureSelect::kDefault ? 1 : 0);
 }
 
 int64_t VisionLanguageModel::tokens_per_image() const {
@@ -330,20 +344,12 @@ absl::StatusOr<std::vector<ImageSpan>> VisionLanguageModel::FindImageSpans(
   return spans;
 }
 
-absl::StatusOr<vision::ClipImageProcessor> LoadImageProcessor(const std::filesystem::path& dir,
-                                                              const VisionLanguageModel& model) {
+absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> LoadImageProcessor(
+    const std::filesystem::path& dir, const VisionLanguageModel& model) {
   const std::filesystem::path path = dir / "preprocessor_config.json";
-  ATMAN_ASSIGN_OR_RETURN(vision::ClipImageProcessor processor,
-                         vision::ClipImageProcessor::FromFile(path, model.patch_size()));
-  const vision::ClipImageProcessorConfig& c = processor.config();
-  int64_t height = 0, width = 0;
-  if (c.do_center_crop) {
-    height = c.crop_height;
-    width = c.crop_width;
-  } else if (c.do_resize && c.shortest_edge == 0) {
-    height = c.resize_height;
-    width = c.resize_width;
-  }
+  ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<vision::ImageProcessor> processor,
+                         LoadTowerImageProcessor(path, model.config().vision));
+  const auto [height, width] = processor->OutputSize();
   if (height != model.image_size() || width != model.image_size()) {
     return absl::InvalidArgumentError(absl::StrCat(
         path.string(), ": the processor's output (crop_size, or size without a crop) is ", height,

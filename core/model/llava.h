@@ -1,9 +1,11 @@
 // A LLaVA-1.5 vision-language model (transformers' LlavaForConditionalGeneration, config.json
-// model_type "llava"): a CLIP vision tower, a two-layer projector and a decoder-only language
+// model_type "llava"): a vision tower (vision_tower.h, chosen by vision_config.model_type through
+// vision_tower_registry.h; CLIP today), a two-layer projector and a decoder-only language
 // model, loaded from one Hugging Face checkpoint folder.
 //
 //   pixel_values [N, 3, S, S]
-//   --tower--> hidden_states[l] [N, 1 + G*G, Hv] for each l in vision_feature_layer
+//   --tower--> hidden_states[l] [N, 1 + G*G, Hv] for each l in vision_feature_layer (CLIP: one
+//     class token before the G*G patches)
 //   --select--> "default": drop the class token [N, G*G, Hv]; "full": keep it [N, 1 + G*G, Hv]
 //   --concat over the layers--> [N, P, Hv * #layers]
 //   --projector: linear_2(act(linear_1 x)), act = projector_hidden_act--> features [N, P, Ht]
@@ -46,8 +48,8 @@
 
 #include "absl/status/statusor.h"
 #include "core/model/causal_lm.h"
-#include "core/model/clip_vision.h"
-#include "core/vision/clip_image_processor.h"
+#include "core/model/vision_tower.h"
+#include "core/vision/image_processor.h"
 
 namespace atman::model {
 
@@ -66,15 +68,16 @@ struct LlavaConfig {
   FeatureSelect select = FeatureSelect::kDefault;  // vision_feature_select_strategy
   VisionActivation projector_activation = VisionActivation::kGelu;  // projector_hidden_act
   bool projector_bias = true;                                       // multimodal_projector_bias
-  ClipVisionConfig vision;                                          // vision_config
+  VisionTowerSpec vision;       // what vision_config says of the tower
+  nlohmann::json vision_config;  // vision_config, as the tower's registry entry reads it
   nlohmann::json text_config;  // text_config, llama defaults filled in
 };
 
 // Reads a llava config.json object. Missing fields take transformers' LlavaConfig defaults;
 // a missing text_config, or missing fields of a llama text_config, take LlamaConfig's (as
 // transformers fills them for the llava-hf checkpoints, whose text_config is sparse).
-// UNIMPLEMENTED for another model_type or feature selection, INVALID_ARGUMENT naming the
-// field otherwise.
+// UNIMPLEMENTED for another model_type, feature selection or vision tower model_type,
+// INVALID_ARGUMENT naming the field otherwise.
 absl::StatusOr<LlavaConfig> ParseLlavaConfig(const nlohmann::json& config);
 
 // A run of image tokens in an expanded prompt: one image.
@@ -98,15 +101,16 @@ class VisionLanguageModel {
 
   const LlavaConfig& config() const { return config_; }
   const CausalLM& language_model() const { return *language_model_; }
-  const ClipVisionTower& vision_tower() const { return *tower_; }
+  const VisionTower& vision_tower() const { return *tower_; }
   c10::Device device() const { return language_model_->device(); }
   c10::ScalarType dtype() const { return language_model_->dtype(); }
 
   int64_t image_token_id() const { return config_.image_token_id; }
-  // P: image tokens per image (G*G, plus 1 with "full" selection).
+  // P: image tokens per image (CLIP: G*G, plus 1 with "full" selection).
   int64_t tokens_per_image() const;
-  // 1 with "full" selection (token 0 of an image is the class token), else 0.
-  int64_t image_token_offset() const { return config_.select == FeatureSelect::kFull ? 1 : 0; }
+  // The tower's class tokens that image tokens keep: CLIP with "full" selection 1 (token 0 of
+  // an image is the class token), else 0.
+  int64_t image_token_offset() const;
   // The pixel_values side S and the patch size of the tower.
   int64_t image_size() const { return config_.vision.image_size; }
   int64_t patch_size() const { return config_.vision.patch_size; }
@@ -136,7 +140,7 @@ class VisionLanguageModel {
     at::Tensor w2, b2;  // [Ht, Ht], [Ht] or undefined
   };
 
-  VisionLanguageModel(LlavaConfig config, std::unique_ptr<ClipVisionTower> tower,
+  VisionLanguageModel(LlavaConfig config, std::unique_ptr<VisionTower> tower,
                       Projector projector, std::unique_ptr<CausalLM> language_model)
       : config_(std::move(config)),
         tower_(std::move(tower)),
@@ -144,15 +148,16 @@ class VisionLanguageModel {
         language_model_(std::move(language_model)) {}
 
   LlavaConfig config_;
-  std::unique_ptr<ClipVisionTower> tower_;
+  std::unique_ptr<VisionTower> tower_;
   Projector projector_;
   std::unique_ptr<CausalLM> language_model_;
 };
 
 // The image processor that goes with the model in folder `dir` (its
-// preprocessor_config.json), its geometry cut by the tower's patch size. INVALID_ARGUMENT when
-// the processor's output size is not the tower's image_size (naming both).
-absl::StatusOr<vision::ClipImageProcessor> LoadImageProcessor(const std::filesystem::path& dir,
-                                                              const VisionLanguageModel& model);
+// preprocessor_config.json, read by the tower's registry entry: vision::ClipImageProcessor for
+// CLIP), its geometry cut by the tower's patch size. INVALID_ARGUMENT when the processor's
+// output size is not the tower's image_size (naming both).
+absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> LoadImageProcessor(
+    const std::filesystem::path& dir, const VisionLanguageModel& model);
 
 }  // namespace atman::model

@@ -197,6 +197,14 @@ absl::StatusOr<ClipImageProcessor> ClipImageProcessor::FromFile(const std::files
   return processor;
 }
 
+std::pair<int64_t, int64_t> ClipImageProcessor::OutputSize() const {
+  if (config_.do_center_crop) return {config_.crop_height, config_.crop_width};
+  if (config_.do_resize && config_.shortest_edge == 0) {
+    return {config_.resize_height, config_.resize_width};
+  }
+  return {0, 0};
+}
+
 absl::StatusOr<ImageGeometry> ClipImageProcessor::GeometryFor(int64_t width, int64_t height) const {
   if (width <= 0 || height <= 0) {
     return absl::InvalidArgumentError(

@@ -19,6 +19,8 @@
 // Not supported (config errors naming the field): size with longest_edge or max_height /
 // max_width, CLIPImageProcessor's pad_size, resample NEAREST (0) and Pillow's MKS filters.
 //
+// The ImageProcessor (image_processor.h) of CLIP towers.
+//
 // Thread safety: immutable after construction; Preprocess() is safe from any thread.
 #pragma once
 
@@ -33,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "core/vision/geometry.h"
 #include "core/vision/image.h"
+#include "core/vision/image_processor.h"
 #include "core/vision/resample.h"
 
 namespace atman::vision {
@@ -57,13 +60,7 @@ struct ClipImageProcessorConfig {
   std::array<double, 3> image_std = {0.26862954, 0.26130258, 0.27577711};
 };
 
-// The output of Preprocess: what the vision tower consumes, and where it came from.
-struct PreprocessedImage {
-  at::Tensor pixel_values;  // float32 [3, height, width], CPU, contiguous
-  ImageGeometry geometry;
-};
-
-class ClipImageProcessor {
+class ClipImageProcessor : public ImageProcessor {
  public:
   // Checks the config (positive sizes, three means and non-zero stds, a supported filter).
   // `patch_size` is the vision tower's (vision_config.patch_size); it only shapes geometry.
@@ -79,12 +76,15 @@ class ClipImageProcessor {
                                                      int64_t patch_size);
 
   const ClipImageProcessorConfig& config() const { return config_; }
-  int64_t patch_size() const { return patch_size_; }
+  int64_t patch_size() const override { return patch_size_; }
+  // crop_size with do_center_crop; else size {"height", "width"} with do_resize; else {0, 0}
+  // (the output follows the image).
+  std::pair<int64_t, int64_t> OutputSize() const override;
 
   // The full pipeline on one RGB image.
-  absl::StatusOr<PreprocessedImage> Preprocess(const Image& image) const;
+  absl::StatusOr<PreprocessedImage> Preprocess(const Image& image) const override;
   // Only the geometry Preprocess would report for an image of this size (no pixels touched).
-  absl::StatusOr<ImageGeometry> GeometryFor(int64_t width, int64_t height) const;
+  absl::StatusOr<ImageGeometry> GeometryFor(int64_t width, int64_t height) const override;
 
  private:
   ClipImageProcessor(ClipImageProcessorConfig config, int64_t patch_size)

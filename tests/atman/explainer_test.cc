@@ -36,7 +36,7 @@ using ::testing::StartsWith;
 struct Loaded {
   std::unique_ptr<model::CausalLM> lm;                  // text-only models
   std::unique_ptr<model::VisionLanguageModel> vlm;      // llava
-  std::optional<vision::ClipImageProcessor> processor;  // llava
+  std::unique_ptr<vision::ImageProcessor> processor;  // llava
   std::unique_ptr<text::Tokenizer> tokenizer;
   nlohmann::json cases;
   std::filesystem::path dir;

@@ -71,7 +71,7 @@ const c10::Device kCuda0 = OnCpuStandIn() ? c10::Device(c10::kCPU) : c10::Device
 struct Engine {
   std::unique_ptr<model::CausalLM> lm;
   std::unique_ptr<model::VisionLanguageModel> vlm;
-  std::optional<vision::ClipImageProcessor> processor;
+  std::unique_ptr<vision::ImageProcessor> processor;
   std::unique_ptr<text::Tokenizer> tokenizer;
   std::unique_ptr<atman::Explainer> explainer;
 

@@ -21,6 +21,9 @@
 #include "absl/strings/str_cat.h"
 #include "core/io/checkpoint.h"
 #include "core/io/safetensors.h"
+#include "core/model/clip_vision.h"
+#include "core/model/vision_tower_registry.h"
+#include "core/vision/clip_image_processor.h"
 #include "core/vision/decode.h"
 #include "tests/model/model_cases.h"
 #include "tests/support/paths.h"
@@ -29,6 +32,7 @@ namespace atman::model {
 namespace {
 
 using testing::ControlFromCase;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using testing::MaxAbsDiff;
 
@@ -200,7 +204,7 @@ TEST_P(LlavaParityTest, PngBytesThroughOurProcessorGiveTheSameLogits) {
     bytes << in.rdbuf();
     auto image = vision::DecodeImage(bytes.str());
     ASSERT_TRUE(image.ok()) << image.status();
-    auto pre = processor->Preprocess(*image);
+    auto pre = (*processor)->Preprocess(*image);
     ASSERT_TRUE(pre.ok()) << pre.status();
     EXPECT_EQ(pre->geometry.num_patches(), model_->config().vision.num_patches());
     pixels.push_back(pre->pixel_values);
@@ -290,6 +294,52 @@ TEST(LlavaRegistry, ModelTypeSelectsTheClass) {
   EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("llava_next"));
 }
 
+// The vision-tower registry: vision_config.model_type picks the tower (absent: CLIP, as
+// transformers' LlavaConfig), an unregistered type is UNIMPLEMENTED naming it and the
+// registered ones, and the tower and its image processor come from the entry.
+TEST(VisionTowerRegistry, ModelTypeSelectsTheTower) {
+  ASSERT_FALSE(VisionTowerFamilies().empty());
+  for (const VisionTowerFamily* family : VisionTowerFamilies()) {
+    EXPECT_EQ(FindVisionTowerFamily(family->model_type), family);
+    EXPECT_NE(family->parse_config, nullptr);
+    EXPECT_NE(family->load, nullptr);
+    EXPECT_NE(family->load_processor, nullptr);
+  }
+  EXPECT_EQ(FindVisionTowerFamily("clip_vision_model"), &ClipVisionTowerFamily());
+  EXPECT_EQ(FindVisionTowerFamily("siglip_vision_model"), nullptr);
+
+  auto absent = ParseVisionTowerSpec(nlohmann::json{{"image_size", 28}, {"patch_size", 14}});
+  ASSERT_TRUE(absent.ok()) << absent.status();
+  EXPECT_EQ(absent->model_type, "clip_vision_model");
+  EXPECT_EQ(absent->num_patches(), 4);
+  EXPECT_EQ(absent->hidden_size, 768);  // CLIPVisionConfig's default
+
+  auto unknown = ParseVisionTowerSpec(nlohmann::json{{"model_type", "siglip_vision_model"}});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(unknown.status().message()),
+              AllOf(HasSubstr("vision_config.model_type \"siglip_vision_model\""),
+                    HasSubstr("(clip_vision_model)")));
+  EXPECT_EQ(ParseVisionTowerSpec(nlohmann::json::array()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(VisionTowerRegistry, LlavaHoldsTheRegisteredTowerAndProcessor) {
+  const auto dir = atman::testing::FixtureDir("llava_cases") / "llava";
+  auto model = VisionLanguageModel::Load(dir, c10::Device("cpu"), at::kFloat);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const VisionTower& tower = (*model)->vision_tower();
+  EXPECT_NE(dynamic_cast<const ClipVisionTower*>(&tower), nullptr);
+  EXPECT_EQ(tower.spec().model_type, "clip_vision_model");
+  EXPECT_EQ(tower.spec().image_size, (*model)->image_size());
+  auto processor = LoadImageProcessor(dir, **model);
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  EXPECT_NE(dynamic_cast<const vision::ClipImageProcessor*>(processor->get()), nullptr);
+  EXPECT_EQ((*processor)->patch_size(), (*model)->patch_size());
+  EXPECT_EQ((*processor)->OutputSize(),
+            std::make_pair((*model)->image_size(), (*model)->image_size()));
+}
+
 TEST(LlavaConfigTest, SparseHubConfigTakesTransformersDefaults) {
   // The shape of llava-hf/llava-1.5-7b-hf's config.json: sparse nested configs.
   const auto json = nlohmann::json::parse(R"({
@@ -304,9 +354,13 @@ TEST(LlavaConfigTest, SparseHubConfigTakesTransformersDefaults) {
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->image_token_id, 32000);
   EXPECT_EQ(config->feature_layers, std::vector<int64_t>{-2});
+  EXPECT_EQ(config->vision.model_type, "clip_vision_model");
   EXPECT_EQ(config->vision.grid(), 24);
-  EXPECT_EQ(config->vision.head_dim, 64);
-  EXPECT_EQ(config->vision.activation, VisionActivation::kQuickGelu);
+  EXPECT_EQ(config->vision.class_tokens, 1);
+  auto clip = ParseClipVisionConfig(config->vision_config);
+  ASSERT_TRUE(clip.ok()) << clip.status();
+  EXPECT_EQ(clip->head_dim, 64);
+  EXPECT_EQ(clip->activation, VisionActivation::kQuickGelu);
   auto text = ParseModelConfig(config->text_config);
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(text->hidden_size, 4096);

@@ -1,0 +1,76 @@
+#include "core/model/vision_tower.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/base/status_macros.h"
+#include "core/io/checkpoint.h"
+
+namespace atman::model {
+namespace {
+
+std::string ShapeString(c10::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+}  // namespace
+
+absl::StatusOr<VisionActivation> ParseVisionActivation(std::string_view name,
+                                                       std::string_view field) {
+  if (name == "quick_gelu") return VisionActivation::kQuickGelu;
+  if (name == "gelu") return VisionActivation::kGelu;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh") return VisionActivation::kGeluTanh;
+  if (name == "relu") return VisionActivation::kRelu;
+  if (name == "silu" || name == "swish") return VisionActivation::kSilu;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "config.json: ", ToAbsl(field), " '", ToAbsl(name),
+      "' is not supported (quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"));
+}
+
+at::Tensor ApplyVisionActivation(VisionActivation activation, const at::Tensor& x) {
+  switch (activation) {
+    case VisionActivation::kQuickGelu:
+      return x * at::sigmoid(x * 1.702);
+    case VisionActivation::kGelu:
+      return at::gelu(x);
+    case VisionActivation::kGeluTanh:
+      return at::gelu(x, "tanh");
+    case VisionActivation::kRelu:
+      return at::relu(x);
+    case VisionActivation::kSilu:
+      return at::silu(x);
+  }
+  return x;
+}
+
+absl::StatusOr<at::Tensor> LoadCheckedTensor(const io::Checkpoint& checkpoint,
+                                             const std::string& name,
+                                             const std::vector<int64_t>& shape,
+                                             std::string_view why, c10::Device device,
+                                             c10::ScalarType dtype) {
+  if (!checkpoint.Has(name)) {
+    return absl::NotFoundError(absl::StrCat(checkpoint.dir().string(), ": missing tensor '", name,
+                                            "' (expected shape ", ShapeString(shape),
+                                            " from config.json ", ToAbsl(why), ")"));
+  }
+  ATMAN_ASSIGN_OR_RETURN(const io::TensorEntry* entry, checkpoint.Entry(name));
+  if (entry->shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        checkpoint.dir().string(), ": tensor '", name, "' has shape ", ShapeString(entry->shape),
+        " but config.json (", ToAbsl(why), ") implies ", ShapeString(shape)));
+  }
+  if (!at::isFloatingType(entry->dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(checkpoint.dir().string(), ": tensor '", name,
+                                                   "' is ", entry->dtype_name,
+                                                   ", not a floating-point type"));
+  }
+  return checkpoint.Load(name, device, dtype);
+}
+
+}  // namespace atman::model
