@@ -279,13 +279,11 @@ class ExplainJob {
 
 // --- AtmanService ---------------------------------------------------------------------------
 
-AtmanService::AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
-                           const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher,
-                           ThreadPool* pool, Metrics* metrics, std::shared_ptr<spdlog::logger> log,
-                           ::atman::v1::ModelInfo info)
+AtmanService::AtmanService(const Config& config, const atman::ServedModel* model,
+                           runtime::DynamicBatcher* batcher, ThreadPool* pool, Metrics* metrics,
+                           std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info)
     : config_(config),
-      engines_(std::move(engines)),
-      tokenizer_(tokenizer),
+      model_(model),
       batcher_(batcher),
       pool_(pool),
       metrics_(metrics),
@@ -437,9 +435,9 @@ void AtmanService::RunExplain(std::shared_ptr<ExplainJob> job) {
     try {
       if (absl::Status stop = job->state.StopStatus(); !stop.ok())
         return job->Complete(ToGrpc(stop));
-      const size_t device = next_device_++ % engines_.size();
+      const size_t device = next_device_++ % model_->num_devices();
       job->device = device;
-      const atman::Explainer& explainer = *engines_[device]->explainer;
+      const atman::Explainer& explainer = model_->explainer(device);
       auto prepared_or =
           explainer.Prepare(job->request, [job](int32_t) { return job->state.StopStatus(); });
       if (!prepared_or.ok()) return job->Complete(ToGrpc(prepared_or.status()));
@@ -506,10 +504,10 @@ void AtmanService::FinishExplain(std::shared_ptr<ExplainJob> job,
     prepared.usage.forward_passes += result.forward_passes;
     prepared.usage.positions_computed += result.positions_computed;
     prepared.usage.perturbed_rows = static_cast<int64_t>(prepared.rows.size());
-    const DeviceEngine& engine = *engines_[job->device];
-    auto explanation = engine.explainer->Finish(prepared, result.log_probs);
+    const atman::ServedModel::Replica& replica = model_->replica(job->device);
+    auto explanation = replica.explainer->Finish(prepared, result.log_probs);
     if (!explanation.ok()) return job->Complete(ToGrpc(explanation.status()));
-    explanation->usage.peak_memory_bytes = runtime::ReadMemory(engine.lm->device()).peak_bytes;
+    explanation->usage.peak_memory_bytes = runtime::ReadMemory(replica.device).peak_bytes;
     ToExplainResponse(*explanation, job->prompt_items, job->return_tensors, &job->response);
     job->response.mutable_usage()->set_queue_seconds(result.queue_seconds);
     job->Complete(grpc::Status::OK);
@@ -748,8 +746,8 @@ grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ct
     std::string details;
     try {
       const auto started = Clock::now();
-      const DeviceEngine& engine = *engines_[next_device_++ % engines_.size()];
-      auto generation = engine.explainer->Generate(work->second, [this, state](int32_t) {
+      const atman::Explainer& explainer = model_->explainer(next_device_++ % model_->num_devices());
+      auto generation = explainer.Generate(work->second, [this, state](int32_t) {
         WaitWhileHeld(*state);
         return state->StopStatus();
       });
@@ -799,21 +797,11 @@ grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ct
     s = ToGrpc(parsed);
   } else {
     const bool specials = !request.has_add_special_tokens() || request.add_special_tokens();
-    auto enc = tokenizer_->Encode(request.text(), specials);
-    if (!enc.ok()) {
-      s = Invalid(absl::StrCat("text: ", std::string(enc.status().message())));
-    } else if (static_cast<int64_t>(enc->size()) > config_.max_prompt_tokens) {
-      s = Invalid(absl::StrCat("text: ", enc->size(), " tokens > max_prompt_tokens ",
-                               config_.max_prompt_tokens));
+    auto tokens = model_->Tokenize(request.text(), specials);
+    if (!tokens.ok()) {
+      s = ToGrpc(tokens.status());
     } else {
-      for (size_t i = 0; i < enc->size(); ++i) {
-        ::atman::v1::Token* t = out.add_tokens();
-        t->set_id(enc->ids[i]);
-        t->set_text(enc->tokens[i]);
-        t->set_start(enc->spans[i].char_begin);
-        t->set_length(enc->spans[i].char_end - enc->spans[i].char_begin);
-        t->set_special(enc->special_tokens_mask[i] != 0);
-      }
+      ToTokenizeResponse(*tokens, &out);
       s = Serialize(out, response);
     }
   }

@@ -21,7 +21,7 @@
 // admitted call is counted in flight until its status is sent (an RAII ticket); every call,
 // admitted or not, ends with one log line and one atman_requests_total increment.
 //
-// Ownership: the service borrows everything it is given (engines, tokenizer, batcher, pool,
+// Ownership: the service borrows everything it is given (the served model, batcher, pool,
 // metrics, logger); they must outlive it and every call it started. A finished call leaves
 // nothing behind: its job, prepared explanation (KV prefix cache) and batcher request are
 // released when its status is sent. Thread safety: gRPC calls the handlers from many threads;
@@ -42,11 +42,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "atman/v1/atman.grpc.pb.h"
-#include "core/atman/explainer.h"
+#include "core/atman/served_model.h"
 #include "core/base/mutex.h"
-#include "core/model/causal_lm.h"
 #include "core/runtime/dynamic_batcher.h"
-#include "core/text/tokenizer.h"
 #include "server/config.h"
 #include "server/metrics.h"
 
@@ -75,18 +73,6 @@ class ThreadPool {
   std::vector<std::thread> threads_;
 };
 
-// The model on one device, and the engine over it.
-struct DeviceEngine {
-  std::string device_name;      // "cpu", "cuda:0"
-  std::string dtype_name;       // "float32", "bfloat16", "float16" (--dtype auto resolved)
-  std::shared_ptr<void> owner;  // keeps the loaded model (CausalLM or VisionLanguageModel)
-  const model::CausalLM* lm = nullptr;
-  // Vision-language models: the image processor the explainer borrows (from the model folder's
-  // preprocessor_config.json).
-  std::unique_ptr<vision::ClipImageProcessor> image_processor;
-  std::unique_ptr<atman::Explainer> explainer;
-};
-
 using RawAtmanService = ::atman::v1::Atman::WithRawCallbackMethod_Explain<
     ::atman::v1::Atman::WithRawCallbackMethod_ExplainStream<
         ::atman::v1::Atman::WithRawCallbackMethod_Generate<
@@ -100,9 +86,9 @@ class CallState;
 
 class AtmanService final : public RawAtmanService {
  public:
-  AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
-               const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher, ThreadPool* pool,
-               Metrics* metrics, std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
+  AtmanService(const Config& config, const atman::ServedModel* model,
+               runtime::DynamicBatcher* batcher, ThreadPool* pool, Metrics* metrics,
+               std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
 
   grpc::ServerUnaryReactor* Explain(grpc::CallbackServerContext* ctx,
                                     const grpc::ByteBuffer* request,
@@ -162,8 +148,7 @@ class AtmanService final : public RawAtmanService {
   std::string NewRequestId();
 
   const Config& config_;
-  std::vector<DeviceEngine*> engines_;
-  const text::Tokenizer* tokenizer_;
+  const atman::ServedModel* model_;
   runtime::DynamicBatcher* batcher_;
   ThreadPool* pool_;
   Metrics* metrics_;
