@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/runtime/memory_meter.h"
+#include "proto/status_code_name.h"
 #include "server/call_log.h"
 #include "server/proto_conversion.h"
 
@@ -58,7 +59,7 @@ grpc::Status ToGrpc(const absl::Status& status) {
 }
 
 std::string CodeName(grpc::StatusCode code) {
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return proto::StatusCodeName(static_cast<int>(code));
 }
 
 bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens) {
