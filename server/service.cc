@@ -62,22 +62,6 @@ std::string CodeName(grpc::StatusCode code) {
   return proto::StatusCodeName(static_cast<int>(code));
 }
 
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens) {
-  bool any = false;
-  for (const std::string& token : tokens) {
-    // Every byte of the longer string is compared, whatever the first difference.
-    const size_t n = std::max(token.size(), presented.size());
-    unsigned diff = token.size() == presented.size() ? 0u : 1u;
-    for (size_t i = 0; i < n; ++i) {
-      const auto a = static_cast<unsigned char>(i < token.size() ? token[i] : 0);
-      const auto b = static_cast<unsigned char>(i < presented.size() ? presented[i] : 0);
-      diff |= static_cast<unsigned>(a ^ b);
-    }
-    any |= (diff == 0);
-  }
-  return any;
-}
-
 // --- ThreadPool -----------------------------------------------------------------------------
 
 ThreadPool::ThreadPool(int threads, std::function<void(const std::string&)> on_exception)
@@ -129,43 +113,7 @@ void ThreadPool::Shutdown() {
   threads_.clear();
 }
 
-// --- Call accounting ------------------------------------------------------------------------
-
-// An admitted call: counted in flight (and, for queued methods, against max_queued_requests)
-// from admission until End(), which also writes its log line and metrics. A ticket destroyed
-// without End() ends its call as INTERNAL, so no path can leak the in-flight count.
-class CallTicket {
- public:
-  CallTicket(AtmanService* service, AtmanService::CallInfo info, bool queued)
-      : service_(service), info_(std::move(info)), queued_(queued) {}
-  ~CallTicket() {
-    if (!ended_) End(grpc::Status(grpc::StatusCode::INTERNAL, "the call was dropped"), "");
-  }
-  CallTicket(const CallTicket&) = delete;
-  CallTicket& operator=(const CallTicket&) = delete;
-
-  const AtmanService::CallInfo& info() const { return info_; }
-  // The client's id, once it has been checked (CheckRequestId).
-  void set_request_id(std::string id) { info_.request_id = std::move(id); }
-  void End(const grpc::Status& status, const std::string& details) {
-    if (ended_) return;
-    ended_ = true;
-    {
-      MutexLock lock(&service_->mu_);
-      if (queued_) --service_->queued_calls_;
-      --service_->inflight_;
-      service_->metrics_->inflight->Set(static_cast<double>(service_->inflight_));
-      if (service_->inflight_ == 0) service_->idle_cv_.SignalAll();
-    }
-    service_->CallDone(info_, status, details);
-  }
-
- private:
-  AtmanService* service_;
-  AtmanService::CallInfo info_;
-  bool queued_;
-  bool ended_ = false;
-};
+// --- Call state -----------------------------------------------------------------------------
 
 // Why gRPC cancelled a call (OnCancel): its deadline passed, or the client went away.
 absl::Status CancelReason(Clock::time_point deadline) {
@@ -284,6 +232,9 @@ AtmanService::AtmanService(const Config& config, const atman::ServedModel* model
                            runtime::DynamicBatcher* batcher, ThreadPool* pool, Metrics* metrics,
                            std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info)
     : config_(config),
+      admission_(config, metrics,
+                 [this](const CallInfo& call, const grpc::Status& status,
+                        const std::string& details) { CallDone(call, status, details); }),
       model_(model),
       batcher_(batcher),
       pool_(pool),
@@ -291,19 +242,12 @@ AtmanService::AtmanService(const Config& config, const atman::ServedModel* model
       log_(std::move(log)),
       info_(std::move(info)) {}
 
-void AtmanService::StartDraining() { draining_ = true; }
+void AtmanService::StartDraining() { admission_.StartDraining(); }
 
-int64_t AtmanService::inflight() const {
-  MutexLock lock(&mu_);
-  return inflight_;
-}
+int64_t AtmanService::inflight() const { return admission_.inflight(); }
 
 bool AtmanService::WaitForIdle(Clock::time_point deadline) {
-  MutexLock lock(&mu_);
-  while (inflight_ != 0) {
-    if (idle_cv_.WaitUntil(&mu_, deadline)) return inflight_ == 0;
-  }
-  return true;
+  return admission_.WaitForIdle(deadline);
 }
 
 void AtmanService::Hold() {
@@ -347,42 +291,6 @@ Clock::time_point AtmanService::last_arrival() const {
   return Clock::time_point(std::chrono::nanoseconds(last_arrival_.load()));
 }
 
-grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, const CallInfo& call,
-                                 bool queued, std::unique_ptr<CallTicket>* ticket) {
-  if (!config_.auth_tokens.empty()) {
-    const auto& md = ctx->client_metadata();
-    auto it = md.find("authorization");
-    if (it == md.end()) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          "authorization: missing (send metadata `authorization: Bearer <token>`)");
-    }
-    const std::string value(it->second.data(), it->second.size());
-    const std::string prefix = "Bearer ";
-    if (value.rfind(prefix, 0) != 0 ||
-        !TokenMatches(value.substr(prefix.size()), config_.auth_tokens)) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: unknown bearer token");
-    }
-  }
-  if (draining_) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "the server is draining; retry on another replica");
-  }
-  MutexLock lock(&mu_);
-  if (queued) {
-    if (queued_calls_ >= config_.max_queued_requests) {
-      return grpc::Status(
-          grpc::StatusCode::RESOURCE_EXHAUSTED,
-          absl::StrCat("queue full: ", queued_calls_, " calls queued (max_queued_requests ",
-                       config_.max_queued_requests, "); retry with back-off"));
-    }
-    ++queued_calls_;
-  }
-  ++inflight_;
-  metrics_->inflight->Set(static_cast<double>(inflight_));
-  *ticket = std::make_unique<CallTicket>(this, call, queued);
-  return grpc::Status::OK;
-}
-
 void AtmanService::CallDone(const CallInfo& call, const grpc::Status& status,
                             const std::string& details) {
   CallRecord record;
@@ -404,7 +312,7 @@ std::shared_ptr<ExplainJob> AtmanService::BeginExplain(grpc::CallbackServerConte
                                                        const char* method, ExplainFinish finish) {
   CallInfo call{method, NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  if (grpc::Status s = Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
+  if (grpc::Status s = admission_.Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
     CallDone(call, s, "");
     finish(s, nullptr);
     return nullptr;
@@ -717,7 +625,7 @@ grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ct
   auto* reactor = new GenerateReactor(state);
   CallInfo call{"Generate", NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  if (grpc::Status s = Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
+  if (grpc::Status s = admission_.Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);
     return reactor;
@@ -786,7 +694,7 @@ grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ct
   auto* reactor = ctx->DefaultReactor();
   CallInfo call{"Tokenize", NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  grpc::Status s = Admit(ctx, call, /*queued=*/false, &ticket);
+  grpc::Status s = admission_.Admit(ctx, call, /*queued=*/false, &ticket);
   if (!s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);
@@ -817,7 +725,7 @@ grpc::ServerUnaryReactor* AtmanService::GetModelInfo(grpc::CallbackServerContext
   auto* reactor = ctx->DefaultReactor();
   CallInfo call{"GetModelInfo", NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  grpc::Status s = Admit(ctx, call, /*queued=*/false, &ticket);
+  grpc::Status s = admission_.Admit(ctx, call, /*queued=*/false, &ticket);
   if (!s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);
