@@ -49,31 +49,13 @@
 #include "server/admission.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/thread_pool.h"
 
 namespace spdlog {
 class logger;
 }
 
 namespace atman::server {
-
-// A fixed set of threads running queued tasks in order. Shutdown() runs the tasks already
-// queued, then joins; Submit() after Shutdown() refuses (returns false). A task that throws
-// is reported to `on_exception` (the worker lives on). Thread-safe.
-class ThreadPool {
- public:
-  explicit ThreadPool(int threads, std::function<void(const std::string&)> on_exception = {});
-  ~ThreadPool();
-  bool Submit(std::function<void()> task);
-  void Shutdown();
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  std::function<void(const std::string&)> on_exception_;
-  std::vector<std::thread> threads_;
-};
 
 using RawAtmanService = ::atman::v1::Atman::WithRawCallbackMethod_Explain<
     ::atman::v1::Atman::WithRawCallbackMethod_ExplainStream<
@@ -125,7 +107,6 @@ class AtmanService final : public RawAtmanService {
   void CallDone(const CallInfo& call, const grpc::Status& status, const std::string& details);
 
  private:
-  friend class ExplainJob;
 
   // Admission and parsing shared by Explain and ExplainStream; null when the call has already
   // been answered through `finish`.
