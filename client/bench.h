@@ -63,7 +63,8 @@ std::vector<BenchLevel> RunBench(const Client& client,
 // Nearest-rank percentile (q in (0, 100]) of ascending `sorted`; 0 when empty.
 double Percentile(const std::vector<double>& sorted, double q);
 
-// "OK", "UNAVAILABLE", ... for an absl status code (numbered as gRPC's).
+// "OK", "UNAVAILABLE", ... for an absl status code (numbered as gRPC's;
+// proto/status_code_name.h).
 std::string GrpcCodeName(absl::StatusCode code);
 
 std::string BenchJson(const std::vector<BenchLevel>& levels);

@@ -13,7 +13,6 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <mutex>
@@ -26,10 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "core/io/checkpoint.h"
-#include "core/model/device.h"
-#include "core/model/llava.h"
-#include "core/model/model_files.h"
+#include "core/atman/served_model.h"
 #include "core/runtime/cpu_threads.h"
 #include "core/runtime/memory_meter.h"
 #include "server/call_log.h"
@@ -242,26 +238,6 @@ int Run(int argc, char** argv) {
   }
 
   // --- the model, once per device ---
-  const std::filesystem::path dir = config.model;
-  auto model_json = model::ReadModelConfig(dir);
-  if (!model_json.ok()) {
-    Log(log, config, spdlog::level::critical,
-        absl::StrCat("--model: ", model_json.status().message()));
-    return 1;
-  }
-  auto kind = model::ResolveModelKind(*model_json);
-  if (!kind.ok()) {
-    Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", kind.status().message()));
-    return 1;
-  }
-  auto tokenizer_or = model::LoadTokenizer(dir);
-  if (!tokenizer_or.ok()) {
-    Log(log, config, spdlog::level::critical,
-        absl::StrCat("--model: ", tokenizer_or.status().message()));
-    return 1;
-  }
-  std::unique_ptr<text::Tokenizer> tokenizer = *std::move(tokenizer_or);
-
   atman::Explainer::Options engine_options;
   engine_options.limits.max_rows = config.max_batch_rows;
   engine_options.limits.max_tokens = config.max_batch_tokens;
@@ -271,67 +247,39 @@ int Run(int argc, char** argv) {
   engine_options.max_prompt_tokens = config.max_prompt_tokens;
   engine_options.image_limits.max_bytes = config.max_image_bytes;
   engine_options.image_limits.max_pixels = config.max_image_pixels;
+  auto model_or = atman::ServedModel::Open(config.model, engine_options);
+  if (!model_or.ok()) {
+    Log(log, config, spdlog::level::critical,
+        absl::StrCat("--model: ", model_or.status().message()));
+    return 1;
+  }
+  std::unique_ptr<atman::ServedModel> model = *std::move(model_or);
 
-  std::vector<std::unique_ptr<DeviceEngine>> engines;
   for (absl::string_view name : absl::StrSplit(config.devices, ',', absl::SkipWhitespace())) {
-    auto device = model::ParseDevice(std::string(name));
-    if (device.ok()) device = model::ResolveDevice(*device);  // cuda -> cuda:<current>
+    auto device = atman::ServedModel::ParseDevice(std::string(name));
     if (!device.ok()) {
       Log(log, config, spdlog::level::critical,
           absl::StrCat("--devices: ", device.status().message()));
       return 2;
     }
-    // --dtype auto: bfloat16 weights and activations on CUDA, float32 on the CPU (target
-    // log-softmax is float64 either way).
-    const std::string dtype_name =
-        config.dtype != "auto" ? config.dtype : (device->is_cuda() ? "bfloat16" : "float32");
-    auto dtype = model::ParseDtype(dtype_name);
+    auto dtype = atman::ServedModel::ResolveDtype(config.dtype, *device);
     if (!dtype.ok()) {
       Log(log, config, spdlog::level::critical, absl::StrCat("--dtype: ", dtype.status().message()));
       return 2;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto engine = std::make_unique<DeviceEngine>();
-    engine->device_name = device->str();  // cuda:N, also when --devices said cuda
-    engine->dtype_name = dtype_name;
-    if (*kind == model::ModelKind::kVisionLanguage) {
-      auto vlm = model::VisionLanguageModel::Load(dir, *device, *dtype);
-      if (!vlm.ok()) {
-        Log(log, config, spdlog::level::critical,
-            absl::StrCat("--model: ", vlm.status().message()));
-        return 1;
-      }
-      auto processor = model::LoadImageProcessor(dir, **vlm);
-      if (!processor.ok()) {
-        Log(log, config, spdlog::level::critical,
-            absl::StrCat("--model: ", processor.status().message()));
-        return 1;
-      }
-      engine->image_processor = *std::move(processor);
-      engine->lm = &(*vlm)->language_model();
-      engine->explainer = std::make_unique<atman::Explainer>(
-          vlm->get(), engine->image_processor.get(), tokenizer.get(), engine_options);
-      engine->owner = std::shared_ptr<model::VisionLanguageModel>(std::move(*vlm));
-    } else {
-      auto lm = model::CausalLM::Load(dir, *device, *dtype);
-      if (!lm.ok()) {
-        Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", lm.status().message()));
-        return 1;
-      }
-      engine->lm = lm->get();
-      engine->owner = std::shared_ptr<model::CausalLM>(std::move(*lm));
+    if (absl::Status s = model->AddDevice(*device, *dtype); !s.ok()) {
+      Log(log, config, spdlog::level::critical, absl::StrCat("--model: ", s.message()));
+      return 1;
     }
-    if (!engine->explainer) {
-      engine->explainer =
-          std::make_unique<atman::Explainer>(engine->lm, tokenizer.get(), engine_options);
-    }
+    atman::Explainer& explainer = *model->replica(model->num_devices() - 1).explainer;
     // Warm-up: measured scoring batches, from which the memory estimate is fitted.
-    if (auto s = engine->explainer->Warmup(kWarmupLength); !s.ok()) {
+    if (auto s = explainer.Warmup(kWarmupLength); !s.ok()) {
       Log(log, config, spdlog::level::critical,
           absl::StrCat("warm-up on ", name, ": ", s.message()));
       return 1;
     }
-    const runtime::BatchMemoryModel& memory = engine->explainer->options().limits.memory;
+    const runtime::BatchMemoryModel& memory = explainer.options().limits.memory;
     auto terms = [](const runtime::MemoryCoefficients& c) {
       return absl::StrFormat("%.0f x T + %.0f x S + %.1f x T x S + %.0f x K", c.per_position,
                              c.per_key, c.per_score, c.per_target);
@@ -342,45 +290,47 @@ int Run(int argc, char** argv) {
                      "s; bytes per batch row: log_additive ", terms(memory.log_additive),
                      ", multiplicative ", terms(memory.multiplicative),
                      "; a batch's fixed cost: ",
-                     engine->explainer->options().limits.overhead_positions, " positions",
+                     explainer.options().limits.overhead_positions, " positions",
                      config.batch_overhead_positions < 0
                          ? absl::StrFormat(" (measured: %.3f ms + %.4f ms x positions)",
-                                           engine->explainer->batch_cost().fixed_seconds * 1e3,
-                                           engine->explainer->batch_cost().per_position_seconds * 1e3)
+                                           explainer.batch_cost().fixed_seconds * 1e3,
+                                           explainer.batch_cost().per_position_seconds * 1e3)
                          : std::string(" (--batch-overhead-positions)")));
-    engines.push_back(std::move(engine));
   }
-  if (engines.empty()) {
+  if (model->num_devices() == 0) {
     Log(log, config, spdlog::level::critical, "--devices: no device");
     return 2;
   }
 
   // --- the batcher ---
   runtime::DynamicBatcher::Options batcher_options;
-  for (const auto& e : engines) batcher_options.models.push_back(e->lm);
+  for (size_t d = 0; d < model->num_devices(); ++d) {
+    batcher_options.models.push_back(model->replica(d).lm);
+  }
   batcher_options.workers_per_device = workers_per_device;
   metrics->batch_workers->Set(static_cast<double>(workers_per_device) *
-                              static_cast<double>(engines.size()));
-  batcher_options.limits = engines.front()->explainer->options().limits;
+                              static_cast<double>(model->num_devices()));
+  batcher_options.limits = model->explainer(0).options().limits;
   // Memory per device: each device's own warm-up figure and budget. Without a configured
   // budget, it is read now that every model is loaded and warmed up (memory_meter.h).
-  for (const auto& e : engines) {
+  for (size_t d = 0; d < model->num_devices(); ++d) {
+    const atman::ServedModel::Replica& e = model->replica(d);
     int64_t budget = config.memory_budget_bytes;
     if (budget == 0) {
-      auto capacity = runtime::ReadCapacity(e->lm->device());
+      auto capacity = runtime::ReadCapacity(e.device);
       if (!capacity.ok()) {
         Log(log, config, spdlog::level::critical,
             absl::StrCat("--memory-budget-bytes 0: ", capacity.status().message(),
                          "; set a budget explicitly"));
         return 1;
       }
-      budget = runtime::DefaultMemoryBudget(e->lm->device(), *capacity, workers_per_device);
+      budget = runtime::DefaultMemoryBudget(e.device, *capacity, workers_per_device);
       Log(log, config, spdlog::level::info,
-          absl::StrCat("memory budget on ", e->device_name, ": ", budget, " bytes per batch (",
+          absl::StrCat("memory budget on ", e.device_name, ": ", budget, " bytes per batch (",
                        capacity->free_bytes, " of ", capacity->total_bytes, " bytes free, ",
                        workers_per_device, " worker(s))"));
     }
-    batcher_options.device_memory.push_back({budget, e->explainer->options().limits.memory});
+    batcher_options.device_memory.push_back({budget, e.explainer->options().limits.memory});
   }
   batcher_options.max_queue_delay = std::chrono::milliseconds(config.max_queue_delay_ms);
   batcher_options.max_queued_requests = config.max_queued_requests;
@@ -400,17 +350,17 @@ int Run(int argc, char** argv) {
         absl::StrCat("an exception escaped a prepare-pool task: ", what));
   });
 
+  const atman::ModelDescription described = model->Describe();
   v1::ModelInfo info;
-  info.set_name(dir.filename().empty() ? dir.parent_path().filename().string()
-                                       : dir.filename().string());
-  info.set_model_type(model_json->value("model_type", ""));
-  const model::ModelConfig& mc = engines.front()->lm->config();
-  info.set_vocab_size(mc.vocab_size);
-  info.set_num_layers(mc.num_layers);
-  info.set_max_positions(mc.max_positions);
-  info.set_supports_images(*kind == model::ModelKind::kVisionLanguage);
-  info.set_device(engines.front()->device_name);
-  info.set_dtype(engines.front()->dtype_name);
+  info.set_name(described.name);
+  info.set_model_type(described.model_type);
+  info.set_vocab_size(described.vocab_size);
+  info.set_num_layers(described.num_layers);
+  info.set_max_positions(described.max_positions);
+  info.set_supports_images(described.supports_images);
+  info.set_device(described.device);
+  info.set_dtype(described.dtype);
+  info.set_chat_template(described.chat_template);
   info.set_max_prompt_tokens(config.max_prompt_tokens);
   info.set_max_units(config.max_units);
   info.set_max_image_bytes(config.max_image_bytes);
@@ -418,18 +368,8 @@ int Run(int argc, char** argv) {
   info.set_max_message_bytes(config.max_message_bytes);
   info.set_max_new_tokens(config.max_new_tokens);
   info.set_server_version(kVersion);
-  auto chat_template = model::ReadChatTemplate(dir);
-  if (!chat_template.ok()) {
-    Log(log, config, spdlog::level::critical,
-        absl::StrCat("--model: ", chat_template.status().message()));
-    return 1;
-  }
-  info.set_chat_template(*std::move(chat_template));
 
-  std::vector<DeviceEngine*> engine_ptrs;
-  for (const auto& e : engines) engine_ptrs.push_back(e.get());
-  AtmanService service(config, engine_ptrs, tokenizer.get(), &batcher, &pool, metrics.get(), log,
-                       info);
+  AtmanService service(config, model.get(), &batcher, &pool, metrics.get(), log, info);
 
   // --- gRPC ---
   grpc::EnableDefaultHealthCheckService(true);
@@ -481,17 +421,18 @@ int Run(int argc, char** argv) {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   // Gauges of live state are read when Prometheus scrapes (the collector), never stale.
   metrics->SetCollector([&] {
-    for (const auto& e : engines) {
-      const c10::Device device = e->lm->device();
+    for (size_t d = 0; d < model->num_devices(); ++d) {
+      const atman::ServedModel::Replica& e = model->replica(d);
+      const c10::Device device = e.device;
       const runtime::MemoryReading r = runtime::ReadMemory(device);
       const double reserved = device.is_cpu() ? static_cast<double>(ProcessRssBytes())
                                               : static_cast<double>(r.reserved_bytes);
-      metrics->SetMemory(e->device_name, static_cast<double>(r.allocated_bytes), reserved,
+      metrics->SetMemory(e.device_name, static_cast<double>(r.allocated_bytes), reserved,
                          static_cast<double>(r.peak_bytes));
     }
     const auto stats = batcher.stats();
-    for (size_t d = 0; d < engines.size() && d < stats.devices.size(); ++d) {
-      metrics->SetMemoryBudget(engines[d]->device_name,
+    for (size_t d = 0; d < model->num_devices() && d < stats.devices.size(); ++d) {
+      metrics->SetMemoryBudget(model->replica(d).device_name,
                                static_cast<double>(stats.devices[d].memory_budget_bytes));
     }
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
@@ -554,7 +495,7 @@ int Run(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   pool.Shutdown();
-  metrics->SetCollector({});  // it reads the batcher and engines, which go before the metrics
+  metrics->SetCollector({});  // it reads the batcher and model, which go before the metrics
   Log(log, config, spdlog::level::info, "stopped");
   return 0;
 }

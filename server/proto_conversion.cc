@@ -8,7 +8,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "core/text/unicode.h"
+#include "core/base/utf8.h"
 
 namespace atman::server {
 namespace {
@@ -49,7 +49,7 @@ bool FindInvalidUtf8(const Descriptor* type, std::string_view bytes, const std::
     std::string name = prefix.empty() ? field->name() : absl::StrCat(prefix, ".", field->name());
     if (field->is_repeated()) absl::StrAppend(&name, "[", index, "]");
     if (field->type() == FieldDescriptor::TYPE_STRING) {
-      if (absl::Status s = text::ValidateUtf8(value); !s.ok()) {
+      if (absl::Status s = ValidateUtf8(value); !s.ok()) {
         *path = absl::StrCat(name, ": ", s.message());
         return true;
       }
@@ -372,6 +372,17 @@ void ToGenerateResponse(const atman::Generation& g, pb::GenerateResponse* out) {
   FillUsage(g.usage, u);
   u->set_prompt_tokens(g.prompt_tokens);
   u->set_target_tokens(static_cast<int64_t>(g.token_ids.size()));
+}
+
+void ToTokenizeResponse(const std::vector<atman::TextToken>& tokens, pb::TokenizeResponse* out) {
+  for (const atman::TextToken& token : tokens) {
+    pb::Token* t = out->add_tokens();
+    t->set_id(token.id);
+    t->set_text(token.text);
+    t->set_start(token.start);
+    t->set_length(token.length);
+    t->set_special(token.special);
+  }
 }
 
 }  // namespace atman::server

@@ -22,6 +22,7 @@
 #include "atman/v1/atman.pb.h"
 #include "core/atman/explain_request.h"
 #include "core/atman/generation.h"
+#include "core/atman/served_model.h"
 
 namespace atman::server {
 
@@ -49,5 +50,6 @@ absl::StatusOr<atman::GenerationRequest> ToGenerationRequest(const pb::GenerateR
 void ToExplainResponse(const atman::Explanation& explanation, size_t prompt_items,
                        bool relevance_tensors, pb::ExplainResponse* out);
 void ToGenerateResponse(const atman::Generation& generation, pb::GenerateResponse* out);
+void ToTokenizeResponse(const std::vector<atman::TextToken>& tokens, pb::TokenizeResponse* out);
 
 }  // namespace atman::server

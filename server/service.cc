@@ -8,8 +8,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/runtime/memory_meter.h"
+#include "proto/status_code_name.h"
 #include "server/call_log.h"
 #include "server/proto_conversion.h"
+#include "server/reactors.h"
 
 namespace atman::server {
 namespace {
@@ -44,12 +46,6 @@ std::string Flatten(const grpc::ByteBuffer* buffer) {
   return out;
 }
 
-template <typename Message>
-grpc::Status Serialize(const Message& message, grpc::ByteBuffer* out) {
-  bool own = false;
-  return grpc::SerializationTraits<Message>::Serialize(message, out, &own);
-}
-
 }  // namespace
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -58,253 +54,31 @@ grpc::Status ToGrpc(const absl::Status& status) {
 }
 
 std::string CodeName(grpc::StatusCode code) {
-  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  return proto::StatusCodeName(static_cast<int>(code));
 }
-
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens) {
-  bool any = false;
-  for (const std::string& token : tokens) {
-    // Every byte of the longer string is compared, whatever the first difference.
-    const size_t n = std::max(token.size(), presented.size());
-    unsigned diff = token.size() == presented.size() ? 0u : 1u;
-    for (size_t i = 0; i < n; ++i) {
-      const auto a = static_cast<unsigned char>(i < token.size() ? token[i] : 0);
-      const auto b = static_cast<unsigned char>(i < presented.size() ? presented[i] : 0);
-      diff |= static_cast<unsigned>(a ^ b);
-    }
-    any |= (diff == 0);
-  }
-  return any;
-}
-
-// --- ThreadPool -----------------------------------------------------------------------------
-
-ThreadPool::ThreadPool(int threads, std::function<void(const std::string&)> on_exception)
-    : on_exception_(std::move(on_exception)) {
-  for (int i = 0; i < std::max(1, threads); ++i) {
-    threads_.emplace_back([this] {
-      while (true) {
-        std::function<void()> task;
-        {
-          std::unique_lock<std::mutex> lock(mu_);
-          cv_.wait(lock, [&] { return stopping_ || !tasks_.empty(); });
-          if (tasks_.empty()) return;
-          task = std::move(tasks_.front());
-          tasks_.pop_front();
-        }
-        try {
-          task();
-        } catch (const std::exception& e) {
-          if (on_exception_) on_exception_(e.what());
-        } catch (...) {
-          if (on_exception_) on_exception_("unknown exception");
-        }
-      }
-    });
-  }
-}
-
-ThreadPool::~ThreadPool() { Shutdown(); }
-
-bool ThreadPool::Submit(std::function<void()> task) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return false;
-    tasks_.push_back(std::move(task));
-  }
-  cv_.notify_one();
-  return true;
-}
-
-void ThreadPool::Shutdown() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  for (std::thread& t : threads_) {
-    if (t.joinable()) t.join();
-  }
-  threads_.clear();
-}
-
-// --- Call accounting ------------------------------------------------------------------------
-
-// An admitted call: counted in flight (and, for queued methods, against max_queued_requests)
-// from admission until End(), which also writes its log line and metrics. A ticket destroyed
-// without End() ends its call as INTERNAL, so no path can leak the in-flight count.
-class CallTicket {
- public:
-  CallTicket(AtmanService* service, AtmanService::CallInfo info, bool queued)
-      : service_(service), info_(std::move(info)), queued_(queued) {}
-  ~CallTicket() {
-    if (!ended_) End(grpc::Status(grpc::StatusCode::INTERNAL, "the call was dropped"), "");
-  }
-  CallTicket(const CallTicket&) = delete;
-  CallTicket& operator=(const CallTicket&) = delete;
-
-  const AtmanService::CallInfo& info() const { return info_; }
-  // The client's id, once it has been checked (CheckRequestId).
-  void set_request_id(std::string id) { info_.request_id = std::move(id); }
-  void End(const grpc::Status& status, const std::string& details) {
-    if (ended_) return;
-    ended_ = true;
-    {
-      MutexLock lock(&service_->mu_);
-      if (queued_) --service_->queued_calls_;
-      --service_->inflight_;
-      service_->metrics_->inflight->Set(static_cast<double>(service_->inflight_));
-      if (service_->inflight_ == 0) service_->idle_cv_.SignalAll();
-    }
-    service_->CallDone(info_, status, details);
-  }
-
- private:
-  AtmanService* service_;
-  AtmanService::CallInfo info_;
-  bool queued_;
-  bool ended_ = false;
-};
-
-// Why gRPC cancelled a call (OnCancel): its deadline passed, or the client went away.
-absl::Status CancelReason(Clock::time_point deadline) {
-  if (Clock::now() >= deadline) {
-    return absl::DeadlineExceededError("the deadline passed before the call finished");
-  }
-  return absl::CancelledError("cancelled by the client");
-}
-
-// Cancellation and deadline of one call, read by the threads that work on it.
-class CallState {
- public:
-  explicit CallState(Clock::time_point deadline) : deadline_(deadline) {}
-  // The first reason wins.
-  void Cancel(const absl::Status& why) {
-    MutexLock lock(&mu_);
-    if (cancel_.ok()) cancel_ = why;
-  }
-  // OK while the call should go on; CANCELLED or DEADLINE_EXCEEDED when it should stop.
-  absl::Status StopStatus() const {
-    {
-      MutexLock lock(&mu_);
-      if (!cancel_.ok()) return cancel_;
-    }
-    if (Clock::now() >= deadline_) {
-      return absl::DeadlineExceededError("the deadline passed before the call finished");
-    }
-    return absl::OkStatus();
-  }
-  Clock::time_point deadline() const { return deadline_; }
-
- private:
-  const Clock::time_point deadline_;
-  mutable Mutex mu_;
-  absl::Status cancel_ ABSL_GUARDED_BY(mu_);
-};
-
-// --- ExplainJob -----------------------------------------------------------------------------
-
-// One Explain / ExplainStream call from admission to its status. Callbacks run on pool and
-// batcher threads; Complete() ends the call exactly once, then drops everything heavy the
-// job holds (the request's items, the prepared explanation with its KV prefix cache, the
-// batcher handle) and its reactor callbacks.
-class ExplainJob {
- public:
-  ExplainJob(std::unique_ptr<CallTicket> ticket, Clock::time_point deadline)
-      : ticket(std::move(ticket)), state(deadline) {}
-
-  std::unique_ptr<CallTicket> ticket;
-  CallState state;
-  atman::ExplainRequest request;
-  size_t prompt_items = 0;
-  bool return_tensors = false;
-  int32_t max_forward_passes = 0;
-  size_t device = 0;
-  std::shared_ptr<atman::PreparedExplanation> prepared;
-  std::function<void(int64_t done, int64_t total, double eta)> on_progress;
-  std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)> on_done;
-  ::atman::v1::ExplainResponse response;
-  std::string details;  // for the summary log line
-
-  void Cancel(runtime::DynamicBatcher* batcher, const absl::Status& why) {
-    state.Cancel(why);
-    std::shared_ptr<runtime::DynamicBatcher::Request> handle;
-    {
-      MutexLock lock(&mu_);
-      handle = handle_;
-    }
-    if (handle) batcher->Cancel(handle, why);
-  }
-  // Stores the batcher handle; false when the job was cancelled meanwhile (caller cancels).
-  bool SetHandle(std::shared_ptr<runtime::DynamicBatcher::Request> handle) {
-    MutexLock lock(&mu_);
-    if (completed_) return false;
-    handle_ = std::move(handle);
-    return state.StopStatus().ok();
-  }
-  void Progress(int64_t done, int64_t total, double eta) {
-    std::function<void(int64_t, int64_t, double)> progress;
-    {
-      MutexLock lock(&mu_);
-      if (completed_) return;
-      progress = on_progress;
-    }
-    if (progress) progress(done, total, eta);
-  }
-  void Complete(const grpc::Status& status) {
-    std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)> done;
-    std::shared_ptr<runtime::DynamicBatcher::Request> handle;
-    {
-      MutexLock lock(&mu_);
-      if (completed_) return;
-      completed_ = true;
-      done = std::move(on_done);
-      on_done = nullptr;
-      on_progress = nullptr;
-      handle = std::move(handle_);
-    }
-    prepared.reset();
-    request = atman::ExplainRequest();
-    handle.reset();
-    // Accounting first: when the client has its answer, the metrics already count it.
-    ticket->End(status, details);
-    if (done) done(status, &response);
-  }
-
- private:
-  Mutex mu_;
-  bool completed_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<runtime::DynamicBatcher::Request> handle_ ABSL_GUARDED_BY(mu_);
-};
 
 // --- AtmanService ---------------------------------------------------------------------------
 
-AtmanService::AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
-                           const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher,
-                           ThreadPool* pool, Metrics* metrics, std::shared_ptr<spdlog::logger> log,
-                           ::atman::v1::ModelInfo info)
+AtmanService::AtmanService(const Config& config, const atman::ServedModel* model,
+                           runtime::DynamicBatcher* batcher, ThreadPool* pool, Metrics* metrics,
+                           std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info)
     : config_(config),
-      engines_(std::move(engines)),
-      tokenizer_(tokenizer),
+      admission_(config, metrics,
+                 [this](const CallInfo& call, const grpc::Status& status,
+                        const std::string& details) { CallDone(call, status, details); }),
+      model_(model),
       batcher_(batcher),
       pool_(pool),
       metrics_(metrics),
       log_(std::move(log)),
       info_(std::move(info)) {}
 
-void AtmanService::StartDraining() { draining_ = true; }
+void AtmanService::StartDraining() { admission_.StartDraining(); }
 
-int64_t AtmanService::inflight() const {
-  MutexLock lock(&mu_);
-  return inflight_;
-}
+int64_t AtmanService::inflight() const { return admission_.inflight(); }
 
 bool AtmanService::WaitForIdle(Clock::time_point deadline) {
-  MutexLock lock(&mu_);
-  while (inflight_ != 0) {
-    if (idle_cv_.WaitUntil(&mu_, deadline)) return inflight_ == 0;
-  }
-  return true;
+  return admission_.WaitForIdle(deadline);
 }
 
 void AtmanService::Hold() {
@@ -348,42 +122,6 @@ Clock::time_point AtmanService::last_arrival() const {
   return Clock::time_point(std::chrono::nanoseconds(last_arrival_.load()));
 }
 
-grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, const CallInfo& call,
-                                 bool queued, std::unique_ptr<CallTicket>* ticket) {
-  if (!config_.auth_tokens.empty()) {
-    const auto& md = ctx->client_metadata();
-    auto it = md.find("authorization");
-    if (it == md.end()) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          "authorization: missing (send metadata `authorization: Bearer <token>`)");
-    }
-    const std::string value(it->second.data(), it->second.size());
-    const std::string prefix = "Bearer ";
-    if (value.rfind(prefix, 0) != 0 ||
-        !TokenMatches(value.substr(prefix.size()), config_.auth_tokens)) {
-      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: unknown bearer token");
-    }
-  }
-  if (draining_) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        "the server is draining; retry on another replica");
-  }
-  MutexLock lock(&mu_);
-  if (queued) {
-    if (queued_calls_ >= config_.max_queued_requests) {
-      return grpc::Status(
-          grpc::StatusCode::RESOURCE_EXHAUSTED,
-          absl::StrCat("queue full: ", queued_calls_, " calls queued (max_queued_requests ",
-                       config_.max_queued_requests, "); retry with back-off"));
-    }
-    ++queued_calls_;
-  }
-  ++inflight_;
-  metrics_->inflight->Set(static_cast<double>(inflight_));
-  *ticket = std::make_unique<CallTicket>(this, call, queued);
-  return grpc::Status::OK;
-}
-
 void AtmanService::CallDone(const CallInfo& call, const grpc::Status& status,
                             const std::string& details) {
   CallRecord record;
@@ -405,7 +143,7 @@ std::shared_ptr<ExplainJob> AtmanService::BeginExplain(grpc::CallbackServerConte
                                                        const char* method, ExplainFinish finish) {
   CallInfo call{method, NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  if (grpc::Status s = Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
+  if (grpc::Status s = admission_.Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
     CallDone(call, s, "");
     finish(s, nullptr);
     return nullptr;
@@ -437,9 +175,9 @@ void AtmanService::RunExplain(std::shared_ptr<ExplainJob> job) {
     try {
       if (absl::Status stop = job->state.StopStatus(); !stop.ok())
         return job->Complete(ToGrpc(stop));
-      const size_t device = next_device_++ % engines_.size();
+      const size_t device = next_device_++ % model_->num_devices();
       job->device = device;
-      const atman::Explainer& explainer = *engines_[device]->explainer;
+      const atman::Explainer& explainer = model_->explainer(device);
       auto prepared_or =
           explainer.Prepare(job->request, [job](int32_t) { return job->state.StopStatus(); });
       if (!prepared_or.ok()) return job->Complete(ToGrpc(prepared_or.status()));
@@ -506,10 +244,10 @@ void AtmanService::FinishExplain(std::shared_ptr<ExplainJob> job,
     prepared.usage.forward_passes += result.forward_passes;
     prepared.usage.positions_computed += result.positions_computed;
     prepared.usage.perturbed_rows = static_cast<int64_t>(prepared.rows.size());
-    const DeviceEngine& engine = *engines_[job->device];
-    auto explanation = engine.explainer->Finish(prepared, result.log_probs);
+    const atman::ServedModel::Replica& replica = model_->replica(job->device);
+    auto explanation = replica.explainer->Finish(prepared, result.log_probs);
     if (!explanation.ok()) return job->Complete(ToGrpc(explanation.status()));
-    explanation->usage.peak_memory_bytes = runtime::ReadMemory(engine.lm->device()).peak_bytes;
+    explanation->usage.peak_memory_bytes = runtime::ReadMemory(replica.device).peak_bytes;
     ToExplainResponse(*explanation, job->prompt_items, job->return_tensors, &job->response);
     job->response.mutable_usage()->set_queue_seconds(result.queue_seconds);
     job->Complete(grpc::Status::OK);
@@ -518,151 +256,6 @@ void AtmanService::FinishExplain(std::shared_ptr<ExplainJob> job,
   }
 }
 
-namespace {
-
-class ExplainReactor final : public grpc::ServerUnaryReactor {
- public:
-  ExplainReactor(runtime::DynamicBatcher* batcher, grpc::ByteBuffer* response)
-      : batcher_(batcher), response_(response) {}
-  void Start(std::shared_ptr<ExplainJob> job) {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = std::move(job);
-  }
-  void Answer(const grpc::Status& status, ::atman::v1::ExplainResponse* response) {
-    grpc::Status s = status;
-    if (s.ok() && response != nullptr) s = Serialize(*response, response_);
-    Finish(s);
-  }
-  void OnCancel() override {
-    std::shared_ptr<ExplainJob> job;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job = job_;
-    }
-    if (job) job->Cancel(batcher_, CancelReason(job->state.deadline()));
-  }
-  void OnDone() override { delete this; }
-
- private:
-  runtime::DynamicBatcher* batcher_;
-  grpc::ByteBuffer* response_;
-  std::mutex mu_;
-  std::shared_ptr<ExplainJob> job_;
-};
-
-// Serialises writes of a server stream: progress events replace each other while a write is
-// in flight; the result is written last, then the status. Shared with the job so that late
-// callbacks find it alive after the reactor is gone.
-class StreamSink {
- public:
-  explicit StreamSink(grpc::ServerWriteReactor<grpc::ByteBuffer>* reactor) : reactor_(reactor) {}
-
-  void Progress(int64_t done, int64_t total, double eta) {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    if (finishing_) return;
-    pending_progress_.emplace();
-    auto* p = pending_progress_->mutable_progress();
-    p->set_rows_done(done);
-    p->set_rows_total(total);
-    p->set_estimated_seconds_left(eta);
-    Pump();
-  }
-  void Finish(const grpc::Status& status, ::atman::v1::ExplainResponse* response) {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    if (finishing_) return;
-    finishing_ = true;
-    status_ = status;
-    if (status.ok() && response != nullptr) {
-      result_.emplace();
-      *result_->mutable_result() = std::move(*response);
-    }
-    pending_progress_.reset();
-    Pump();
-  }
-  void WriteDone(bool ok) {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    writing_ = false;
-    if (!ok) {  // the stream broke (client gone): finish without more writes
-      pending_progress_.reset();
-      result_.reset();
-      if (!finishing_) {
-        finishing_ = true;
-        status_ = grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
-      }
-    }
-    Pump();
-  }
-  void Detach() {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    reactor_ = nullptr;
-  }
-
- private:
-  void Pump() {
-    if (writing_ || reactor_ == nullptr || finished_) return;
-    if (pending_progress_) {
-      current_.Clear();
-      Serialize(*pending_progress_, &current_);
-      pending_progress_.reset();
-      writing_ = true;
-      reactor_->StartWrite(&current_);
-      return;
-    }
-    if (!finishing_) return;
-    finished_ = true;
-    if (result_) {
-      current_.Clear();
-      grpc::Status serialized = Serialize(*result_, &current_);
-      result_.reset();
-      if (serialized.ok()) {
-        reactor_->StartWriteAndFinish(&current_, grpc::WriteOptions(), status_);
-      } else {
-        reactor_->Finish(serialized);
-      }
-    } else {
-      reactor_->Finish(status_);
-    }
-  }
-
-  std::recursive_mutex mu_;
-  grpc::ServerWriteReactor<grpc::ByteBuffer>* reactor_;
-  std::optional<::atman::v1::ExplainEvent> pending_progress_, result_;
-  grpc::ByteBuffer current_;
-  grpc::Status status_;
-  bool writing_ = false, finishing_ = false, finished_ = false;
-};
-
-class ExplainStreamReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
- public:
-  explicit ExplainStreamReactor(runtime::DynamicBatcher* batcher)
-      : batcher_(batcher), sink_(std::make_shared<StreamSink>(this)) {}
-  std::shared_ptr<StreamSink> sink() { return sink_; }
-  void Start(std::shared_ptr<ExplainJob> job) {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = std::move(job);
-  }
-  void OnWriteDone(bool ok) override { sink_->WriteDone(ok); }
-  void OnCancel() override {
-    std::shared_ptr<ExplainJob> job;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job = job_;
-    }
-    if (job) job->Cancel(batcher_, CancelReason(job->state.deadline()));
-  }
-  void OnDone() override {
-    sink_->Detach();
-    delete this;
-  }
-
- private:
-  runtime::DynamicBatcher* batcher_;
-  std::shared_ptr<StreamSink> sink_;
-  std::mutex mu_;
-  std::shared_ptr<ExplainJob> job_;
-};
-
-}  // namespace
 
 grpc::ServerUnaryReactor* AtmanService::Explain(grpc::CallbackServerContext* ctx,
                                                 const grpc::ByteBuffer* request,
@@ -697,19 +290,6 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* AtmanService::ExplainStream(
 
 // --- Generate -------------------------------------------------------------------------------
 
-namespace {
-
-class GenerateReactor final : public grpc::ServerUnaryReactor {
- public:
-  explicit GenerateReactor(std::shared_ptr<CallState> state) : state_(std::move(state)) {}
-  void OnCancel() override { state_->Cancel(CancelReason(state_->deadline())); }
-  void OnDone() override { delete this; }
-
- private:
-  std::shared_ptr<CallState> state_;
-};
-
-}  // namespace
 
 grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ctx,
                                                  const grpc::ByteBuffer* bytes,
@@ -718,7 +298,7 @@ grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ct
   auto* reactor = new GenerateReactor(state);
   CallInfo call{"Generate", NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  if (grpc::Status s = Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
+  if (grpc::Status s = admission_.Admit(ctx, call, /*queued=*/true, &ticket); !s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);
     return reactor;
@@ -748,8 +328,8 @@ grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ct
     std::string details;
     try {
       const auto started = Clock::now();
-      const DeviceEngine& engine = *engines_[next_device_++ % engines_.size()];
-      auto generation = engine.explainer->Generate(work->second, [this, state](int32_t) {
+      const atman::Explainer& explainer = model_->explainer(next_device_++ % model_->num_devices());
+      auto generation = explainer.Generate(work->second, [this, state](int32_t) {
         WaitWhileHeld(*state);
         return state->StopStatus();
       });
@@ -787,7 +367,7 @@ grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ct
   auto* reactor = ctx->DefaultReactor();
   CallInfo call{"Tokenize", NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  grpc::Status s = Admit(ctx, call, /*queued=*/false, &ticket);
+  grpc::Status s = admission_.Admit(ctx, call, /*queued=*/false, &ticket);
   if (!s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);
@@ -799,21 +379,11 @@ grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ct
     s = ToGrpc(parsed);
   } else {
     const bool specials = !request.has_add_special_tokens() || request.add_special_tokens();
-    auto enc = tokenizer_->Encode(request.text(), specials);
-    if (!enc.ok()) {
-      s = Invalid(absl::StrCat("text: ", std::string(enc.status().message())));
-    } else if (static_cast<int64_t>(enc->size()) > config_.max_prompt_tokens) {
-      s = Invalid(absl::StrCat("text: ", enc->size(), " tokens > max_prompt_tokens ",
-                               config_.max_prompt_tokens));
+    auto tokens = model_->Tokenize(request.text(), specials);
+    if (!tokens.ok()) {
+      s = ToGrpc(tokens.status());
     } else {
-      for (size_t i = 0; i < enc->size(); ++i) {
-        ::atman::v1::Token* t = out.add_tokens();
-        t->set_id(enc->ids[i]);
-        t->set_text(enc->tokens[i]);
-        t->set_start(enc->spans[i].char_begin);
-        t->set_length(enc->spans[i].char_end - enc->spans[i].char_begin);
-        t->set_special(enc->special_tokens_mask[i] != 0);
-      }
+      ToTokenizeResponse(*tokens, &out);
       s = Serialize(out, response);
     }
   }
@@ -828,7 +398,7 @@ grpc::ServerUnaryReactor* AtmanService::GetModelInfo(grpc::CallbackServerContext
   auto* reactor = ctx->DefaultReactor();
   CallInfo call{"GetModelInfo", NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
-  grpc::Status s = Admit(ctx, call, /*queued=*/false, &ticket);
+  grpc::Status s = admission_.Admit(ctx, call, /*queued=*/false, &ticket);
   if (!s.ok()) {
     CallDone(call, s, "");
     reactor->Finish(s);

@@ -16,12 +16,13 @@
 // with no message and count nothing). proto_conversion.h does the conversions; the engine
 // validates what it is asked.
 //
-// Admission: UNAUTHENTICATED (token), UNAVAILABLE (draining), RESOURCE_EXHAUSTED (more than
-// max_queued_requests Explain/ExplainStream/Generate calls admitted and not finished). Every
-// admitted call is counted in flight until its status is sent (an RAII ticket); every call,
-// admitted or not, ends with one log line and one atman_requests_total increment.
+// Admission (admission.h): UNAUTHENTICATED (token), UNAVAILABLE (draining), RESOURCE_EXHAUSTED
+// (more than max_queued_requests Explain/ExplainStream/Generate calls admitted and not
+// finished). Every admitted call is counted in flight until its status is sent (one RAII
+// CallTicket); every call, admitted or not, ends with one log line and one
+// atman_requests_total increment (CallDone).
 //
-// Ownership: the service borrows everything it is given (engines, tokenizer, batcher, pool,
+// Ownership: the service borrows everything it is given (the served model, batcher, pool,
 // metrics, logger); they must outlive it and every call it started. A finished call leaves
 // nothing behind: its job, prepared explanation (KV prefix cache) and batcher request are
 // released when its status is sent. Thread safety: gRPC calls the handlers from many threads;
@@ -42,50 +43,19 @@
 
 #include "absl/base/thread_annotations.h"
 #include "atman/v1/atman.grpc.pb.h"
-#include "core/atman/explainer.h"
+#include "core/atman/served_model.h"
 #include "core/base/mutex.h"
-#include "core/model/causal_lm.h"
 #include "core/runtime/dynamic_batcher.h"
-#include "core/text/tokenizer.h"
+#include "server/admission.h"
 #include "server/config.h"
 #include "server/metrics.h"
+#include "server/thread_pool.h"
 
 namespace spdlog {
 class logger;
 }
 
 namespace atman::server {
-
-// A fixed set of threads running queued tasks in order. Shutdown() runs the tasks already
-// queued, then joins; Submit() after Shutdown() refuses (returns false). A task that throws
-// is reported to `on_exception` (the worker lives on). Thread-safe.
-class ThreadPool {
- public:
-  explicit ThreadPool(int threads, std::function<void(const std::string&)> on_exception = {});
-  ~ThreadPool();
-  bool Submit(std::function<void()> task);
-  void Shutdown();
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  std::function<void(const std::string&)> on_exception_;
-  std::vector<std::thread> threads_;
-};
-
-// The model on one device, and the engine over it.
-struct DeviceEngine {
-  std::string device_name;      // "cpu", "cuda:0"
-  std::string dtype_name;       // "float32", "bfloat16", "float16" (--dtype auto resolved)
-  std::shared_ptr<void> owner;  // keeps the loaded model (CausalLM or VisionLanguageModel)
-  const model::CausalLM* lm = nullptr;
-  // Vision-language models: the image processor the explainer borrows (from the model folder's
-  // preprocessor_config.json).
-  std::unique_ptr<vision::ImageProcessor> image_processor;
-  std::unique_ptr<atman::Explainer> explainer;
-};
 
 using RawAtmanService = ::atman::v1::Atman::WithRawCallbackMethod_Explain<
     ::atman::v1::Atman::WithRawCallbackMethod_ExplainStream<
@@ -95,14 +65,13 @@ using RawAtmanService = ::atman::v1::Atman::WithRawCallbackMethod_Explain<
                     ::atman::v1::Atman::Service>>>>>;
 
 class ExplainJob;
-class CallTicket;
 class CallState;
 
 class AtmanService final : public RawAtmanService {
  public:
-  AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
-               const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher, ThreadPool* pool,
-               Metrics* metrics, std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
+  AtmanService(const Config& config, const atman::ServedModel* model,
+               runtime::DynamicBatcher* batcher, ThreadPool* pool, Metrics* metrics,
+               std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
 
   grpc::ServerUnaryReactor* Explain(grpc::CallbackServerContext* ctx,
                                     const grpc::ByteBuffer* request,
@@ -133,22 +102,12 @@ class AtmanService final : public RawAtmanService {
   void Release();
   bool held() const;
 
-  // What a call is, for its log line and metrics.
-  struct CallInfo {
-    std::string method, request_id, peer;
-    std::chrono::steady_clock::time_point started;
-  };
+  using CallInfo = server::CallInfo;
   // One finished call: atman_requests_total, the duration histogram and the log line.
   void CallDone(const CallInfo& call, const grpc::Status& status, const std::string& details);
 
  private:
-  friend class ExplainJob;
-  friend class CallTicket;
 
-  // Authentication, draining and the queue limit. OK admits the call: `*ticket` then counts
-  // it in flight until the ticket ends.
-  grpc::Status Admit(grpc::CallbackServerContext* ctx, const CallInfo& call, bool queued,
-                     std::unique_ptr<CallTicket>* ticket);
   // Admission and parsing shared by Explain and ExplainStream; null when the call has already
   // been answered through `finish`.
   using ExplainFinish = std::function<void(const grpc::Status&, ::atman::v1::ExplainResponse*)>;
@@ -162,22 +121,16 @@ class AtmanService final : public RawAtmanService {
   std::string NewRequestId();
 
   const Config& config_;
-  std::vector<DeviceEngine*> engines_;
-  const text::Tokenizer* tokenizer_;
+  Admission admission_;
+  const atman::ServedModel* model_;
   runtime::DynamicBatcher* batcher_;
   ThreadPool* pool_;
   Metrics* metrics_;
   std::shared_ptr<spdlog::logger> log_;
   ::atman::v1::ModelInfo info_;
-  std::atomic<bool> draining_{false};
   std::atomic<uint64_t> next_device_{0}, next_id_{0};
   std::atomic<int64_t> last_arrival_{0};  // steady clock, nanoseconds since its epoch
 
-  // atman::Mutex, not absl::Mutex: the TSan build must see the locking (core/base/mutex.h).
-  mutable Mutex mu_;
-  CondVar idle_cv_;  // inflight_ reached 0
-  int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t queued_calls_ ABSL_GUARDED_BY(mu_) = 0;  // admitted Explain/Stream/Generate calls
   mutable Mutex hold_mu_;
   mutable CondVar hold_cv_;  // held_ went false
   bool held_ ABSL_GUARDED_BY(hold_mu_) = false;
@@ -186,7 +139,5 @@ class AtmanService final : public RawAtmanService {
 // Exposed for tests of the conversion: absl status -> gRPC status, and a code's name.
 grpc::Status ToGrpc(const absl::Status& status);
 std::string CodeName(grpc::StatusCode code);
-// Constant-time token check against every configured token.
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens);
 
 }  // namespace atman::server

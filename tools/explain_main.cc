@@ -1,5 +1,6 @@
-// atman-explain: AtMan explanations from the command line. Loads one model folder once (a
-// LLaVA vision-language model when config.json says so, else a text-only causal LM), then
+// atman-explain: AtMan explanations from the command line. Loads one model folder once
+// (atman::ServedModel: a LLaVA vision-language model when config.json says so, else a
+// text-only causal LM), then
 // reads one JSON request per line from stdin and writes one JSON line per request to stdout
 // (flushed after each, so a caller can drive it through a pipe).
 //
@@ -45,11 +46,7 @@
 #include "core/atman/explainer.h"
 #include "core/atman/relevance.h"
 #include "core/base/status_macros.h"
-#include "core/io/checkpoint.h"
-#include "core/model/causal_lm.h"
-#include "core/model/llava.h"
-#include "core/model/model_files.h"
-#include "core/text/tokenizer.h"
+#include "core/atman/served_model.h"
 
 namespace atman {
 namespace {
@@ -138,36 +135,17 @@ std::optional<Args> ParseArgs(int argc, char** argv) {
   return args;
 }
 
-// The loaded model, image processor (LLaVA only) and tokenizer.
-struct Loaded {
-  std::unique_ptr<model::CausalLM> lm;
-  std::unique_ptr<model::VisionLanguageModel> vlm;
-  std::unique_ptr<vision::ImageProcessor> processor;
-  std::unique_ptr<text::Tokenizer> tokenizer;
-};
-
-absl::StatusOr<Loaded> LoadModel(const Args& args) {
-  const std::filesystem::path dir = args.model;
-  ATMAN_ASSIGN_OR_RETURN(const nlohmann::json config, model::ReadModelConfig(dir));
-  ATMAN_ASSIGN_OR_RETURN(const model::ModelKind kind, model::ResolveModelKind(config));
-  c10::Device device(c10::kCPU);
-  try {
-    device = c10::Device(args.device);
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("--device '", args.device, "' is not a device"));
+// The model on --device in --dtype, with its Explainer (core/atman/served_model.h).
+absl::StatusOr<std::unique_ptr<atman::ServedModel>> LoadModel(const Args& args,
+                                                              atman::Explainer::Options options) {
+  ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<atman::ServedModel> served,
+                         atman::ServedModel::Open(args.model, std::move(options)));
+  auto device = atman::ServedModel::ParseDevice(args.device);
+  if (!device.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--device: ", device.status().message()));
   }
-  const c10::ScalarType dtype = args.dtype == "bfloat16"  ? c10::ScalarType::BFloat16
-                                : args.dtype == "float16" ? c10::ScalarType::Half
-                                                          : c10::ScalarType::Float;
-  Loaded loaded;
-  if (kind == model::ModelKind::kVisionLanguage) {
-    ATMAN_ASSIGN_OR_RETURN(loaded.vlm, model::VisionLanguageModel::Load(dir, device, dtype));
-    ATMAN_ASSIGN_OR_RETURN(loaded.processor, model::LoadImageProcessor(dir, *loaded.vlm));
-  } else {
-    ATMAN_ASSIGN_OR_RETURN(loaded.lm, model::CausalLM::Load(dir, device, dtype));
-  }
-  ATMAN_ASSIGN_OR_RETURN(loaded.tokenizer, model::LoadTokenizer(dir));
-  return loaded;
+  ATMAN_RETURN_IF_ERROR(served->AddDevice(*device, args.dtype));
+  return served;
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -358,21 +336,17 @@ nlohmann::json ToJson(const atman::Explanation& e, double seconds) {
 }
 
 int Run(const Args& args) {
-  auto loaded = LoadModel(args);
+  atman::Explainer::Options options;
+  options.limits.max_rows = args.max_rows;
+  options.limits.max_tokens = args.max_tokens;
+  options.limits.reuse_prefix = args.reuse_prefix;
+  auto loaded = LoadModel(args, options);
   if (!loaded.ok()) {
     std::fprintf(stderr, "atman-explain: cannot load --model %s: %s\n", args.model.c_str(),
                  std::string(loaded.status().message()).c_str());
     return 1;
   }
-  atman::Explainer::Options options;
-  options.limits.max_rows = args.max_rows;
-  options.limits.max_tokens = args.max_tokens;
-  options.limits.reuse_prefix = args.reuse_prefix;
-  std::unique_ptr<atman::Explainer> explainer =
-      loaded->vlm
-          ? std::make_unique<atman::Explainer>(loaded->vlm.get(), &*loaded->processor,
-                                               loaded->tokenizer.get(), options)
-          : std::make_unique<atman::Explainer>(loaded->lm.get(), loaded->tokenizer.get(), options);
+  atman::Explainer* explainer = (*loaded)->replica(0).explainer.get();
   if (args.warmup) {
     if (absl::Status s = explainer->Warmup(); !s.ok()) {
       std::fprintf(stderr, "atman-explain: warm-up failed: %s\n", std::string(s.message()).c_str());

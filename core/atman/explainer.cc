@@ -638,6 +638,7 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
   ATMAN_RETURN_IF_ERROR(Validate(request));
   auto prepared = std::make_unique<PreparedExplanation>();
   prepared->options = request.options;
+  // Prompt assembly.
   ATMAN_ASSIGN_OR_RETURN(Sequence seq,
                          TokenizePrompt(request.prompt, request.options.add_special_tokens));
   const auto P = static_cast<int64_t>(seq.ids.size());
@@ -645,10 +646,38 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
     return absl::InvalidArgumentError(absl::StrCat(
         "prompt: ", P, " tokens exceed the model's context of ", options_.max_sequence));
   }
-
   ATMAN_ASSIGN_OR_RETURN(at::Tensor prompt_embeds, EmbedPrompt(seq));
 
-  // The target: given, or generated greedily.
+  // The target: given, or generated.
+  ATMAN_RETURN_IF_ERROR(ResolveTarget(request, prompt_embeds, check, prepared.get()));
+  const auto m = static_cast<int64_t>(prepared->target_ids.size());
+  const int64_t L = P + m - 1;
+  if (L > options_.max_sequence) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt + target: ", P, " + ", m,
+                                                   " tokens exceed the model's context of ",
+                                                   options_.max_sequence));
+  }
+  prepared->prompt_tokens = P;
+  if (check) ATMAN_RETURN_IF_ERROR(check(0));
+
+  try {
+    ATMAN_ASSIGN_OR_RETURN(std::shared_ptr<runtime::KvPrefixCache> prefix,
+                           RunUnperturbed(prompt_embeds, P, prepared.get()));
+    // Unit planning, then one row per unit.
+    ATMAN_ASSIGN_OR_RETURN(prepared->units, MakeUnits(request, seq, m));
+    ATMAN_RETURN_IF_ERROR(BuildRows(request, prefix, prepared.get()));
+    prepared->prefix = std::move(prefix);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "explain: prepare");
+  }
+  prepared->usage.prepare_seconds = Seconds(started);
+  return prepared;
+}
+
+absl::Status Explainer::ResolveTarget(const ExplainRequest& request,
+                                      const at::Tensor& prompt_embeds, const StepCheck& check,
+                                      PreparedExplanation* prepared) const {
+  // Given, or generated greedily (the decode loop Generate runs too).
   if (request.target.empty()) {
     DecodeParams greedy;
     greedy.max_new_tokens = request.options.max_new_tokens;
@@ -677,87 +706,84 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
     for (const auto& span : encoding->spans)
       prepared->target_spans.emplace_back(span.char_begin, span.char_end);
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<runtime::KvPrefixCache>> Explainer::RunUnperturbed(
+    const at::Tensor& prompt_embeds, int64_t P, PreparedExplanation* prepared) const {
   const auto m = static_cast<int64_t>(prepared->target_ids.size());
   const int64_t L = P + m - 1;
-  if (L > options_.max_sequence) {
-    return absl::InvalidArgumentError(absl::StrCat("prompt + target: ", P, " + ", m,
-                                                   " tokens exceed the model's context of ",
-                                                   options_.max_sequence));
+  // Input = prompt followed by the target without its last token; output at P-1+j predicts
+  // target token j.
+  const c10::Device device = lm_->device();
+  auto prefix = std::make_shared<runtime::KvPrefixCache>();
+  if (m > 1) {
+    std::vector<int64_t> rest(prepared->target_ids.begin(), prepared->target_ids.end() - 1);
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor target_embeds, lm_->Embed(LongTensor(rest).unsqueeze(0)));
+    prefix->embeds = at::cat({prompt_embeds, target_embeds}, 1);
+  } else {
+    prefix->embeds = prompt_embeds;
   }
-  prepared->prompt_tokens = P;
-  if (check) ATMAN_RETURN_IF_ERROR(check(0));
-
-  try {
-    // Input = prompt followed by the target without its last token; output at P-1+j predicts
-    // target token j.
-    const c10::Device device = lm_->device();
-    auto prefix = std::make_shared<runtime::KvPrefixCache>();
-    if (m > 1) {
-      std::vector<int64_t> rest(prepared->target_ids.begin(), prepared->target_ids.end() - 1);
-      ATMAN_ASSIGN_OR_RETURN(at::Tensor target_embeds, lm_->Embed(LongTensor(rest).unsqueeze(0)));
-      prefix->embeds = at::cat({prompt_embeds, target_embeds}, 1);
-    } else {
-      prefix->embeds = prompt_embeds;
-    }
-    prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-    std::vector<int64_t> indices, tokens;
-    for (int64_t j = 0; j < m; ++j) {
-      indices.push_back(P - 1 + j);
-      tokens.push_back(prepared->target_ids[static_cast<size_t>(j)]);
-    }
-    prefix->target_indices = LongTensor(indices);
-    prefix->target_tokens = LongTensor(tokens);
-
-    model::ForwardInput pass;
-    pass.embeds = prefix->embeds;
-    pass.positions = prefix->positions;
-    pass.present = &prefix->cache;
-    pass.output.kind = model::OutputRequest::Kind::kLogProbs;
-    pass.output.indices = prefix->target_indices.unsqueeze(0);
-    pass.output.targets = prefix->target_tokens.unsqueeze(0);
-    ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput base, lm_->Forward(pass));
-    // Rows read the cache on other streams (the batcher's workers): they wait on this event.
-    prefix->ready = model::DeviceEvent::Record(device);
-    prefix->base_log_probs = base.log_probs[0].to(at::kCPU).to(at::kDouble);
-    prepared->usage.forward_passes += 1;
-    prepared->usage.positions_computed += L;
-
-    ATMAN_ASSIGN_OR_RETURN(prepared->units, MakeUnits(request, seq, m));
-    const auto n = static_cast<int64_t>(prepared->units.size());
-
-    // Conceptual suppression spreads into every other position of the model's input
-    // (../shared/docs/atman.md, as the research code): prompt positions and the
-    // teacher-forced target tokens t_1 .. t_{m-1}, including the position whose output
-    // predicts a target token. The last target token is not an input, so never suppressed.
-    at::Tensor similarity;
-    const std::vector<bool> eligible(static_cast<size_t>(L), true);
-    if (request.options.contextual_control_threshold.has_value()) {
-      similarity = CosineSimilarity(prefix->embeds[0].to(at::kCPU));
-    }
-    prepared->applicable = at::ones({n, m}, at::TensorOptions().dtype(at::kBool));
-    for (int64_t k = 0; k < n; ++k) {
-      const Unit& unit = prepared->units[static_cast<size_t>(k)];
-      ATMAN_ASSIGN_OR_RETURN(
-          SparseFactors factors,
-          SuppressionFactors(unit.positions, static_cast<float>(request.options.control_factor),
-                             request.options.contextual_control_threshold, similarity, eligible));
-      runtime::ScoringRow row;
-      row.prefix = prefix;
-      for (const auto& [position, factor] : factors) row.factors.push_back({position, factor});
-      row.mode = request.options.mode;
-      row.layers = request.options.layers;
-      prepared->rows.push_back(std::move(row));
-      if (unit.kind == UnitScore::Kind::kTarget) {
-        // Target token i (input index P + i) explains only later targets j > i.
-        prepared->applicable[k].slice(0, 0, unit.start + 1).fill_(false);
-      }
-    }
-    prepared->prefix = std::move(prefix);
-  } catch (const std::exception& e) {
-    return StatusFromException(e, "explain: prepare");
+  prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+  std::vector<int64_t> indices, tokens;
+  for (int64_t j = 0; j < m; ++j) {
+    indices.push_back(P - 1 + j);
+    tokens.push_back(prepared->target_ids[static_cast<size_t>(j)]);
   }
-  prepared->usage.prepare_seconds = Seconds(started);
-  return prepared;
+  prefix->target_indices = LongTensor(indices);
+  prefix->target_tokens = LongTensor(tokens);
+
+  model::ForwardInput pass;
+  pass.embeds = prefix->embeds;
+  pass.positions = prefix->positions;
+  pass.present = &prefix->cache;
+  pass.output.kind = model::OutputRequest::Kind::kLogProbs;
+  pass.output.indices = prefix->target_indices.unsqueeze(0);
+  pass.output.targets = prefix->target_tokens.unsqueeze(0);
+  ATMAN_ASSIGN_OR_RETURN(model::ForwardOutput base, lm_->Forward(pass));
+  // Rows read the cache on other streams (the batcher's workers): they wait on this event.
+  prefix->ready = model::DeviceEvent::Record(device);
+  prefix->base_log_probs = base.log_probs[0].to(at::kCPU).to(at::kDouble);
+  prepared->usage.forward_passes += 1;
+  prepared->usage.positions_computed += L;
+
+  return prefix;
+}
+
+absl::Status Explainer::BuildRows(const ExplainRequest& request,
+                                  const std::shared_ptr<runtime::KvPrefixCache>& prefix,
+                                  PreparedExplanation* prepared) const {
+  const auto n = static_cast<int64_t>(prepared->units.size());
+  const auto m = static_cast<int64_t>(prepared->target_ids.size());
+  const int64_t L = prefix->embeds.size(1);
+  // Conceptual suppression spreads into every other position of the model's input
+  // (../shared/docs/atman.md, as the research code): prompt positions and the
+  // teacher-forced target tokens t_1 .. t_{m-1}, including the position whose output
+  // predicts a target token. The last target token is not an input, so never suppressed.
+  at::Tensor similarity;
+  const std::vector<bool> eligible(static_cast<size_t>(L), true);
+  if (request.options.contextual_control_threshold.has_value()) {
+    similarity = CosineSimilarity(prefix->embeds[0].to(at::kCPU));
+  }
+  prepared->applicable = at::ones({n, m}, at::TensorOptions().dtype(at::kBool));
+  for (int64_t k = 0; k < n; ++k) {
+    const Unit& unit = prepared->units[static_cast<size_t>(k)];
+    ATMAN_ASSIGN_OR_RETURN(
+        SparseFactors factors,
+        SuppressionFactors(unit.positions, static_cast<float>(request.options.control_factor),
+                           request.options.contextual_control_threshold, similarity, eligible));
+    runtime::ScoringRow row;
+    row.prefix = prefix;
+    for (const auto& [position, factor] : factors) row.factors.push_back({position, factor});
+    row.mode = request.options.mode;
+    row.layers = request.options.layers;
+    prepared->rows.push_back(std::move(row));
+    if (unit.kind == UnitScore::Kind::kTarget) {
+      // Target token i (input index P + i) explains only later targets j > i.
+      prepared->applicable[k].slice(0, 0, unit.start + 1).fill_(false);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Explanation> Explainer::Finish(const PreparedExplanation& prepared,

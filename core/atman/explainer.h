@@ -149,8 +149,23 @@ class Explainer {
   // The decode loop shared by Generate and Prepare (empty target).
   absl::StatusOr<Decoded> Decode(const at::Tensor& prompt_embeds, const DecodeParams& params,
                                  const StepCheck& check, Usage* usage) const;
+  // Prepare's steps after prompt assembly (TokenizePrompt, EmbedPrompt), in order:
+  //   ResolveTarget   the target's ids, text and spans: tokenized, or generated greedily by
+  //                   Decode when the request's target is empty;
+  //   RunUnperturbed  the unperturbed pass over prompt + target[:-1]: the prefix cache with
+  //                   its base log-probabilities;
+  //   MakeUnits       unit planning at the requested granularity;
+  //   BuildRows       one ScoringRow per unit (conceptual suppression's factors) and which
+  //                   target tokens each unit explains.
+  absl::Status ResolveTarget(const ExplainRequest& request, const at::Tensor& prompt_embeds,
+                             const StepCheck& check, PreparedExplanation* prepared) const;
+  absl::StatusOr<std::shared_ptr<runtime::KvPrefixCache>> RunUnperturbed(
+      const at::Tensor& prompt_embeds, int64_t prompt_length, PreparedExplanation* prepared) const;
   absl::StatusOr<std::vector<Unit>> MakeUnits(const ExplainRequest& request, const Sequence& seq,
                                               int64_t num_targets) const;
+  absl::Status BuildRows(const ExplainRequest& request,
+                         const std::shared_ptr<runtime::KvPrefixCache>& prefix,
+                         PreparedExplanation* prepared) const;
 
   const model::CausalLM* lm_;
   const model::VisionLanguageModel* vlm_ = nullptr;        // null for text-only models

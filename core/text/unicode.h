@@ -17,12 +17,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/base/utf8.h"
 
 namespace atman::text {
 
 // OK, or InvalidArgument naming the byte offset of the first malformed UTF-8 sequence
-// (overlong forms, surrogates and code points above U+10FFFF are malformed).
-absl::Status ValidateUtf8(std::string_view s);
+// (core/base/utf8.h).
+using ::atman::ValidateUtf8;
 
 // Decodes one code point of valid UTF-8 at s[i]; sets *len to its byte length.
 char32_t DecodeAt(std::string_view s, size_t i, size_t* len);

@@ -6,7 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "proto/status_code_name.h"
 #include "server/call_log.h"
+#include "server/service.h"
 #include "server/proto_conversion.h"
 
 namespace atman::server {
@@ -166,6 +168,18 @@ TEST(ToExplainResponse, TokenRowsCarryTheirIndexAndOnlyEarlierTargetTokens) {
   ToExplainResponse(e, 1, false, &complete);
   EXPECT_FALSE(complete.explanations(0).has_target_token_index());
   EXPECT_EQ(complete.explanations(0).target_size(), 0);
+}
+
+TEST(StatusCodeName, OneTableForServerAndClient) {
+  EXPECT_EQ(proto::StatusCodeName(0), "OK");
+  EXPECT_EQ(proto::StatusCodeName(3), "INVALID_ARGUMENT");
+  EXPECT_EQ(proto::StatusCodeName(8), "RESOURCE_EXHAUSTED");
+  EXPECT_EQ(proto::StatusCodeName(16), "UNAUTHENTICATED");
+  EXPECT_EQ(proto::StatusCodeName(17), "CODE_17");
+  EXPECT_EQ(proto::StatusCodeName(-1), "CODE_-1");
+  // The server's log lines and metrics labels use it.
+  EXPECT_EQ(CodeName(grpc::StatusCode::DEADLINE_EXCEEDED), "DEADLINE_EXCEEDED");
+  EXPECT_EQ(CodeName(grpc::StatusCode::UNAVAILABLE), "UNAVAILABLE");
 }
 
 TEST(EscapeForLog, ControlCharactersAndInvalidUtf8CannotBreakALine) {

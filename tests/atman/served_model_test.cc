@@ -1,0 +1,124 @@
+// ServedModel (core/atman/served_model.h): opening a model folder, loading it per device, the
+// description GetModelInfo reports, Tokenize against the tokenizer itself and its limit, the
+// placement checks, and errors that name the path -- on the random-initialised Llama and
+// LLaVA fixtures of atman_cases.
+#include "core/atman/served_model.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "core/text/tokenizer.h"
+#include "tests/support/paths.h"
+
+namespace atman::atman {
+namespace {
+
+using ::atman::testing::FixtureDir;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::unique_ptr<ServedModel> OpenOnCpu(const std::string& name, Explainer::Options options = {}) {
+  auto served = ServedModel::Open(FixtureDir("atman_cases") / name, std::move(options));
+  EXPECT_TRUE(served.ok()) << served.status();
+  if (!served.ok()) return nullptr;
+  absl::Status s = (*served)->AddDevice(c10::Device(c10::kCPU), "float32");
+  EXPECT_TRUE(s.ok()) << s;
+  return *std::move(served);
+}
+
+TEST(ServedModel, DescribesATextModel) {
+  auto served = OpenOnCpu("llama");
+  ASSERT_NE(served, nullptr);
+  ASSERT_EQ(served->num_devices(), 1u);
+  const ModelDescription d = served->Describe();
+  EXPECT_EQ(d.name, "llama");
+  EXPECT_EQ(d.model_type, "llama");
+  EXPECT_EQ(d.vocab_size, 300);
+  EXPECT_EQ(d.num_layers, 3);
+  EXPECT_EQ(d.max_positions, 256);
+  EXPECT_FALSE(d.supports_images);
+  EXPECT_EQ(d.device, "cpu");
+  EXPECT_EQ(d.dtype, "float32");
+  EXPECT_EQ(d.chat_template, "");  // the fixture has none
+  EXPECT_NE(served->replica(0).lm, nullptr);
+  EXPECT_EQ(served->replica(0).image_processor, nullptr);
+}
+
+TEST(ServedModel, DescribesAVisionLanguageModelWithItsImageProcessor) {
+  auto served = OpenOnCpu("llava");
+  ASSERT_NE(served, nullptr);
+  const ModelDescription d = served->Describe();
+  EXPECT_EQ(d.model_type, "llava");
+  EXPECT_TRUE(d.supports_images);
+  EXPECT_EQ(d.vocab_size, 301);
+  EXPECT_NE(served->replica(0).image_processor, nullptr);
+}
+
+TEST(ServedModel, OneReplicaPerAddedDevice) {
+  auto served = OpenOnCpu("llama");
+  ASSERT_NE(served, nullptr);
+  ASSERT_TRUE(served->AddDevice(c10::Device(c10::kCPU), "bfloat16").ok());
+  ASSERT_EQ(served->num_devices(), 2u);
+  EXPECT_EQ(served->replica(1).dtype_name, "bfloat16");
+  EXPECT_NE(served->replica(0).lm, served->replica(1).lm);
+  EXPECT_EQ(served->Describe().dtype, "float32");  // the first device's
+}
+
+TEST(ServedModel, TokenizeIsTheTokenizersEncoding) {
+  auto served = OpenOnCpu("llama");
+  ASSERT_NE(served, nullptr);
+  auto tokenizer = text::Tokenizer::FromFile(FixtureDir("atman_cases") / "llama" / "tokenizer.json");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const std::string text = "Tom lives in Paris.";
+  for (bool specials : {true, false}) {
+    auto want = (*tokenizer)->Encode(text, specials);
+    ASSERT_TRUE(want.ok());
+    auto got = served->Tokenize(text, specials);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), want->size());
+    for (size_t i = 0; i < got->size(); ++i) {
+      EXPECT_EQ((*got)[i].id, want->ids[i]);
+      EXPECT_EQ((*got)[i].text, want->tokens[i]);
+      EXPECT_EQ((*got)[i].start, want->spans[i].char_begin);
+      EXPECT_EQ((*got)[i].length, want->spans[i].char_end - want->spans[i].char_begin);
+      EXPECT_EQ((*got)[i].special, want->special_tokens_mask[i] != 0);
+    }
+  }
+}
+
+TEST(ServedModel, TokenizeIsLimitedLikeAPrompt) {
+  Explainer::Options options;
+  options.max_prompt_tokens = 3;
+  auto served = OpenOnCpu("llama", options);
+  ASSERT_NE(served, nullptr);
+  auto tokens = served->Tokenize("one two three four five six", true);
+  ASSERT_FALSE(tokens.ok());
+  EXPECT_EQ(tokens.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(tokens.status().message()), StartsWith("text: "));
+  EXPECT_THAT(std::string(tokens.status().message()), HasSubstr("> max_prompt_tokens 3"));
+  EXPECT_TRUE(served->Tokenize("a", false).ok());
+}
+
+TEST(ServedModel, PlacementChecks) {
+  auto cpu = ServedModel::ParseDevice("cpu");
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_TRUE(cpu->is_cpu());
+  EXPECT_FALSE(ServedModel::ParseDevice("tpu:0").ok());
+  EXPECT_EQ(*ServedModel::ResolveDtype("auto", *cpu), "float32");
+  EXPECT_EQ(*ServedModel::ResolveDtype("auto", c10::Device(c10::kCUDA, 0)), "bfloat16");
+  EXPECT_EQ(*ServedModel::ResolveDtype("bf16", *cpu), "bfloat16");
+  EXPECT_EQ(*ServedModel::ResolveDtype("f16", *cpu), "float16");
+  auto bad = ServedModel::ResolveDtype("int8", *cpu);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("int8"));
+}
+
+TEST(ServedModel, AMissingFolderIsAnErrorNamingIt) {
+  auto served = ServedModel::Open(FixtureDir("atman_cases") / "no_such_model", {});
+  ASSERT_FALSE(served.ok());
+  EXPECT_THAT(std::string(served.status().message()), HasSubstr("no_such_model"));
+}
+
+}  // namespace
+}  // namespace atman::atman
