@@ -382,6 +382,15 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                             "always 0 otherwise")
                       .Register(r)
                       .Add({});
+  auto& token_reloads = prometheus::BuildCounter()
+                            .Name("atman_auth_token_reloads_total")
+                            .Help(
+                                "Changes of --auth-tokens-file seen while serving, by result: ok "
+                                "(its tokens replaced the file's previous ones), error (unreadable "
+                                "or no token; the previous tokens stay)")
+                            .Register(r);
+  m->token_reloads = &token_reloads.Add({{"result", "ok"}});
+  m->token_reload_errors = &token_reloads.Add({{"result", "error"}});
   prometheus::BuildGauge()
       .Name("atman_build_info")
       .Help("Build information; always 1")

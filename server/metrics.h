@@ -98,6 +98,10 @@ class Metrics {
   prometheus::Gauge* batch_workers = nullptr;     // atman_batch_workers
   prometheus::Gauge* ready = nullptr;             // atman_ready
   prometheus::Gauge* test_hold = nullptr;         // atman_test_hold (--test-hooks)
+  // atman_auth_token_reloads_total{result}: --auth-tokens-file changes taken (ok) and refused
+  // (error: unreadable or no token; the previous tokens stay), server/credentials.h.
+  prometheus::Counter* token_reloads = nullptr;
+  prometheus::Counter* token_reload_errors = nullptr;
 
  private:
   Metrics() = default;

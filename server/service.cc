@@ -61,22 +61,6 @@ std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens) {
-  bool any = false;
-  for (const std::string& token : tokens) {
-    // Every byte of the longer string is compared, whatever the first difference.
-    const size_t n = std::max(token.size(), presented.size());
-    unsigned diff = token.size() == presented.size() ? 0u : 1u;
-    for (size_t i = 0; i < n; ++i) {
-      const auto a = static_cast<unsigned char>(i < token.size() ? token[i] : 0);
-      const auto b = static_cast<unsigned char>(i < presented.size() ? presented[i] : 0);
-      diff |= static_cast<unsigned>(a ^ b);
-    }
-    any |= (diff == 0);
-  }
-  return any;
-}
-
 // --- ThreadPool -----------------------------------------------------------------------------
 
 ThreadPool::ThreadPool(int threads, std::function<void(const std::string&)> on_exception)
@@ -350,7 +334,7 @@ Clock::time_point AtmanService::last_arrival() const {
 
 grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, const CallInfo& call,
                                  bool queued, std::unique_ptr<CallTicket>* ticket) {
-  if (!config_.auth_tokens.empty()) {
+  if (auth_ != nullptr ? auth_->enabled() : !config_.auth_tokens.empty()) {
     const auto& md = ctx->client_metadata();
     auto it = md.find("authorization");
     if (it == md.end()) {
@@ -360,7 +344,8 @@ grpc::Status AtmanService::Admit(grpc::CallbackServerContext* ctx, const CallInf
     const std::string value(it->second.data(), it->second.size());
     const std::string prefix = "Bearer ";
     if (value.rfind(prefix, 0) != 0 ||
-        !TokenMatches(value.substr(prefix.size()), config_.auth_tokens)) {
+        !(auth_ != nullptr ? auth_->Allows(value.substr(prefix.size()))
+                           : TokenMatches(value.substr(prefix.size()), config_.auth_tokens))) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: unknown bearer token");
     }
   }

@@ -48,6 +48,7 @@
 #include "core/runtime/dynamic_batcher.h"
 #include "core/text/tokenizer.h"
 #include "server/config.h"
+#include "server/credentials.h"
 #include "server/metrics.h"
 
 namespace spdlog {
@@ -103,6 +104,9 @@ class AtmanService final : public RawAtmanService {
   AtmanService(const Config& config, std::vector<DeviceEngine*> engines,
                const text::Tokenizer* tokenizer, runtime::DynamicBatcher* batcher, ThreadPool* pool,
                Metrics* metrics, std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
+  // Bearer tokens that may rotate (credentials.h), borrowed; without it, config.auth_tokens as
+  // read at start. Set before the server starts.
+  void set_auth(const AuthTokens* auth) { auth_ = auth; }
 
   grpc::ServerUnaryReactor* Explain(grpc::CallbackServerContext* ctx,
                                     const grpc::ByteBuffer* request,
@@ -181,12 +185,11 @@ class AtmanService final : public RawAtmanService {
   mutable Mutex hold_mu_;
   mutable CondVar hold_cv_;  // held_ went false
   bool held_ ABSL_GUARDED_BY(hold_mu_) = false;
+  const AuthTokens* auth_ = nullptr;
 };
 
 // Exposed for tests of the conversion: absl status -> gRPC status, and a code's name.
 grpc::Status ToGrpc(const absl::Status& status);
 std::string CodeName(grpc::StatusCode code);
-// Constant-time token check against every configured token.
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens);
 
 }  // namespace atman::server

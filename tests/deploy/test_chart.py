@@ -199,6 +199,8 @@ def test_default_values_render_and_validate():
     assert not {"model", "devices", "port", "metrics-port", "tls-cert", "auth-tokens-file"} & set(config)
     assert (config["drain-delay-seconds"], config["max-connection-age-seconds"],
             config["max-connection-age-grace-seconds"]) == (5, 300, 600)
+    # Certificates and tokens are re-read every minute: a renewal needs no restart.
+    assert config["credentials-refresh-seconds"] == 60
     # CPU mode: the server sizes its workers and threads to the CPU request (2), not to the
     # node's cores; no OMP_NUM_THREADS unless set.
     assert config["cpu-cores"] == 2 and config["workers-per-device"] == 0

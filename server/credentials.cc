@@ -1,0 +1,170 @@
+#include "server/credentials.h"
+
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace atman::server {
+namespace {
+
+// The whole file, or nullopt when it cannot be opened or read.
+std::optional<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return std::nullopt;
+  return text.str();
+}
+
+absl::Status CheckReadable(const std::string& flag, const std::string& path) {
+  const std::optional<std::string> text = ReadText(path);
+  if (!text.has_value() || text->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": empty or unreadable"));
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const std::vector<std::string>> Join(const std::vector<std::string>& a,
+                                                     const std::vector<std::string>& b) {
+  auto all = std::make_shared<std::vector<std::string>>(a);
+  all->insert(all->end(), b.begin(), b.end());
+  return all;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const Config& config) {
+  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  if (auto s = CheckReadable("--tls-cert", config.tls_cert); !s.ok()) return s;
+  if (auto s = CheckReadable("--tls-key", config.tls_key); !s.ok()) return s;
+  if (!config.tls_client_ca.empty()) {
+    if (auto s = CheckReadable("--tls-client-ca", config.tls_client_ca); !s.ok()) return s;
+  }
+  const auto interval = static_cast<unsigned int>(
+      std::clamp<int64_t>(config.credentials_refresh_seconds, 1, 86400 * 365));
+  // The provider reads the files once now, then every `interval` on its own thread.
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      config.tls_key, config.tls_cert, config.tls_client_ca, interval);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (config.tls_client_ca.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::experimental::TlsServerCredentials(options);
+  if (credentials == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert ", config.tls_cert, " / --tls-key ", config.tls_key,
+                     ": gRPC refused the TLS configuration"));
+  }
+  return credentials;
+}
+
+bool TokenMatches(absl::string_view presented, const std::vector<std::string>& tokens) {
+  bool any = false;
+  for (const std::string& token : tokens) {
+    // Every byte of the longer string is compared, whatever the first difference.
+    const size_t n = std::max(token.size(), presented.size());
+    unsigned diff = token.size() == presented.size() ? 0u : 1u;
+    for (size_t i = 0; i < n; ++i) {
+      const auto a = static_cast<unsigned char>(i < token.size() ? token[i] : 0);
+      const auto b = static_cast<unsigned char>(i < presented.size() ? presented[i] : 0);
+      diff |= static_cast<unsigned>(a ^ b);
+    }
+    any |= (diff == 0);
+  }
+  return any;
+}
+
+AuthTokens::AuthTokens(const Config& config, Observer observer)
+    : env_tokens_(config.auth_tokens.begin(),
+                  config.auth_tokens.begin() +
+                      static_cast<std::ptrdiff_t>(
+                          std::min(config.auth_env_tokens, config.auth_tokens.size()))),
+      file_(config.auth_tokens_file),
+      enabled_(!config.auth_tokens.empty()),
+      observer_(std::move(observer)),
+      tokens_(std::make_shared<const std::vector<std::string>>(config.auth_tokens)) {
+  if (file_.empty()) return;
+  // The baseline of change detection: the file now. LoadConfig read it moments ago; should it
+  // have changed since, the text read here is what counts, if it holds a token.
+  last_text_ = ReadText(file_);
+  if (last_text_.has_value()) {
+    const std::vector<std::string> file_tokens = ParseTokens(*last_text_);
+    if (!file_tokens.empty()) tokens_ = Join(env_tokens_, file_tokens);
+  }
+}
+
+AuthTokens::~AuthTokens() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stop_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+}
+
+bool AuthTokens::Allows(absl::string_view presented) const {
+  std::shared_ptr<const std::vector<std::string>> tokens;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tokens = tokens_;
+  }
+  return TokenMatches(presented, *tokens);
+}
+
+absl::Status AuthTokens::Refresh() {
+  if (file_.empty()) return absl::OkStatus();
+  const std::optional<std::string> text = ReadText(file_);
+  absl::Status refused;
+  size_t count = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (text == last_text_) return absl::OkStatus();
+    last_text_ = text;
+    if (!text.has_value()) {
+      refused = absl::InvalidArgumentError(absl::StrCat(
+          "--auth-tokens-file ", file_, ": cannot be read; keeping the previous tokens"));
+    } else {
+      std::vector<std::string> file_tokens = ParseTokens(*text);
+      if (file_tokens.empty()) {
+        refused = absl::InvalidArgumentError(
+            absl::StrCat("--auth-tokens-file ", file_,
+                         ": changed but holds no token; keeping the previous tokens"));
+      } else {
+        count = file_tokens.size();
+        tokens_ = Join(env_tokens_, file_tokens);
+      }
+    }
+  }
+  if (!refused.ok()) {
+    if (observer_.on_error) observer_.on_error(refused);
+    return refused;
+  }
+  if (observer_.on_reload) observer_.on_reload(count);
+  return absl::OkStatus();
+}
+
+void AuthTokens::Watch(std::chrono::seconds interval) {
+  if (file_.empty() || watcher_.joinable()) return;
+  watcher_ = std::thread([this, interval] {
+    std::unique_lock<std::mutex> lock(watch_mu_);
+    while (!watch_cv_.wait_for(lock, interval, [this] { return stop_; })) {
+      lock.unlock();
+      Refresh().IgnoreError();  // reported through the observer
+      lock.lock();
+    }
+  });
+}
+
+}  // namespace atman::server
