@@ -140,7 +140,36 @@ SCALED_OBJECT_SUBSET = {
         },
     },
 }
-CRD_SUBSETS = {"ServiceMonitor": SERVICE_MONITOR_SUBSET, "ScaledObject": SCALED_OBJECT_SUBSET}
+# PrometheusRule (monitoring.coreos.com/v1, the operator's API reference): groups of rules, each
+# either a recording rule (record) or an alert (alert, for, labels, annotations).
+PROMETHEUS_RULE_SUBSET = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["groups"],
+            "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string"},
+                    "rules": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False, "required": ["expr"],
+                        "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                        "properties": {
+                            "record": {"type": "string"}, "alert": {"type": "string"},
+                            "expr": {"type": "string"}, "for": {"type": "string"},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                        }}},
+                }}}},
+        },
+    },
+}
+CRD_SUBSETS = {"ServiceMonitor": SERVICE_MONITOR_SUBSET, "ScaledObject": SCALED_OBJECT_SUBSET,
+               "PrometheusRule": PROMETHEUS_RULE_SUBSET}
 
 
 def validate_all(objects):
@@ -486,3 +515,37 @@ def test_the_rendered_manifest_check_fails_the_pod_naming_the_file(tmp_path, she
     assert "model manifest: line 5: not '<64 lowercase hex digits>  <file>': not-a-sum  x\n" in out
     assert "model manifest: line 6: ../outside leaves the model folder\n" in out
     assert verify("# nothing\n") == (1, "model manifest: lists no file\n")
+
+
+def test_prometheus_rule_and_dashboard_ship_the_repository_files():
+    import json
+    rules_file = yaml.safe_load((ROOT / "deploy" / "prometheus" / "atman-rules.yaml").read_text())
+    dashboard_file = json.loads((ROOT / "deploy" / "grafana" / "atman-dashboard.json").read_text())
+    assert not [o for o in render({}) if o["kind"] == "PrometheusRule" or o["metadata"]["name"].endswith("-dashboard")]
+    values = {"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+                          "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "atman"}}}}
+    objects = render(values)
+    validate_all(objects)
+    rule = by_kind(objects, "PrometheusRule", "rel-atman")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"] == {"groups": rules_file["groups"]}  # the same rules, {{ $labels }} untouched
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 8
+    assert all(r["annotations"]["runbook_url"] == f"docs/deployment.md#{r['alert'].lower()}" for r in alerts)
+    assert "{{ $labels.job }}" in alerts[0]["annotations"]["summary"]
+    board = by_kind(objects, "ConfigMap", "rel-atman-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "atman"}
+    assert json.loads(board["data"]["atman-dashboard.json"]) == dashboard_file
+
+    base = "https://git.example/atman/blob/v0.1.0/docs/deployment.md"
+    values["metrics"]["prometheusRule"]["runbookBaseUrl"] = base
+    values["metrics"]["grafanaDashboard"].update(namespace="monitoring",
+                                                     labels={"grafana_dashboard": None, "dashboards": "atman"})
+    objects = render(values)
+    rule = by_kind(objects, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert {r["annotations"]["runbook_url"] for r in alerts} == {f"{base}#{r['alert'].lower()}" for r in alerts}
+    board = by_kind(objects, "ConfigMap", "rel-atman-dashboard")
+    assert board["metadata"]["namespace"] == "monitoring" and board["metadata"]["labels"]["dashboards"] == "atman"
+    assert "grafana_dashboard" not in board["metadata"]["labels"]

@@ -133,6 +133,13 @@ def test_rules_cover_the_alerts_operators_need():
     docs = (ROOT / "docs" / "deployment.md").read_text()
     for alert in alerts:
         assert f"### {alert}" in docs, f"docs/deployment.md does not explain {alert}"
+    # Every alert links its runbook: the section of docs/deployment.md (GitHub's anchor: the
+    # heading in lower case), which the chart can turn into a full URL (runbookBaseUrl).
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r]
+    assert {r["alert"] for r in rules} == alerts
+    for rule in rules:
+        anchor = rule["annotations"]["runbook_url"].removeprefix("docs/deployment.md#")
+        assert f"\n### {anchor}\n" in docs.lower(), rule["annotations"]["runbook_url"]
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path):
