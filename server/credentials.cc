@@ -2,8 +2,13 @@
 
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -68,6 +73,23 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
                      ": gRPC refused the TLS configuration"));
   }
   return credentials;
+}
+
+absl::StatusOr<double> CertificateNotAfter(const std::string& path) {
+  const std::optional<std::string> pem = ReadText(path);
+  if (!pem.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls-cert ", path, ": cannot be read"));
+  }
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())), &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(
+      bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr, &X509_free);
+  std::tm tm{};
+  if (!cert || ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert ", path, ": holds no PEM certificate with a validity"));
+  }
+  return static_cast<double>(timegm(&tm));
 }
 
 bool TokenMatches(absl::string_view presented, const std::vector<std::string>& tokens) {

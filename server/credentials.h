@@ -45,6 +45,12 @@ namespace atman::server {
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const Config& config);
 
+// The end of the validity (notAfter) of the first certificate in the PEM file at `path`, in
+// seconds since the Unix epoch: what atman_tls_certificate_expiry_timestamp_seconds reports,
+// read again at every scrape, so a certificate whose renewal never arrives raises an alert
+// before it expires. INVALID_ARGUMENT naming `path` when it holds no readable certificate.
+absl::StatusOr<double> CertificateNotAfter(const std::string& path);
+
 // Whether `presented` equals one of `tokens`, comparing every byte whatever the first
 // difference (no timing signal of how much of a token matched).
 bool TokenMatches(absl::string_view presented, const std::vector<std::string>& tokens);

@@ -492,6 +492,13 @@ int Run(int argc, char** argv) {
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
     metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
     metrics->test_hold->Set(service.held() ? 1 : 0);
+    // The certificate on disk, which new handshakes get within --credentials-refresh-seconds;
+    // unreadable mid-rotation: the last value stays.
+    if (!config.tls_cert.empty()) {
+      if (auto not_after = CertificateNotAfter(config.tls_cert); not_after.ok()) {
+        metrics->SetCertificateExpiry(*not_after);
+      }
+    }
   });
 
   // atman_ready first: a scrape that sees the health SERVING also sees ready 1.

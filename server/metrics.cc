@@ -382,6 +382,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                             "always 0 otherwise")
                       .Register(r)
                       .Add({});
+  m->certificate_expiry_ = &prometheus::BuildGauge()
+                                .Name("atman_tls_certificate_expiry_timestamp_seconds")
+                                .Help(
+                                    "notAfter of the TLS certificate in --tls-cert, Unix seconds, "
+                                    "read at every scrape (TLS servers only)")
+                                .Register(r);
   auto& token_reloads = prometheus::BuildCounter()
                             .Name("atman_auth_token_reloads_total")
                             .Help(
@@ -477,6 +483,10 @@ void Metrics::SetMemory(const std::string& device, double allocated, double rese
 
 void Metrics::SetMemoryBudget(const std::string& device, double bytes) {
   mem_budget_->Add({{"device", device}}).Set(bytes);
+}
+
+void Metrics::SetCertificateExpiry(double unix_seconds) {
+  certificate_expiry_->Add({}).Set(unix_seconds);
 }
 
 }  // namespace atman::server

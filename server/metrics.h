@@ -67,6 +67,9 @@ class Metrics {
   void SetMemory(const std::string& device, double allocated, double reserved, double peak);
   // The dynamic batcher's memory budget for `device` now (atman_memory_budget_bytes).
   void SetMemoryBudget(const std::string& device, double bytes);
+  // The TLS certificate's notAfter (atman_tls_certificate_expiry_timestamp_seconds); the
+  // series exists from the first call on (servers without TLS have none).
+  void SetCertificateExpiry(double unix_seconds);
 
   // Runs `collector` at the start of every scrape (Scrape() and each GET /metrics), before
   // the metrics are read, so gauges it sets show the state at scrape time. An empty function
@@ -113,6 +116,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* mem_reserved_ = nullptr;
   prometheus::Family<prometheus::Gauge>* mem_peak_ = nullptr;
   prometheus::Family<prometheus::Gauge>* mem_budget_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* certificate_expiry_ = nullptr;
 
   mutable std::mutex scrape_mu_;  // serialises scrapes; guards collector_
   std::function<void()> collector_;

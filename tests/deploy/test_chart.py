@@ -530,7 +530,7 @@ def test_prometheus_rule_and_dashboard_ship_the_repository_files():
     assert rule["metadata"]["labels"]["release"] == "prometheus"
     assert rule["spec"] == {"groups": rules_file["groups"]}  # the same rules, {{ $labels }} untouched
     alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 8
+    assert len(alerts) == 9
     assert all(r["annotations"]["runbook_url"] == f"docs/deployment.md#{r['alert'].lower()}" for r in alerts)
     assert "{{ $labels.job }}" in alerts[0]["annotations"]["summary"]
     board = by_kind(objects, "ConfigMap", "rel-atman-dashboard")

@@ -58,6 +58,14 @@ def der(pem_path: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem_path.read_text())
 
 
+def not_after(pem_path: Path) -> float:
+    """The certificate's notAfter in Unix seconds, as Python's ssl module decodes it."""
+    return float(ssl.cert_time_to_seconds(ssl._ssl._test_decode_cert(str(pem_path))["notAfter"]))
+
+
+EXPIRY = "atman_tls_certificate_expiry_timestamp_seconds"
+
+
 def test_renewed_certificate_reaches_new_handshakes():
     tmp = Path(tempfile.mkdtemp(prefix="atman-rotation-"))
     first = make_certificates(tmp)
@@ -75,6 +83,8 @@ def test_renewed_certificate_reaches_new_handshakes():
     try:
         assert presented_certificate(s.port, first / "ca.pem", first) == der(first / "server.pem")
         assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
+        assert s.metrics()[EXPIRY] == not_after(first / "server.pem")
+        assert not_after(renewed / "server.pem") > not_after(first / "server.pem")
 
         secret.update({"tls.crt": (renewed / "server.pem").read_bytes(),
                        "tls.key": (renewed / "server.key").read_bytes(),
@@ -86,6 +96,7 @@ def test_renewed_certificate_reaches_new_handshakes():
         fresh = pb_grpc.AtmanStub(grpc.secure_channel(s.address, mutual))
         assert fresh.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
         assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
+        assert s.metrics()[EXPIRY] == not_after(renewed / "server.pem")  # the alert's input moved on
         # Mutual TLS still holds: a handshake without a client certificate is refused.
         with pytest.raises(grpc.RpcError) as e:
             server_only = grpc.ssl_channel_credentials(root_certificates=(first / "ca.pem").read_bytes())
@@ -114,6 +125,7 @@ def test_a_rotated_tokens_file_replaces_the_file_tokens():
         return s.metrics().get(f'atman_auth_token_reloads_total{{result="{result}"}}', -1)
 
     try:
+        assert EXPIRY not in s.metrics()  # no TLS, no certificate series
         assert (code("old-token"), code("new-token"), code("env-token")) == (
             grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK)
         assert (reloads("ok"), reloads("error")) == (0, 0)

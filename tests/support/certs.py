@@ -21,10 +21,10 @@ def make_certificates(folder: Path) -> Path:
     return folder
 
 
-def renew_server_certificate(ca_folder: Path, folder: Path) -> Path:
+def renew_server_certificate(ca_folder: Path, folder: Path, days: int = 2) -> Path:
     """A renewal as cert-manager does it: a new key and a new server certificate (new serial)
-    for the same names, signed by `ca_folder`'s CA; writes server.pem/server.key into
-    `folder`."""
+    for the same names, valid `days` days (longer than make_certificates' one), signed by
+    `ca_folder`'s CA; writes server.pem/server.key into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def openssl(*args):
@@ -33,6 +33,6 @@ def renew_server_certificate(ca_folder: Path, folder: Path) -> Path:
             "-keyout", folder / "server.key", "-out", folder / "server.csr")
     (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     openssl("x509", "-req", "-in", folder / "server.csr", "-CA", ca_folder / "ca.pem",
-            "-CAkey", ca_folder / "ca.key", "-CAcreateserial", "-days", "1",
+            "-CAkey", ca_folder / "ca.key", "-CAcreateserial", "-days", days,
             "-extfile", folder / "server.ext", "-out", folder / "server.pem")
     return folder
