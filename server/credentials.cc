@@ -4,6 +4,7 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
@@ -35,6 +36,37 @@ absl::Status CheckReadable(const std::string& flag, const std::string& path) {
   return absl::OkStatus();
 }
 
+// A server whose key does not belong to its certificate would start and fail every handshake:
+// refuse it at start instead.
+absl::Status CheckKeyMatchesCertificate(const std::string& cert_path, const std::string& key_path) {
+  const std::optional<std::string> cert_pem = ReadText(cert_path), key_pem = ReadText(key_path);
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
+      BIO_new_mem_buf(cert_pem->data(), static_cast<int>(cert_pem->size())), &BIO_free);
+  std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
+      BIO_new_mem_buf(key_pem->data(), static_cast<int>(key_pem->size())), &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(
+      cert_bio ? PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr) : nullptr,
+      &X509_free);
+  if (!cert) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert ", cert_path, ": holds no PEM certificate"));
+  }
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      key_bio ? PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr) : nullptr,
+      &EVP_PKEY_free);
+  if (!key) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key ", key_path, ": holds no unencrypted PEM private key"));
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls-key ", key_path,
+                                                   ": is not the key of the certificate in "
+                                                   "--tls-cert ",
+                                                   cert_path));
+  }
+  return absl::OkStatus();
+}
+
 std::shared_ptr<const std::vector<std::string>> Join(const std::vector<std::string>& a,
                                                      const std::vector<std::string>& b) {
   auto all = std::make_shared<std::vector<std::string>>(a);
@@ -52,6 +84,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (!config.tls_client_ca.empty()) {
     if (auto s = CheckReadable("--tls-client-ca", config.tls_client_ca); !s.ok()) return s;
   }
+  if (auto s = CheckKeyMatchesCertificate(config.tls_cert, config.tls_key); !s.ok()) return s;
   const auto interval = static_cast<unsigned int>(
       std::clamp<int64_t>(config.credentials_refresh_seconds, 1, 86400 * 365));
   // The provider reads the files once now, then every `interval` on its own thread.

@@ -40,8 +40,8 @@ namespace atman::server {
 
 // Insecure credentials without --tls-cert; otherwise TLS (mutual TLS with --tls-client-ca)
 // whose files are re-read every config.credentials_refresh_seconds. INVALID_ARGUMENT naming
-// the flag when a file is unreadable or empty now (the server must not start without its
-// certificate).
+// the flag when a file is unreadable or empty now, or the key is not the certificate's (the
+// server must not start without a working certificate).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     const Config& config);
 

@@ -158,3 +158,16 @@ def test_a_rotated_tokens_file_replaces_the_file_tokens():
         assert (reloads("ok"), reloads("error")) == (2, 2)
     finally:
         assert s.stop() == 0, s.output()
+
+
+def test_a_key_that_is_not_the_certificates_refuses_to_start():
+    tmp = Path(tempfile.mkdtemp(prefix="atman-mismatch-"))
+    first = make_certificates(tmp)
+    renewed = renew_server_certificate(first, tmp / "renewed")
+    s = Server("--tls-cert", first / "server.pem", "--tls-key", renewed / "server.key", wait=False)
+    try:
+        assert s.proc.wait(timeout=120) == 2, s.output()
+        assert (f"--tls-key {renewed / 'server.key'}: is not the key of the certificate in "
+                f"--tls-cert {first / 'server.pem'}") in s.output()
+    finally:
+        s.stop()
