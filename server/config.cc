@@ -100,6 +100,7 @@ const std::map<std::string, Setter>& Setters() {
       {"tls-client-ca", Str(&Config::tls_client_ca)},
       {"auth-tokens-file", Str(&Config::auth_tokens_file)},
       {"credentials-refresh-seconds", Int(&Config::credentials_refresh_seconds, 1)},
+      {"credentials-staging-dir", Str(&Config::credentials_staging_dir)},
       {"max-message-bytes", Int(&Config::max_message_bytes, 1024)},
       {"max-prompt-tokens", Int(&Config::max_prompt_tokens, 1)},
       {"max-image-bytes", Int(&Config::max_image_bytes, 1)},

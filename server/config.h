@@ -58,6 +58,9 @@ struct Config {
   // How often the TLS files and the tokens file are looked at for a rotation
   // (server/credentials.h).
   int64_t credentials_refresh_seconds = 60;
+  // Where the validated copy of the TLS files that gRPC serves is kept (a fresh folder inside;
+  // credentials.h); empty: $TMPDIR, else /tmp.
+  std::string credentials_staging_dir;
   int64_t max_message_bytes = 33554432;
   int64_t max_prompt_tokens = 4096;
   int64_t max_image_bytes = 20971520;

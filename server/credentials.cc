@@ -9,7 +9,11 @@
 #include <openssl/x509.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -36,14 +40,14 @@ absl::Status CheckReadable(const std::string& flag, const std::string& path) {
   return absl::OkStatus();
 }
 
-// A server whose key does not belong to its certificate would start and fail every handshake:
-// refuse it at start instead.
-absl::Status CheckKeyMatchesCertificate(const std::string& cert_path, const std::string& key_path) {
-  const std::optional<std::string> cert_pem = ReadText(cert_path), key_pem = ReadText(key_path);
+// A key that does not belong to its certificate would fail every handshake: refused at start
+// and on a rotation. `cert_pem`/`key_pem` are the texts of the files at `cert_path`/`key_path`.
+absl::Status CheckPair(const std::string& cert_pem, const std::string& key_pem,
+                       const std::string& cert_path, const std::string& key_path) {
   std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
-      BIO_new_mem_buf(cert_pem->data(), static_cast<int>(cert_pem->size())), &BIO_free);
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())), &BIO_free);
   std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
-      BIO_new_mem_buf(key_pem->data(), static_cast<int>(key_pem->size())), &BIO_free);
+      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())), &BIO_free);
   std::unique_ptr<X509, decltype(&X509_free)> cert(
       cert_bio ? PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr) : nullptr,
       &X509_free);
@@ -67,6 +71,18 @@ absl::Status CheckKeyMatchesCertificate(const std::string& cert_path, const std:
   return absl::OkStatus();
 }
 
+absl::Status CheckCa(const std::string& ca_pem, const std::string& ca_path) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+      BIO_new_mem_buf(ca_pem.data(), static_cast<int>(ca_pem.size())), &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> first(
+      bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr, &X509_free);
+  if (!first) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-client-ca ", ca_path, ": holds no PEM certificate"));
+  }
+  return absl::OkStatus();
+}
+
 std::shared_ptr<const std::vector<std::string>> Join(const std::vector<std::string>& a,
                                                      const std::vector<std::string>& b) {
   auto all = std::make_shared<std::vector<std::string>>(a);
@@ -76,20 +92,39 @@ std::shared_ptr<const std::vector<std::string>> Join(const std::vector<std::stri
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
-    const Config& config) {
-  if (config.tls_cert.empty()) return grpc::InsecureServerCredentials();
+absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Create(const Config& config,
+                                                          Observer observer) {
+  std::unique_ptr<TlsFiles> files(new TlsFiles());
+  files->config_ = config;
+  files->observer_ = std::move(observer);
+  if (config.tls_cert.empty()) {
+    files->credentials_ = grpc::InsecureServerCredentials();
+    return files;
+  }
   if (auto s = CheckReadable("--tls-cert", config.tls_cert); !s.ok()) return s;
   if (auto s = CheckReadable("--tls-key", config.tls_key); !s.ok()) return s;
   if (!config.tls_client_ca.empty()) {
     if (auto s = CheckReadable("--tls-client-ca", config.tls_client_ca); !s.ok()) return s;
   }
-  if (auto s = CheckKeyMatchesCertificate(config.tls_cert, config.tls_key); !s.ok()) return s;
+  std::string base = config.credentials_staging_dir;
+  if (base.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    base = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  std::string pattern = base + "/atman-tls-XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("--credentials-staging-dir ", base,
+                                            ": cannot create a folder: ", std::strerror(errno)));
+  }
+  files->dir_ = pattern;
+  if (auto s = files->Refresh(); !s.ok()) return s;
   const auto interval = static_cast<unsigned int>(
       std::clamp<int64_t>(config.credentials_refresh_seconds, 1, 86400 * 365));
-  // The provider reads the files once now, then every `interval` on its own thread.
+  const std::string current = files->dir_ + "/current/";
+  // The provider reads the staged files once now, then every `interval` on its own thread.
   auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      config.tls_key, config.tls_cert, config.tls_client_ca, interval);
+      current + "tls.key", current + "tls.crt",
+      config.tls_client_ca.empty() ? std::string() : current + "ca.crt", interval);
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_identity_key_cert_pairs();
   if (config.tls_client_ca.empty()) {
@@ -98,14 +133,119 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
     options.watch_root_certs();
     options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   }
-  std::shared_ptr<grpc::ServerCredentials> credentials =
-      grpc::experimental::TlsServerCredentials(options);
-  if (credentials == nullptr) {
+  files->credentials_ = grpc::experimental::TlsServerCredentials(options);
+  if (files->credentials_ == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tls-cert ", config.tls_cert, " / --tls-key ", config.tls_key,
                      ": gRPC refused the TLS configuration"));
   }
-  return credentials;
+  return files;
+}
+
+TlsFiles::~TlsFiles() {
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    stop_ = true;
+  }
+  watch_cv_.notify_all();
+  if (watcher_.joinable()) watcher_.join();
+  if (!dir_.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+}
+
+std::string TlsFiles::served_certificate_path() const {
+  return dir_.empty() ? std::string() : dir_ + "/current/tls.crt";
+}
+
+absl::Status TlsFiles::Stage(const std::string& cert, const std::string& key,
+                             const std::string& ca) {
+  namespace fs = std::filesystem;
+  const std::string name = absl::StrCat("v", ++version_);
+  const fs::path folder = fs::path(dir_) / name;
+  std::error_code error;
+  fs::create_directory(folder, error);
+  auto write = [&](const char* file, const std::string& text) {
+    const fs::path path = folder / file;
+    {
+      std::ofstream out(path, std::ios::binary | std::ios::trunc);
+      out << text;
+      if (!out.flush()) return false;
+    }
+    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write, error);
+    return !error;
+  };
+  if (error || !write("tls.crt", cert) || !write("tls.key", key) ||
+      (!ca.empty() && !write("ca.crt", ca))) {
+    return absl::InternalError(absl::StrCat("--credentials-staging-dir: cannot write ",
+                                            folder.string()));
+  }
+  // rename(2) over the old link: gRPC sees either the old set or the new one, never a mix.
+  const fs::path link = fs::path(dir_) / "current", staged = fs::path(dir_) / "current.new";
+  fs::remove(staged, error);
+  fs::create_directory_symlink(name, staged, error);
+  if (!error) fs::rename(staged, link, error);
+  if (error) {
+    return absl::InternalError(absl::StrCat("--credentials-staging-dir: cannot switch ",
+                                            link.string(), ": ", error.message()));
+  }
+  // The set before the previous one: no reader can still be on its way to it.
+  if (version_ > 2) fs::remove_all(fs::path(dir_) / absl::StrCat("v", version_ - 2), error);
+  return absl::OkStatus();
+}
+
+absl::Status TlsFiles::Refresh() {
+  if (dir_.empty()) return absl::OkStatus();
+  const bool mutual = !config_.tls_client_ca.empty();
+  const std::optional<std::string> cert = ReadText(config_.tls_cert),
+                                   key = ReadText(config_.tls_key),
+                                   ca = mutual ? ReadText(config_.tls_client_ca) : std::string();
+  absl::Status status;
+  bool started = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    started = version_ > 0;
+    std::optional<std::string> now;
+    if (cert && key && ca) {
+      now = absl::StrCat(cert->size(), ":", *cert, key->size(), ":", *key, *ca);
+    }
+    if (started && now == last_) return absl::OkStatus();
+    last_ = now;
+    if (!now.has_value()) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "--tls-cert ", config_.tls_cert, " / --tls-key ", config_.tls_key,
+          mutual ? absl::StrCat(" / --tls-client-ca ", config_.tls_client_ca) : "",
+          ": cannot be read"));
+    } else {
+      status = CheckPair(*cert, *key, config_.tls_cert, config_.tls_key);
+      if (status.ok() && mutual) status = CheckCa(*ca, config_.tls_client_ca);
+      if (status.ok()) status = Stage(*cert, *key, *ca);
+    }
+  }
+  if (!started) return status;  // Create() reports it
+  if (!status.ok()) {
+    if (observer_.on_error) {
+      observer_.on_error(absl::Status(
+          status.code(),
+          absl::StrCat(status.message(), "; new handshakes keep the previous certificate")));
+    }
+    return status;
+  }
+  if (observer_.on_reload) observer_.on_reload();
+  return absl::OkStatus();
+}
+
+void TlsFiles::Watch(std::chrono::seconds interval) {
+  if (dir_.empty() || watcher_.joinable()) return;
+  watcher_ = std::thread([this, interval] {
+    std::unique_lock<std::mutex> lock(watch_mu_);
+    while (!watch_cv_.wait_for(lock, interval, [this] { return stop_; })) {
+      lock.unlock();
+      Refresh().IgnoreError();  // reported through the observer
+      lock.lock();
+    }
+  });
 }
 
 absl::StatusOr<double> CertificateNotAfter(const std::string& path) {

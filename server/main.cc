@@ -443,16 +443,29 @@ int Run(int argc, char** argv) {
   // --- gRPC ---
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  // TLS files re-read every --credentials-refresh-seconds (credentials.h).
-  auto credentials = MakeServerCredentials(config);
-  if (!credentials.ok()) {
-    Log(log, config, spdlog::level::critical, std::string(credentials.status().message()));
+  // TLS files re-read every --credentials-refresh-seconds, validated, then served (credentials.h).
+  auto tls = TlsFiles::Create(
+      config, {.on_reload =
+                   [&] {
+                     m->tls_reloads->Increment();
+                     Log(log, config, spdlog::level::info,
+                         absl::StrCat("--tls-cert ", config.tls_cert,
+                                      ": reloaded; new handshakes get the new certificate"));
+                   },
+               .on_error =
+                   [&](const absl::Status& s) {
+                     m->tls_reload_errors->Increment();
+                     Log(log, config, spdlog::level::err, std::string(s.message()));
+                   }});
+  if (!tls.ok()) {
+    Log(log, config, spdlog::level::critical, std::string(tls.status().message()));
     return 2;
   }
+  (*tls)->Watch(std::chrono::seconds(config.credentials_refresh_seconds));
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(config.host, ":", config.port);
   int bound_port = 0;
-  builder.AddListeningPort(address, *credentials, &bound_port);
+  builder.AddListeningPort(address, (*tls)->credentials(), &bound_port);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
@@ -492,10 +505,10 @@ int Run(int argc, char** argv) {
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
     metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
     metrics->test_hold->Set(service.held() ? 1 : 0);
-    // The certificate on disk, which new handshakes get within --credentials-refresh-seconds;
-    // unreadable mid-rotation: the last value stays.
+    // The certificate new handshakes get (the staged copy of --tls-cert).
     if (!config.tls_cert.empty()) {
-      if (auto not_after = CertificateNotAfter(config.tls_cert); not_after.ok()) {
+      if (auto not_after = CertificateNotAfter((*tls)->served_certificate_path());
+          not_after.ok()) {
         metrics->SetCertificateExpiry(*not_after);
       }
     }

@@ -385,8 +385,9 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
   m->certificate_expiry_ = &prometheus::BuildGauge()
                                 .Name("atman_tls_certificate_expiry_timestamp_seconds")
                                 .Help(
-                                    "notAfter of the TLS certificate in --tls-cert, Unix seconds, "
-                                    "read at every scrape (TLS servers only)")
+                                    "notAfter of the TLS certificate new handshakes get (the "
+                                    "validated copy of --tls-cert), Unix seconds, read at every "
+                                    "scrape (TLS servers only)")
                                 .Register(r);
   auto& token_reloads = prometheus::BuildCounter()
                             .Name("atman_auth_token_reloads_total")
@@ -395,6 +396,15 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                                 "(its tokens replaced the file's previous ones), error (unreadable "
                                 "or no token; the previous tokens stay)")
                             .Register(r);
+  auto& tls_reloads = prometheus::BuildCounter()
+                          .Name("atman_tls_reloads_total")
+                          .Help(
+                              "Changes of the TLS files seen while serving, by result: ok (new "
+                              "handshakes get them), error (unreadable, a key that is not the "
+                              "certificate's, a CA that does not parse; the previous files stay)")
+                          .Register(r);
+  m->tls_reloads = &tls_reloads.Add({{"result", "ok"}});
+  m->tls_reload_errors = &tls_reloads.Add({{"result", "error"}});
   m->token_reloads = &token_reloads.Add({{"result", "ok"}});
   m->token_reload_errors = &token_reloads.Add({{"result", "error"}});
   prometheus::BuildGauge()

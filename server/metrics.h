@@ -105,6 +105,10 @@ class Metrics {
   // (error: unreadable or no token; the previous tokens stay), server/credentials.h.
   prometheus::Counter* token_reloads = nullptr;
   prometheus::Counter* token_reload_errors = nullptr;
+  // atman_tls_reloads_total{result}: changed TLS files staged for new handshakes (ok) and
+  // refused (error: unreadable, a key not the certificate's, a CA that does not parse).
+  prometheus::Counter* tls_reloads = nullptr;
+  prometheus::Counter* tls_reload_errors = nullptr;
 
  private:
   Metrics() = default;

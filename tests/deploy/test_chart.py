@@ -312,7 +312,12 @@ def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     assert container["args"] == [
         "--config=/etc/atman/config/atman.json", "--model=/models/llama", "--devices=cuda:0", "--port=50051",
         "--metrics-port=9090", "--tls-cert=/etc/atman/tls/tls.crt", "--tls-key=/etc/atman/tls/tls.key",
-        "--tls-client-ca=/etc/atman/tls/ca.crt", "--auth-tokens-file=/etc/atman/auth/tokens"]
+        "--tls-client-ca=/etc/atman/tls/ca.crt", "--credentials-staging-dir=/run/atman",
+        "--auth-tokens-file=/etc/atman/auth/tokens"]
+    # The copy of the TLS files the server serves (key included) lives in memory.
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "tls-staging", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}} in pod["volumes"]
+    assert {"name": "tls-staging", "mountPath": "/run/atman"} in container["volumeMounts"]
     assert "env" not in container, "no OMP_NUM_THREADS on GPUs"
     tls = by_kind(objects, "Secret", "rel-atman-tls")
     assert tls["type"] == "kubernetes.io/tls" and sorted(tls["data"]) == ["ca.crt", "tls.crt", "tls.key"]

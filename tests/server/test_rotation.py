@@ -97,6 +97,29 @@ def test_renewed_certificate_reaches_new_handshakes():
         assert fresh.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
         assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
         assert s.metrics()[EXPIRY] == not_after(renewed / "server.pem")  # the alert's input moved on
+        assert s.metrics()['atman_tls_reloads_total{result="ok"}'] == 1
+
+        # A broken renewal (the new certificate with the old key; gRPC alone would serve it and
+        # fail every handshake) is refused: counted, logged, and new handshakes keep the
+        # previous certificate.
+        again = renew_server_certificate(first, tmp / "again", days=3)
+        secret.update({"tls.crt": (again / "server.pem").read_bytes(),
+                       "tls.key": (renewed / "server.key").read_bytes(),
+                       "ca.crt": (first / "ca.pem").read_bytes()})
+        s.wait_metrics(lambda m: m.get('atman_tls_reloads_total{result="error"}') == 1, "the refused renewal")
+        assert (f"--tls-key {secret.root / 'tls.key'}: is not the key of the certificate in --tls-cert "
+                f"{secret.root / 'tls.crt'}; new handshakes keep the previous certificate") in s.output()
+        assert presented_certificate(s.port, first / "ca.pem", first) == der(renewed / "server.pem")
+        assert fresh.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
+        assert s.metrics()[EXPIRY] == not_after(renewed / "server.pem")
+        # The matching key arrives: served.
+        secret.update({"tls.crt": (again / "server.pem").read_bytes(),
+                       "tls.key": (again / "server.key").read_bytes(),
+                       "ca.crt": (first / "ca.pem").read_bytes()})
+        while presented_certificate(s.port, first / "ca.pem", first) != der(again / "server.pem"):
+            assert s.proc.poll() is None, s.output()
+            time.sleep(POLL)
+        assert s.metrics()['atman_tls_reloads_total{result="ok"}'] == 2
         # Mutual TLS still holds: a handshake without a client certificate is refused.
         with pytest.raises(grpc.RpcError) as e:
             server_only = grpc.ssl_channel_credentials(root_certificates=(first / "ca.pem").read_bytes())
