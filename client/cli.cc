@@ -34,6 +34,9 @@ const std::vector<OptionSpec> kConnection = {
     {"address", false, "HOST:PORT of the server (default $ATMAN_ADDRESS or 127.0.0.1:50051)"},
     {"timeout", false, "deadline of a call incl. retries (default 60s; 0 = none)"},
     {"retries", false, "retries of UNAVAILABLE with exponential backoff (default 3)"},
+    {"load-balancing", false,
+     "pick_first (default) | round_robin: the published service config (per-call balancing "
+     "over every address, client-side health checks), e.g. for dns:///<name>-headless:50051"},
     {"tls", true, "use TLS"},
     {"tls-ca", false, "PEM file of the CA that signed the server (default: system roots)"},
     {"tls-cert", false, "client certificate PEM (mutual TLS), with --tls-key"},
@@ -760,6 +763,13 @@ absl::StatusOr<ClientOptions> ClientOptionsFromArgs(const ParsedArgs& args,
     auto v = Int(args, "retries", 0, 20);
     if (!v.ok()) return v.status();
     options.retry.max_attempts = static_cast<int>(*v) + 1;
+  }
+  if (args.Has("load-balancing")) {
+    options.load_balancing = args.Get("load-balancing");
+    if (options.load_balancing != "pick_first" && options.load_balancing != "round_robin") {
+      return absl::InvalidArgumentError(absl::StrCat("--load-balancing: \"", options.load_balancing,
+                                                     "\" is not one of pick_first|round_robin"));
+    }
   }
   options.tls.enabled = args.Has("tls");
   options.tls.ca_file = args.Get("tls-ca");

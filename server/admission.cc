@@ -6,22 +6,6 @@
 
 namespace atman::server {
 
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens) {
-  bool any = false;
-  for (const std::string& token : tokens) {
-    // Every byte of the longer string is compared, whatever the first difference.
-    const size_t n = std::max(token.size(), presented.size());
-    unsigned diff = token.size() == presented.size() ? 0u : 1u;
-    for (size_t i = 0; i < n; ++i) {
-      const auto a = static_cast<unsigned char>(i < token.size() ? token[i] : 0);
-      const auto b = static_cast<unsigned char>(i < presented.size() ? presented[i] : 0);
-      diff |= static_cast<unsigned>(a ^ b);
-    }
-    any |= (diff == 0);
-  }
-  return any;
-}
-
 CallTicket::CallTicket(Admission* admission, CallInfo info, bool queued)
     : admission_(admission), info_(std::move(info)), queued_(queued) {}
 
@@ -41,7 +25,7 @@ Admission::Admission(const Config& config, Metrics* metrics, CallDoneFn done)
 
 grpc::Status Admission::Admit(grpc::CallbackServerContext* ctx, const CallInfo& call, bool queued,
                               std::unique_ptr<CallTicket>* ticket) {
-  if (!config_.auth_tokens.empty()) {
+  if (auth_ != nullptr ? auth_->enabled() : !config_.auth_tokens.empty()) {
     const auto& md = ctx->client_metadata();
     auto it = md.find("authorization");
     if (it == md.end()) {
@@ -51,7 +35,8 @@ grpc::Status Admission::Admit(grpc::CallbackServerContext* ctx, const CallInfo& 
     const std::string value(it->second.data(), it->second.size());
     const std::string prefix = "Bearer ";
     if (value.rfind(prefix, 0) != 0 ||
-        !TokenMatches(value.substr(prefix.size()), config_.auth_tokens)) {
+        !(auth_ != nullptr ? auth_->Allows(value.substr(prefix.size()))
+                           : TokenMatches(value.substr(prefix.size()), config_.auth_tokens))) {
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: unknown bearer token");
     }
   }

@@ -25,6 +25,7 @@
 #include "absl/base/thread_annotations.h"
 #include "core/base/mutex.h"
 #include "server/config.h"
+#include "server/credentials.h"
 #include "server/metrics.h"
 
 namespace atman::server {
@@ -74,6 +75,10 @@ class Admission {
     done_(call, status, details);
   }
 
+  // Bearer tokens that may rotate (credentials.h), borrowed; without it, config.auth_tokens as
+  // read at start. Set before the server starts.
+  void set_auth(const AuthTokens* auth) { auth_ = auth; }
+
   // New calls get UNAVAILABLE from now on.
   void StartDraining() { draining_ = true; }
   // Blocks until no call is in flight or `deadline`; true when none is left.
@@ -87,6 +92,7 @@ class Admission {
   const Config& config_;
   Metrics* metrics_;
   CallDoneFn done_;
+  const AuthTokens* auth_ = nullptr;
   std::atomic<bool> draining_{false};
   // atman::Mutex, not absl::Mutex: the TSan build must see the locking (core/base/mutex.h).
   mutable Mutex mu_;
@@ -95,7 +101,5 @@ class Admission {
   int64_t queued_calls_ ABSL_GUARDED_BY(mu_) = 0;  // admitted Explain/Stream/Generate calls
 };
 
-// Constant-time token check against every configured token.
-bool TokenMatches(const std::string& presented, const std::vector<std::string>& tokens);
 
 }  // namespace atman::server

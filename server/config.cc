@@ -99,6 +99,8 @@ const std::map<std::string, Setter>& Setters() {
       {"tls-key", Str(&Config::tls_key)},
       {"tls-client-ca", Str(&Config::tls_client_ca)},
       {"auth-tokens-file", Str(&Config::auth_tokens_file)},
+      {"credentials-refresh-seconds", Int(&Config::credentials_refresh_seconds, 1)},
+      {"credentials-staging-dir", Str(&Config::credentials_staging_dir)},
       {"max-message-bytes", Int(&Config::max_message_bytes, 1024)},
       {"max-prompt-tokens", Int(&Config::max_prompt_tokens, 1)},
       {"max-image-bytes", Int(&Config::max_image_bytes, 1)},
@@ -176,6 +178,25 @@ std::string Usage() {
   return out;
 }
 
+std::vector<std::string> ParseTokens(absl::string_view text) {
+  std::vector<std::string> tokens;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    const absl::string_view token = absl::StripAsciiWhitespace(line);
+    if (!token.empty() && token.front() != '#') tokens.emplace_back(token);
+  }
+  return tokens;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadTokensFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || in.bad()) {
+    return absl::InvalidArgumentError(absl::StrCat("--auth-tokens-file ", path, ": cannot be read"));
+  }
+  return ParseTokens(text.str());
+}
+
 absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
   // Collect flags first (they win), then apply file < env < flags.
   std::vector<std::pair<std::string, std::string>> flags;
@@ -235,24 +256,17 @@ absl::StatusOr<Config> LoadConfig(int argc, char** argv) {
   for (const auto& [key, value] : flags) {
     if (auto s = Set(c, key, value, absl::StrCat("flag --", key)); !s.ok()) return s;
   }
+  c.auth_env_tokens = c.auth_tokens.size();
   if (!c.auth_tokens_file.empty()) {
-    std::ifstream in(c.auth_tokens_file);
-    if (!in) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--auth-tokens-file ", c.auth_tokens_file, ": cannot be read"));
-    }
-    const size_t before = c.auth_tokens.size();
-    std::string line;
-    while (std::getline(in, line)) {
-      const std::string token(absl::StripAsciiWhitespace(line));
-      if (!token.empty() && token.front() != '#') c.auth_tokens.push_back(token);
-    }
-    if (c.auth_tokens.size() == before) {
+    auto tokens = ReadTokensFile(c.auth_tokens_file);
+    if (!tokens.ok()) return tokens.status();
+    if (tokens->empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("--auth-tokens-file ", c.auth_tokens_file,
                        ": holds no token; refusing to start without auth (one token per line, '#' "
                        "comments; or leave the flag unset)"));
     }
+    c.auth_tokens.insert(c.auth_tokens.end(), tokens->begin(), tokens->end());
   }
   if (c.metrics_host.empty()) c.metrics_host = c.host;
   if (c.tls_cert.empty() != c.tls_key.empty()) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace atman::server {
 
@@ -53,6 +54,13 @@ struct Config {
   std::string tls_cert, tls_key, tls_client_ca;
   std::string auth_tokens_file;
   std::vector<std::string> auth_tokens;  // from ATMAN_AUTH_TOKENS (comma-separated) + file
+  size_t auth_env_tokens = 0;  // how many of auth_tokens (the first) came from ATMAN_AUTH_TOKENS
+  // How often the TLS files and the tokens file are looked at for a rotation
+  // (server/credentials.h).
+  int64_t credentials_refresh_seconds = 60;
+  // Where the validated copy of the TLS files that gRPC serves is kept (a fresh folder inside;
+  // credentials.h); empty: $TMPDIR, else /tmp.
+  std::string credentials_staging_dir;
   int64_t max_message_bytes = 33554432;
   int64_t max_prompt_tokens = 4096;
   int64_t max_image_bytes = 20971520;
@@ -72,6 +80,13 @@ struct Config {
 // Auth fails closed: a --auth-tokens-file, or an ATMAN_AUTH_TOKENS variable, that holds no
 // token is INVALID_ARGUMENT rather than a server without auth.
 absl::StatusOr<Config> LoadConfig(int argc, char** argv);
+
+// The tokens of a --auth-tokens-file's text: one per line, surrounding blanks stripped, empty
+// lines and '#' comments skipped. An empty result is the caller's to refuse (auth fails
+// closed). ReadTokensFile: the same from the file at `path`; INVALID_ARGUMENT naming the flag
+// and `path` when it cannot be read.
+std::vector<std::string> ParseTokens(absl::string_view text);
+absl::StatusOr<std::vector<std::string>> ReadTokensFile(const std::string& path);
 
 // The usage text listing every flag.
 std::string Usage();

@@ -30,6 +30,7 @@
 #include "core/runtime/memory_meter.h"
 #include "server/call_log.h"
 #include "server/config.h"
+#include "server/credentials.h"
 #include "server/metrics.h"
 #include "server/service.h"
 
@@ -40,13 +41,6 @@ constexpr char kVersion[] = "0.1.0";
 // Warm-up batches run over prefixes up to this many positions (or the model's context): the
 // memory estimate covers batches up to it and extrapolates beyond (Explainer::Warmup).
 constexpr int64_t kWarmupLength = 256;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 int64_t ProcessRssBytes() {
   std::ifstream in("/proc/self/statm");
@@ -370,34 +364,48 @@ int Run(int argc, char** argv) {
   info.set_server_version(kVersion);
 
   AtmanService service(config, model.get(), &batcher, &pool, metrics.get(), log, info);
+  // Bearer tokens: --auth-tokens-file re-read every --credentials-refresh-seconds.
+  AuthTokens auth(config, {.on_reload =
+                               [&](size_t tokens) {
+                                 m->token_reloads->Increment();
+                                 Log(log, config, spdlog::level::info,
+                                     absl::StrCat("--auth-tokens-file ", config.auth_tokens_file,
+                                                  ": reloaded, ", tokens, " token(s)"));
+                               },
+                           .on_error =
+                               [&](const absl::Status& s) {
+                                 m->token_reload_errors->Increment();
+                                 Log(log, config, spdlog::level::err, std::string(s.message()));
+                               }});
+  auth.Watch(std::chrono::seconds(config.credentials_refresh_seconds));
+  service.set_auth(&auth);
 
   // --- gRPC ---
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (!config.tls_cert.empty()) {
-    grpc::SslServerCredentialsOptions ssl(
-        config.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                     : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    const std::string cert = ReadFile(config.tls_cert), key = ReadFile(config.tls_key);
-    if (cert.empty() || key.empty()) {
-      Log(log, config, spdlog::level::critical, "--tls-cert/--tls-key: empty or unreadable");
-      return 2;
-    }
-    ssl.pem_key_cert_pairs.push_back({key, cert});
-    if (!config.tls_client_ca.empty()) {
-      ssl.pem_root_certs = ReadFile(config.tls_client_ca);
-      if (ssl.pem_root_certs.empty()) {
-        Log(log, config, spdlog::level::critical, "--tls-client-ca: empty or unreadable");
-        return 2;
-      }
-    }
-    credentials = grpc::SslServerCredentials(ssl);
+  // TLS files re-read every --credentials-refresh-seconds, validated, then served (credentials.h).
+  auto tls = TlsFiles::Create(
+      config, {.on_reload =
+                   [&] {
+                     m->tls_reloads->Increment();
+                     Log(log, config, spdlog::level::info,
+                         absl::StrCat("--tls-cert ", config.tls_cert,
+                                      ": reloaded; new handshakes get the new certificate"));
+                   },
+               .on_error =
+                   [&](const absl::Status& s) {
+                     m->tls_reload_errors->Increment();
+                     Log(log, config, spdlog::level::err, std::string(s.message()));
+                   }});
+  if (!tls.ok()) {
+    Log(log, config, spdlog::level::critical, std::string(tls.status().message()));
+    return 2;
   }
+  (*tls)->Watch(std::chrono::seconds(config.credentials_refresh_seconds));
   grpc::ServerBuilder builder;
   const std::string address = absl::StrCat(config.host, ":", config.port);
   int bound_port = 0;
-  builder.AddListeningPort(address, credentials, &bound_port);
+  builder.AddListeningPort(address, (*tls)->credentials(), &bound_port);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(
@@ -438,6 +446,13 @@ int Run(int argc, char** argv) {
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
     metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
     metrics->test_hold->Set(service.held() ? 1 : 0);
+    // The certificate new handshakes get (the staged copy of --tls-cert).
+    if (!config.tls_cert.empty()) {
+      if (auto not_after = CertificateNotAfter((*tls)->served_certificate_path());
+          not_after.ok()) {
+        metrics->SetCertificateExpiry(*not_after);
+      }
+    }
   });
 
   // atman_ready first: a scrape that sees the health SERVING also sees ready 1.

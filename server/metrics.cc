@@ -382,6 +382,31 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                             "always 0 otherwise")
                       .Register(r)
                       .Add({});
+  m->certificate_expiry_ = &prometheus::BuildGauge()
+                                .Name("atman_tls_certificate_expiry_timestamp_seconds")
+                                .Help(
+                                    "notAfter of the TLS certificate new handshakes get (the "
+                                    "validated copy of --tls-cert), Unix seconds, read at every "
+                                    "scrape (TLS servers only)")
+                                .Register(r);
+  auto& token_reloads = prometheus::BuildCounter()
+                            .Name("atman_auth_token_reloads_total")
+                            .Help(
+                                "Changes of --auth-tokens-file seen while serving, by result: ok "
+                                "(its tokens replaced the file's previous ones), error (unreadable "
+                                "or no token; the previous tokens stay)")
+                            .Register(r);
+  auto& tls_reloads = prometheus::BuildCounter()
+                          .Name("atman_tls_reloads_total")
+                          .Help(
+                              "Changes of the TLS files seen while serving, by result: ok (new "
+                              "handshakes get them), error (unreadable, a key that is not the "
+                              "certificate's, a CA that does not parse; the previous files stay)")
+                          .Register(r);
+  m->tls_reloads = &tls_reloads.Add({{"result", "ok"}});
+  m->tls_reload_errors = &tls_reloads.Add({{"result", "error"}});
+  m->token_reloads = &token_reloads.Add({{"result", "ok"}});
+  m->token_reload_errors = &token_reloads.Add({{"result", "error"}});
   prometheus::BuildGauge()
       .Name("atman_build_info")
       .Help("Build information; always 1")
@@ -468,6 +493,10 @@ void Metrics::SetMemory(const std::string& device, double allocated, double rese
 
 void Metrics::SetMemoryBudget(const std::string& device, double bytes) {
   mem_budget_->Add({{"device", device}}).Set(bytes);
+}
+
+void Metrics::SetCertificateExpiry(double unix_seconds) {
+  certificate_expiry_->Add({}).Set(unix_seconds);
 }
 
 }  // namespace atman::server

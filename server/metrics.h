@@ -67,6 +67,9 @@ class Metrics {
   void SetMemory(const std::string& device, double allocated, double reserved, double peak);
   // The dynamic batcher's memory budget for `device` now (atman_memory_budget_bytes).
   void SetMemoryBudget(const std::string& device, double bytes);
+  // The TLS certificate's notAfter (atman_tls_certificate_expiry_timestamp_seconds); the
+  // series exists from the first call on (servers without TLS have none).
+  void SetCertificateExpiry(double unix_seconds);
 
   // Runs `collector` at the start of every scrape (Scrape() and each GET /metrics), before
   // the metrics are read, so gauges it sets show the state at scrape time. An empty function
@@ -98,6 +101,14 @@ class Metrics {
   prometheus::Gauge* batch_workers = nullptr;     // atman_batch_workers
   prometheus::Gauge* ready = nullptr;             // atman_ready
   prometheus::Gauge* test_hold = nullptr;         // atman_test_hold (--test-hooks)
+  // atman_auth_token_reloads_total{result}: --auth-tokens-file changes taken (ok) and refused
+  // (error: unreadable or no token; the previous tokens stay), server/credentials.h.
+  prometheus::Counter* token_reloads = nullptr;
+  prometheus::Counter* token_reload_errors = nullptr;
+  // atman_tls_reloads_total{result}: changed TLS files staged for new handshakes (ok) and
+  // refused (error: unreadable, a key not the certificate's, a CA that does not parse).
+  prometheus::Counter* tls_reloads = nullptr;
+  prometheus::Counter* tls_reload_errors = nullptr;
 
  private:
   Metrics() = default;
@@ -109,6 +120,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* mem_reserved_ = nullptr;
   prometheus::Family<prometheus::Gauge>* mem_peak_ = nullptr;
   prometheus::Family<prometheus::Gauge>* mem_budget_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* certificate_expiry_ = nullptr;
 
   mutable std::mutex scrape_mu_;  // serialises scrapes; guards collector_
   std::function<void()> collector_;

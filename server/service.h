@@ -73,6 +73,10 @@ class AtmanService final : public RawAtmanService {
                runtime::DynamicBatcher* batcher, ThreadPool* pool, Metrics* metrics,
                std::shared_ptr<spdlog::logger> log, ::atman::v1::ModelInfo info);
 
+  // Bearer tokens that may rotate (credentials.h), borrowed; without it, config.auth_tokens as
+  // read at start. Set before the server starts.
+  void set_auth(const AuthTokens* auth) { admission_.set_auth(auth); }
+
   grpc::ServerUnaryReactor* Explain(grpc::CallbackServerContext* ctx,
                                     const grpc::ByteBuffer* request,
                                     grpc::ByteBuffer* response) override;

@@ -223,6 +223,20 @@ TEST(ClientOptionsFromArgs, EnvironmentIsTheDefaultAndFlagsWin) {
   EXPECT_EQ(flags->bearer_token, "t");
   EXPECT_EQ(flags->retry.max_attempts, 1);
   EXPECT_EQ(flags->deadline, std::chrono::milliseconds(1000));
+  EXPECT_EQ(flags->load_balancing, "pick_first");  // the default
+}
+
+TEST(ClientOptionsFromArgs, LoadBalancingPolicy) {
+  auto o = ClientOptionsFromArgs(
+      Parse({"info", "--address", "dns:///atman-headless.atman.svc:50051", "--load-balancing",
+             "round_robin"}),
+      CliEnvironment{});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->load_balancing, "round_robin");
+  auto bad = ClientOptionsFromArgs(Parse({"info", "--load-balancing", "random"}), CliEnvironment{});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "--load-balancing: \"random\" is not one of pick_first|round_robin");
 }
 
 TEST(Bench, PercentilesAreNearestRank) {

@@ -1,5 +1,6 @@
 """What a stage of one of our Dockerfiles puts in its image, read from the Dockerfile text: the
-ENV, ENTRYPOINT, CMD, WORKDIR and the files COPY'd from the build context, following `FROM
+ENV, LABELs (ARG defaults substituted, as a build without --build-arg gets them), ENTRYPOINT,
+CMD, WORKDIR and the files COPY'd from the build context, following `FROM
 <stage>` to the base stages. Enough to run the image's process outside a container
 (tests/deploy/test_render_run.py) and to check what the image sets (test_docker.py). Exec-form
 ENTRYPOINT/CMD and `key=value` ENV only (what our Dockerfiles use; others raise).
@@ -59,16 +60,40 @@ class Image:
     cmd: list = field(default_factory=list)
     workdir: str = "/"
     copies: list = field(default_factory=list)  # (source in the build context, destination)
+    labels: dict = field(default_factory=dict)
+
+
+def global_args(dockerfile):
+    """{name: default} of the ARGs before the first FROM."""
+    out = {}
+    for line in logical_lines(dockerfile.read_text().split("\n")):
+        if line.startswith("FROM"):
+            break
+        match = re.match(r"ARG\s+(\w+)(?:=(.*))?$", line.strip())
+        if match:
+            out[match.group(1)] = match.group(2) or ""
+    return out
 
 
 def image_config(dockerfile, stage="final"):
     image = Image()
     named = stages(dockerfile)
+    defaults = global_args(dockerfile)
     for name in reversed(base_chain(dockerfile, stage)):
+        args = {}  # a stage sees a global ARG only when it declares it again
         for line in logical_lines(named[name]):
             instruction, _, rest = line.strip().partition(" ")
             rest = rest.strip()
-            if instruction == "ENV":
+            if instruction == "ARG":
+                key, eq, value = rest.partition("=")
+                args[key] = shlex.split(value)[0] if eq and value else defaults.get(key, "")
+            elif instruction == "LABEL":
+                for item in shlex.split(rest):
+                    key, eq, value = item.partition("=")
+                    if not eq:
+                        raise ValueError(f"{dockerfile.name}: LABEL without '=': {line}")
+                    image.labels[key] = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), value)
+            elif instruction == "ENV":
                 for item in shlex.split(rest):
                     key, eq, value = item.partition("=")
                     if not eq:

@@ -140,7 +140,36 @@ SCALED_OBJECT_SUBSET = {
         },
     },
 }
-CRD_SUBSETS = {"ServiceMonitor": SERVICE_MONITOR_SUBSET, "ScaledObject": SCALED_OBJECT_SUBSET}
+# PrometheusRule (monitoring.coreos.com/v1, the operator's API reference): groups of rules, each
+# either a recording rule (record) or an alert (alert, for, labels, annotations).
+PROMETHEUS_RULE_SUBSET = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["groups"],
+            "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string"},
+                    "rules": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False, "required": ["expr"],
+                        "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                        "properties": {
+                            "record": {"type": "string"}, "alert": {"type": "string"},
+                            "expr": {"type": "string"}, "for": {"type": "string"},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                        }}},
+                }}}},
+        },
+    },
+}
+CRD_SUBSETS = {"ServiceMonitor": SERVICE_MONITOR_SUBSET, "ScaledObject": SCALED_OBJECT_SUBSET,
+               "PrometheusRule": PROMETHEUS_RULE_SUBSET}
 
 
 def validate_all(objects):
@@ -199,6 +228,8 @@ def test_default_values_render_and_validate():
     assert not {"model", "devices", "port", "metrics-port", "tls-cert", "auth-tokens-file"} & set(config)
     assert (config["drain-delay-seconds"], config["max-connection-age-seconds"],
             config["max-connection-age-grace-seconds"]) == (5, 300, 600)
+    # Certificates and tokens are re-read every minute: a renewal needs no restart.
+    assert config["credentials-refresh-seconds"] == 60
     # CPU mode: the server sizes its workers and threads to the CPU request (2), not to the
     # node's cores; no OMP_NUM_THREADS unless set.
     assert config["cpu-cores"] == 2 and config["workers-per-device"] == 0
@@ -281,7 +312,12 @@ def test_gpu_tls_autoscaling_servicemonitor_render_and_validate():
     assert container["args"] == [
         "--config=/etc/atman/config/atman.json", "--model=/models/llama", "--devices=cuda:0", "--port=50051",
         "--metrics-port=9090", "--tls-cert=/etc/atman/tls/tls.crt", "--tls-key=/etc/atman/tls/tls.key",
-        "--tls-client-ca=/etc/atman/tls/ca.crt", "--auth-tokens-file=/etc/atman/auth/tokens"]
+        "--tls-client-ca=/etc/atman/tls/ca.crt", "--credentials-staging-dir=/run/atman",
+        "--auth-tokens-file=/etc/atman/auth/tokens"]
+    # The copy of the TLS files the server serves (key included) lives in memory.
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "tls-staging", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}} in pod["volumes"]
+    assert {"name": "tls-staging", "mountPath": "/run/atman"} in container["volumeMounts"]
     assert "env" not in container, "no OMP_NUM_THREADS on GPUs"
     tls = by_kind(objects, "Secret", "rel-atman-tls")
     assert tls["type"] == "kubernetes.io/tls" and sorted(tls["data"]) == ["ca.crt", "tls.crt", "tls.key"]
@@ -393,3 +429,128 @@ def test_incomplete_values_fail_with_a_message(values, message):
     with pytest.raises(helm.HelmRenderError) as error:
         render(values)
     assert message in str(error.value)
+
+
+def _object_storage(**extra):
+    return merged(PRODUCTION, {"model": {"source": "objectStorage", "objectStorage": {"uri": "s3://models/llama", **extra}},
+                               "tls": {"enabled": False}, "auth": {"enabled": False}})
+
+
+def test_object_storage_with_workload_identity_needs_no_secret_and_requests_the_disk():
+    values = _object_storage(ephemeralStorageRequest="40Gi")
+    values["serviceAccount"] = {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/atman"}}
+    objects = render(values)
+    validate_all(objects)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    account = by_kind(objects, "ServiceAccount")
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/atman"}
+    pod = by_kind(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    (fetch,) = pod["initContainers"]  # no manifest: no verify-model
+    assert "envFrom" not in fetch and fetch["args"] == ["s3", "sync", "--no-progress", "s3://models/llama", "/models/llama"]
+    (server,) = pod["containers"]
+    assert server["resources"]["requests"]["ephemeral-storage"] == "40Gi"
+    assert server["resources"]["requests"]["nvidia.com/gpu"] == 1
+    # Default request: the download volume's sizeLimit. A user's own request wins.
+    server = by_kind(render(_object_storage()), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"]["requests"]["ephemeral-storage"] == "64Gi"
+    own = _object_storage()
+    own["resources"]["requests"]["ephemeral-storage"] = "100Gi"
+    server = by_kind(render(own), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"]["requests"]["ephemeral-storage"] == "100Gi"
+    # Another tool (GCS with GKE Workload Identity): the command, then the uri and the path.
+    gcs = _object_storage(uri="gs://models/llama", command=["gcloud", "storage", "rsync", "--recursive"])
+    (fetch,) = by_kind(render(gcs), "Deployment")["spec"]["template"]["spec"]["initContainers"]
+    assert (fetch["command"], fetch["args"]) == (["gcloud", "storage", "rsync", "--recursive"],
+                                                 ["gs://models/llama", "/models/llama"])
+
+
+def _run_verify_model(container, folder, shell):
+    """The rendered verify-model container's command, run here on `folder` (its MODEL_DIR)."""
+    command = list(container["command"])
+    assert command[:2] == ["/bin/sh", "-c"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODEL_DIR"] == "/models/llama"
+    env["MODEL_DIR"] = str(folder)
+    import subprocess
+    out = subprocess.run([shell, *command[1:]], env={"PATH": os.environ["PATH"], **env},
+                         capture_output=True, text=True)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "bash"])  # dash here; bash in Amazon Linux's aws-cli image
+def test_the_rendered_manifest_check_fails_the_pod_naming_the_file(tmp_path, shell):
+    import hashlib
+    folder = tmp_path / "model"
+    (folder / "tokenizer").mkdir(parents=True)
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\x00" * 4096,
+             "tokenizer/tokenizer.json": b"{}"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    sums = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    manifest = "# sha256sum output\n" + "".join(f"{sums[n]}  {n}\n" for n in files)
+
+    def verify(text):
+        pod = by_kind(render(_object_storage(sha256sums=text)), "Deployment")["spec"]["template"]["spec"]
+        fetch, check = pod["initContainers"]
+        assert (fetch["name"], check["name"]) == ("fetch-model", "verify-model")
+        assert check["image"] == fetch["image"] and check["securityContext"] == fetch["securityContext"]
+        assert {"name": "model", "mountPath": "/models/llama", "readOnly": True} in check["volumeMounts"]
+        return _run_verify_model(check, folder, shell)
+
+    assert verify(manifest) == (0, "model manifest: 3 file(s) verified\n")
+    # sha256sum's binary-mode marker is read too.
+    assert verify(manifest.replace("  model.safetensors", " *model.safetensors"))[0] == 0
+
+    (folder / "model.safetensors").write_bytes(b"\x00" * 4095 + b"\x01")  # one byte off
+    rc, out = verify(manifest)
+    actual = hashlib.sha256(b"\x00" * 4095 + b"\x01").hexdigest()
+    assert rc == 1
+    assert f"model manifest: model.safetensors: sha256 {actual}, expected {sums['model.safetensors']}\n" in out
+    assert out.endswith(f"model manifest: mismatch in {folder}; the pod does not start\n")
+    (folder / "model.safetensors").write_bytes(files["model.safetensors"])
+
+    (folder / "config.json").unlink()
+    rc, out = verify(manifest)
+    assert rc == 1 and "model manifest: config.json: missing\n" in out
+    (folder / "config.json").write_bytes(files["config.json"])
+
+    rc, out = verify(manifest + "not-a-sum  x\n" + f"{sums['config.json']}  ../outside\n")
+    assert rc == 1
+    assert "model manifest: line 5: not '<64 lowercase hex digits>  <file>': not-a-sum  x\n" in out
+    assert "model manifest: line 6: ../outside leaves the model folder\n" in out
+    assert verify("# nothing\n") == (1, "model manifest: lists no file\n")
+
+
+def test_prometheus_rule_and_dashboard_ship_the_repository_files():
+    import json
+    rules_file = yaml.safe_load((ROOT / "deploy" / "prometheus" / "atman-rules.yaml").read_text())
+    dashboard_file = json.loads((ROOT / "deploy" / "grafana" / "atman-dashboard.json").read_text())
+    assert not [o for o in render({}) if o["kind"] == "PrometheusRule" or o["metadata"]["name"].endswith("-dashboard")]
+    values = {"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+                          "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "atman"}}}}
+    objects = render(values)
+    validate_all(objects)
+    rule = by_kind(objects, "PrometheusRule", "rel-atman")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"] == {"groups": rules_file["groups"]}  # the same rules, {{ $labels }} untouched
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 9
+    assert all(r["annotations"]["runbook_url"] == f"docs/deployment.md#{r['alert'].lower()}" for r in alerts)
+    assert "{{ $labels.job }}" in alerts[0]["annotations"]["summary"]
+    board = by_kind(objects, "ConfigMap", "rel-atman-dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert board["metadata"]["annotations"] == {"grafana_folder": "atman"}
+    assert json.loads(board["data"]["atman-dashboard.json"]) == dashboard_file
+
+    base = "https://git.example/atman/blob/v0.1.0/docs/deployment.md"
+    values["metrics"]["prometheusRule"]["runbookBaseUrl"] = base
+    values["metrics"]["grafanaDashboard"].update(namespace="monitoring",
+                                                     labels={"grafana_dashboard": None, "dashboards": "atman"})
+    objects = render(values)
+    rule = by_kind(objects, "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert {r["annotations"]["runbook_url"] for r in alerts} == {f"{base}#{r['alert'].lower()}" for r in alerts}
+    board = by_kind(objects, "ConfigMap", "rel-atman-dashboard")
+    assert board["metadata"]["namespace"] == "monitoring" and board["metadata"]["labels"]["dashboards"] == "atman"
+    assert "grafana_dashboard" not in board["metadata"]["labels"]

@@ -86,6 +86,7 @@ TEST_F(LoadConfigTest, TokensComeFromTheVariableAndTheFile) {
   auto c = Load({"--auth-tokens-file", path});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_THAT(c->auth_tokens, ElementsAre("env-a", "env-b", "file-1", "file-2"));
+  EXPECT_EQ(c->auth_env_tokens, 2u);  // the part a reload of the file keeps
 }
 
 TEST_F(LoadConfigTest, NoTokenSourceMeansNoAuth) {

@@ -19,3 +19,20 @@ def make_certificates(folder: Path) -> Path:
                 "-CAkey", folder / "ca.key", "-CAcreateserial", "-days", "1",
                 "-extfile", folder / f"{name}.ext", "-out", folder / f"{name}.pem")
     return folder
+
+
+def renew_server_certificate(ca_folder: Path, folder: Path, days: int = 2) -> Path:
+    """A renewal as cert-manager does it: a new key and a new server certificate (new serial)
+    for the same names, valid `days` days (longer than make_certificates' one), signed by
+    `ca_folder`'s CA; writes server.pem/server.key into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=server",
+            "-keyout", folder / "server.key", "-out", folder / "server.csr")
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", folder / "server.csr", "-CA", ca_folder / "ca.pem",
+            "-CAkey", ca_folder / "ca.key", "-CAcreateserial", "-days", days,
+            "-extfile", folder / "server.ext", "-out", folder / "server.pem")
+    return folder

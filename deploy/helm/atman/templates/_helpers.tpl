@@ -139,3 +139,37 @@ when neither is set: the server then detects its cores, the cgroup limit include
 {{- if gt $n 0 }}{{ $n }}{{ end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The verify-model init container's script (POSIX sh, sha256sum): checks $MODEL_DIR against
+$MODEL_SHA256SUMS, `sha256sum` output ("<64 hex digits>  <file relative to the model folder>"
+per line; blank lines and # comments skipped). Exit 1, naming every file missing or different
+and every malformed line; exit 0 after "model manifest: N file(s) verified".
+*/}}
+{{- define "atman.verifyModelScript" -}}
+set -u
+cd "$MODEL_DIR" || { echo "model manifest: cannot enter $MODEL_DIR"; exit 1; }
+bad=0; checked=0; line=0
+while IFS= read -r entry; do
+  line=$((line + 1))
+  case "$entry" in ''|'#'*) continue ;; esac
+  sum=${entry%% *}; name=${entry#* }; name=${name# }; name=${name#\*}
+  case "$sum" in *[!0-9a-f]*) sum= ;; esac
+  if [ ${#sum} -ne 64 ] || [ -z "$name" ] || [ "$name" = "$entry" ]; then
+    echo "model manifest: line $line: not '<64 lowercase hex digits>  <file>': $entry"; bad=1; continue
+  fi
+  case "/$name/" in */../*) echo "model manifest: line $line: $name leaves the model folder"; bad=1; continue ;; esac
+  if [ ! -f "$name" ]; then echo "model manifest: $name: missing"; bad=1; continue; fi
+  actual=$(sha256sum "$name") || { echo "model manifest: $name: cannot be read"; bad=1; continue; }
+  actual=${actual%% *}
+  if [ "$actual" != "$sum" ]; then
+    echo "model manifest: $name: sha256 $actual, expected $sum"; bad=1; continue
+  fi
+  checked=$((checked + 1))
+done <<MANIFEST
+$MODEL_SHA256SUMS
+MANIFEST
+if [ "$bad" -ne 0 ]; then echo "model manifest: mismatch in $MODEL_DIR; the pod does not start"; exit 1; fi
+if [ "$checked" -eq 0 ]; then echo "model manifest: lists no file"; exit 1; fi
+echo "model manifest: $checked file(s) verified"
+{{- end }}
