@@ -139,7 +139,7 @@ def test_squad_end_to_end(tmp_path):
     item = squad.load_items(squad.ITEMS)[0]
     # truth: the context tokens of the answering sentence, and only those
     assert 0 < sum(rec["truth"]) < len(rec["truth"])
-    assert len(result["methods"]) == 2 + 6  # default and removal AtMan, IG, IxG, Saliency, rollout, Chefer, random
+    assert len(result["methods"]) == 2 + 6  # log-additive and multiplicative 0.1 AtMan, IG, IxG, Saliency, rollout, Chefer, random
     for name, m in rec["methods"].items():
         x = np.array(m["relevance"])[rec["context"]]
         assert metrics.precision(x, rec["truth"]) == pytest.approx(m["precision"]), name
