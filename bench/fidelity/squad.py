@@ -21,12 +21,14 @@ Not thread-safe; one process drives one engine subprocess and one transformers m
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import re
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -166,11 +168,19 @@ def parse_args(argv=None):
     p.add_argument("--ig-steps", type=int, default=20)
     p.add_argument("--atman-configs", type=int, default=0,
                    help="only the first N AtMan configurations (0: all nine; the smoke test uses 2)")
+    p.add_argument("--methods", help="comma-separated methods to compute, for example "
+                   "la0.1,mul0.1,chefer (AtMan: " + ",".join(ATMAN_KEYS) + "; others: " +
+                   ",".join(BASELINE_KEYS) + "); default: all (or --atman-configs / "
+                   "--no-occlusion)")
+    p.add_argument("--stop-after", type=float, default=0,
+                   help="start no new item after this many minutes (0: no limit)")
+    p.add_argument("--common", action="store_true",
+                   help="the table over only the items that have every method")
     p.add_argument("--no-occlusion", action="store_true",
                    help="leave out Captum occlusion (the costliest baseline)")
     p.add_argument("--json", type=Path, help="write every figure (and per-item records) here")
-    p.add_argument("--resume", type=Path, help="a --json file of an earlier run: its items are "
-                   "kept and not recomputed")
+    p.add_argument("--resume", type=Path, help="a --json file of an earlier run: its items "
+                   "are kept, and only the methods an item lacks are computed")
     p.add_argument("--write-doc", type=Path, help="replace the squad-table block of this file")
     p.add_argument("--from-json", type=Path, nargs="+",
                    help="compute nothing: merge the items of these --json files (runs over "
@@ -186,20 +196,62 @@ def parse_args(argv=None):
 
 
 def engine_methods(kappa: float) -> dict:
+    """The AtMan configurations, name -> engine options, in the order of priority of a run
+    with limited time (--methods picks a subset in any order; --atman-configs N the first N)."""
     cs = {"contextual_control_threshold": kappa}
-    # Ordered by how much each answers: the default, removal, the paper's manipulation and a
-    # smaller log-additive factor first (--atman-configs N keeps the first N).
     return {
         "AtMan log-additive 0.1 (production default)": {},
-        "AtMan factor 0 (removal)": {"control_factor": 0.0},
         "AtMan multiplicative 0.1 (paper's code)": {"mode": "multiplicative"},
-        "AtMan log-additive 0.01": {"control_factor": 0.01},
         f"AtMan log-additive 0.1 + CS (kappa {kappa:g})": {**cs},
         f"AtMan multiplicative 0.1 + CS (kappa {kappa:g})": {"mode": "multiplicative", **cs},
+        "AtMan log-additive 0.01": {"control_factor": 0.01},
+        "AtMan multiplicative 0.01": {"mode": "multiplicative", "control_factor": 0.01},
+        "AtMan factor 0 (removal)": {"control_factor": 0.0},
         f"AtMan log-additive 0.01 + CS (kappa {kappa:g})": {"control_factor": 0.01, **cs},
         f"AtMan factor 0 + CS (kappa {kappa:g})": {"control_factor": 0.0, **cs},
-        "AtMan multiplicative 0.01": {"mode": "multiplicative", "control_factor": 0.01},
     }
+
+
+# Short names for --methods, in the same order as the full names of engine_methods() and then
+# the baselines (pipeline.BASELINES and random).
+ATMAN_KEYS = ["la0.1", "mul0.1", "la0.1cs", "mul0.1cs", "la0.01", "mul0.01", "la0", "la0.01cs",
+              "la0cs"]
+BASELINE_KEYS = {"chefer": "Chefer (grad x attention)", "ixg": "IxG (Captum)",
+                 "ig": "IG (Captum)", "saliency": "Saliency (Captum)",
+                 "rollout": "Attention rollout", "random": RANDOM,
+                 "occlusion": "Occlusion (zero embedding, Captum)"}
+
+
+def random_scores(hf, enc, units, item_id: str = ""):
+    """Uniform random scores, seeded by the item (the same on a resumed run)."""
+    return np.random.default_rng(zlib.crc32(item_id.encode())).random(len(units))
+
+
+def select_methods(args) -> tuple[dict, dict]:
+    """(AtMan name -> options, baseline name -> function) that this run computes, each in the
+    order given (--methods) or the default order."""
+    atman = engine_methods(args.kappa)
+    by_key = dict(zip(ATMAN_KEYS, atman))
+    baselines = dict(pipeline.BASELINES)
+    baselines[RANDOM] = random_scores
+    if args.methods:
+        chosen_a, chosen_b = {}, {}
+        for key in args.methods.split(","):
+            key = key.strip()
+            if key in by_key:
+                chosen_a[by_key[key]] = atman[by_key[key]]
+            elif key in BASELINE_KEYS:
+                chosen_b[BASELINE_KEYS[key]] = baselines[BASELINE_KEYS[key]]
+            else:
+                raise SystemExit(f"--methods: unknown method {key!r}; known: "
+                                 f"{', '.join(ATMAN_KEYS + list(BASELINE_KEYS))}")
+        return chosen_a, chosen_b
+    if args.atman_configs:
+        atman = dict(list(atman.items())[:args.atman_configs])
+    order = [BASELINE_KEYS[k] for k in BASELINE_KEYS]
+    chosen_b = {n: baselines[n] for n in order
+                if not (args.no_occlusion and n.startswith("Occlusion"))}
+    return atman, chosen_b
 
 
 def request(item: dict, options: dict, rid: int) -> dict:
@@ -207,38 +259,59 @@ def request(item: dict, options: dict, rid: int) -> dict:
             "target": " " + item["answer"], "options": {"text_granularity": "token", **options}}
 
 
-def explain_item(engine, hf, item, methods, baselines) -> dict:
+def units_from_record(rec: dict) -> list[pipeline.Unit]:
+    """The units an earlier run recorded (positions, context flag, ground truth)."""
+    units = []
+    for k, (positions, context, truth) in enumerate(rec["units"]):
+        unit = pipeline.Unit("text", k)
+        unit.positions, unit.context, unit.truth = positions, context, truth
+        units.append(unit)
+    return units
+
+
+def explain_item(engine, hf, item, methods, baselines, rec=None) -> dict:
+    """The item's record with `methods` (AtMan name -> options) and `baselines` (name ->
+    function) added to those of `rec` (an earlier run's record of the item, or None)."""
     enc, spans = hf.encode(item)
     # All engine requests go out first; the engine (its own thread) works through them while
     # this process computes the transformers baselines, then the answers are read in order.
     for rid, options in enumerate(methods.values()):
         engine.proc.stdin.write(json.dumps(request(item, options, rid)) + "\n")
     engine.proc.stdin.flush()
-    rec = {"id": item["id"], "methods": {}}
-    with torch.no_grad():
-        lp = hf.log_prob(enc.embeds, enc)
-        logits = hf.model(inputs_embeds=enc.embeds).logits[0, enc.prompt_len - 1]
-    rec["p_answer"] = math.exp(float(lp[0]))
-    rec["greedy_first_token"] = int(logits.argmax()) == enc.target_ids[0]
-    rec["prompt_tokens"] = enc.prompt_len
-    base_results = {}
-    units = None
+    if rec is None:
+        rec = {"id": item["id"], "methods": {}}
+        with torch.no_grad():
+            lp = hf.log_prob(enc.embeds, enc)
+            logits = hf.model(inputs_embeds=enc.embeds).logits[0, enc.prompt_len - 1]
+        rec["p_answer"] = math.exp(float(lp[0]))
+        rec["greedy_first_token"] = int(logits.argmax()) == enc.target_ids[0]
+        rec["prompt_tokens"] = enc.prompt_len
     answers = []
-    # The first answer defines the units (the baselines need them), so read it before them.
-    line = engine.proc.stdout.readline()
-    answers.append(json.loads(line))
-    if "error" in answers[0]:
-        raise RuntimeError(f"atman-explain failed on {item['id']}: {answers[0]['error']}")
-    if answers[0]["prompt_tokens"] != enc.prompt_len:
-        raise RuntimeError(f"{item['id']}: engine has {answers[0]['prompt_tokens']} prompt "
-                           f"tokens, transformers {enc.prompt_len}")
-    if answers[0]["target_ids"] != enc.target_ids:
-        raise RuntimeError(f"{item['id']}: target ids differ: {answers[0]['target_ids']} "
-                           f"against {enc.target_ids}")
-    units = locate_units(answers[0], spans, item)
+    if methods:
+        # The first answer defines the units (the baselines need them), so read it first.
+        answers.append(json.loads(engine.proc.stdout.readline()))
+        if "error" in answers[0]:
+            raise RuntimeError(f"atman-explain failed on {item['id']}: {answers[0]['error']}")
+        if answers[0]["prompt_tokens"] != enc.prompt_len:
+            raise RuntimeError(f"{item['id']}: engine has {answers[0]['prompt_tokens']} prompt "
+                               f"tokens, transformers {enc.prompt_len}")
+        if answers[0]["target_ids"] != enc.target_ids:
+            raise RuntimeError(f"{item['id']}: target ids differ: {answers[0]['target_ids']} "
+                               f"against {enc.target_ids}")
+        units = locate_units(answers[0], spans, item)
+        if "units" in rec and [u[0] for u in rec["units"]] != [u.positions for u in units]:
+            raise RuntimeError(f"{item['id']}: units differ from the resumed record's")
+    elif "units" in rec:
+        units = units_from_record(rec)
+    else:
+        raise RuntimeError(f"{item['id']}: no AtMan method to take the units from")
+    rec["units"] = [[u.positions, u.context, u.truth] for u in units]
+    new = {}
     for name, fn in baselines.items():
+        if fn is random_scores:
+            fn = functools.partial(random_scores, item_id=item["id"])
         rel, seconds, _ = pipeline.timed(fn, hf, enc, units)
-        base_results[name] = {"relevance": np.asarray(rel, dtype=np.float64), "seconds": seconds}
+        new[name] = {"relevance": np.asarray(rel, dtype=np.float64), "seconds": seconds}
     for _ in range(len(methods) - 1):
         answers.append(json.loads(engine.proc.stdout.readline()))
     for name, answer in zip(methods, answers):
@@ -247,23 +320,33 @@ def explain_item(engine, hf, item, methods, baselines) -> dict:
         if len(answer["explanations"][0]["units"]) != len(units):
             raise RuntimeError(f"{name}: {len(answer['explanations'][0]['units'])} units, "
                                f"expected {len(units)}")
-        rec["methods"][name] = {
+        new[name] = {
             "relevance": np.asarray(answer["unit_relevance"], dtype=np.float64).sum(0),
             "seconds": answer["usage"]["seconds"],
             "engine_peak": answer["usage"]["peak_memory_bytes"]}
-    rec["methods"].update(base_results)
     context = [u for u in units if u.context]
     idx = [u.index for u in context]
     y = np.array([u.truth for u in context])
     rec["context"], rec["truth"] = idx, y.tolist()
-    for name, m in rec["methods"].items():
+    for name, m in new.items():
         x = m["relevance"][idx]
         curve = pipeline.deletion_curve(hf, enc, context, x)
         m.update(precision=metrics.precision(x, y), recall=metrics.recall(x, y),
                  pointing=metrics.pointing_hit(x, y), aopc=metrics.area_over_curve(curve),
                  curve=curve)
         m["relevance"] = m["relevance"].tolist()
+        rec["methods"][name] = m
     return rec
+
+
+def canonical_order(kappa: float) -> list[str]:
+    """Every method name, in the table's order: AtMan configurations, then the baselines."""
+    return list(engine_methods(kappa)) + list(BASELINE_KEYS.values())
+
+
+def in_order(names, kappa: float) -> list[str]:
+    order = canonical_order(kappa)
+    return sorted(set(names), key=lambda n: order.index(n) if n in order else len(order))
 
 
 def main(argv=None) -> int:
@@ -279,60 +362,78 @@ def main(argv=None) -> int:
         items = items[:args.limit]
     done = {}
     if args.resume and args.resume.exists():
-        done = {r["id"]: r for r in json.loads(args.resume.read_text()).get("items", [])}
+        previous = json.loads(args.resume.read_text())
+        if previous["kappa"] != args.kappa or previous["ig_steps"] != args.ig_steps:
+            raise SystemExit(f"--resume {args.resume}: kappa {previous['kappa']} / IG steps "
+                             f"{previous['ig_steps']}, this run {args.kappa} / {args.ig_steps}")
+        done = {r["id"]: r for r in previous.get("items", [])}
+    methods, baselines = select_methods(args)
     hf = QaModel(args.model)
     engine = pipeline.Engine(args.explain, args.model)
-    methods = engine_methods(args.kappa)
-    if args.atman_configs:
-        methods = dict(list(methods.items())[:args.atman_configs])
-    baselines = {k: v for k, v in pipeline.BASELINES.items()
-                 if not (args.no_occlusion and k.startswith("Occlusion"))}
-    baselines[RANDOM] = pipeline.random_baseline(0)
-    method_names = list(methods) + list(baselines)
     started = time.time()
-    records = []
+    deadline = started + 60 * args.stop_after if args.stop_after else None
+    records = dict(done)  # id -> record; the resumed items outside this run's range are kept
     for n, item in enumerate(items):
-        if item["id"] in done and set(done[item["id"]]["methods"]) == set(method_names):
-            records.append(done[item["id"]])
+        if deadline and time.time() > deadline:
+            print(f"[squad] --stop-after {args.stop_after:g} min reached before {item['id']}",
+                  file=sys.stderr, flush=True)
+            break
+        rec = records.get(item["id"])
+        have = set(rec["methods"]) if rec else set()
+        todo_a = {k: v for k, v in methods.items() if k not in have}
+        todo_b = {k: v for k, v in baselines.items() if k not in have}
+        if not todo_a and not todo_b:
             continue
+        if rec is not None and "units" not in rec and not todo_a:
+            continue  # an old record without units: its baselines need an AtMan answer
         t0 = time.time()
-        records.append(explain_item(engine, hf, item, methods, baselines))
-        print(f"[squad] {item['id']}: {time.time() - t0:.1f}s ({n + 1}/{len(items)}, "
+        records[item["id"]] = explain_item(engine, hf, item, todo_a, todo_b, rec)
+        print(f"[squad] {item['id']}: {time.time() - t0:.1f}s for {len(todo_a)} AtMan + "
+              f"{len(todo_b)} other methods ({n + 1}/{len(items)}, "
               f"{(time.time() - started) / 60:.1f} min)", file=sys.stderr, flush=True)
         if args.json:  # checkpoint after every item, so a run can be stopped and resumed
-            write_json(args, records, method_names, summarise(records, method_names))
+            write_json(args, ordered(records, args.items_file))
     engine.close()
-    summary = summarise(records, method_names)
-    table = render(summary, method_names, args, len(records))
+    return finish(args, ordered(records, args.items_file))
+
+
+def ordered(records: dict, items_file: Path) -> list[dict]:
+    order = [it["id"] for it in load_items(items_file)]
+    return [records[i] for i in order if i in records]
+
+
+def finish(args, records: list[dict]) -> int:
+    if args.common:  # only the items that have every method of the run
+        names = set(method_names_of(records, args.kappa))
+        records = [r for r in records if set(r["methods"]) >= names]
+        if not records:
+            raise SystemExit("--common: no item has every method")
+    summary = summarise(records, args.kappa)
+    table = render(summary, args, len(records))
     print(table)
     if args.json:
-        write_json(args, records, method_names, summary)
+        write_json(args, records)
     if args.write_doc:
         write_doc(args.write_doc, table)
     return 0
 
 
 def merge(args) -> int:
-    """The table of the items recorded in several --json files (in item-file order)."""
-    by_id, method_names, kappa, ig_steps = {}, None, None, None
+    """The table of the items recorded in several --json files (in item-file order; a later
+    file's methods of an item are added to an earlier one's)."""
+    by_id, kappa, ig_steps = {}, None, None
     for path in args.from_json:
         data = json.loads(path.read_text())
-        if method_names is not None and data["methods"] != method_names:
-            raise SystemExit(f"{path}: other methods than {args.from_json[0]}")
-        method_names, kappa, ig_steps = data["methods"], data["kappa"], data["ig_steps"]
+        if kappa is not None and (data["kappa"], data["ig_steps"]) != (kappa, ig_steps):
+            raise SystemExit(f"{path}: other kappa / IG steps than {args.from_json[0]}")
+        kappa, ig_steps = data["kappa"], data["ig_steps"]
         for rec in data["items"]:
-            by_id[rec["id"]] = rec
-    order = [it["id"] for it in load_items(args.items_file)]
-    records = [by_id[i] for i in order if i in by_id]
+            if rec["id"] in by_id:
+                by_id[rec["id"]]["methods"].update(rec["methods"])
+            else:
+                by_id[rec["id"]] = rec
     args.kappa, args.ig_steps = kappa, ig_steps
-    summary = summarise(records, method_names)
-    table = render(summary, method_names, args, len(records))
-    print(table)
-    if args.json:
-        write_json(args, records, method_names, summary)
-    if args.write_doc:
-        write_doc(args.write_doc, table)
-    return 0
+    return finish(args, ordered(by_id, args.items_file))
 
 
 def write_doc(path: Path, table: str) -> None:
@@ -344,23 +445,35 @@ def write_doc(path: Path, table: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
-def write_json(args, records, method_names, summary) -> None:
-    args.json.write_text(json.dumps({"model": args.model.name, "kappa": args.kappa,
-                                     "ig_steps": args.ig_steps, "methods": method_names,
-                                     "summary": summary, "items": records}))
+def write_json(args, records) -> None:
+    """All records and the summary, written whole to a temporary file and renamed (a run
+    stopped while writing leaves the previous checkpoint)."""
+    tmp = args.json.with_name(args.json.name + ".tmp")
+    tmp.write_text(json.dumps({"model": args.model.name, "kappa": args.kappa,
+                               "ig_steps": args.ig_steps,
+                               "methods": method_names_of(records, args.kappa),
+                               "summary": summarise(records, args.kappa), "items": records}))
+    os.replace(tmp, args.json)
 
 
-def summarise(records, method_names) -> dict:
+def method_names_of(records, kappa: float) -> list[str]:
+    return in_order({n for r in records for n in r["methods"]}, kappa)
+
+
+def summarise(records, kappa: float) -> dict:
+    """Per method, over the items that have it (N); item statistics over all items."""
     out = {"items": len(records),
            "median_p_answer": float(np.median([r["p_answer"] for r in records])),
            "greedy_first_token": float(np.mean([r["greedy_first_token"] for r in records])),
            "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
            "mean_context_tokens": float(np.mean([len(r["context"]) for r in records])),
            "methods": {}}
-    for name in method_names:
-        ms = [r["methods"][name] for r in records]
-        correct = [r["methods"][name] for r in records if r["greedy_first_token"]]
+    for name in method_names_of(records, kappa):
+        ms = [r["methods"][name] for r in records if name in r["methods"]]
+        correct = [r["methods"][name] for r in records
+                   if r["greedy_first_token"] and name in r["methods"]]
         per = {
+            "n": len(ms),
             "mAP": 100 * float(np.mean([m["precision"] for m in ms])),
             "mAR": 100 * float(np.mean([m["recall"] for m in ms])),
             "mAP_correct": (100 * float(np.mean([m["precision"] for m in correct]))
@@ -377,24 +490,25 @@ def summarise(records, method_names) -> dict:
     return out
 
 
-def render(summary, method_names, args, n_items) -> str:
+def render(summary, args, n_items) -> str:
     lines = [
         f"Model `{args.model.name}`, {n_items} QA items "
-        f"(`{args.items_file.name}`), token units; mean {summary['mean_prompt_tokens']:.1f} "
+        f"(`{args.items_file.name}`{', only items with every method' if args.common else ''}), "
+        f"token units; mean {summary['mean_prompt_tokens']:.1f} "
         f"prompt tokens of which {summary['mean_context_tokens']:.1f} context tokens; the "
         f"answering sentence holds {100 * summary['truth_share']:.1f}% of the context tokens "
         f"(the mAP of a uniform map). Median p(answer) {summary['median_p_answer']:.3f}; "
         f"greedy first answer token right on {100 * summary['greedy_first_token']:.1f}% of "
-        f"items. Conceptual suppression kappa {args.kappa:g}; IG {args.ig_steps} steps.",
+        f"items. Conceptual suppression kappa {args.kappa:g}; IG {args.ig_steps} steps. "
+        f"N: the items a method ran on.",
         "",
-        "| method | mAP | mAR | mAP (first token greedy-right) | pointing | deletion AOPC "
+        "| method | N | mAP | mAR | mAP (first token greedy-right) | pointing | deletion AOPC "
         "| s / explanation |",
-        "|---|---|---|---|---|---|---|"]
-    for name in method_names:
-        a = summary["methods"][name]
+        "|---|---|---|---|---|---|---|---|"]
+    for name, a in summary["methods"].items():
         mc = "n/a" if a["mAP_correct"] is None else f"{a['mAP_correct']:.1f}"
-        lines.append(f"| {name} | {a['mAP']:.1f} | {a['mAR']:.1f} | {mc} | {a['pointing']:.1f} "
-                     f"| {a['aopc']:.3f} | {a['s']:.2f} |")
+        lines.append(f"| {name} | {a['n']} | {a['mAP']:.1f} | {a['mAR']:.1f} | {mc} "
+                     f"| {a['pointing']:.1f} | {a['aopc']:.3f} | {a['s']:.2f} |")
     return "\n".join(lines)
 
 

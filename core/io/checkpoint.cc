@@ -53,6 +53,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::OpenGguf(const std::file
                   : m.tensor->type->id == 30 ? c10::ScalarType::BFloat16
                                              : c10::ScalarType::Float;
     entry.shape = m.tensor->shape;
+    if (m.transpose) std::reverse(entry.shape.begin(), entry.shape.end());
     entry.begin = m.tensor->offset;
     entry.end = m.tensor->offset + m.tensor->size;
     entries.push_back(std::move(entry));
@@ -181,6 +182,13 @@ absl::StatusOr<at::Tensor> Checkpoint::LoadGguf(const GgufMappedTensor& m,
   const int64_t heads = m.unpermute_heads;
   // Un-permuting goes through float32, as transformers does (numpy on the dequantized rows).
   ATMAN_ASSIGN_OR_RETURN(at::Tensor t, gguf_->Dequantize(*m.tensor, heads > 0 ? at::kFloat : dtype));
+  if (m.transpose) {
+    try {
+      return t.t().contiguous();
+    } catch (const std::exception& e) {
+      return StatusFromException(e, absl::StrCat(dir_.string(), ": tensor '", m.tensor->name, "'"));
+    }
+  }
   if (heads == 0) return t;
   try {
     // llama.cpp stored rows as [heads, 2, rows/heads/2] (the rotary halves interleaved);

@@ -204,13 +204,129 @@ json AddedToken(int64_t id, const std::string& content, bool special) {
           {"rstrip", false},  {"normalized", false}, {"special", special}};
 }
 
+// The special-token ids of tokenizer.ggml.* as config.json keys.
+absl::Status SpecialTokenIds(const GgufFile& file, json& c) {
+  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
+    const std::string gguf_key =
+        absl::StrCat("tokenizer.ggml.", std::string(key) == "pad_token_id" ? "padding_token_id" : key);
+    ATMAN_ASSIGN_OR_RETURN(auto id, OptionalInteger(file, gguf_key));
+    if (id) c[key] = *id;
+  }
+  return absl::OkStatus();
+}
+
+// gpt2 (llama.cpp's GPT2Model conversion): the config GPT2LMHeadModel reads and the tensor
+// names of its checkpoint. Conv1D weights ([in, out] in transformers) are stored as [out, in]
+// and transposed back on load. The position table's rows are n_positions (transformers reads
+// gpt2.context_length into n_ctx, which GPT-2 ignores; the table is the file's).
+absl::StatusOr<GgufModel> ConvertGpt2(const GgufFile& file) {
+  GgufModel model;
+  json& c = model.config;
+  c["model_type"] = "gpt2";
+  c["architectures"] = json::array({"GPT2LMHeadModel"});
+  ATMAN_ASSIGN_OR_RETURN(int64_t hidden, PositiveInteger(file, "gpt2.embedding_length"));
+  ATMAN_ASSIGN_OR_RETURN(int64_t layers, PositiveInteger(file, "gpt2.block_count"));
+  ATMAN_ASSIGN_OR_RETURN(int64_t heads, PositiveInteger(file, "gpt2.attention.head_count"));
+  ATMAN_ASSIGN_OR_RETURN(int64_t ffn, PositiveInteger(file, "gpt2.feed_forward_length"));
+  if (layers > 100000 || heads > hidden || hidden % heads != 0) {
+    return Bad(file, "keys 'gpt2.block_count' = ", layers, ", 'gpt2.attention.head_count' = ",
+               heads, " are inconsistent (embedding_length ", hidden,
+               " must be a multiple of head_count)");
+  }
+  if (file.Find("gpt2.attention.head_count_kv") != nullptr) {
+    ATMAN_ASSIGN_OR_RETURN(int64_t kv, PositiveInteger(file, "gpt2.attention.head_count_kv"));
+    if (kv != heads) {
+      return Unsupported(file, "key 'gpt2.attention.head_count_kv' = ", kv,
+                         ": gpt2 has one key/value head per query head (", heads, ")");
+    }
+  }
+  ATMAN_ASSIGN_OR_RETURN(double eps, file.GetNumber("gpt2.attention.layer_norm_epsilon"));
+  if (!(eps > 0.0)) return Bad(file, "key 'gpt2.attention.layer_norm_epsilon' must be positive");
+  const GgufTensor* embed = file.FindTensor("token_embd.weight");
+  if (embed == nullptr) return Bad(file, "missing tensor 'token_embd.weight'");
+  const GgufTensor* positions = file.FindTensor("position_embd.weight");
+  if (positions == nullptr) return Bad(file, "missing tensor 'position_embd.weight'");
+  for (const GgufTensor* t : {embed, positions}) {
+    if (t->shape.size() != 2) {
+      return Bad(file, "tensor '", t->name, "' must have 2 dimensions, has ", t->shape.size());
+    }
+  }
+  c["n_embd"] = hidden;
+  c["n_layer"] = layers;
+  c["n_head"] = heads;
+  c["n_inner"] = ffn;
+  c["n_positions"] = positions->shape[0];
+  ATMAN_ASSIGN_OR_RETURN(auto context, OptionalInteger(file, "gpt2.context_length"));
+  c["n_ctx"] = context ? *context : positions->shape[0];
+  c["layer_norm_epsilon"] = eps;
+  c["activation_function"] = "gelu_new";  // llama.cpp's gpt2 graph: GELU, tanh approximation
+  int64_t vocab = embed->shape[0];
+  ATMAN_ASSIGN_OR_RETURN(auto vocab_key, OptionalInteger(file, "gpt2.vocab_size"));
+  if (vocab_key) vocab = *vocab_key;
+  c["vocab_size"] = vocab;
+  c["tie_word_embeddings"] = file.FindTensor("output.weight") == nullptr;
+  ATMAN_RETURN_IF_ERROR(SpecialTokenIds(file, c));
+
+  static const std::map<std::string, std::string> kGlobal = {
+      {"token_embd.weight", "transformer.wte.weight"},
+      {"position_embd.weight", "transformer.wpe.weight"},
+      {"output_norm.weight", "transformer.ln_f.weight"},
+      {"output_norm.bias", "transformer.ln_f.bias"},
+      {"output.weight", "lm_head.weight"}};
+  // suffix -> (Hugging Face name within transformer.h.N, transposed)
+  static const std::map<std::string, std::pair<std::string, bool>> kBlock = {
+      {"attn_norm.weight", {"ln_1.weight", false}},
+      {"attn_norm.bias", {"ln_1.bias", false}},
+      {"attn_qkv.weight", {"attn.c_attn.weight", true}},
+      {"attn_qkv.bias", {"attn.c_attn.bias", false}},
+      {"attn_output.weight", {"attn.c_proj.weight", true}},
+      {"attn_output.bias", {"attn.c_proj.bias", false}},
+      {"ffn_norm.weight", {"ln_2.weight", false}},
+      {"ffn_norm.bias", {"ln_2.bias", false}},
+      {"ffn_up.weight", {"mlp.c_fc.weight", true}},
+      {"ffn_up.bias", {"mlp.c_fc.bias", false}},
+      {"ffn_down.weight", {"mlp.c_proj.weight", true}},
+      {"ffn_down.bias", {"mlp.c_proj.bias", false}}};
+  for (const GgufTensor& t : file.tensors()) {
+    GgufMappedTensor m;
+    m.tensor = &t;
+    if (auto it = kGlobal.find(t.name); it != kGlobal.end()) {
+      m.name = it->second;
+    } else if (absl::StartsWith(t.name, "blk.")) {
+      const std::string_view rest = std::string_view(t.name).substr(4);
+      const std::size_t dot = rest.find('.');
+      int64_t layer = -1;
+      if (dot == std::string_view::npos ||
+          !absl::SimpleAtoi(absl::string_view(rest.data(), dot), &layer) || layer < 0 ||
+          layer >= layers) {
+        return Bad(file, "tensor '", t.name, "': block number is not in [0, gpt2.block_count = ",
+                   layers, ")");
+      }
+      auto it = kBlock.find(std::string(rest.substr(dot + 1)));
+      if (it == kBlock.end()) {
+        return Unsupported(file, "tensor '", t.name, "' is not part of the gpt2 layout atman reads");
+      }
+      m.name = absl::StrCat("transformer.h.", layer, ".", it->second.first);
+      m.transpose = it->second.second;
+      if (m.transpose && t.shape.size() != 2) {
+        return Bad(file, "tensor '", t.name, "' must have 2 dimensions, has ", t.shape.size());
+      }
+    } else {
+      return Unsupported(file, "tensor '", t.name, "' is not part of the gpt2 layout atman reads");
+    }
+    model.tensors.push_back(std::move(m));
+  }
+  return model;
+}
+
 }  // namespace
 
 absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
   ATMAN_ASSIGN_OR_RETURN(std::string arch, file.GetString("general.architecture"));
+  if (arch == "gpt2") return ConvertGpt2(file);
   if (arch != "llama" && arch != "qwen2") {
     return Unsupported(file, "key 'general.architecture' = '", arch,
-                       "' is not supported (llama, qwen2)");
+                       "' is not supported (llama, qwen2, gpt2)");
   }
   const std::string p = arch + ".";
   GgufModel model;
@@ -295,12 +411,7 @@ absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
     c["attention_bias"] = file.FindTensor("blk.0.attn_q.bias") != nullptr;
     c["mlp_bias"] = file.FindTensor("blk.0.ffn_up.bias") != nullptr;
   }
-  for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id"}) {
-    const std::string gguf_key =
-        absl::StrCat("tokenizer.ggml.", std::string(key) == "pad_token_id" ? "padding_token_id" : key);
-    ATMAN_ASSIGN_OR_RETURN(auto id, OptionalInteger(file, gguf_key));
-    if (id) c[key] = *id;
-  }
+  ATMAN_RETURN_IF_ERROR(SpecialTokenIds(file, c));
 
   // Tensor names.
   static const std::map<std::string, std::string> kGlobal = {

@@ -6,7 +6,11 @@
 // (token_embd, blk.N.attn_q/k/v/output, ffn_gate/up/down, attn_norm, ffn_norm, output_norm,
 // output). llama's Q and K rows are un-permuted (llama.cpp's convert script interleaves the
 // rotary halves; transformers' LlamaTensorProcessor reverses it); qwen2's are stored as they
-// are. No output.weight means tied embeddings.
+// are. gpt2: token_embd, position_embd (learned positions), blk.N.attn_norm/ffn_norm and
+// output_norm (LayerNorm weight + bias), the fused blk.N.attn_qkv, attn_output, ffn_up,
+// ffn_down (each with a bias), mapped to GPT2LMHeadModel's names with the four projection
+// weights transposed back to Conv1D's [in, out] (as transformers' GPT2TensorProcessor does).
+// No output.weight means tied embeddings.
 //
 // Tokenizers (`tokenizer.ggml.model`): "gpt2" (byte-level BPE with merges; the split regex
 // picked by tokenizer.ggml.pre as transformers does) and "llama" (SentencePiece BPE with byte
@@ -34,6 +38,9 @@ struct GgufMappedTensor {
   std::string name;  // e.g. "model.layers.0.self_attn.q_proj.weight"
   const GgufTensor* tensor = nullptr;
   int64_t unpermute_heads = 0;  // > 0: undo llama.cpp's Q/K row permutation with this many heads
+  // Transposed on load (2-D): llama.cpp stores GPT-2's Conv1D weights as [out, in], the
+  // Hugging Face checkpoint (and atman's gpt2 loader) as [in, out].
+  bool transpose = false;
 };
 
 struct GgufModel {

@@ -139,7 +139,7 @@ def test_squad_end_to_end(tmp_path):
     item = squad.load_items(squad.ITEMS)[0]
     # truth: the context tokens of the answering sentence, and only those
     assert 0 < sum(rec["truth"]) < len(rec["truth"])
-    assert len(result["methods"]) == 2 + 6  # default and removal AtMan, IG, IxG, Saliency, rollout, Chefer, random
+    assert len(result["methods"]) == 2 + 6  # log-additive and multiplicative 0.1 AtMan, IG, IxG, Saliency, rollout, Chefer, random
     for name, m in rec["methods"].items():
         x = np.array(m["relevance"])[rec["context"]]
         assert metrics.precision(x, rec["truth"]) == pytest.approx(m["precision"]), name
@@ -148,3 +148,44 @@ def test_squad_end_to_end(tmp_path):
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
     assert "| AtMan log-additive 0.1 (production default) |" in text
+
+
+def test_merge_adds_methods_per_item_and_counts_n(tmp_path):
+    """--from-json adds up the methods an item has in each file; N counts per method;
+    --common keeps only the items with every method (no model needed)."""
+    ids = [it["id"] for it in squad.load_items(squad.ITEMS)[:2]]
+    default, chefer = "AtMan log-additive 0.1 (production default)", "Chefer (grad x attention)"
+
+    def rec(item_id, methods):
+        return {"id": item_id, "p_answer": 0.5, "greedy_first_token": True, "prompt_tokens": 80,
+                "context": [0, 1, 2, 3], "truth": [0.0, 1.0, 1.0, 0.0],
+                "methods": {m: {"precision": p, "recall": p, "pointing": 1.0, "aopc": 0.1,
+                                "seconds": 1.0} for m, p in methods.items()}}
+
+    def write(path, records):
+        path.write_text(json.dumps({"kappa": 0.7, "ig_steps": 20, "methods": [], "items": records}))
+
+    write(tmp_path / "a.json", [rec(ids[0], {default: 0.8}), rec(ids[1], {default: 0.6})])
+    write(tmp_path / "b.json", [rec(ids[0], {chefer: 0.4})])
+    out = tmp_path / "merged.json"
+    assert squad.main(["--from-json", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                       "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]["methods"]
+    assert summary[default]["n"] == 2 and summary[default]["mAP"] == pytest.approx(70.0)
+    assert summary[chefer]["n"] == 1 and summary[chefer]["mAP"] == pytest.approx(40.0)
+    assert squad.main(["--from-json", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                       "--common", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]["methods"]
+    assert summary[default]["n"] == 1 and summary[default]["mAP"] == pytest.approx(80.0)
+
+
+def test_methods_by_short_name():
+    args = squad.parse_args(["--from-json", "x", "--methods", "mul0.1cs,ig,la0.1"])
+    atman, others = squad.select_methods(args)
+    assert list(atman) == ["AtMan multiplicative 0.1 + CS (kappa 0.7)",
+                           "AtMan log-additive 0.1 (production default)"]
+    assert atman["AtMan multiplicative 0.1 + CS (kappa 0.7)"] == {
+        "mode": "multiplicative", "contextual_control_threshold": 0.7}
+    assert list(others) == ["IG (Captum)"]
+    with pytest.raises(SystemExit):
+        squad.select_methods(squad.parse_args(["--from-json", "x", "--methods", "la0.5"]))
