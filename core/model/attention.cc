@@ -8,6 +8,7 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/softmax.h>
+#include <ATen/ops/tanh.h>
 #include <ATen/ops/where.h>
 
 #include <algorithm>
@@ -77,12 +78,12 @@ AttentionMask WithControl(const AttentionMask& mask, const ControlTensors& contr
 
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const AttentionMask& mask, const ControlTensors* multiplicative, double scale,
-                  int64_t max_score_bytes) {
+                  double softcap, int64_t max_score_bytes) {
   // q [B, Hq, Tq, D]; k, v [B, Hkv, S, D]; bias, visible [1 or B, 1, Tq, S]; factors [B, 1, 1, S].
   constexpr double kInf = std::numeric_limits<double>::infinity();
   const int64_t B = q.size(0), Hq = q.size(1), Tq = q.size(2), S = k.size(2);
   at::Tensor out;
-  if (multiplicative == nullptr) {
+  if (multiplicative == nullptr && softcap <= 0.0) {
     // Plain attention, or log_additive with its factors already in mask.bias (WithControl).
     // Grouped-query attention: the CPU kernel takes Hkv < Hq itself (enable_gqa); on CUDA
     // only the math fallback does, so K and V are expanded to Hq heads there, which keeps the
@@ -98,9 +99,10 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            /*is_causal=*/false, scale,
                                            /*enable_gqa=*/grouped && q.is_cpu());
   } else {
-    // ---- AtMan, multiplicative: s' = (s - min_visible s) * f, then the mask. ----
     // Explicit scores [B, Hq, c, S] for c queries at a time: per query, the scores in the
-    // model dtype, their float32 softmax and the weights back in the model dtype.
+    // model dtype, their float32 softmax and the weights back in the model dtype. Soft-capped
+    // scores (gemma2) are capped first, cap * tanh(s / cap) as transformers' eager attention;
+    // AtMan's manipulation applies to the capped scores (docs/method.md, section 2).
     const int64_t per_query = B * Hq * S * (2 * q.element_size() + 4);
     const int64_t chunk =
         max_score_bytes > 0 ? std::clamp<int64_t>(max_score_bytes / per_query, 1, Tq) : Tq;
@@ -109,9 +111,17 @@ at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const int64_t c = std::min(chunk, Tq - i);
       const at::Tensor visible = mask.visible.narrow(2, i, c);               // [1|B, 1, c, S]
       at::Tensor scores = GroupedScores(q.narrow(2, i, c), k, scale);        // [B, Hq, c, S]
-      at::Tensor lowest = at::where(visible, scores, kInf).amin(-1, /*keepdim=*/true);
-      scores = (scores - lowest) * multiplicative->factors;
-      scores = at::where(visible, scores, -kInf);
+      if (softcap > 0.0) scores = at::tanh(scores / softcap) * softcap;
+      if (multiplicative != nullptr) {
+        // ---- AtMan, multiplicative: s' = (s - min_visible s) * f, then the mask. ----
+        at::Tensor lowest = at::where(visible, scores, kInf).amin(-1, /*keepdim=*/true);
+        scores = (scores - lowest) * multiplicative->factors;
+        scores = at::where(visible, scores, -kInf);
+      } else {
+        // Plain or log_additive: mask.bias is 0 (+ log f, WithControl) where visible, -inf
+        // elsewhere.
+        scores = scores + mask.bias.narrow(2, i, c);
+      }
       // Softmax in float32 (as transformers' eager path), back to the model dtype for P.V.
       at::Tensor weights = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
       parts.push_back(GroupedValues(weights, v));                            // [B, Hq, c, D]

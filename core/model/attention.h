@@ -6,6 +6,9 @@
 //     and GPU);
 //   multiplicative: the explicit score path, s' = (s - min over visible keys) * f, chunked
 //     over queries under a byte cap.
+// Soft-capped attention (gemma2: s = cap * tanh(s / cap)) cannot go through the fused kernel,
+// which takes only an additive bias: it takes the explicit score path in both modes, and the
+// manipulation applies to the capped scores.
 // Masks (causal, padding, sliding window) are applied after the manipulation. A query with no
 // visible key left gets a zero output instead of softmax's NaN.
 //
@@ -48,9 +51,10 @@ AttentionMask WithControl(const AttentionMask& mask, const ControlTensors& contr
 // `multiplicative` is the pass's multiplicative control in layers it applies to, else null:
 // s' = (s - min over visible keys) * f on explicit scores, computed in chunks of queries so
 // that the scores of one chunk (and their float32 softmax) stay under `max_score_bytes`
-// (0: one chunk). `scale` multiplies q.k (usually 1/sqrt(D)).
+// (0: one chunk). `scale` multiplies q.k (usually 1/sqrt(D)). `softcap` > 0 caps the scaled
+// scores, cap * tanh(s / cap), before the manipulation and the masks (explicit path); 0: none.
 at::Tensor Attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const AttentionMask& mask, const ControlTensors* multiplicative, double scale,
-                  int64_t max_score_bytes = 0);
+                  double softcap = 0.0, int64_t max_score_bytes = 0);
 
 }  // namespace atman::model

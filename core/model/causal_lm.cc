@@ -10,7 +10,9 @@
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/rsqrt.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/tanh.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -170,7 +172,14 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   try {
     c10::InferenceMode guard;
     ATMAN_RETURN_IF_ERROR(CheckRange(ids, "ids", 0, config_.vocab_size));
-    return at::embedding(weights_.embed, Upload(ids.to(at::kLong), device_));
+    at::Tensor embeds = at::embedding(weights_.embed, Upload(ids.to(at::kLong), device_));
+    if (config_.embed_scale != 1.0) {
+      // Gemma-2: times sqrt(hidden_size) rounded to the model dtype (transformers'
+      // Gemma2TextScaledWordEmbedding casts its scale to the weight dtype first).
+      embeds = embeds * at::scalar_tensor(config_.embed_scale,
+                                          at::TensorOptions().dtype(dtype_).device(device_));
+    }
+    return embeds;
   } catch (const std::exception& e) {
     return StatusFromException(e, "embedding ids");
   }
@@ -250,10 +259,15 @@ at::Tensor CausalLM::RunNorm(const at::Tensor& x, const Norm& norm) const {
   if (config_.norm == NormKind::kLayer) {
     return at::layer_norm(x, {config_.hidden_size}, norm.weight, norm.bias, config_.norm_eps);
   }
-  // RMSNorm as transformers: normalise in float32, cast back, then scale.
+  // RMSNorm as transformers: normalise in float32; Llama casts back, then scales by w; Gemma
+  // scales by (1 + w) in float32, then casts back.
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return norm.weight * (xf * at::rsqrt(variance + config_.norm_eps)).to(x.scalar_type());
+  at::Tensor normed = xf * at::rsqrt(variance + config_.norm_eps);
+  if (config_.norm == NormKind::kRmsPlusOne) {
+    return (normed * (norm.weight.to(at::kFloat) + 1.0)).to(x.scalar_type());
+  }
+  return norm.weight * normed.to(x.scalar_type());
 }
 
 at::Tensor CausalLM::RunAttention(const at::Tensor& x, int64_t layer, const Pass& pass,
@@ -290,7 +304,7 @@ at::Tensor CausalLM::RunAttention(const at::Tensor& x, int64_t layer, const Pass
   const AttentionMask& mask = additive ? pass.controlled_masks.at(window) : pass.masks.at(window);
   const ControlTensors* multiplicative = controlled && !additive ? &*pass.control : nullptr;
   at::Tensor attended = Attend(q, k, v, mask, multiplicative, config_.attention_scale[layer],
-                               input.max_score_bytes);
+                               config_.attn_softcap, input.max_score_bytes);
   return at::linear(attended.transpose(1, 2).reshape({B, T, Hq * D}), w.o_w, w.o_b);
 }
 
@@ -317,14 +331,27 @@ at::Tensor CausalLM::RunMlp(const at::Tensor& x, const Layer& w) const {
 
 at::Tensor CausalLM::RunBlock(const at::Tensor& x, int64_t layer, const Pass& pass,
                               const ForwardInput& input) const {
-  // x [B, T, H] -> [B, T, H]; pre-norm residual blocks, sequential or parallel (gpt_neox).
+  // x [B, T, H] -> [B, T, H]; pre-norm residual blocks, sequential or parallel (gpt_neox);
+  // with sandwich norms (gemma2) each branch's output is normed again before the residual.
   const Layer& w = weights_.layers[layer];
   at::Tensor attn = RunAttention(RunNorm(x, w.attn_norm), layer, pass, input);
+  if (config_.sandwich_norms) attn = RunNorm(attn, w.post_attn_norm);
   if (config_.parallel_residual) {
     return RunMlp(RunNorm(x, w.mlp_norm), w) + attn + x;
   }
   at::Tensor h = x + attn;
-  return h + RunMlp(RunNorm(h, w.mlp_norm), w);
+  at::Tensor mlp = RunMlp(RunNorm(h, w.mlp_norm), w);
+  if (config_.sandwich_norms) mlp = RunNorm(mlp, w.post_mlp_norm);
+  return h + mlp;
+}
+
+at::Tensor CausalLM::RunHead(const at::Tensor& h) const {
+  // h [B, K, H] -> logits [B, K, V]; gemma2 soft-caps them: cap * tanh(logits / cap).
+  at::Tensor logits = at::linear(RunNorm(h, weights_.final_norm), weights_.lm_head);
+  if (config_.final_softcap > 0.0) {
+    logits = at::tanh(logits / config_.final_softcap) * config_.final_softcap;
+  }
+  return logits;
 }
 
 ForwardOutput CausalLM::RunForward(const ForwardInput& input,
@@ -370,7 +397,7 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
     case OutputRequest::Kind::kNone:
       break;
     case OutputRequest::Kind::kAllLogits:
-      out.logits = at::linear(RunNorm(x, weights_.final_norm), weights_.lm_head);
+      out.logits = RunHead(x);
       break;
     case OutputRequest::Kind::kLogits:
     case OutputRequest::Kind::kLogProbs: {
@@ -378,7 +405,7 @@ ForwardOutput CausalLM::RunForward(const ForwardInput& input,
       // rows, not T.
       at::Tensor rows = Upload(request.indices.to(at::kLong), device_) - p;
       at::Tensor h = x.gather(1, rows.unsqueeze(-1).expand({B, rows.size(1), config_.hidden_size}));
-      at::Tensor logits = at::linear(RunNorm(h, weights_.final_norm), weights_.lm_head);
+      at::Tensor logits = RunHead(h);
       if (request.kind == OutputRequest::Kind::kLogits) {
         out.logits = logits;
       } else {

@@ -165,6 +165,7 @@ class CausalLM {
   };
   struct Layer {
     Norm attn_norm, mlp_norm;
+    Norm post_attn_norm, post_mlp_norm;  // sandwich norms (Gemma-2), else undefined
     at::Tensor qkv_w, qkv_b;    // [(Hq + 2 Hkv) D, H]: rows q heads, then k, then v
     at::Tensor o_w, o_b;        // [H, Hq D]
     at::Tensor up_w, up_b;      // gated: [2 I, H] (gate rows, then up rows); else [I, H]
@@ -188,6 +189,7 @@ class CausalLM {
   at::Tensor RunAttention(const at::Tensor& x, int64_t layer, const Pass& pass,
                           const ForwardInput& input) const;
   at::Tensor RunMlp(const at::Tensor& x, const Layer& layer) const;
+  at::Tensor RunHead(const at::Tensor& h) const;
   at::Tensor RunBlock(const at::Tensor& x, int64_t layer, const Pass& pass,
                       const ForwardInput& input) const;
   ForwardOutput RunForward(const ForwardInput& input,

@@ -1,9 +1,10 @@
 // The architecture of a decoder-only transformer, read from a Hugging Face config.json.
 //
-// Every supported family (family_registry.h: llama, mistral, qwen2, gpt2, gpt_neox) is
-// described by the same switches: how positions enter (rotary or learned), which norm, which
-// MLP, whether the residual is parallel, which projections carry a bias, tied embeddings,
-// sliding windows. ParseModelConfig() maps config.json's `model_type` (or, when absent,
+// Every supported family (family_registry.h: llama, mistral, qwen2, gpt2, gpt_neox, gemma2)
+// is described by the same switches: how positions enter (rotary or learned), which norm,
+// which MLP, whether the residual is parallel, which projections carry a bias, tied
+// embeddings, sliding windows, Gemma-2's embedding scale, sandwich norms and tanh soft-caps.
+// ParseModelConfig() maps config.json's `model_type` (or, when absent,
 // `architectures[0]`) to its family in the registry, which reads that family's field names,
 // old and new spellings alike (`rope_scaling`/`rope_theta` and transformers 5's
 // `rope_parameters`). Errors name the field and the limit it breaks.
@@ -20,7 +21,10 @@
 
 namespace atman::model {
 
-enum class NormKind { kRms, kLayer };
+// kRms: x / rms(x) in float32, cast to the model dtype, times w (Llama).
+// kRmsPlusOne: x / rms(x) * (1 + w), all in float32, then cast (Gemma).
+// kLayer: LayerNorm with weight and bias.
+enum class NormKind { kRms, kRmsPlusOne, kLayer };
 enum class Activation { kSilu, kGelu, kGeluTanh, kRelu };
 enum class RopeScaling { kNone, kLinear, kLlama3 };
 
@@ -60,6 +64,17 @@ struct ModelConfig {
   // Multiplies q.k before softmax, per layer (1/sqrt(head_dim), gpt2 may also divide by
   // layer+1).
   std::vector<double> attention_scale;
+
+  // Gemma-2. Token embeddings are multiplied by embed_scale (sqrt(hidden_size), rounded to
+  // the model dtype first, as transformers does); 1: unscaled.
+  double embed_scale = 1.0;
+  // Sandwich norms: the attention and MLP outputs are normed again (Layer::post_attn_norm,
+  // post_mlp_norm) before they join the residual.
+  bool sandwich_norms = false;
+  // tanh soft-caps, cap * tanh(x / cap), 0: none. attn_softcap on the scaled attention scores
+  // (before AtMan's manipulation and the masks, docs/method.md), final_softcap on the logits.
+  double attn_softcap = 0.0;
+  double final_softcap = 0.0;
 };
 
 // The model types ParseModelConfig() accepts (those of every registered family), sorted.

@@ -157,7 +157,7 @@ INSTANTIATE_TEST_SUITE_P(Families, ParityTest, ::testing::ValuesIn(testing::Orac
 // bfloat16 on the CPU: the same model and inputs as float32, within a documented tolerance
 // (docs/model.md): bf16 keeps 8 bits of mantissa, so logits of magnitude ~5 move by ~0.1.
 TEST(Precision, BFloat16StaysWithinToleranceOfFloat32) {
-  for (const std::string name : {"llama", "gpt2", "gpt_neox"}) {
+  for (const std::string name : {"llama", "gpt2", "gpt_neox", "gemma2"}) {
     SCOPED_TRACE(name);
     ModelCases cases = ReadCases(name);
     auto f32 = testing::LoadModel(cases.dir, at::kFloat);

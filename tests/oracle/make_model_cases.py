@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AttentionInterface, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
-                          GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
+                          GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -76,16 +76,43 @@ def model_specs():
         "gpt_neox-sequential": (GPTNeoXForCausalLM, GPTNeoXConfig(
             hidden_size=64, intermediate_size=96, num_attention_heads=4, rotary_pct=0.25,
             use_parallel_residual=False, tie_word_embeddings=True, **common)),
+        # Gemma-2: (1 + w) RMSNorm (norm weights randomised, see RANDOM_NORMS), embeddings
+        # scaled by sqrt(hidden), sandwich norms, query_pre_attn_scalar 24 != head_dim 16,
+        # attention and final logit soft-caps small enough to bite, sliding window of 4 keys
+        # on layer 0 (layer_types' default: even layers slide), gelu_pytorch_tanh, tied
+        # embeddings.
+        "gemma2": (Gemma2ForCausalLM, Gemma2Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0, sliding_window=4, tie_word_embeddings=True,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, **common)),
     }
 
 
+# Gemma-2 initialises its RMSNorm weights to 0 (a scale of 1 + 0): randomised so that the
+# (1 + w) scale is exercised.
+RANDOM_NORMS = {"gemma2"}
+
+
+def randomise_norms(model) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0.0, 0.5)
+
+
 # ---- The AtMan attention of the oracle: transformers' eager attention plus the manipulation.
-CONTROL = None  # {"mode", "layers" (None: all), "factors" [B, S] float32}
+# {"mode", "layers" (None: all), "factors" [B, S] float32, "before_cap" (optional, default
+# False: the manipulation of a soft-capped model applies to the capped scores)}
+CONTROL = None
 
 
-def atman_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+def atman_attention(module, query, key, value, attention_mask, scaling, dropout=0.0,
+                    softcap=None, **kwargs):
     # query [B, Hq, Tq, D]; key, value [B, Hkv, S, D]; attention_mask [B, 1, Tq, S] float
-    # (0 where visible, dtype min elsewhere; eager_mask).
+    # (0 where visible, dtype min elsewhere; eager_mask). softcap: Gemma-2's attention logit
+    # soft-cap, cap * tanh(s / cap), as transformers' eager attention applies it (after the
+    # scaling, before the mask).
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
@@ -93,6 +120,9 @@ def atman_attention(module, query, key, value, attention_mask, scaling, dropout=
     S = key.shape[2]
     visible = attention_mask[:, :, :, :S] == 0
     c = CONTROL
+    before_cap = c is not None and c.get("before_cap", False)
+    if softcap is not None and not before_cap:
+        scores = torch.tanh(scores / softcap) * softcap
     if c is not None and (c["layers"] is None or module.layer_idx in c["layers"]):
         f = c["factors"][:, None, None, :S].to(scores.dtype)
         if c["mode"] == "log_additive":
@@ -100,6 +130,8 @@ def atman_attention(module, query, key, value, attention_mask, scaling, dropout=
         else:
             lowest = scores.masked_fill(~visible, float("inf")).amin(-1, keepdim=True)
             scores = (scores - lowest) * f
+    if softcap is not None and before_cap:
+        scores = torch.tanh(scores / softcap) * softcap  # the alternative order (self-check only)
     scores = scores.masked_fill(~visible, float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     dead = ~torch.isfinite(scores).any(-1, keepdim=True)
@@ -184,6 +216,13 @@ def make_cases(model, g):
             tensors[f"{key}.logits"] = model(**kwargs).logits
             # The controls must matter, or the parity test could not fail.
             assert (tensors[f"{key}.logits"] - tensors[f"{inputs}.logits"]).abs().max() > 1e-2, key
+            if getattr(model.config, "attn_logit_softcapping", None) is not None:
+                # Soft-capped attention: the other order (controls before the cap) must give
+                # other logits, or the parity test could not tell the orders apart.
+                CONTROL = dict(CONTROL, before_cap=True)
+                other = model(**kwargs).logits
+                gap = (other - tensors[f"{key}.logits"]).abs().max()
+                assert gap > 1e-2, (key, "cap order", float(gap))
             cases.append({"name": key, "inputs": inputs, "mode": mode, "layers": layers,
                           "rows": [[[p, f] for p, f in row] for row in rows]})
             CONTROL = None
@@ -198,6 +237,8 @@ def main() -> None:
     for name, (cls, config) in model_specs().items():
         seed_everything(0)
         model = cls(config).eval()
+        if name in RANDOM_NORMS:
+            randomise_norms(model)
         folder = args.out / name
         model.save_pretrained(folder)
         g = torch.Generator().manual_seed(1)

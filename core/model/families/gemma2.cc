@@ -1,0 +1,154 @@
+// The gemma2 family: transformers' Gemma2ForCausalLM. Llama's tensor names plus Gemma-2's
+// block options: RMSNorm x / rms(x) * (1 + w) in float32 (NormKind::kRmsPlusOne), token
+// embeddings times sqrt(hidden_size) in the model dtype, sandwich norms (the attention and
+// MLP outputs are normed again before the residual: pre/post_feedforward_layernorm),
+// query_pre_attn_scalar as the attention scale, tanh soft-caps on the attention scores and
+// the logits, sliding windows on alternate layers (`layer_types`), gelu_pytorch_tanh.
+#include <ATen/ops/cat.h>
+
+#include <cmath>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
+#include "core/model/families/family_support.h"
+
+namespace atman::model {
+namespace {
+
+using nlohmann::json;
+
+// A soft-cap: absent gives transformers' default, null (or 0) none, else a positive number.
+absl::StatusOr<double> SoftCapField(const json& c, const char* key, double fallback) {
+  if (c.find(key) == c.end()) return fallback;
+  ATMAN_ASSIGN_OR_RETURN(double cap, DoubleField(c, key, 0.0));
+  if (cap < 0.0 || !std::isfinite(cap)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: field '", key, "' must be positive or null, got ", cap));
+  }
+  return cap;
+}
+
+// Defaults are Gemma2Config's (transformers 5) for fields a config.json may leave out.
+absl::Status ParseGemma2(const json& c, ModelConfig& m) {
+  ATMAN_ASSIGN_OR_RETURN(m.vocab_size, PositiveIntField(c, "vocab_size"));
+  ATMAN_ASSIGN_OR_RETURN(m.hidden_size, PositiveIntField(c, "hidden_size"));
+  ATMAN_ASSIGN_OR_RETURN(m.num_layers, PositiveIntField(c, "num_hidden_layers"));
+  ATMAN_ASSIGN_OR_RETURN(m.num_heads, PositiveIntField(c, "num_attention_heads"));
+  ATMAN_ASSIGN_OR_RETURN(m.num_kv_heads, PositiveIntField(c, "num_key_value_heads", m.num_heads));
+  ATMAN_ASSIGN_OR_RETURN(m.head_dim, PositiveIntField(c, "head_dim", 256));
+  ATMAN_ASSIGN_OR_RETURN(m.intermediate_size, PositiveIntField(c, "intermediate_size"));
+  ATMAN_ASSIGN_OR_RETURN(m.max_positions, IntField(c, "max_position_embeddings", 0));
+  ATMAN_ASSIGN_OR_RETURN(m.norm_eps, DoubleField(c, "rms_norm_eps", 1e-6));
+  ATMAN_ASSIGN_OR_RETURN(std::string act, StringField(c, "hidden_activation", "gelu_pytorch_tanh"));
+  ATMAN_ASSIGN_OR_RETURN(m.activation, ParseActivation(act, "hidden_activation"));
+  ATMAN_ASSIGN_OR_RETURN(m.tied_embeddings, BoolField(c, "tie_word_embeddings", true));
+  ATMAN_ASSIGN_OR_RETURN(m.qkv_bias, BoolField(c, "attention_bias", false));
+  ATMAN_ASSIGN_OR_RETURN(bool bidirectional, BoolField(c, "use_bidirectional_attention", false));
+  if (bidirectional) {
+    return absl::UnimplementedError(
+        "config.json: gemma2 use_bidirectional_attention = true is not supported");
+  }
+  m.o_bias = m.qkv_bias;
+  m.norm = NormKind::kRmsPlusOne;
+  m.gated_mlp = true;
+  m.sandwich_norms = true;
+  m.embed_scale = std::sqrt(static_cast<double>(m.hidden_size));
+  ATMAN_ASSIGN_OR_RETURN(m.rope, ParseRope(c, m.head_dim, 1.0));
+  ATMAN_ASSIGN_OR_RETURN(m.attn_softcap, SoftCapField(c, "attn_logit_softcapping", 50.0));
+  ATMAN_ASSIGN_OR_RETURN(m.final_softcap, SoftCapField(c, "final_logit_softcapping", 30.0));
+  ATMAN_ASSIGN_OR_RETURN(double scalar, DoubleField(c, "query_pre_attn_scalar", 256.0));
+  if (!(scalar > 0.0) || !std::isfinite(scalar)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: field 'query_pre_attn_scalar' must be positive, got ", scalar));
+  }
+  m.attention_scale.assign(m.num_layers, 1.0 / std::sqrt(scalar));
+
+  // Sliding windows: `layer_types`, or transformers' default when absent (even layers
+  // sliding_attention, odd ones full_attention).
+  ATMAN_ASSIGN_OR_RETURN(int64_t window, IntField(c, "sliding_window", 4096));
+  if (c.contains("sliding_window") && c.at("sliding_window").is_null()) window = 0;
+  m.sliding_window.assign(m.num_layers, 0);
+  const json* types = Field(c, "layer_types");
+  if (types != nullptr &&
+      (!types->is_array() || static_cast<int64_t>(types->size()) != m.num_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: 'layer_types' must list one type per layer (num_hidden_layers = ",
+        m.num_layers, ")"));
+  }
+  for (int64_t i = 0; i < m.num_layers; ++i) {
+    const json t = types != nullptr ? (*types)[i]
+                                    : json(i % 2 == 0 ? "sliding_attention" : "full_attention");
+    if (t == "sliding_attention") {
+      if (window <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "config.json: layer_types[", i, "] is sliding_attention but sliding_window is ",
+            window == 0 ? "unset" : std::to_string(window)));
+      }
+      m.sliding_window[i] = window;
+    } else if (t != "full_attention") {
+      return absl::UnimplementedError(
+          absl::StrCat("config.json: layer_types[", i, "] = ", t.dump(), " is not supported"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The RMSNorm weights are stored as w and applied as (1 + w); gate/up/down carry no bias.
+absl::StatusOr<CausalLM::Weights> LoadGemma2(WeightReader& r, const ModelConfig& c) {
+  const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim, I = c.intermediate_size;
+  const int64_t Hq = c.num_heads, Hkv = c.num_kv_heads;
+  CausalLM::Weights w;
+  ATMAN_ASSIGN_OR_RETURN(w.embed, r.Take("model.embed_tokens.weight", {V, H}, "vocab_size, hidden_size"));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    CausalLM::Layer layer;
+    ATMAN_ASSIGN_OR_RETURN(layer.attn_norm.weight, r.Take(p + "input_layernorm.weight", {H}, "hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.post_attn_norm.weight, r.Take(p + "post_attention_layernorm.weight", {H}, "hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.mlp_norm.weight, r.Take(p + "pre_feedforward_layernorm.weight", {H}, "hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(layer.post_mlp_norm.weight, r.Take(p + "post_feedforward_layernorm.weight", {H}, "hidden_size"));
+    const char* q_why = "num_attention_heads * head_dim, hidden_size";
+    const char* kv_why = "num_key_value_heads * head_dim, hidden_size";
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor q, r.Take(p + "self_attn.q_proj.weight", {Hq * D, H}, q_why));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor k, r.Take(p + "self_attn.k_proj.weight", {Hkv * D, H}, kv_why));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor v, r.Take(p + "self_attn.v_proj.weight", {Hkv * D, H}, kv_why));
+    layer.qkv_w = at::cat({q, k, v}, 0);
+    ATMAN_ASSIGN_OR_RETURN(layer.o_w, r.Take(p + "self_attn.o_proj.weight", {H, Hq * D}, "hidden_size, num_attention_heads * head_dim"));
+    if (c.qkv_bias) {
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor qb, r.Take(p + "self_attn.q_proj.bias", {Hq * D}, "num_attention_heads * head_dim"));
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor kb, r.Take(p + "self_attn.k_proj.bias", {Hkv * D}, "num_key_value_heads * head_dim"));
+      ATMAN_ASSIGN_OR_RETURN(at::Tensor vb, r.Take(p + "self_attn.v_proj.bias", {Hkv * D}, "num_key_value_heads * head_dim"));
+      layer.qkv_b = at::cat({qb, kb, vb}, 0);
+      ATMAN_ASSIGN_OR_RETURN(layer.o_b, r.Take(p + "self_attn.o_proj.bias", {H}, "hidden_size"));
+    }
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor gate, r.Take(p + "mlp.gate_proj.weight", {I, H}, "intermediate_size, hidden_size"));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor up, r.Take(p + "mlp.up_proj.weight", {I, H}, "intermediate_size, hidden_size"));
+    layer.up_w = at::cat({gate, up}, 0);
+    ATMAN_ASSIGN_OR_RETURN(layer.down_w, r.Take(p + "mlp.down_proj.weight", {H, I}, "hidden_size, intermediate_size"));
+    w.layers.push_back(std::move(layer));
+  }
+  ATMAN_ASSIGN_OR_RETURN(w.final_norm.weight, r.Take("model.norm.weight", {H}, "hidden_size"));
+  if (c.tied_embeddings) {
+    r.Skip("lm_head.weight");
+    w.lm_head = w.embed;
+  } else {
+    ATMAN_ASSIGN_OR_RETURN(w.lm_head, r.Take("lm_head.weight", {V, H}, "vocab_size, hidden_size; tie_word_embeddings = false"));
+  }
+  return w;
+}
+
+}  // namespace
+
+const TextFamily& Gemma2Family() {
+  static const TextFamily kFamily{
+      .name = "gemma2",
+      .model_types = {{"gemma2", "Gemma2ForCausalLM"}},
+      .parse_config = ParseGemma2,
+      .load_weights = LoadGemma2,
+      .ignored_suffixes = {".rotary_emb.inv_freq"},
+  };
+  return kFamily;
+}
+
+}  // namespace atman::model
