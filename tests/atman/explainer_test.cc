@@ -3,7 +3,7 @@
 // without conceptual suppression (which spreads into target tokens too: the
 // suppression-into-target cases differ from the old prompt-only rule by a stated margin),
 // both target granularities (a per-token row lists only its own units), on random-initialised
-// Llama and GPT-2 models; and the same scores whatever the batching (1 or 32 rows, a token cap)
+// Llama, GPT-2 and Gemma-2 (soft-capped attention) models; and the same scores whatever the batching (1 or 32 rows, a token cap)
 // and with prefix reuse on or off.
 #include "core/atman/explainer.h"
 
@@ -315,7 +315,8 @@ INSTANTIATE_TEST_SUITE_P(ImageCases, EngineMatchesReference,
 
 INSTANTIATE_TEST_SUITE_P(Cases, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("llama"),
-                                                              std::string("gpt2")),
+                                                              std::string("gpt2"),
+                                                              std::string("gemma2")),
                                             ::testing::ValuesIn(kCases)),
                          CaseName);
 
@@ -724,7 +725,8 @@ TEST_P(EngineGenerates, SteeredGreedyEqualsThePatchedReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates, ::testing::Values("llama", "gpt2", "llava"));
+INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates,
+                         ::testing::Values("llama", "gpt2", "gemma2", "llava"));
 
 TEST(EngineGenerate, ACharacterRangeOverAWholeItemEqualsTheItemControl) {
   const Loaded& loaded = Load("llama");

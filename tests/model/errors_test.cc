@@ -1,11 +1,13 @@
 // What the loader and the forward pass refuse, and that each refusal names what is wrong:
 // unsupported model types, missing tensors, shape mismatches, a config.json that contradicts
-// the weights, bad forward inputs. Also the config parser's two spellings of RoPE settings.
+// the weights, bad forward inputs. Also the config parser's two spellings of RoPE settings and
+// Gemma-2's defaults, null soft-caps and refusals.
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -141,6 +143,77 @@ TEST(ConfigParsing, OldAndNewRopeSpellingsAgree) {
     EXPECT_EQ(m->rope.rotary_dim, 8);
     EXPECT_EQ(m->num_kv_heads, 4);
   }
+}
+
+// Gemma-2's config.json: transformers' defaults for absent fields, null soft-caps and what is
+// refused, each naming the field.
+TEST(ConfigParsing, Gemma2SwitchesAndErrors) {
+  const nlohmann::json base = {{"model_type", "gemma2"}, {"vocab_size", 10},
+                               {"hidden_size", 32}, {"num_hidden_layers", 3},
+                               {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+                               {"intermediate_size", 8}};
+  auto defaults = ParseModelConfig(base);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->family, Family::kGemma2);
+  EXPECT_EQ(defaults->norm, NormKind::kRmsPlusOne);
+  EXPECT_TRUE(defaults->sandwich_norms);
+  EXPECT_TRUE(defaults->tied_embeddings);
+  EXPECT_EQ(defaults->activation, Activation::kGeluTanh);
+  EXPECT_EQ(defaults->head_dim, 256);
+  EXPECT_DOUBLE_EQ(defaults->embed_scale, std::sqrt(32.0));
+  EXPECT_DOUBLE_EQ(defaults->attention_scale[0], 1.0 / 16.0);  // query_pre_attn_scalar 256
+  EXPECT_EQ(defaults->attn_softcap, 50.0);
+  EXPECT_EQ(defaults->final_softcap, 30.0);
+  EXPECT_EQ(defaults->sliding_window, (std::vector<int64_t>{4096, 0, 4096}));
+
+  nlohmann::json nulls = base;
+  nulls["attn_logit_softcapping"] = nullptr;
+  nulls["final_logit_softcapping"] = nullptr;
+  nulls["layer_types"] = {"full_attention", "full_attention", "full_attention"};
+  nulls["sliding_window"] = nullptr;
+  nulls["query_pre_attn_scalar"] = 64;
+  auto none = ParseModelConfig(nulls);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->attn_softcap, 0.0);
+  EXPECT_EQ(none->final_softcap, 0.0);
+  EXPECT_EQ(none->sliding_window, (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_DOUBLE_EQ(none->attention_scale[2], 1.0 / 8.0);
+
+  auto message = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json c = base;
+    edit(c);
+    return ParseModelConfig(c).status();
+  };
+  absl::Status s = message([](auto& c) { c["use_bidirectional_attention"] = true; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("use_bidirectional_attention"));
+  s = message([](auto& c) { c["attn_logit_softcapping"] = -1.0; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'attn_logit_softcapping' must be positive"));
+  s = message([](auto& c) { c["query_pre_attn_scalar"] = 0; });
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'query_pre_attn_scalar' must be positive"));
+  s = message([](auto& c) { c["sliding_window"] = nullptr; });
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("layer_types[0] is sliding_attention but sliding_window is unset"));
+  s = message([](auto& c) { c["layer_types"] = {"full_attention"}; });
+  EXPECT_THAT(std::string(s.message()), HasSubstr("'layer_types' must list one type per layer"));
+  s = message([](auto& c) { c["hidden_activation"] = "mish"; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("hidden_activation 'mish'"));
+  s = message([](auto& c) {
+    c.erase("model_type");
+    c["architectures"] = {"Gemma2ForCausalLM"};
+  });
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+// A Gemma-2 checkpoint without one of its sandwich norms is refused, naming the tensor.
+TEST(LoadErrors, Gemma2MissingSandwichNormIsNamed) {
+  absl::Status status = LoadStatus(FixtureDir("model_cases") / "broken-gemma2-missing");
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(status.message()),
+              AllOf(HasSubstr("missing tensor 'model.layers.1.post_feedforward_layernorm.weight'"),
+                    HasSubstr("[32]")));
 }
 
 TEST(ConfigParsing, DeviceAndDtypeNames) {

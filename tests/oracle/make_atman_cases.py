@@ -6,7 +6,8 @@
                           reference (atman_reference.py) says: units, raw relevance, scores
 
 Models: "llama" (grouped-query attention; the tokenizer's post-processor adds a BOS), "gpt2"
-(no BOS) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
+(no BOS), "gemma2" (soft-capped attention and logits, sliding windows on layers 0 and 2,
+randomised (1 + w) norms; BOS) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
 Llama decoder; images of other aspect ratios so that the centre crop cuts them). Cases cover every text granularity, both manipulation modes, conceptual
 suppression, both target granularities, postprocessing and normalisation, a layer subset,
 factor 0, and a prompt mixing text and raw token ids.
@@ -18,11 +19,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 import numpy as np
 from PIL import Image
-from transformers import (CLIPVisionConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+from transformers import (CLIPVisionConfig, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from atman_reference import explain, steered_greedy
+from make_model_cases import randomise_norms
 from common import seed_everything, write_json
 
 CORPUS = [
@@ -59,6 +62,15 @@ def model_for(name: str, vocab: int):
             vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             initializer_range=0.2, tie_word_embeddings=False))
+    if name == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(
+            vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=12, query_pre_attn_scalar=16,
+            attn_logit_softcapping=2.0, final_logit_softcapping=5.0, sliding_window=8,
+            max_position_embeddings=256, initializer_range=0.2, tie_word_embeddings=True,
+            pad_token_id=0, bos_token_id=0, eos_token_id=1))
+        randomise_norms(model)
+        return model
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=48, n_layer=3, n_head=4,
                                       n_positions=256, initializer_range=0.2,
                                       bos_token_id=0, eos_token_id=1))
@@ -159,8 +171,10 @@ def generation_cases(name: str, folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--models", nargs="*", default=["llama", "gpt2", "gemma2", "llava"],
+                        help="write only these models (default: all)")
     args = parser.parse_args()
-    for name in ("llama", "gpt2", "llava"):
+    for name in args.models:
         seed_everything(0)
         tokenizer = train_tokenizer(bos=name != "gpt2")
         folder = args.out / name

@@ -20,7 +20,8 @@ Cases (sequence length T = 9 unless said):
   cached_control/*  the cached rows with controls on positions >= 6.
 
 <out>/broken-missing/ and <out>/broken-shape/ are the llama checkpoint with one tensor removed
-and one tensor of the wrong shape.
+and one tensor of the wrong shape; <out>/broken-gemma2-missing/ the gemma2 checkpoint without
+layer 1's post_feedforward_layernorm (a sandwich norm).
 """
 import argparse
 import json
@@ -253,10 +254,15 @@ def main() -> None:
     del missing["model.layers.1.mlp.up_proj.weight"]
     shape = dict(llama)
     shape["model.layers.0.self_attn.o_proj.weight"] = shape["model.layers.0.self_attn.o_proj.weight"][:, :24].contiguous()
-    for folder, tensors in (("broken-missing", missing), ("broken-shape", shape)):
+    gemma2 = load_file(str(args.out / "gemma2" / "model.safetensors"))
+    del gemma2["model.layers.1.post_feedforward_layernorm.weight"]
+    gemma2_config = (args.out / "gemma2" / "config.json").read_text()
+    for folder, tensors, text in (("broken-missing", missing, config),
+                                  ("broken-shape", shape, config),
+                                  ("broken-gemma2-missing", gemma2, gemma2_config)):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(args.out / folder / "model.safetensors"), metadata={"format": "pt"})
-        (args.out / folder / "config.json").write_text(config)
+        (args.out / folder / "config.json").write_text(text)
 
 
 if __name__ == "__main__":
