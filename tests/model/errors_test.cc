@@ -154,7 +154,7 @@ TEST(ConfigParsing, Gemma2SwitchesAndErrors) {
                                {"intermediate_size", 8}};
   auto defaults = ParseModelConfig(base);
   ASSERT_TRUE(defaults.ok()) << defaults.status();
-  EXPECT_EQ(defaults->family, Family::kGemma2);
+  EXPECT_EQ(defaults->model_type, "gemma2");
   EXPECT_EQ(defaults->norm, NormKind::kRmsPlusOne);
   EXPECT_TRUE(defaults->sandwich_norms);
   EXPECT_TRUE(defaults->tied_embeddings);
