@@ -6,12 +6,14 @@ namespace atman::model {
 const TextFamily& LlamaFamily();    // llama, mistral, qwen2
 const TextFamily& Gpt2Family();     // gpt2
 const TextFamily& GptNeoxFamily();  // gpt_neox
+const TextFamily& Phi3Family();     // phi3
 
 const std::vector<const TextFamily*>& TextFamilies() {
   static const std::vector<const TextFamily*> kFamilies = {
       &LlamaFamily(),
       &Gpt2Family(),
       &GptNeoxFamily(),
+      &Phi3Family(),
   };
   return kFamilies;
 }
