@@ -158,7 +158,7 @@ nlohmann::json Phi3Config() {
 TEST(ConfigParsing, Phi3LongRope) {
   auto m = ParseModelConfig(Phi3Config());
   ASSERT_TRUE(m.ok()) << m.status();
-  EXPECT_EQ(m->family, Family::kPhi3);
+  EXPECT_EQ(m->model_type, "phi3");
   EXPECT_EQ(m->rope.scaling, RopeScaling::kLongRope);
   EXPECT_EQ(m->rope.short_factor, (std::vector<double>{1.0, 1.5, 2.0, 2.5}));
   EXPECT_EQ(m->rope.long_factor, (std::vector<double>{3.0, 4.0, 5.0, 6.0}));
