@@ -1,8 +1,8 @@
 // The architecture of a decoder-only transformer, read from a Hugging Face config.json.
 //
-// Every supported family (family_registry.h: llama, mistral, qwen2, gpt2, gpt_neox, gemma2)
-// is described by the same switches: how positions enter (rotary or learned), which norm,
-// which MLP, whether the residual is parallel, which projections carry a bias, tied
+// Every supported family (family_registry.h: llama, mistral, qwen2, phi3, gpt2, gpt_neox,
+// gemma2) is described by the same switches: how positions enter (rotary or learned), which
+// norm, which MLP, whether the residual is parallel, which projections carry a bias, tied
 // embeddings, sliding windows, Gemma-2's embedding scale, sandwich norms and tanh soft-caps.
 // ParseModelConfig() maps config.json's `model_type` (or, when absent,
 // `architectures[0]`) to its family in the registry, which reads that family's field names,
@@ -26,7 +26,7 @@ namespace atman::model {
 // kLayer: LayerNorm with weight and bias.
 enum class NormKind { kRms, kRmsPlusOne, kLayer };
 enum class Activation { kSilu, kGelu, kGeluTanh, kRelu };
-enum class RopeScaling { kNone, kLinear, kLlama3 };
+enum class RopeScaling { kNone, kLinear, kLlama3, kLongRope };
 
 struct RopeConfig {
   double theta = 10000.0;
@@ -34,7 +34,12 @@ struct RopeConfig {
   RopeScaling scaling = RopeScaling::kNone;
   double factor = 1.0;  // linear and llama3
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
-  int64_t original_max_positions = 0;                     // llama3
+  int64_t original_max_positions = 0;                     // llama3, longrope
+  // longrope (Phi-3's "su"): inverse frequencies divided by short_factor (rotary_dim / 2
+  // values) for a row whose length max(position) + 1 is at most original_max_positions, by
+  // long_factor beyond; cos and sin multiplied by attention_factor (docs/model.md, "LongRoPE").
+  std::vector<double> short_factor, long_factor;
+  double attention_factor = 1.0;
 };
 
 struct ModelConfig {

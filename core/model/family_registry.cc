@@ -7,6 +7,7 @@ const TextFamily& LlamaFamily();    // llama, mistral, qwen2
 const TextFamily& Gpt2Family();     // gpt2
 const TextFamily& GptNeoxFamily();  // gpt_neox
 const TextFamily& Gemma2Family();   // gemma2
+const TextFamily& Phi3Family();     // phi3
 
 const std::vector<const TextFamily*>& TextFamilies() {
   static const std::vector<const TextFamily*> kFamilies = {
@@ -14,6 +15,7 @@ const std::vector<const TextFamily*>& TextFamilies() {
       &Gpt2Family(),
       &GptNeoxFamily(),
       &Gemma2Family(),
+      &Phi3Family(),
   };
   return kFamilies;
 }

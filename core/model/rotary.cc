@@ -1,24 +1,41 @@
 #include "core/model/rotary.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/amax.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/pow.h>
 #include <ATen/ops/reciprocal.h>
 #include <ATen/ops/where.h>
 
 #include <numbers>
+#include <vector>
 
 namespace atman::model {
 namespace {
 
+at::Tensor Exponents(const RopeConfig& rope) {
+  const int64_t dim = rope.rotary_dim;
+  return at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+}
+
+// LongRoPE (_compute_longrope_parameters): 1 / (ext_factor[i] * theta^(2i / dim)), the
+// factors rounded to float32 first as torch.tensor(list, dtype=float32) does.
+at::Tensor LongRopeFrequencies(const RopeConfig& rope, const std::vector<double>& factors) {
+  const auto n = static_cast<int64_t>(factors.size());
+  at::Tensor ext = at::from_blob(const_cast<double*>(factors.data()), {n}, at::kDouble)
+                       .to(at::kFloat);  // a copy
+  return at::reciprocal(ext * at::pow(rope.theta, Exponents(rope)));
+}
+
 // inv_freq[i] = 1 / theta^(2i / dim), then the scaling of transformers' modeling_rope_utils,
 // with the same float32 operations in the same order.
 at::Tensor InverseFrequencies(const RopeConfig& rope) {
-  const int64_t dim = rope.rotary_dim;
-  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
-  at::Tensor inv_freq = at::reciprocal(at::pow(rope.theta, exponent));
+  at::Tensor inv_freq = at::reciprocal(at::pow(rope.theta, Exponents(rope)));
   switch (rope.scaling) {
+    case RopeScaling::kLongRope:
+      return LongRopeFrequencies(rope, rope.short_factor);
     case RopeScaling::kNone:
       return inv_freq;
     case RopeScaling::kLinear:
@@ -45,14 +62,30 @@ at::Tensor InverseFrequencies(const RopeConfig& rope) {
 }  // namespace
 
 Rotary::Rotary(const RopeConfig& rope, c10::Device device)
-    : rotary_dim_(rope.rotary_dim), inv_freq_(InverseFrequencies(rope).to(device)) {}
+    : rotary_dim_(rope.rotary_dim), inv_freq_(InverseFrequencies(rope).to(device)) {
+  if (rope.scaling == RopeScaling::kLongRope) {
+    long_inv_freq_ = LongRopeFrequencies(rope, rope.long_factor).to(device);
+    original_max_positions_ = rope.original_max_positions;
+    attention_factor_ = rope.attention_factor;
+  }
+}
 
 std::pair<at::Tensor, at::Tensor> Rotary::CosSin(const at::Tensor& positions,
                                                  c10::ScalarType dtype) const {
   // freqs [B, T, rot/2] = position x inv_freq; emb [B, T, rot] = (freqs, freqs).
-  at::Tensor freqs = positions.unsqueeze(-1).to(at::kFloat) * inv_freq_;
+  at::Tensor inv_freq = inv_freq_;
+  if (long_inv_freq_.defined() && positions.size(-1) > 0) {
+    // Per row: long frequencies when max(position) + 1 > original_max_positions. A select on
+    // the device (no host sync), as transformers' torch.where.
+    at::Tensor use_long = (at::amax(positions, {-1}, /*keepdim=*/true) + 1)
+                              .gt(original_max_positions_)
+                              .unsqueeze(-1);                         // [B, 1, 1]
+    inv_freq = at::where(use_long, long_inv_freq_, inv_freq_);        // [B, 1, rot/2]
+  }
+  at::Tensor freqs = positions.unsqueeze(-1).to(at::kFloat) * inv_freq;
   at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);
-  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  if (!long_inv_freq_.defined()) return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  return {(emb.cos() * attention_factor_).to(dtype), (emb.sin() * attention_factor_).to(dtype)};
 }
 
 at::Tensor Rotary::Apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {

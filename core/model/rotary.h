@@ -1,7 +1,12 @@
 // Rotary position embeddings (RoPE) as transformers computes them: inverse frequencies from
-// `theta` (with linear or llama3 scaling), cos/sin of position x frequency, and the
-// "rotate half" application to the leading `rotary_dim` dims of each head (gpt_neox's
-// partial rotary leaves the rest untouched).
+// `theta` (with linear, llama3 or longrope scaling), cos/sin of position x frequency, and the
+// "rotate half" application to the leading `rotary_dim` dims of each head (gpt_neox's and
+// phi3's partial rotary leaves the rest untouched).
+//
+// LongRoPE keeps two frequency sets, short and long; each batch row uses the long one when its
+// length, max(its positions) + 1, exceeds original_max_positions (transformers'
+// dynamic_rope_update takes that maximum over the whole batch; per row, a row's result does not
+// depend on the rows it is batched with; docs/model.md, "LongRoPE").
 //
 // Immutable after construction; const methods are safe from any thread.
 #pragma once
@@ -21,19 +26,24 @@ class Rotary {
   Rotary(const RopeConfig& rope, c10::Device device);
 
   // positions [B, T] int64 -> cos, sin [B, 1, T, rotary_dim] in `dtype` (computed in
-  // float32, then cast, as transformers does).
+  // float32, times the longrope attention factor, then cast, as transformers does).
   std::pair<at::Tensor, at::Tensor> CosSin(const at::Tensor& positions,
                                            c10::ScalarType dtype) const;
 
   // x [B, H, T, D] -> x with its first rotary_dim dims rotated; cos, sin from CosSin().
   at::Tensor Apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
 
-  // [rotary_dim / 2] float32.
+  // [rotary_dim / 2] float32 (longrope: the short set).
   const at::Tensor& inv_freq() const { return inv_freq_; }
 
  private:
   int64_t rotary_dim_ = 0;
   at::Tensor inv_freq_;
+  // longrope only: the long set [rotary_dim / 2], the length limit of the short one, and the
+  // factor on cos and sin.
+  at::Tensor long_inv_freq_;
+  int64_t original_max_positions_ = 0;
+  double attention_factor_ = 1.0;
 };
 
 }  // namespace atman::model

@@ -316,8 +316,16 @@ INSTANTIATE_TEST_SUITE_P(ImageCases, EngineMatchesReference,
 INSTANTIATE_TEST_SUITE_P(Cases, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("llama"),
                                                               std::string("gpt2"),
-                                                              std::string("gemma2")),
+                                                              std::string("gemma2"),
+                                                              std::string("phi3")),
                                             ::testing::ValuesIn(kCases)),
+                         CaseName);
+
+// Phi-3 with LongRoPE (original_max_position_embeddings 8): a whole explanation within the
+// limit uses the short factors (the cases above are longer: long factors throughout).
+INSTANTIATE_TEST_SUITE_P(LongRopeShort, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("phi3")),
+                                            ::testing::Values(std::string("longrope-short"))),
                          CaseName);
 
 TEST(Engine, PrefixReuseComputesFewerPositions) {
@@ -726,7 +734,7 @@ TEST_P(EngineGenerates, SteeredGreedyEqualsThePatchedReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates,
-                         ::testing::Values("llama", "gpt2", "gemma2", "llava"));
+                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava"));
 
 TEST(EngineGenerate, ACharacterRangeOverAWholeItemEqualsTheItemControl) {
   const Loaded& loaded = Load("llama");

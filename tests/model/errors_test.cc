@@ -59,7 +59,7 @@ TEST(LoadErrors, UnsupportedModelTypeIsNamed) {
   absl::Status status = LoadStatus(EditedLlama([](auto& c) { c["model_type"] = "bert"; }));
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(status.message()),
-              AllOf(HasSubstr("model_type 'bert'"), HasSubstr("gpt2, gpt_neox, llama"),
+              AllOf(HasSubstr("model_type 'bert'"), HasSubstr("gpt2, gpt_neox, llama, mistral, phi3, qwen2"),
                     HasSubstr(absl::StrJoin(SupportedModelTypes(), ", "))));
 }
 
@@ -214,6 +214,110 @@ TEST(LoadErrors, Gemma2MissingSandwichNormIsNamed) {
   EXPECT_THAT(std::string(status.message()),
               AllOf(HasSubstr("missing tensor 'model.layers.1.post_feedforward_layernorm.weight'"),
                     HasSubstr("[32]")));
+}
+
+// A Phi-3 config.json as Phi3Config reads it, longrope over 8 rotary dims (4 factors each).
+nlohmann::json Phi3Config() {
+  return {{"model_type", "phi3"}, {"vocab_size", 10}, {"hidden_size", 32},
+          {"num_hidden_layers", 1}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+          {"intermediate_size", 8}, {"max_position_embeddings", 64},
+          {"original_max_position_embeddings", 16},
+          {"rope_parameters", {{"rope_type", "longrope"}, {"rope_theta", 10000.0},
+                               {"short_factor", {1.0, 1.5, 2.0, 2.5}},
+                               {"long_factor", {3.0, 4.0, 5.0, 6.0}}}}};
+}
+
+TEST(ConfigParsing, Phi3LongRope) {
+  auto m = ParseModelConfig(Phi3Config());
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->model_type, "phi3");
+  EXPECT_EQ(m->rope.scaling, RopeScaling::kLongRope);
+  EXPECT_EQ(m->rope.short_factor, (std::vector<double>{1.0, 1.5, 2.0, 2.5}));
+  EXPECT_EQ(m->rope.long_factor, (std::vector<double>{3.0, 4.0, 5.0, 6.0}));
+  EXPECT_EQ(m->rope.original_max_positions, 16);
+  EXPECT_DOUBLE_EQ(m->rope.factor, 4.0);  // max_position_embeddings / original
+  EXPECT_DOUBLE_EQ(m->rope.attention_factor, std::sqrt(1.0 + std::log(4.0) / std::log(16.0)));
+  EXPECT_EQ(m->norm_eps, 1e-5);  // Phi3Config's default
+  EXPECT_EQ(m->sliding_window, (std::vector<int64_t>{0}));
+
+  // The older spellings: rope_scaling with type "su" (or "yarn") is longrope; an explicit
+  // attention_factor wins; partial rotary halves the factors' length.
+  nlohmann::json old_style = Phi3Config();
+  old_style.erase("rope_parameters");
+  old_style["partial_rotary_factor"] = 0.5;
+  old_style["sliding_window"] = 7;
+  old_style["rope_scaling"] = {{"type", "su"}, {"short_factor", {1.0, 2.0}},
+                               {"long_factor", {3.0, 4.0}}, {"attention_factor", 1.25}};
+  auto su = ParseModelConfig(old_style);
+  ASSERT_TRUE(su.ok()) << su.status();
+  EXPECT_EQ(su->rope.scaling, RopeScaling::kLongRope);
+  EXPECT_EQ(su->rope.rotary_dim, 4);
+  EXPECT_EQ(su->rope.attention_factor, 1.25);
+  EXPECT_EQ(su->sliding_window, (std::vector<int64_t>{7}));
+
+  // Phi3Config gives the top-level original_max_position_embeddings (default 4096) priority
+  // over the value inside the dict.
+  nlohmann::json nested = Phi3Config();
+  nested.erase("original_max_position_embeddings");
+  nested["rope_parameters"]["original_max_position_embeddings"] = 16;
+  auto n = ParseModelConfig(nested);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->rope.original_max_positions, 4096);
+  EXPECT_EQ(n->rope.attention_factor, 1.0);  // factor 64 / 4096 <= 1
+}
+
+TEST(ConfigParsing, Phi3ErrorsNameTheField) {
+  struct Case {
+    std::function<void(nlohmann::json&)> edit;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& c) { c["rope_parameters"]["short_factor"] = {1.0, 2.0, 3.0}; },
+       "'rope_parameters.short_factor' must list rotary_dim / 2 = 4 numbers (one per rotary "
+       "frequency), got 3 values"},
+      {[](auto& c) { c["rope_parameters"]["long_factor"] = 2.0; },
+       "'rope_parameters.long_factor' must list rotary_dim / 2 = 4 numbers"},
+      {[](auto& c) { c["rope_parameters"].erase("long_factor"); },
+       "missing field 'rope_parameters.long_factor'"},
+      {[](auto& c) { c["rope_parameters"]["short_factor"][2] = 0.0; },
+       "rope_parameters.short_factor[2] must be a positive number, got 0.0"},
+      {[](auto& c) { c["rope_parameters"]["long_factor"][0] = "x"; },
+       "rope_parameters.long_factor[0] must be a positive number, got \"x\""},
+      {[](auto& c) { c["rope_parameters"]["attention_factor"] = -1.0; },
+       "'rope_parameters.attention_factor' must be >= 0, got -1"},
+      {[](auto& c) { c["original_max_position_embeddings"] = 0; },
+       "'original_max_position_embeddings' must be positive, got 0"},
+      {[](auto& c) { c["rope_parameters"]["rope_type"] = "linear"; },
+       "rope_parameters.rope_type 'linear' is not valid for phi3 (default, longrope, su, yarn)"},
+      {[](auto& c) { c["sliding_window"] = 0; },
+       "'sliding_window' must be positive or null, got 0"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    nlohmann::json config = Phi3Config();
+    c.edit(config);
+    auto m = ParseModelConfig(config);
+    EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(m.status().message()), HasSubstr(c.message));
+  }
+}
+
+TEST(LoadErrors, Phi3FusedWeightsAreCheckedAgainstTheConfig) {
+  // One key head fewer: qkv_proj must have (4 + 2 * 1) * 8 = 48 rows, the file has 64.
+  const auto source = FixtureDir("model_cases") / "phi3";
+  const auto dir = TempDir() / "phi3-kv";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(source / "model.safetensors", dir / "model.safetensors");
+  auto config = io::ReadJsonFile(source / "config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  (*config)["num_key_value_heads"] = 1;
+  std::ofstream(dir / "config.json") << config->dump(1);
+  absl::Status status = LoadStatus(dir);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              AllOf(HasSubstr("'model.layers.0.self_attn.qkv_proj.weight' has shape [64, 32]"),
+                    HasSubstr("implies [48, 32]"),
+                    HasSubstr("(num_attention_heads + 2 * num_key_value_heads) * head_dim")));
 }
 
 TEST(ConfigParsing, DeviceAndDtypeNames) {

@@ -154,6 +154,28 @@ INSTANTIATE_TEST_SUITE_P(Families, ParityTest, ::testing::ValuesIn(testing::Orac
                            return name;
                          });
 
+// LongRoPE picks short or long factors per row by max(position) + 1 against
+// original_max_position_embeddings (5 here): rows of 3, 5, 6 and 9 tokens, each run alone by
+// transformers, equal ours run as one left-padded batch (transformers' own batch would use the
+// long factors for every row; the oracle checks that this differs).
+TEST(LongRope, ChoosesFactorsPerRowLength) {
+  ModelCases cases = ReadCases("phi3-longrope");
+  auto model = testing::LoadModel(cases.dir);
+  ASSERT_NE(model, nullptr);
+  const at::Tensor& mask = cases.tensors.at("lengths.mask");
+  at::Tensor ours = Logits(*model, cases.tensors.at("lengths.ids"), mask,
+                           cases.tensors.at("lengths.positions"));
+  EXPECT_LT(MaxAbsDiff(ours, cases.tensors.at("lengths.logits"), mask), kParity);
+  // Each row alone, too (no padding: positions 0..n-1).
+  const int64_t T = mask.size(1);
+  for (int64_t b = 0; b < mask.size(0); ++b) {
+    const int64_t n = mask[b].sum().item<int64_t>();
+    SCOPED_TRACE(n);
+    at::Tensor alone = Logits(*model, cases.tensors.at("lengths.ids").narrow(0, b, 1).narrow(1, T - n, n), {}, {});
+    EXPECT_LT(MaxAbsDiff(alone, cases.tensors.at("lengths.logits").narrow(0, b, 1).narrow(1, T - n, n)), kParity);
+  }
+}
+
 // bfloat16 on the CPU: the same model and inputs as float32, within a documented tolerance
 // (docs/model.md): bf16 keeps 8 bits of mantissa, so logits of magnitude ~5 move by ~0.1.
 TEST(Precision, BFloat16StaysWithinToleranceOfFloat32) {

@@ -7,7 +7,10 @@
 
 Models: "llama" (grouped-query attention; the tokenizer's post-processor adds a BOS), "gpt2"
 (no BOS), "gemma2" (soft-capped attention and logits, sliding windows on layers 0 and 2,
-randomised (1 + w) norms; BOS) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
+randomised (1 + w) norms; BOS), "phi3" (fused projections, LongRoPE with original_max_position_embeddings 8: every
+case but "longrope-short" is longer, so its unperturbed pass, its cached prefix and its rows,
+however few positions they recompute, all use the long factors; "longrope-short" stays within
+8 and uses the short ones) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
 Llama decoder; images of other aspect ratios so that the centre crop cuts them). Cases cover every text granularity, both manipulation modes, conceptual
 suppression, both target granularities, postprocessing and normalisation, a layer subset,
 factor 0, and a prompt mixing text and raw token ids.
@@ -20,8 +23,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 import numpy as np
 from PIL import Image
 from transformers import (CLIPVisionConfig, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
-                          GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration)
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, LlavaConfig,
+                          LlavaForConditionalGeneration, Phi3Config, Phi3ForCausalLM)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from atman_reference import explain, steered_greedy
@@ -37,6 +40,7 @@ CORPUS = [
 ]
 
 PROMPT_A = "Tom lives in Rome. Anna lives in Paris.\n\nWhere does Anna live? She lives in"
+PHI3_ORIGINAL = 8
 PROMPT_B = "Rivers flow to the sea; mountains rise to the sky; people walk between them"
 
 
@@ -71,6 +75,15 @@ def model_for(name: str, vocab: int):
             pad_token_id=0, bos_token_id=0, eos_token_id=1))
         randomise_norms(model)
         return model
+    if name == "phi3":
+        return Phi3ForCausalLM(Phi3Config(
+            vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            original_max_position_embeddings=PHI3_ORIGINAL, initializer_range=0.2,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                             "short_factor": [1.0, 1.2, 1.5, 2.0, 2.6, 3.3],
+                             "long_factor": [1.5, 2.5, 4.0, 6.5, 9.0, 14.0]},
+            pad_token_id=None, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False))
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=48, n_layer=3, n_head=4,
                                       n_positions=256, initializer_range=0.2,
                                       bos_token_id=0, eos_token_id=1))
@@ -142,6 +155,9 @@ def cases(name: str):
     yield "suppression-into-target-token", [{"text": "Tom lives in Rome. Anna lives in"}], \
         " Rome. Tom lives in Rome", {"text_granularity": "word", "mode": "multiplicative",
                                      "contextual_control_threshold": 0.5, "target_granularity": "token"}
+    if name == "phi3":
+        # Prompt and target within original_max_position_embeddings: the short factors.
+        yield "longrope-short", [{"text": "Tom lives in"}], " Rome", {"text_granularity": "token"}
 
 
 # Cases whose scores must differ from the old rule (conceptual suppression into prompt
@@ -171,7 +187,7 @@ def generation_cases(name: str, folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--models", nargs="*", default=["llama", "gpt2", "gemma2", "llava"],
+    parser.add_argument("--models", nargs="*", default=["llama", "gpt2", "gemma2", "phi3", "llava"],
                         help="write only these models (default: all)")
     args = parser.parse_args()
     for name in args.models:
@@ -194,6 +210,11 @@ def main() -> None:
         tokenizer.save(str(folder / "tokenizer.json"))
         out = []
         for case, prompt, target, options in case_list:
+            if name == "phi3" and all("text" in item for item in prompt):
+                # The model's input: BOS, the prompt items and the target without its last token.
+                plain = lambda t: len(tokenizer.encode(t, add_special_tokens=False).ids)
+                length = (1 + sum(plain(item["text"]) for item in prompt) + plain(target) - 1)
+                assert (length <= PHI3_ORIGINAL) == (case == "longrope-short"), (case, length)
             ref = explain(model, tokenizer, prompt, target, options, processor)
             if options.get("contextual_control_threshold") is not None:
                 # Conceptual suppression must reach beyond the unit, or the test proves nothing.

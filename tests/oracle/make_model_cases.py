@@ -18,6 +18,10 @@ Cases (sequence length T = 9 unless said):
             the mask. A query whose every visible key is removed gets a zero attention output,
             as in core/model/attention.h.
   cached_control/*  the cached rows with controls on positions >= 6.
+  lengths   (longrope models) 4 rows of 3, 5, 6 and 9 tokens around original_max_position_
+            embeddings = 5, each run alone (batch 1) so that transformers picks the short or
+            long factors by that row's length; stored left-padded. The C++ test runs them as
+            one batch: the choice is per row (docs/model.md, "LongRoPE").
 
 <out>/broken-missing/ and <out>/broken-shape/ are the llama checkpoint with one tensor removed
 and one tensor of the wrong shape; <out>/broken-gemma2-missing/ the gemma2 checkpoint without
@@ -30,14 +34,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
-                          GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from common import seed_everything, write_json
 
 VOCAB = 97
 INIT = 0.2
+LONGROPE_ORIGINAL = 5
+LONGROPE_LENGTHS = (3, 5, 6, 9)
 
 # name -> (model class, config)
 def model_specs():
@@ -87,6 +94,22 @@ def model_specs():
             head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
             final_logit_softcapping=3.0, sliding_window=4, tie_word_embeddings=True,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, **common)),
+        # fused qkv_proj (4 query heads on 2 key heads) and gate_up_proj, default rope with
+        # partial rotary (4 of 8 dims), sliding window of 5 keys, tied embeddings
+        "phi3": (Phi3ForCausalLM, Phi3Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            partial_rotary_factor=0.5, sliding_window=5, tie_word_embeddings=True,
+            pad_token_id=0, bos_token_id=0, eos_token_id=0, **common)),
+        # LongRoPE: original_max_position_embeddings 5, below every padded and cached row
+        # (long factors there; the "lengths" case has rows on both sides); attention_factor
+        # from factor = 128 / 5
+        "phi3-longrope": (Phi3ForCausalLM, Phi3Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            original_max_position_embeddings=LONGROPE_ORIGINAL, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                             "short_factor": [1.0, 1.3, 1.9, 2.7],
+                             "long_factor": [2.0, 3.5, 6.0, 11.0]},
+            pad_token_id=0, bos_token_id=0, eos_token_id=0, **common)),
     }
 
 
@@ -228,7 +251,33 @@ def make_cases(model, g):
                           "rows": [[[p, f] for p, f in row] for row in rows]})
             CONTROL = None
     model.set_attn_implementation("eager")
+    if (getattr(model.config, "rope_parameters", None) or {}).get("rope_type") == "longrope":
+        lengths_case(model, g, tensors, cases)
     return {k: v.contiguous() for k, v in tensors.items()}, cases
+
+
+def lengths_case(model, g, tensors, cases):
+    T = max(LONGROPE_LENGTHS)
+    B = len(LONGROPE_LENGTHS)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    logits = torch.zeros(B, T, VOCAB)
+    for b, n in enumerate(LONGROPE_LENGTHS):
+        ids[b, T - n:] = torch.randint(1, VOCAB, (n,), generator=g)
+        mask[b, T - n:] = 1
+        # Alone: transformers picks short (n <= 5) or long factors by this row's length.
+        logits[b, T - n:] = model(input_ids=ids[b:b + 1, T - n:]).logits[0]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # One batch in transformers takes the longest row's length for every row: the short rows
+    # would then differ, so the C++ test (one batch) can tell a per-batch choice from ours.
+    batched = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    for b, n in enumerate(LONGROPE_LENGTHS):
+        gap = (batched[b, T - n:] - logits[b, T - n:]).abs().max()
+        assert (gap > 1e-2) == (n <= LONGROPE_ORIGINAL), (n, gap)
+    tensors["lengths.ids"], tensors["lengths.mask"] = ids, mask
+    tensors["lengths.positions"], tensors["lengths.logits"] = positions, logits
+    cases.append({"name": "lengths", "inputs": "lengths", "lengths": list(LONGROPE_LENGTHS),
+                  "original_max_position_embeddings": LONGROPE_ORIGINAL})
 
 
 def main() -> None:
