@@ -116,6 +116,7 @@ absl::StatusOr<MemorySample> Scrape(const HttpUrl& url, const std::string& devic
     const char* name;
     const std::map<std::string, std::string>* labels;
     double* into;
+    bool required = true;  // servers before atman_running_batches lack it: read as 0
   };
   const std::map<std::string, std::string> none;
   for (const Wanted& w :
@@ -123,8 +124,10 @@ absl::StatusOr<MemorySample> Scrape(const HttpUrl& url, const std::string& devic
         Wanted{"atman_device_memory_reserved_bytes", &on_device, &m.rss_bytes},
         Wanted{"atman_inflight_requests", &none, &m.inflight},
         Wanted{"atman_queued_requests", &none, &m.queued_requests},
-        Wanted{"atman_queue_depth_rows", &none, &m.queue_depth_rows}}) {
+        Wanted{"atman_queue_depth_rows", &none, &m.queue_depth_rows},
+        Wanted{"atman_running_batches", &none, &m.running_batches, /*required=*/false}}) {
     auto v = FindSample(*samples, w.name, *w.labels);
+    if (!v && !w.required) continue;
     if (!v) {
       return absl::NotFoundError(
           absl::StrCat("http://", url.host, ":", url.port, url.path, ": no sample ", w.name,
@@ -136,7 +139,8 @@ absl::StatusOr<MemorySample> Scrape(const HttpUrl& url, const std::string& devic
 }
 
 bool IsIdle(const MemorySample& m) {
-  return m.inflight == 0 && m.queued_requests == 0 && m.queue_depth_rows == 0;
+  return m.inflight == 0 && m.queued_requests == 0 && m.queue_depth_rows == 0 &&
+         m.running_batches == 0;
 }
 
 // What RunSoak shares between its threads.
@@ -203,7 +207,8 @@ struct Run {
     std::string state;
     if (last) {
       state = absl::StrCat("in-flight ", last->inflight, ", queued requests ",
-                           last->queued_requests, ", queued rows ", last->queue_depth_rows);
+                           last->queued_requests, ", queued rows ", last->queue_depth_rows,
+                           ", running batches ", last->running_batches);
     } else {
       std::lock_guard<std::mutex> lock(mutex);
       state = absl::StrCat("no scrape: ", last_scrape_error);
@@ -896,7 +901,8 @@ std::string SoakJson(const SoakReport& r) {
                        {"rss_bytes", s.rss_bytes},
                        {"inflight", s.inflight},
                        {"queued_requests", s.queued_requests},
-                       {"queue_depth_rows", s.queue_depth_rows}});
+                       {"queue_depth_rows", s.queue_depth_rows},
+                       {"running_batches", s.running_batches}});
   }
   out["memory"] = {{"device", o.device},
                    {"samples", samples},

@@ -6,8 +6,8 @@
 // Prometheus endpoint is sampled (LibTorch-allocated bytes, RSS, in-flight and queue gauges).
 //
 // Phases: warm-up (the same load, `warmup` long), then the clients stop and the soak waits
-// until the server is idle (three scrapes 250 ms apart in a row find in-flight 0, empty queues
-// and the same allocated bytes): that reading is the baseline. Then the load phase (`duration` or
+// until the server is idle (three scrapes 250 ms apart in a row find in-flight 0, empty queues,
+// no scoring batch running and the same allocated bytes): that reading is the baseline. Then the load phase (`duration` or
 // `max_requests`, whichever ends first), and again the wait for idle: the final reading. Every
 // phase is bounded, so a run stops by itself.
 //
@@ -142,6 +142,7 @@ struct MemorySample {
   std::string phase;   // "warmup", "settle" (waiting for idle), "load"
   double allocated_bytes = 0, rss_bytes = 0;
   double inflight = 0, queued_requests = 0, queue_depth_rows = 0;
+  double running_batches = 0;  // 0 when the server does not export atman_running_batches
 };
 
 // A settled reading of the idle server.

@@ -46,6 +46,10 @@ if ((!quick)); then
 fi
 atman_log "set-up, builds and tests took $(($(date +%s) - start)) s"
 if ((${#failed[@]})); then
+  # The failed tests' last lines once more, at the end, where a cut log still shows them.
+  parent="$(dirname "$ATMAN_BUILD")"
+  python3 "$ATMAN_ROOT/scripts/ctest-digest.py" --since "$start" \
+    "$ATMAN_BUILD" "$parent/build-asan" "$parent/build-tsan" || true
   atman_log "failed: ${failed[*]}"
   exit 1
 fi

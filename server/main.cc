@@ -445,6 +445,7 @@ int Run(int argc, char** argv) {
     }
     metrics->queue_depth_rows->Set(static_cast<double>(stats.queued_rows));
     metrics->queued_requests->Set(static_cast<double>(stats.queued_requests));
+    metrics->running_batches->Set(static_cast<double>(stats.batches_running));
     metrics->test_hold->Set(service.held() ? 1 : 0);
     // The certificate new handshakes get (the staged copy of --tls-cert).
     if (!config.tls_cert.empty()) {

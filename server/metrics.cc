@@ -310,6 +310,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                             .Help("Explanations in the dynamic batcher (rows waiting or running)")
                             .Register(r)
                             .Add({});
+  m->running_batches = &prometheus::BuildGauge()
+                            .Name("atman_running_batches")
+                            .Help("Scoring batches running now (0 to devices x workers); a "
+                                  "running batch may still hold rows of calls already cancelled")
+                            .Register(r)
+                            .Add({});
   m->inflight = &prometheus::BuildGauge()
                      .Name("atman_inflight_requests")
                      .Help("RPCs accepted and not yet finished")

@@ -92,6 +92,7 @@ class Metrics {
   prometheus::Histogram* queue_wait = nullptr;    // atman_queue_wait_seconds
   prometheus::Gauge* queue_depth_rows = nullptr;  // atman_queue_depth_rows
   prometheus::Gauge* queued_requests = nullptr;   // atman_queued_requests
+  prometheus::Gauge* running_batches = nullptr;   // atman_running_batches
   prometheus::Gauge* inflight = nullptr;          // atman_inflight_requests
   prometheus::Histogram* batch_rows = nullptr;    // atman_batch_rows
   prometheus::Histogram* batch_duration = nullptr;  // atman_batch_duration_seconds

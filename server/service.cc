@@ -239,21 +239,27 @@ void AtmanService::RunExplain(std::shared_ptr<ExplainJob> job) {
 
 void AtmanService::FinishExplain(std::shared_ptr<ExplainJob> job,
                                  runtime::DynamicBatcher::Result result) {
-  try {
-    atman::PreparedExplanation& prepared = *job->prepared;
-    prepared.usage.forward_passes += result.forward_passes;
-    prepared.usage.positions_computed += result.positions_computed;
-    prepared.usage.perturbed_rows = static_cast<int64_t>(prepared.rows.size());
-    const atman::ServedModel::Replica& replica = model_->replica(job->device);
-    auto explanation = replica.explainer->Finish(prepared, result.log_probs);
-    if (!explanation.ok()) return job->Complete(ToGrpc(explanation.status()));
-    explanation->usage.peak_memory_bytes = runtime::ReadMemory(replica.device).peak_bytes;
-    ToExplainResponse(*explanation, job->prompt_items, job->return_tensors, &job->response);
-    job->response.mutable_usage()->set_queue_seconds(result.queue_seconds);
-    job->Complete(grpc::Status::OK);
-  } catch (const std::exception& e) {
-    job->Complete(grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("explain: ", e.what())));
-  }
+  // The explanation and the scores live only inside this block: the call ends (in-flight
+  // count down, answer sent) after they are freed, so an idle server has nothing of it left.
+  const grpc::Status status = [&]() -> grpc::Status {
+    try {
+      atman::PreparedExplanation& prepared = *job->prepared;
+      prepared.usage.forward_passes += result.forward_passes;
+      prepared.usage.positions_computed += result.positions_computed;
+      prepared.usage.perturbed_rows = static_cast<int64_t>(prepared.rows.size());
+      const atman::ServedModel::Replica& replica = model_->replica(job->device);
+      auto explanation = replica.explainer->Finish(prepared, result.log_probs);
+      if (!explanation.ok()) return ToGrpc(explanation.status());
+      explanation->usage.peak_memory_bytes = runtime::ReadMemory(replica.device).peak_bytes;
+      ToExplainResponse(*explanation, job->prompt_items, job->return_tensors, &job->response);
+      job->response.mutable_usage()->set_queue_seconds(result.queue_seconds);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("explain: ", e.what()));
+    }
+  }();
+  result.log_probs.reset();
+  job->Complete(status);
 }
 
 

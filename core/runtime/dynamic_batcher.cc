@@ -432,35 +432,41 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
     estimate = EstimateBytes(batch.shape, devices_[device_index].limits);
   }
   // Everything that allocates or may throw runs here, outside the lock: the batch, and the
-  // copy of its results to host float64.
-  absl::StatusOr<BatchResult> result;
+  // copy of its results to host float64. The batch's tensors live only inside this block, so
+  // they are freed before any request hears of its results (a finished call leaves nothing
+  // allocated behind it, however late its worker is scheduled).
+  absl::Status status;
+  int64_t positions_computed = 0;
   std::vector<double> host;  // [rows, K_max] of the batch
   int64_t batch_k = 0;
   try {
     if (simulated_device_bytes_ > 0 && estimate > simulated_device_bytes_) {
-      result = OutOfMemoryError(absl::StrCat("simulated device: out of memory (batch of ",
+      status = OutOfMemoryError(absl::StrCat("simulated device: out of memory (batch of ",
                                              batch.entries.size(), " rows needs about ", estimate,
                                              " bytes, device has ", simulated_device_bytes_, ")"));
     } else {
       std::vector<const ScoringRow*> rows;
       rows.reserve(batch.entries.size());
       for (const auto& e : batch.entries) rows.push_back(&(*e.rows)[e.row]);
-      result = RunScoringBatch(*models_[device_index], rows, options_.limits.reuse_prefix,
-                               options_.limits.subtract_null_row);
-    }
-    if (result.ok()) {
-      // Waits for the batch's device work (its one device-to-host copy); the batch's rows,
-      // and so the prefix caches its stream read, are held until this returns.
-      const at::Tensor lp = result->LogProbs().contiguous();
-      batch_k = lp.size(1);
-      host.resize(static_cast<size_t>(lp.numel()));
-      if (!host.empty())
-        std::memcpy(host.data(), lp.data_ptr<double>(), host.size() * sizeof(double));
+      absl::StatusOr<BatchResult> result = RunScoringBatch(
+          *models_[device_index], rows, options_.limits.reuse_prefix,
+          options_.limits.subtract_null_row);
+      status = result.status();
+      if (result.ok()) {
+        // Waits for the batch's device work (its one device-to-host copy); the batch's rows,
+        // and so the prefix caches its stream read, are held until this returns.
+        const at::Tensor lp = result->LogProbs().contiguous();
+        batch_k = lp.size(1);
+        host.resize(static_cast<size_t>(lp.numel()));
+        if (!host.empty())
+          std::memcpy(host.data(), lp.data_ptr<double>(), host.size() * sizeof(double));
+        positions_computed = result->positions_computed;
+      }
     }
   } catch (const std::exception& e) {
-    result = StatusFromException(e, "scoring batch failed");
+    status = StatusFromException(e, "scoring batch failed");
   } catch (...) {
-    result = absl::InternalError("scoring batch failed with an unknown exception");
+    status = absl::InternalError("scoring batch failed with an unknown exception");
   }
   const double seconds = Seconds(Clock::now() - started);
 
@@ -469,20 +475,19 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   bool oom = false;
   {
     MutexLock lock(&mu_);
-    --batches_running_;
     for (const auto& e : batch.entries) {
       if (std::find(touched.begin(), touched.end(), e.request) == touched.end()) {
         touched.push_back(e.request);
       }
     }
-    if (!result.ok() && IsOutOfMemory(result.status())) {
+    if (!status.ok() && IsOutOfMemory(status)) {
       oom = true;
       ++oom_retries_;
       devices_[device_index].Shrink(estimate, tokens);
       if (batch.entries.size() == 1) {
         EndLocked(batch.entries.front().request,
                   absl::ResourceExhaustedError(absl::StrCat(
-                      "one scoring row does not fit on the device: ", result.status().message())));
+                      "one scoring row does not fit on the device: ", status.message())));
       } else {
         // Requeue the rows in their places by start index (a batch may have taken them from
         // the middle of a queue); the shrunken limits split them over smaller batches.
@@ -497,8 +502,8 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
           }
         }
       }
-    } else if (!result.ok()) {
-      for (auto& e : batch.entries) EndLocked(e.request, result.status());
+    } else if (!status.ok()) {
+      for (auto& e : batch.entries) EndLocked(e.request, status);
     } else {
       devices_[device_index].Grow(limits_.max_tokens);
       const int64_t T = batch.shape.longest - batch.shape.start;
@@ -546,7 +551,7 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
           EndLocked(request, absl::OkStatus());  // done is queued above: this drops the rest
         }
       }
-      batch_info = BatchInfo{static_cast<int64_t>(batch.entries.size()), result->positions_computed,
+      batch_info = BatchInfo{static_cast<int64_t>(batch.entries.size()), positions_computed,
                              batch.shape.ideal, distinct, seconds};
     }
     for (auto& e : batch.entries) {
@@ -566,6 +571,10 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   // runs, nothing of it is left here.
   for (auto& e : batch.entries) e.rows.reset();
   for (const auto& r : touched) Deliver(r);
+  // Counted as running until here: while the count is above zero, a batch may still hold
+  // rows (and so KV prefix caches) of calls that have already ended, e.g. cancelled ones.
+  MutexLock lock(&mu_);
+  --batches_running_;
 }
 
 }  // namespace atman::runtime

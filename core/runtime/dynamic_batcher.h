@@ -142,7 +142,7 @@ class DynamicBatcher {
     int64_t queued_requests = 0;  // requests in the batcher (rows waiting or running)
     int64_t oom_retries = 0;      // on every device
     bool held = false;            // Hold() in effect
-    int64_t batches_running = 0;
+    int64_t batches_running = 0;  // started and not yet done with their rows
     std::vector<DeviceStats> devices;  // as in Options::models
   };
 

@@ -17,6 +17,7 @@
 
 #include "core/atman/explainer.h"
 #include "core/model/causal_lm.h"
+#include "core/runtime/memory_meter.h"
 #include "core/text/tokenizer.h"
 #include "tests/support/paths.h"
 
@@ -411,6 +412,48 @@ TEST(DynamicBatcher, AnEndedRequestReleasesItsRowsAndCallbacks) {
   EXPECT_TRUE(w.prefix.expired());
   handle.reset();
   EXPECT_TRUE(w.job.expired());
+}
+
+// When a request hears of its result, the batch that computed it has freed its tensors: a
+// finished call leaves nothing allocated behind it, however late the worker thread runs after
+// delivering (the idle-memory checks of the server and the soak read the gauge as soon as no
+// call is in flight). Measured with the CPU allocation counter, at the moment done() runs.
+// The batch still counts as running then (stats().batches_running, the server's
+// atman_running_batches): it ends after delivering, so "idle" can wait for it.
+TEST(DynamicBatcher, ARequestHearsOfItsResultOnlyAfterItsBatchFreedItsTensors) {
+  InstallCpuAccounting();
+  const Model& m = Llama();
+  atman::Explainer explainer(m.lm.get(), m.tokenizer.get(), {});
+  DynamicBatcher batcher(BatcherOptions(1));
+  auto p = explainer.Prepare(Requests()[0]);
+  ASSERT_TRUE(p.ok()) << p.status();
+  const c10::Device cpu(c10::kCPU);
+  for (int round = 0; round < 3; ++round) {  // round 0 warms up what LibTorch keeps
+    SCOPED_TRACE(round);
+    std::vector<ScoringRow> rows = (*p)->rows;  // shares the prepared rows' tensors
+    const int64_t before = ReadMemory(cpu).allocated_bytes;
+    // done() hands its result over to this thread, which drops it before the next round.
+    std::promise<std::pair<int64_t, absl::StatusOr<DynamicBatcher::Result>>> at_done;
+    int64_t running_at_done = -1;
+    auto submitted = batcher.Submit(
+        std::move(rows), Clock::now() + 600s,
+        [&](absl::StatusOr<DynamicBatcher::Result> r) {
+          const int64_t now = ReadMemory(c10::Device(c10::kCPU)).allocated_bytes;
+          running_at_done = batcher.stats().batches_running;
+          at_done.set_value({now, std::move(r)});
+        });
+    ASSERT_TRUE(submitted.ok()) << submitted.status();
+    auto [allocated, result] = at_done.get_future().get();
+    EXPECT_EQ(running_at_done, 1);
+    while (batcher.stats().batches_running != 0) std::this_thread::yield();
+    ASSERT_TRUE(result.ok()) << result.status();
+    const int64_t result_bytes = static_cast<int64_t>(result->log_probs.nbytes());
+    ASSERT_GT(result_bytes, 0);
+    result = absl::UnknownError("dropped");
+    if (round == 0) continue;
+    // Live at done(): what was live before Submit, plus the result handed to done.
+    EXPECT_EQ(allocated - before, result_bytes);
+  }
 }
 
 TEST(DynamicBatcher, CallbacksOfARequestRunInOrderAndNeverAfterDone) {

@@ -114,10 +114,12 @@ class Server:
             time.sleep(0.02)
 
     def idle(self) -> dict:
-        """Waits until no call is in flight and nothing is queued; returns the metrics."""
+        """Waits until no call is in flight, nothing is queued and no scoring batch runs (a
+        batch may outlive the cancelled calls whose rows it holds); returns the metrics."""
         return self.wait_metrics(lambda m: m.get("atman_inflight_requests") == 0
                                  and m.get("atman_queued_requests") == 0
-                                 and m.get("atman_queue_depth_rows") == 0, "idle")
+                                 and m.get("atman_queue_depth_rows") == 0
+                                 and m.get("atman_running_batches") == 0, "idle")
 
     def hold(self):
         """Test hook (server started with --test-hooks true): no scoring batch starts and no
