@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
+#include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
 #include "core/vision/clip_image_processor.h"
 
@@ -24,10 +25,6 @@ namespace atman::model {
 namespace {
 
 using Json = nlohmann::json;
-
-std::string ShapeString(c10::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
 
 absl::Status FieldError(std::string_view field, std::string_view what) {
   return absl::InvalidArgumentError(
@@ -279,10 +276,9 @@ absl::StatusOr<std::vector<at::Tensor>> ClipVisionTower::HiddenStates(
   const int64_t C = config_.num_channels, S = config_.image_size, L = config_.num_layers;
   if (!pixel_values.defined() || pixel_values.dim() != 4 || pixel_values.size(1) != C ||
       pixel_values.size(2) != S || pixel_values.size(3) != S) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "pixel_values has shape ",
-        pixel_values.defined() ? ShapeString(pixel_values.sizes()) : "(undefined)",
-        ", expected [N, ", C, ", ", S, ", ", S, "] (vision_config num_channels, image_size)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("pixel_values has shape ", ShapeString(pixel_values), ", expected [N, ", C,
+                     ", ", S, ", ", S, "] (vision_config num_channels, image_size)"));
   }
   if (!at::isFloatingType(pixel_values.scalar_type())) {
     return absl::InvalidArgumentError(absl::StrCat("pixel_values must be floating point, got ",

@@ -18,6 +18,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
 
 namespace atman::model {
@@ -91,10 +92,6 @@ absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layou
       " tensor(s) outside the language model, vision tower and projector: ",
       absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
       extra.size() > shown ? ", ..." : ""));
-}
-
-std::string ShapeString(const at::Tensor& t) {
-  return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "(undefined)";
 }
 
 }  // namespace

@@ -11,15 +11,9 @@
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
+#include "core/model/shape_string.h"
 
 namespace atman::model {
-namespace {
-
-std::string ShapeString(c10::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-}  // namespace
 
 absl::StatusOr<VisionActivation> ParseVisionActivation(std::string_view name,
                                                        std::string_view field) {

@@ -69,34 +69,22 @@ std::string FromUtf8Lossy(std::string_view bytes) {
   size_t i = 0;
   while (i < n) {
     const unsigned char b = p[i];
-    if (b < 0x80) {
+    const Utf8Lead lead = Utf8LeadOf(b);
+    if (lead.length == 1) {
       out.push_back(static_cast<char>(b));
       ++i;
       continue;
     }
-    size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) {
-      len = 2;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-      len = 3;
-      if (b == 0xE0) lo = 0xA0;
-      if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-      len = 4;
-      if (b == 0xF0) lo = 0x90;
-      if (b == 0xF4) hi = 0x8F;
-    } else {
+    if (lead.length == 0) {
       out.append(kReplacement);
       ++i;
       continue;
     }
+    const size_t len = lead.length;
     // Consume the longest valid prefix of the sequence; a broken one is one U+FFFD.
     size_t k = 1;
     while (k < len && i + k < n) {
-      const unsigned char c = p[i + k];
-      const unsigned char klo = k == 1 ? lo : 0x80, khi = k == 1 ? hi : 0xBF;
-      if (c < klo || c > khi) break;
+      if (!lead.Continues(k, p[i + k])) break;
       ++k;
     }
     if (k == len) {

@@ -7,15 +7,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
+#include "core/model/shape_string.h"
 
 namespace atman::model {
 namespace {
 
 using nlohmann::json;
-
-std::string ShapeString(c10::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
 
 }  // namespace
 
