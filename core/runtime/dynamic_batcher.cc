@@ -174,7 +174,13 @@ void DynamicBatcher::EndLocked(const std::shared_ptr<Request>& request, absl::St
   r.progress = nullptr;
   std::vector<double>().swap(r.log_probs);
   if (r.done && !error.ok()) {
-    r.outbox.push_back([done = std::move(r.done), error = std::move(error)]() { done(error); });
+    // A status of its own (not sharing `error`'s reference-counted message with the other
+    // requests of a failed batch), handed over whole: the request's thread ends up its only
+    // owner.
+    r.outbox.push_back([done = std::move(r.done),
+                        own = absl::Status(error.code(), error.message())]() mutable {
+      done(std::move(own));
+    });
   }
   r.done = nullptr;
 }
@@ -470,6 +476,12 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
   }
   const double seconds = Seconds(Clock::now() - started);
 
+  // The batch lets go of its rows before it records its results: a request is complete only
+  // after every batch that ran its rows has recorded them, so when its done() runs no batch
+  // holds anything of it. (Rows of a request that ended meanwhile, cancelled or expired, may
+  // die here, on this worker.)
+  for (auto& e : batch.entries) e.rows.reset();
+
   std::vector<std::shared_ptr<Request>> touched;  // requests whose outbox may have grown
   std::optional<BatchInfo> batch_info;
   bool oom = false;
@@ -567,9 +579,6 @@ void DynamicBatcher::RunBatch(size_t device_index, Batch& batch) {
     work_cv_.SignalAll();
   }
   if (batch_info && observer_.on_batch) observer_.on_batch(*batch_info);
-  // The batch lets go of its rows before anyone hears of the results: when a request's done()
-  // runs, nothing of it is left here.
-  for (auto& e : batch.entries) e.rows.reset();
   for (const auto& r : touched) Deliver(r);
   // Counted as running until here: while the count is above zero, a batch may still hold
   // rows (and so KV prefix caches) of calls that have already ended, e.g. cancelled ones.
