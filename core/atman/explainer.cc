@@ -575,10 +575,17 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
                       absl::StrCat("options.image_rows, options.image_cols (", o.image_rows, " x ",
                                    o.image_cols, ") for prompt[", i, "]"));
     }
-    const int64_t offset = vlm_->image_token_offset();  // the class token, with "full" features
+    // Image tokens [0, offset) are the tower's class token ("full" features): it summarises
+    // the whole image and shows no region, so it belongs to the unit that is the whole image
+    // (one tile) and to no tile of a finer grid (docs/method.md, "The class token").
+    const int64_t offset = vlm_->image_token_offset();
+    const bool whole_image = tiles->size() == 1;
     for (const vision::Tile& tile : *tiles) {
       if (tile.original.empty()) continue;
       Unit unit{UnitScore::Kind::kImage, static_cast<int32_t>(i), 0, 0, {}};
+      for (int64_t t = 0; whole_image && t < offset; ++t) {
+        unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(t)]);
+      }
       for (int64_t patch : tile.patches) {
         unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(offset + patch)]);
       }
