@@ -233,6 +233,19 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
 absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<PromptItem>& prompt,
                                                               bool add_special_tokens) const {
   if (prompt.empty()) return absl::InvalidArgumentError("prompt: empty (no items)");
+  // The image-token limit, before any image is decoded (every image gives tokens_per_image()).
+  if (vlm_ != nullptr && options_.max_image_tokens > 0) {
+    const auto images = std::count_if(prompt.begin(), prompt.end(), [](const PromptItem& item) {
+      return item.kind == PromptItem::Kind::kImage;
+    });
+    const int64_t tokens = images * vlm_->tokens_per_image();
+    if (tokens > options_.max_image_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt: ", images, " images x ", vlm_->tokens_per_image(), " image tokens = ", tokens,
+          " image tokens, over the limit of ", options_.max_image_tokens,
+          " image tokens per request (max_image_tokens)"));
+    }
+  }
   Sequence seq;
   if (add_special_tokens) seq.ids = leading_specials_;
   const auto vocab = lm_->config().vocab_size;

@@ -708,6 +708,38 @@ TEST(EngineRejectsImages, CorruptOversizedAndOverfineImages) {
   EXPECT_TRUE(loaded.MakeExplainer().Explain(r).ok());
 }
 
+// Options::max_image_tokens counts every image of a request (16 tokens each here), before any
+// is decoded (a corrupt image over the limit is refused for the count); Explain and Generate.
+TEST(EngineRejectsImages, TooManyImageTokensNamesTheCountAndTheLimit) {
+  const Loaded& loaded = Load("llava");
+  ASSERT_TRUE(loaded.vlm);
+  ASSERT_EQ(loaded.vlm->tokens_per_image(), 16);
+  const std::string png = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
+  Explainer::Options options;
+  options.max_image_tokens = 31;
+  const Explainer limited = loaded.MakeExplainer(options);
+  ExplainRequest r;
+  r.prompt = {PromptItem::Image(png), PromptItem::Text(" and "), PromptItem::Image("broken")};
+  r.target = " red";
+  const std::string message =
+      "prompt: 2 images x 16 image tokens = 32 image tokens, over the limit of 31 image tokens "
+      "per request (max_image_tokens)";
+  auto explained = limited.Explain(r);
+  EXPECT_EQ(explained.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(explained.status().message(), message);
+  GenerationRequest g;
+  g.prompt = r.prompt;
+  g.max_new_tokens = 2;
+  auto generated = limited.Generate(g);
+  EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(generated.status().message(), message);
+  // At the limit it runs.
+  r.prompt[2] = PromptItem::Image(png);
+  options.max_image_tokens = 32;
+  EXPECT_TRUE(loaded.MakeExplainer(options).Explain(r).ok());
+  EXPECT_EQ(Explainer::Options{}.max_image_tokens, 16384);
+}
+
 // --- Steered generation --------------------------------------------------------------------
 
 std::vector<PromptItem> PromptFromJson(const nlohmann::json& prompt,

@@ -293,6 +293,7 @@ class ModelInfo:
     max_new_tokens: int
     server_version: str
     chat_template: str  # Jinja source; "" when the model has none
+    max_image_tokens: int  # image tokens of one request, all its images together
     raw: pb.ModelInfo = field(compare=False, repr=False)
 
     @staticmethod
