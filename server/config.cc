@@ -105,6 +105,7 @@ const std::map<std::string, Setter>& Setters() {
       {"max-prompt-tokens", Int(&Config::max_prompt_tokens, 1)},
       {"max-image-bytes", Int(&Config::max_image_bytes, 1)},
       {"max-image-pixels", Int(&Config::max_image_pixels, 1)},
+      {"max-image-tokens", Int(&Config::max_image_tokens, 1)},
       {"max-units", Int(&Config::max_units, 1)},
       {"max-new-tokens", Int32(&Config::max_new_tokens, 1, 1 << 20)},
       {"log-format", Str(&Config::log_format, {"text", "json"})},

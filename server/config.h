@@ -65,6 +65,7 @@ struct Config {
   int64_t max_prompt_tokens = 4096;
   int64_t max_image_bytes = 20971520;
   int64_t max_image_pixels = 40000000;
+  int64_t max_image_tokens = 16384;  // image tokens of one request, all its images together
   int64_t max_units = 1024;
   int32_t max_new_tokens = 256;
   std::string log_format = "text";  // text | json

@@ -241,6 +241,7 @@ int Run(int argc, char** argv) {
   engine_options.max_prompt_tokens = config.max_prompt_tokens;
   engine_options.image_limits.max_bytes = config.max_image_bytes;
   engine_options.image_limits.max_pixels = config.max_image_pixels;
+  engine_options.max_image_tokens = config.max_image_tokens;
   auto model_or = atman::ServedModel::Open(config.model, engine_options);
   if (!model_or.ok()) {
     Log(log, config, spdlog::level::critical,
@@ -359,6 +360,7 @@ int Run(int argc, char** argv) {
   info.set_max_units(config.max_units);
   info.set_max_image_bytes(config.max_image_bytes);
   info.set_max_image_pixels(config.max_image_pixels);
+  info.set_max_image_tokens(config.max_image_tokens);
   info.set_max_message_bytes(config.max_message_bytes);
   info.set_max_new_tokens(config.max_new_tokens);
   info.set_server_version(kVersion);

@@ -233,6 +233,19 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
 absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<PromptItem>& prompt,
                                                               bool add_special_tokens) const {
   if (prompt.empty()) return absl::InvalidArgumentError("prompt: empty (no items)");
+  // The image-token limit, before any image is decoded (every image gives tokens_per_image()).
+  if (vlm_ != nullptr && options_.max_image_tokens > 0) {
+    const auto images = std::count_if(prompt.begin(), prompt.end(), [](const PromptItem& item) {
+      return item.kind == PromptItem::Kind::kImage;
+    });
+    const int64_t tokens = images * vlm_->tokens_per_image();
+    if (tokens > options_.max_image_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt: ", images, " images x ", vlm_->tokens_per_image(), " image tokens = ", tokens,
+          " image tokens, over the limit of ", options_.max_image_tokens,
+          " image tokens per request (max_image_tokens)"));
+    }
+  }
   Sequence seq;
   if (add_special_tokens) seq.ids = leading_specials_;
   const auto vocab = lm_->config().vocab_size;
@@ -575,10 +588,17 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
                       absl::StrCat("options.image_rows, options.image_cols (", o.image_rows, " x ",
                                    o.image_cols, ") for prompt[", i, "]"));
     }
-    const int64_t offset = vlm_->image_token_offset();  // the class token, with "full" features
+    // Image tokens [0, offset) are the tower's class token ("full" features): it summarises
+    // the whole image and shows no region, so it belongs to the unit that is the whole image
+    // (one tile) and to no tile of a finer grid (docs/method.md, "The class token").
+    const int64_t offset = vlm_->image_token_offset();
+    const bool whole_image = tiles->size() == 1;
     for (const vision::Tile& tile : *tiles) {
       if (tile.original.empty()) continue;
       Unit unit{UnitScore::Kind::kImage, static_cast<int32_t>(i), 0, 0, {}};
+      for (int64_t t = 0; whole_image && t < offset; ++t) {
+        unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(t)]);
+      }
       for (int64_t patch : tile.patches) {
         unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(offset + patch)]);
       }

@@ -78,6 +78,10 @@ class Explainer {
     // model's context limits it.
     int64_t max_prompt_tokens = 0;
     vision::DecodeLimits image_limits;  // per image: encoded bytes and pixels
+    // Most image tokens of one request, all its images together (an image gives the model's
+    // tokens_per_image()); more is INVALID_ARGUMENT naming the count and the limit, checked
+    // before any image is decoded. 0: no limit.
+    int64_t max_image_tokens = 16384;
   };
 
   // A text-only model.

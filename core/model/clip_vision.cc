@@ -100,7 +100,7 @@ absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(PrefixedReader& r,
   ATMAN_ASSIGN_OR_RETURN(w.cls, r.Take("embeddings.class_embedding", {H}, "hidden_size"));
   ATMAN_ASSIGN_OR_RETURN(w.positions,
                          r.Take("embeddings.position_embedding.weight", {1 + c.num_patches(), H},
-                                "1 + (image_size / patch_size)^2, hidden_size"));
+                                "1 + (image_size // patch_size)^2, hidden_size"));
   ATMAN_ASSIGN_OR_RETURN(w.pre_norm, r.TakeNorm("pre_layrnorm", H));
   // Unused by LLaVA; some conversions leave it out.
   if (r.Has("post_layernorm.weight")) {
@@ -207,9 +207,11 @@ absl::StatusOr<ClipVisionConfig> ParseClipVisionConfig(const Json& v) {
         absl::StrCat(c.hidden_size, " is not a multiple of num_attention_heads ", c.num_heads));
   }
   c.head_dim = c.hidden_size / c.num_heads;
-  if (c.image_size % c.patch_size != 0) {
-    return FieldError("image_size", absl::StrCat(c.image_size, " is not a multiple of patch_size ",
-                                                 c.patch_size));
+  // The patch convolution (stride patch_size) floors: G = image_size // patch_size, and the
+  // last image_size % patch_size rows and columns reach no patch (as in transformers).
+  if (c.image_size < c.patch_size) {
+    return FieldError("image_size", absl::StrCat(c.image_size, " is smaller than patch_size ",
+                                                 c.patch_size, " (no patch fits)"));
   }
   return c;
 }

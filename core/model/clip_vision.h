@@ -4,7 +4,8 @@
 //
 //   pixel_values [N, C, S, S]
 //   -> patch embedding: Conv2d(C, H, kernel = stride = patch, no bias) -> [N, G*G, H]
-//      (G = S / patch, patches row-major)
+//      (G = S // patch, patches row-major; when patch does not divide S, the last S % patch
+//      rows and columns of pixels reach no patch, as in transformers)
 //   -> prepend the class embedding [H]                                  -> [N, 1 + G*G, H]
 //   -> + learned positions [1 + G*G, H], then pre_layrnorm               = hidden_states[0]
 //   -> L encoder layers, each x + attn(ln1 x), then x + mlp(ln2 x)       = hidden_states[1..L]
@@ -57,7 +58,7 @@ struct ClipVisionConfig {
   double layer_norm_eps = 1e-5;
   VisionActivation activation = VisionActivation::kQuickGelu;
 
-  int64_t grid() const { return image_size / patch_size; }  // patches per side
+  int64_t grid() const { return image_size / patch_size; }  // patches per side (floored)
   int64_t num_patches() const { return grid() * grid(); }
 };
 

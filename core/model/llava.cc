@@ -20,6 +20,7 @@
 #include "core/model/device.h"
 #include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
+#include "core/vision/processor_config.h"
 
 namespace atman::model {
 namespace {
@@ -343,7 +344,7 @@ absl::StatusOr<std::vector<ImageSpan>> VisionLanguageModel::FindImageSpans(
 
 absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> LoadImageProcessor(
     const std::filesystem::path& dir, const VisionLanguageModel& model) {
-  const std::filesystem::path path = dir / "preprocessor_config.json";
+  ATMAN_ASSIGN_OR_RETURN(const std::filesystem::path path, vision::FindImageProcessorConfig(dir));
   ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<vision::ImageProcessor> processor,
                          LoadTowerImageProcessor(path, model.config().vision));
   const auto [height, width] = processor->OutputSize();

@@ -153,10 +153,12 @@ class VisionLanguageModel {
   std::unique_ptr<CausalLM> language_model_;
 };
 
-// The image processor that goes with the model in folder `dir` (its
-// preprocessor_config.json, read by the tower's registry entry: vision::ClipImageProcessor for
-// CLIP), its geometry cut by the tower's patch size. INVALID_ARGUMENT when the processor's
-// output size is not the tower's image_size (naming both).
+// The image processor that goes with the model in folder `dir`, its geometry cut by the
+// tower's patch size. Its settings come from preprocessor_config.json, or, in a folder
+// transformers 5 saved (LlavaProcessor.save_pretrained), from the "image_processor" object of
+// processor_config.json (vision/processor_config.h); the tower's registry entry reads them
+// (vision::ClipImageProcessor for CLIP). NOT_FOUND naming both files when neither is there;
+// INVALID_ARGUMENT when the processor's output size is not the tower's image_size (naming both).
 absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> LoadImageProcessor(
     const std::filesystem::path& dir, const VisionLanguageModel& model);
 

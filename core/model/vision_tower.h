@@ -1,5 +1,5 @@
 // A vision encoder as a vision-language model uses it: pixel_values in, the hidden states of
-// chosen layers out, each [N, class_tokens + G*G, Hv] (G = image_size / patch_size patches per
+// chosen layers out, each [N, class_tokens + G*G, Hv] (G = image_size // patch_size patches per
 // side, row-major). Implementations: ClipVisionTower (clip_vision.h). Which one a checkpoint
 // gets is decided by vision_config.model_type (vision_tower_registry.h).
 //
@@ -37,7 +37,7 @@ struct VisionTowerSpec {
   int64_t patch_size = 0;
   int64_t class_tokens = 0;  // tokens before the patches in every hidden state (CLIP: 1)
 
-  int64_t grid() const { return image_size / patch_size; }  // patches per side
+  int64_t grid() const { return image_size / patch_size; }  // patches per side (floored)
   int64_t num_patches() const { return grid() * grid(); }
 };
 

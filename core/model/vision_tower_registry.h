@@ -3,7 +3,7 @@
 //
 // A tower is one entry: its model_type, how it reads vision_config (into the VisionTowerSpec
 // LLaVA needs before loading), how it loads its weights, and which image processor goes with
-// it (read from the checkpoint's preprocessor_config.json). The list is in
+// it (read from the checkpoint's preprocessor_config.json or processor_config.json). The list is in
 // vision_tower_registry.cc, one line per tower; docs/model.md, "Adding a vision tower", is the
 // recipe.
 //
@@ -39,7 +39,9 @@ struct VisionTowerFamily {
                                                        const std::string& prefix,
                                                        c10::Device device,
                                                        c10::ScalarType dtype) = nullptr;
-  // The image processor of preprocessor_config.json at `path`, cut by the tower's patches.
+  // The image processor whose settings file is at `path` (preprocessor_config.json, or
+  // processor_config.json with them under "image_processor": vision/processor_config.h), cut by
+  // the tower's patches.
   absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> (*load_processor)(
       const std::filesystem::path& path, const VisionTowerSpec& spec) = nullptr;
 };
@@ -63,7 +65,7 @@ absl::StatusOr<std::unique_ptr<VisionTower>> LoadVisionTower(const io::Checkpoin
                                                              c10::ScalarType dtype);
 
 // The image processor that goes with the tower `spec` describes (spec.model_type's entry),
-// read from the preprocessor_config.json at `path`.
+// read from the settings file at `path` (preprocessor_config.json or processor_config.json).
 absl::StatusOr<std::unique_ptr<vision::ImageProcessor>> LoadTowerImageProcessor(
     const std::filesystem::path& path, const VisionTowerSpec& spec);
 

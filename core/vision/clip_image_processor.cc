@@ -5,12 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
+#include "core/vision/processor_config.h"
 
 namespace atman::vision {
 namespace {
@@ -19,7 +18,7 @@ using Json = nlohmann::json;
 
 absl::Status FieldError(std::string_view field, std::string_view what) {
   return absl::InvalidArgumentError(
-      absl::StrCat("preprocessor_config.json: field '", ToAbsl(field), "' ", ToAbsl(what)));
+      absl::StrCat("image processor settings: field '", ToAbsl(field), "' ", ToAbsl(what)));
 }
 
 absl::Status ReadBool(const Json& json, const char* key, bool* out) {
@@ -108,7 +107,7 @@ absl::StatusOr<ClipImageProcessor> ClipImageProcessor::Create(ClipImageProcessor
 absl::StatusOr<ClipImageProcessor> ClipImageProcessor::FromJson(const Json& json,
                                                                 int64_t patch_size) {
   if (!json.is_object()) {
-    return absl::InvalidArgumentError("preprocessor_config.json must hold a JSON object");
+    return absl::InvalidArgumentError("image processor settings must be a JSON object");
   }
   ClipImageProcessorConfig config;
   if (json.contains("image_processor_type")) {
@@ -184,14 +183,7 @@ absl::StatusOr<ClipImageProcessor> ClipImageProcessor::FromJson(const Json& json
 
 absl::StatusOr<ClipImageProcessor> ClipImageProcessor::FromFile(const std::filesystem::path& path,
                                                                 int64_t patch_size) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
-  std::stringstream text;
-  text << in.rdbuf();
-  const Json json = Json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not valid JSON"));
-  }
+  ATMAN_ASSIGN_OR_RETURN(const Json json, ReadImageProcessorConfig(path));
   auto processor = FromJson(json, patch_size);
   if (!processor.ok()) return Annotate(processor.status(), path.string());
   return processor;

@@ -1,4 +1,5 @@
-// The CLIP image processor of a checkpoint (preprocessor_config.json), reproducing
+// The CLIP image processor of a checkpoint (preprocessor_config.json, or the "image_processor"
+// object of transformers 5's processor_config.json: processor_config.h), reproducing
 // transformers' Pillow-based ("slow") CLIPImageProcessor and LlavaImageProcessor:
 //
 //   RGB uint8 image
@@ -66,12 +67,14 @@ class ClipImageProcessor : public ImageProcessor {
   // `patch_size` is the vision tower's (vision_config.patch_size); it only shapes geometry.
   static absl::StatusOr<ClipImageProcessor> Create(ClipImageProcessorConfig config,
                                                    int64_t patch_size);
-  // Parses a preprocessor_config.json object. Missing fields take the class defaults; size
-  // and crop_size may be objects or (older configs) integers; image_processor_type must be
-  // CLIPImageProcessor or LlavaImageProcessor (either may end in "Fast": the config means the
-  // same, and we match the Pillow version). Errors name the field.
+  // Parses the settings object (preprocessor_config.json's). Missing fields take the class
+  // defaults; size and crop_size may be objects or (older configs) integers; image_processor_type
+  // must be CLIPImageProcessor or LlavaImageProcessor (either may end in "Fast": the config means
+  // the same, and we match the Pillow version). Errors name the field.
   static absl::StatusOr<ClipImageProcessor> FromJson(const nlohmann::json& json,
                                                      int64_t patch_size);
+  // Reads the settings from a preprocessor_config.json or a processor_config.json
+  // (ReadImageProcessorConfig); errors name the file.
   static absl::StatusOr<ClipImageProcessor> FromFile(const std::filesystem::path& path,
                                                      int64_t patch_size);
 

@@ -3,8 +3,10 @@
 // without conceptual suppression (which spreads into target tokens too: the
 // suppression-into-target cases differ from the old prompt-only rule by a stated margin),
 // both target granularities (a per-token row lists only its own units), on random-initialised
-// Llama, GPT-2 and Gemma-2 (soft-capped attention) models; and the same scores whatever the batching (1 or 32 rows, a token cap)
-// and with prefix reuse on or off.
+// Llama, GPT-2 and Gemma-2 (soft-capped attention) models, and LLaVA with "default" and "full"
+// features (with "full" the class token is in the whole-image unit: those scores differ from
+// leaving it out by a stated margin); and the same scores whatever the batching (1 or 32 rows,
+// a token cap) and with prefix reuse on or off.
 #include "core/atman/explainer.h"
 
 #include <ATen/ops/arange.h>
@@ -56,7 +58,7 @@ const Loaded& Load(const std::string& name) {
   Loaded loaded;
   const auto dir = FixtureDir("atman_cases") / name;
   loaded.dir = dir;
-  if (name == "llava") {
+  if (name.starts_with("llava")) {
     auto vlm =
         model::VisionLanguageModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
     EXPECT_TRUE(vlm.ok()) << vlm.status();
@@ -287,6 +289,20 @@ TEST_P(EngineMatchesReference, UnitsAndScores) {
       }
       EXPECT_GE(gap, expected.at("spread_margin").get<double>() * largest);
     }
+    if (expected.contains("class_token_outside_scores")) {
+      // "full" features: the class token is in the whole-image unit; leaving it out of every
+      // unit (the old rule) gives scores at least class_token_margin x the largest |score|
+      // away from these.
+      double largest = 0, gap = 0;
+      const auto& old_rows = expected.at("class_token_outside_scores");
+      for (size_t r = 0; r < rows.size(); ++r) {
+        for (size_t k = 0; k < rows[r].size(); ++k) {
+          largest = std::max(largest, std::abs(rows[r][k]));
+          gap = std::max(gap, std::abs(rows[r][k] - old_rows[r][k].get<double>()));
+        }
+      }
+      EXPECT_GE(gap, expected.at("class_token_margin").get<double>() * largest);
+    }
     EXPECT_EQ(explanation->usage.perturbed_rows, static_cast<int64_t>(ref_units.size()));
     EXPECT_GT(explanation->usage.positions_computed, 0);
   }
@@ -311,6 +327,16 @@ auto CaseName = [](const auto& info) {
 INSTANTIATE_TEST_SUITE_P(ImageCases, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("llava")),
                                             ::testing::ValuesIn(kImageCases)),
+                         CaseName);
+
+// "full" feature selection: the class token is an image token; it is in the whole-image unit
+// (granularity 1, a 1 x 1 grid) and in no unit of a finer grid (native).
+const std::string kClassTokenCases[] = {"image-native", "image-whole-removal",
+                                        "images-grid-1x1-multiplicative"};
+
+INSTANTIATE_TEST_SUITE_P(ClassTokenCases, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("llava-full")),
+                                            ::testing::ValuesIn(kClassTokenCases)),
                          CaseName);
 
 INSTANTIATE_TEST_SUITE_P(Cases, EngineMatchesReference,
@@ -682,6 +708,38 @@ TEST(EngineRejectsImages, CorruptOversizedAndOverfineImages) {
   EXPECT_TRUE(loaded.MakeExplainer().Explain(r).ok());
 }
 
+// Options::max_image_tokens counts every image of a request (16 tokens each here), before any
+// is decoded (a corrupt image over the limit is refused for the count); Explain and Generate.
+TEST(EngineRejectsImages, TooManyImageTokensNamesTheCountAndTheLimit) {
+  const Loaded& loaded = Load("llava");
+  ASSERT_TRUE(loaded.vlm);
+  ASSERT_EQ(loaded.vlm->tokens_per_image(), 16);
+  const std::string png = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
+  Explainer::Options options;
+  options.max_image_tokens = 31;
+  const Explainer limited = loaded.MakeExplainer(options);
+  ExplainRequest r;
+  r.prompt = {PromptItem::Image(png), PromptItem::Text(" and "), PromptItem::Image("broken")};
+  r.target = " red";
+  const std::string message =
+      "prompt: 2 images x 16 image tokens = 32 image tokens, over the limit of 31 image tokens "
+      "per request (max_image_tokens)";
+  auto explained = limited.Explain(r);
+  EXPECT_EQ(explained.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(explained.status().message(), message);
+  GenerationRequest g;
+  g.prompt = r.prompt;
+  g.max_new_tokens = 2;
+  auto generated = limited.Generate(g);
+  EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(generated.status().message(), message);
+  // At the limit it runs.
+  r.prompt[2] = PromptItem::Image(png);
+  options.max_image_tokens = 32;
+  EXPECT_TRUE(loaded.MakeExplainer(options).Explain(r).ok());
+  EXPECT_EQ(Explainer::Options{}.max_image_tokens, 16384);
+}
+
 // --- Steered generation --------------------------------------------------------------------
 
 std::vector<PromptItem> PromptFromJson(const nlohmann::json& prompt,
@@ -734,7 +792,8 @@ TEST_P(EngineGenerates, SteeredGreedyEqualsThePatchedReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates,
-                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava"));
+                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava",
+                                           "llava-full"));
 
 TEST(EngineGenerate, ACharacterRangeOverAWholeItemEqualsTheItemControl) {
   const Loaded& loaded = Load("llama");

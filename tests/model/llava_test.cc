@@ -2,7 +2,9 @@
 // states, the projected image features (get_image_features), the logits of a prompt with two
 // images and text (float32, 1e-4 max abs), AtMan controls on image token positions in both
 // modes and on a layer subset, image token positions, every weight layout, and the whole path
-// from PNG bytes through our image processor to logits.
+// from PNG bytes through our image processor to logits; for "default" and "full" selection and
+// a tower whose patch size does not divide its image size (a floored grid), and for a folder
+// as transformers 5 saves it (processor_config.json, no preprocessor_config.json).
 #include "core/model/llava.h"
 
 #include <ATen/TensorOperators.h>
@@ -215,7 +217,8 @@ TEST_P(LlavaParityTest, PngBytesThroughOurProcessorGiveTheSameLogits) {
   EXPECT_LT(MaxAbsDiff(ours, T("logits")), kParity);
 }
 
-INSTANTIATE_TEST_SUITE_P(Llava, LlavaParityTest, ::testing::Values("llava", "llava-full"),
+INSTANTIATE_TEST_SUITE_P(Llava, LlavaParityTest,
+                         ::testing::Values("llava", "llava-full", "llava-floor"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& ch : name) {
@@ -237,6 +240,134 @@ TEST(LlavaLayouts, EveryWeightLayoutLoadsTheSameModel) {
         kParity)
         << layout;
   }
+}
+
+std::string ReadFileBytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in) << path;
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+// A folder as transformers 5 writes it (LlavaForConditionalGeneration.save_pretrained plus
+// LlavaProcessor.save_pretrained): the image processor's settings under "image_processor" in
+// processor_config.json, no preprocessor_config.json. Same processor, same logits.
+TEST(LlavaFolders, Transformers5ProcessorConfigFolderLoadsAndMatches) {
+  LlavaCases cases = ReadLlavaCases("llava");
+  const auto dir = atman::testing::FixtureDir("llava_cases") / "llava-processor-config";
+  ASSERT_FALSE(std::filesystem::exists(dir / "preprocessor_config.json"));
+  ASSERT_TRUE(std::filesystem::exists(dir / "processor_config.json"));
+  auto model = LoadLlava(dir);
+  ASSERT_NE(model, nullptr);
+  auto processor = LoadImageProcessor(dir, *model);
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  std::vector<at::Tensor> pixels;
+  for (const auto& name : cases.json.at("images")) {
+    auto image = vision::DecodeImage(
+        ReadFileBytes(cases.dir / "images" / (name.get<std::string>() + ".png")));
+    ASSERT_TRUE(image.ok()) << image.status();
+    auto pre = (*processor)->Preprocess(*image);
+    ASSERT_TRUE(pre.ok()) << pre.status();
+    pixels.push_back(pre->pixel_values);
+  }
+  const at::Tensor pixel_values = at::stack(pixels);
+  EXPECT_LT(MaxAbsDiff(pixel_values, cases.tensors.at("pixel_values")), 1e-5);
+  EXPECT_LT(MaxAbsDiff(Logits(*model, cases.tensors.at("ids"), pixel_values.narrow(0, 0, 2)),
+                       cases.tensors.at("logits")),
+            kParity);
+}
+
+// preprocessor_config.json wins when both are there; neither, or a processor_config.json
+// without "image_processor", is an error naming both files.
+TEST(LlavaFolders, ProcessorSettingsFileIsFoundOrBothAreNamed) {
+  auto model = LoadLlava(atman::testing::FixtureDir("llava_cases") / "llava");
+  ASSERT_NE(model, nullptr);
+  const auto dir = atman::testing::TempDir();
+  auto none = LoadImageProcessor(dir, *model);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(none.status().message()),
+              AllOf(HasSubstr("neither preprocessor_config.json nor processor_config.json"),
+                    HasSubstr(dir.string())));
+
+  std::ofstream(dir / "processor_config.json") << R"({"patch_size": 7})" << std::flush;
+  auto flat = LoadImageProcessor(dir, *model);
+  ASSERT_FALSE(flat.ok());
+  EXPECT_EQ(flat.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(flat.status().message()),
+              AllOf(HasSubstr("processor_config.json: no \"image_processor\" object"),
+                    HasSubstr("preprocessor_config.json")));
+
+  // A nested setting that is wrong is named, with the file.
+  {
+    std::ofstream(dir / "processor_config.json")
+        << R"({"image_processor": {"crop_size": {"height": 28, "width": 28}, "resample": 9}})";
+  }
+  auto bad = LoadImageProcessor(dir, *model);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()),
+              AllOf(HasSubstr("processor_config.json"), HasSubstr("field 'resample' is 9")));
+
+  // With both files, preprocessor_config.json is read (here: its crop does not fit the tower).
+  {
+    std::ofstream(dir / "processor_config.json")
+        << R"({"image_processor": {"size": {"shortest_edge": 28},
+                                   "crop_size": {"height": 28, "width": 28}}})";
+    std::ofstream(dir / "preprocessor_config.json")
+        << R"({"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}})";
+  }
+  auto both = LoadImageProcessor(dir, *model);
+  ASSERT_FALSE(both.ok());
+  EXPECT_THAT(std::string(both.status().message()),
+              AllOf(HasSubstr("preprocessor_config.json"), HasSubstr("is 32 x 32")));
+  std::filesystem::remove(dir / "preprocessor_config.json");
+  auto nested = LoadImageProcessor(dir, *model);
+  ASSERT_TRUE(nested.ok()) << nested.status();
+  EXPECT_EQ((*nested)->OutputSize(), std::make_pair(int64_t{28}, int64_t{28}));
+}
+
+// vision_config.image_size 30 with patch_size 4 (llava-floor): transformers' patch
+// convolution floors to a 7 x 7 grid; each patch token's rectangle is its exact block of the
+// processed image mapped back, and the last 2 pixel rows and columns belong to no token.
+TEST(LlavaFolders, FloorGridPatchesKeepTheirExactRectangles) {
+  auto model = LoadLlava(atman::testing::FixtureDir("llava_cases") / "llava-floor");
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->image_size(), 30);
+  EXPECT_EQ(model->config().vision.grid(), 7);
+  EXPECT_EQ(model->tokens_per_image(), 49);
+  auto processor =
+      LoadImageProcessor(atman::testing::FixtureDir("llava_cases") / "llava-floor", *model);
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  // 40 x 30: the short side is already 30, the crop keeps columns [5, 35).
+  auto geometry = (*processor)->GeometryFor(40, 30);
+  ASSERT_TRUE(geometry.ok()) << geometry.status();
+  EXPECT_EQ(geometry->grid_rows(), 7);
+  EXPECT_EQ(geometry->grid_cols(), 7);
+  const vision::NormalizedRect first = geometry->PatchRect(0, 0);
+  EXPECT_DOUBLE_EQ(first.x0, 5.0 / 40);
+  EXPECT_DOUBLE_EQ(first.x1, 9.0 / 40);
+  EXPECT_DOUBLE_EQ(first.y0, 0.0);
+  EXPECT_DOUBLE_EQ(first.y1, 4.0 / 30);
+  const vision::NormalizedRect last = geometry->PatchRect(48);
+  EXPECT_DOUBLE_EQ(last.x0, 29.0 / 40);
+  EXPECT_DOUBLE_EQ(last.x1, 33.0 / 40);  // columns 33 and 34 of the crop reach no patch
+  EXPECT_DOUBLE_EQ(last.y0, 24.0 / 30);
+  EXPECT_DOUBLE_EQ(last.y1, 28.0 / 30);  // nor do rows 28 and 29
+  auto whole = geometry->TileGrid(1, 1);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ((*whole)[0].patches.size(), 49u);
+  EXPECT_EQ((*whole)[0].original, (vision::NormalizedRect{5.0 / 40, 0.0, 33.0 / 40, 28.0 / 30}));
+
+  // A patch larger than the image is still refused, naming the field.
+  auto json =
+      io::ReadJsonFile(atman::testing::FixtureDir("llava_cases") / "llava-floor" / "config.json");
+  ASSERT_TRUE(json.ok()) << json.status();
+  (*json)["vision_config"]["patch_size"] = 31;
+  auto refused = ParseLlavaConfig(*json);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()),
+              HasSubstr("vision_config.image_size 30 is smaller than patch_size 31"));
 }
 
 absl::Status LoadError(const std::string& folder) {

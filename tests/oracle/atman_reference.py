@@ -111,7 +111,12 @@ def image_tiles(width, height, options, processor_size, patch):
     return tiles
 
 
-def make_units(prompt, items, options, prompt_length, num_targets, image=None):
+def make_units(prompt, items, options, prompt_length, num_targets, image=None,
+               class_token_in_whole=True):
+    """The units, ordered by first position. An image's tokens are its class tokens (LLaVA's
+    "full" selection keeps CLIP's one; image["class_tokens"]) then its patches; the class token
+    belongs to the image's unit when that unit is the whole image (one tile), to no unit of a
+    finer grid. `class_token_in_whole=False`: in no unit at all (the old rule, tests only)."""
     def text_level(kind):
         units = []
         for i, item in enumerate(prompt):
@@ -138,10 +143,12 @@ def make_units(prompt, items, options, prompt_length, num_targets, image=None):
         units = text_level(granularity)
     for i, item in enumerate(prompt):
         if "image" in item:
-            for patches, (x, y, w, h) in image_tiles(item["width"], item["height"], options,
-                                                     image["size"], image["patch"]):
+            tiles = image_tiles(item["width"], item["height"], options, image["size"], image["patch"])
+            cls = image["class_tokens"]
+            summary = items[i]["positions"][:cls] if len(tiles) == 1 and class_token_in_whole else []
+            for patches, (x, y, w, h) in tiles:
                 units.append({"kind": "image", "item": i, "start": 0, "length": 0,
-                              "positions": [items[i]["positions"][p] for p in patches],
+                              "positions": summary + [items[i]["positions"][cls + p] for p in patches],
                               "rect": [x, y, w, h]})
     for i, item in enumerate(prompt):
         if "tokens" in item:
@@ -191,10 +198,20 @@ def suppression_factors(unit_positions, factor, threshold, embeddings, length, s
     return f
 
 
-def explain(model, tokenizer, prompt, target, options, processor=None, spread_to_prompt_only=False):
+def image_tokens(config):
+    """Tokens per image and class tokens among them: LLaVA's "full" selection keeps CLIP's class
+    token before the (image_size // patch_size)^2 patches, "default" drops it."""
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    cls = 1 if config.vision_feature_select_strategy == "full" else 0
+    return grid * grid + cls, cls
+
+
+def explain(model, tokenizer, prompt, target, options, processor=None, spread_to_prompt_only=False,
+            class_token_in_whole=True):
     """The reference explanation: units, raw relevance [m, n] and the score rows. For a LLaVA
     model, `processor` is its (Pillow) CLIP image processor and image items carry "path".
-    `spread_to_prompt_only`: the old conceptual-suppression rule (tests only)."""
+    `spread_to_prompt_only`: the old conceptual-suppression rule; `class_token_in_whole=False`:
+    the class token in no unit (both for tests only)."""
     # The manipulation lives in the language model's attention (a LLaVA vision tower keeps its
     # own, unmanipulated attention).
     language_model = model.model.language_model if processor is not None else model
@@ -204,8 +221,9 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
     if processor is not None:
         from PIL import Image
         config = model.config
-        image = {"token_id": config.image_token_index,
-                 "tokens_per_image": (config.vision_config.image_size // config.vision_config.patch_size) ** 2,
+        per_image, cls = image_tokens(config)
+        image = {"token_id": config.image_token_index, "tokens_per_image": per_image,
+                 "class_tokens": cls,
                  "size": config.vision_config.image_size, "patch": config.vision_config.patch_size}
         pictures = [Image.open(item["path"]).convert("RGB") for item in prompt if "image" in item]
         for item, picture in zip([it for it in prompt if "image" in it], pictures):
@@ -219,7 +237,7 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
     input_ids = ids + target_ids[:-1]
     L = len(input_ids)
     base = target_cross_entropy(model, input_ids, target_ids, P, pixel_values=pixel_values)
-    units = make_units(prompt, items, options, P, m, image)
+    units = make_units(prompt, items, options, P, m, image, class_token_in_whole)
     with torch.no_grad():
         embeddings = model.get_input_embeddings()(torch.tensor(input_ids)).detach()
         if pixel_values is not None:
@@ -297,8 +315,7 @@ def steered_greedy(model, tokenizer, prompt, controls, steps, mode="log_additive
     if processor is not None:
         from PIL import Image
         config = model.config
-        image = {"token_id": config.image_token_index,
-                 "tokens_per_image": (config.vision_config.image_size // config.vision_config.patch_size) ** 2}
+        image = {"token_id": config.image_token_index, "tokens_per_image": image_tokens(config)[0]}
         pictures = [Image.open(item["path"]).convert("RGB") for item in prompt if "image" in item]
         if pictures:
             pixel_values = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in pictures])

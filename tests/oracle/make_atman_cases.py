@@ -11,7 +11,10 @@ randomised (1 + w) norms; BOS), "phi3" (fused projections, LongRoPE with origina
 case but "longrope-short" is longer, so its unperturbed pass, its cached prefix and its rows,
 however few positions they recompute, all use the long factors; "longrope-short" stays within
 8 and uses the short ones) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
-Llama decoder; images of other aspect ratios so that the centre crop cuts them). Cases cover every text granularity, both manipulation modes, conceptual
+Llama decoder; images of other aspect ratios so that the centre crop cuts them), and "llava-full"
+(the same with vision_feature_select_strategy "full": each image's class token is an image
+token too, and belongs to the whole-image unit only; its "image-whole-removal" scores differ
+from the class token left out of every unit by a stated margin). Cases cover every text granularity, both manipulation modes, conceptual
 suppression, both target granularities, postprocessing and normalisation, a layer subset,
 factor 0, and a prompt mixing text and raw token ids.
 """
@@ -89,7 +92,7 @@ def model_for(name: str, vocab: int):
                                       bos_token_id=0, eos_token_id=1))
 
 
-def llava_model(tokenizer):
+def llava_model(tokenizer, full=False):
     return LlavaForConditionalGeneration(LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                        num_attention_heads=4, image_size=28, patch_size=7,
@@ -100,7 +103,8 @@ def llava_model(tokenizer):
                                 num_key_value_heads=2, max_position_embeddings=256,
                                 initializer_range=0.2, tie_word_embeddings=False),
         image_token_index=tokenizer.token_to_id("<image>"), projector_hidden_act="gelu",
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=16))
+        vision_feature_layer=-2, vision_feature_select_strategy="full" if full else "default",
+        image_seq_length=17 if full else 16))
 
 
 def write_images(folder: Path):
@@ -114,11 +118,19 @@ def write_images(folder: Path):
         Image.fromarray(pixels.astype(np.uint8)).save(folder / "images" / f"{name}.png")
 
 
-def llava_cases(folder: Path):
+def llava_cases(folder: Path, full: bool = False):
     wide = {"image": "wide_40x28.png", "path": str(folder / "images" / "wide_40x28.png")}
     tall = {"image": "tall_21x35.png", "path": str(folder / "images" / "tall_21x35.png")}
     yield "image-native", [{"text": "Look: "}, dict(wide), {"text": " What colour is it?"}], " red", {
         "text_granularity": "word", "image_granularity": "native"}
+    if full:
+        # Whole images (granularity 1, or a 1 x 1 grid): the class token is in the image's unit.
+        yield "image-whole-removal", [{"text": "Tom lives in Rome."}, dict(tall)], " Rome", {
+            "text_granularity": "sentence", "image_granularity": "1", "control_factor": 0.0}
+        yield "images-grid-1x1-multiplicative", [dict(wide), {"text": " and "}, dict(tall)], " two red", {
+            "text_granularity": "word", "image_granularity": "grid", "image_rows": 1,
+            "image_cols": 1, "mode": "multiplicative"}
+        return
     yield "image-grid-suppression", [dict(wide), {"text": " Where does Anna live?"}], " Paris", {
         "text_granularity": "word", "image_granularity": "grid", "image_rows": 2, "image_cols": 3,
         "contextual_control_threshold": 0.3}
@@ -164,11 +176,15 @@ def cases(name: str):
 # positions only) by at least this fraction of their largest |score|, or they prove nothing.
 SPREAD_CASES = ("suppression-into-target", "suppression-into-target-token")
 SPREAD_MARGIN = 0.2
+# llava-full cases whose image units are whole images: their scores must differ from the class
+# token left out of every unit by this fraction of their largest |score|.
+CLASS_TOKEN_CASES = ("image-whole-removal", "images-grid-1x1-multiplicative")
+CLASS_TOKEN_MARGIN = 0.05
 
 
 def generation_cases(name: str, folder: Path):
     """(name, prompt, controls on whole items, mode) for steered greedy generation."""
-    if name == "llava":
+    if name.startswith("llava"):
         wide = {"image": "wide_40x28.png", "path": str(folder / "images" / "wide_40x28.png")}
         prompt = [{"text": "Look: "}, wide, {"text": " What colour is it?"}]
         yield "image-plain", [dict(i) for i in prompt], [], "log_additive"
@@ -187,7 +203,8 @@ def generation_cases(name: str, folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--models", nargs="*", default=["llama", "gpt2", "gemma2", "phi3", "llava"],
+    parser.add_argument("--models", nargs="*",
+                        default=["llama", "gpt2", "gemma2", "phi3", "llava", "llava-full"],
                         help="write only these models (default: all)")
     args = parser.parse_args()
     for name in args.models:
@@ -195,14 +212,15 @@ def main() -> None:
         tokenizer = train_tokenizer(bos=name != "gpt2")
         folder = args.out / name
         processor = None
-        if name == "llava":
+        if name.startswith("llava"):
+            full = name == "llava-full"
             tokenizer.add_special_tokens(["<image>"])
-            model = llava_model(tokenizer).eval()
+            model = llava_model(tokenizer, full).eval()
             processor = CLIPImageProcessorPil(size={"shortest_edge": 28},
                                               crop_size={"height": 28, "width": 28})
             processor.save_pretrained(folder)
             write_images(folder)
-            case_list = llava_cases(folder)
+            case_list = llava_cases(folder, full)
         else:
             model = model_for(name, tokenizer.get_vocab_size()).eval()
             case_list = cases(name)
@@ -228,12 +246,21 @@ def main() -> None:
                 assert gap >= SPREAD_MARGIN * largest, (name, case, gap, largest)
                 ref["prompt_only_scores"] = old["scores"]
                 ref["spread_margin"] = SPREAD_MARGIN
+            if name == "llava-full" and case in CLASS_TOKEN_CASES:
+                old = explain(model, tokenizer, prompt, target, options, processor,
+                              class_token_in_whole=False)
+                largest = max(abs(v) for row in ref["scores"] for v in row)
+                gap = max(abs(a - b) for ra, rb in zip(ref["scores"], old["scores"])
+                          for a, b in zip(ra, rb))
+                assert gap >= CLASS_TOKEN_MARGIN * largest, (name, case, gap, largest)
+                ref["class_token_outside_scores"] = old["scores"]
+                ref["class_token_margin"] = CLASS_TOKEN_MARGIN
             for item in prompt:
                 item.pop("path", None)
             out.append({"name": case, "prompt": prompt, "target": target, "options": options,
                         "expected": ref})
         result = {"cases": out}
-        if name != "llava":
+        if not name.startswith("llava"):
             # Greedy continuation (no end-of-text token), for the empty-target path.
             ids = tokenizer.encode(PROMPT_A).ids
             greedy = []

@@ -25,6 +25,15 @@ Models:
                 projector with bias; P = 16 (28 px images, 7 px patches)
   llava-full    vision_feature_layer [-3, -1] (concatenated), "full" selection (CLS kept),
                 gelu in the tower, projector without bias; P = 17
+  llava-floor   as "llava" but 30 px images with 4 px patches: 4 does not divide 30, the
+                patch convolution floors to a 7 x 7 grid (P = 49) and the last 2 pixel rows
+                and columns reach no patch
+
+The "llava" model as transformers 5 saves a whole LLaVA folder:
+  llava-processor-config  model.save_pretrained plus LlavaProcessor.save_pretrained (a small
+                          tokenizer with "<image>"): the image processor's settings nested in
+                          processor_config.json under "image_processor", no
+                          preprocessor_config.json
 
 Other weight layouts of the "llava" model (same config, renamed tensors):
   llava-hf-layout     the llava-hf hub checkpoints: vision_tower.vision_model.*
@@ -36,6 +45,7 @@ Broken copies of "llava" for the error tests: broken-missing (no linear_2.bias),
 broken-processor (a preprocessor_config.json cropping to 32 px for a 28 px tower).
 """
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -43,7 +53,9 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                          LlavaProcessor, PreTrainedTokenizerFast)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 import make_model_cases  # registers the "atman" attention; CONTROL switches it
@@ -54,12 +66,16 @@ IMAGE_TOKEN = 63
 INIT = 0.2
 IMAGE_SIZE = 28
 PATCH = 7
+# name -> (full selection, image size, patch size)
+MODELS = {"llava": (False, IMAGE_SIZE, PATCH), "llava-full": (True, IMAGE_SIZE, PATCH),
+          "llava-floor": (False, 30, 4)}
 
 
-def llava_config(full: bool) -> LlavaConfig:
+def llava_config(full: bool, image_size: int = IMAGE_SIZE, patch: int = PATCH) -> LlavaConfig:
+    grid = image_size // patch
     vision = CLIPVisionConfig(
         hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
-        image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=16, initializer_range=INIT,
+        image_size=image_size, patch_size=patch, projection_dim=16, initializer_range=INIT,
         hidden_act="gelu" if full else "quick_gelu", layer_norm_eps=1e-5)
     text = LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -70,7 +86,7 @@ def llava_config(full: bool) -> LlavaConfig:
         projector_hidden_act="gelu",
         vision_feature_layer=[-3, -1] if full else -2,
         vision_feature_select_strategy="full" if full else "default",
-        multimodal_projector_bias=not full, image_seq_length=17 if full else 16)
+        multimodal_projector_bias=not full, image_seq_length=grid * grid + (1 if full else 0))
 
 
 def make_images(rng):
@@ -169,9 +185,30 @@ def make_cases(model, processor, folder, images, g):
         "image_token_id": IMAGE_TOKEN, "tokens_per_image": per_image,
         "vision_feature_layer": config.vision_feature_layer,
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
-        "image_size": IMAGE_SIZE, "patch_size": PATCH,
+        "image_size": config.vision_config.image_size, "patch_size": config.vision_config.patch_size,
     }
     return {k: v.contiguous() for k, v in tensors.items()}, meta
+
+
+def save_with_processor(model, image_processor, folder: Path) -> None:
+    """The whole folder as transformers 5 saves a LLaVA model with its LlavaProcessor."""
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    vocab["<image>"] = IMAGE_TOKEN
+    del vocab[f"t{IMAGE_TOKEN}"]
+    words = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=model.config.vision_config.patch_size,
+                               vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                               image_token="<image>")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    # What the engine must cope with: the settings nested, no preprocessor_config.json.
+    assert not (folder / "preprocessor_config.json").exists(), sorted(p.name for p in folder.iterdir())
+    nested = json.loads((folder / "processor_config.json").read_text())["image_processor"]
+    assert nested["crop_size"] == {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, nested
 
 
 def rename(tensors, rules):
@@ -189,15 +226,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                      crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    for name, full in (("llava", False), ("llava-full", True)):
+    for name, (full, image_size, patch) in MODELS.items():
         seed_everything(0)
+        processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                          crop_size={"height": image_size, "width": image_size})
         images = make_images(np.random.default_rng(0))
-        model = LlavaForConditionalGeneration(llava_config(full)).eval()
+        model = LlavaForConditionalGeneration(llava_config(full, image_size, patch)).eval()
         folder = args.out / name
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
+        if name == "llava":
+            save_with_processor(model, processor, args.out / "llava-processor-config")
         (folder / "images").mkdir(parents=True, exist_ok=True)
         for image_name, image in images.items():
             image.save(folder / "images" / f"{image_name}.png")

@@ -167,11 +167,22 @@ def test_generate_tiny_temperatures_and_wide_ranges(server):
 
 
 def test_generate_explains_images_on_a_llava_model():
+    """Also --max-image-tokens (16 image tokens per image here): reported by GetModelInfo,
+    two images over it are INVALID_ARGUMENT naming the count and the limit."""
     folder = FIXTURES / "atman_cases" / "llava"
     cases = json.loads((folder / "cases.json").read_text())["generation"]
-    s = Server(model=folder)
+    s = Server("--max-image-tokens", "31", model=folder)
     try:
-        assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60).supports_images
+        info = s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
+        assert info.supports_images and info.max_image_tokens == 31
+        png = (folder / "images" / "wide_40x28.png").read_bytes()
+        two = [pb.PromptItem(image=png), pb.PromptItem(text=" and "), pb.PromptItem(image=png)]
+        for call, request in ((s.stub.Explain, pb.ExplainRequest(prompt=two, target=" red")),
+                              (s.stub.Generate, pb.GenerateRequest(prompt=two, max_new_tokens=1))):
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=60)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "2 images x 16 image tokens = 32 image tokens, over the limit of 31" in e.value.details()
         for case in cases:
             request = pb.GenerateRequest(max_new_tokens=len(case["ids"]), stop_at_eos=False,
                                          control_mode=pb.CONTROL_MODE_MULTIPLICATIVE if case["mode"] == "multiplicative"

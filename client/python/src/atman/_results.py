@@ -30,7 +30,8 @@ class TextSpan:
 
 @dataclass(frozen=True)
 class ImageRegion:
-    """An image unit: a rectangle in [0, 1] of the original image's width/height."""
+    """An image unit: a rectangle in [0, 1] of the original image's width/height, given as its
+    top-left corner (left, top; y down) and its size (width, height), not as two corners."""
     item: int
     left: float
     top: float
@@ -292,6 +293,7 @@ class ModelInfo:
     max_new_tokens: int
     server_version: str
     chat_template: str  # Jinja source; "" when the model has none
+    max_image_tokens: int  # image tokens of one request, all its images together
     raw: pb.ModelInfo = field(compare=False, repr=False)
 
     @staticmethod
