@@ -1,0 +1,140 @@
+// Qwen2VlVisionTower equals transformers' Qwen2VisionTransformerPretrainedModel on a tiny random
+// tower (tests/oracle/make_qwen2_vl_vision_cases.py: 3 blocks, embed_dim 32, 4 heads, merger to
+// 48, randomised LayerNorms) for one image, a tiny upscaled one and two images packed in one
+// call (each attends to itself only): last_hidden_state and the merged tokens to 1e-4.
+#include "core/model/qwen2_vl_vision.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/zeros.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/io/checkpoint.h"
+#include "tests/support/paths.h"
+
+namespace atman::model {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::filesystem::path Dir() { return atman::testing::FixtureDir("qwen2_vl_vision_cases"); }
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    ADD_FAILURE() << "cannot read fixture " << path;
+    return {};
+  }
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+nlohmann::json ReadJson(const std::filesystem::path& path) {
+  auto json = nlohmann::json::parse(ReadFile(path), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) ADD_FAILURE() << path << " is not valid JSON";
+  return json;
+}
+
+// A float32 file described by {"file", "shape"}.
+at::Tensor ReadTensor(const nlohmann::json& entry) {
+  const std::string bytes = ReadFile(Dir() / entry.at("file").get<std::string>());
+  const auto shape = entry.at("shape").get<std::vector<int64_t>>();
+  at::Tensor t = at::zeros(shape, at::kFloat);
+  EXPECT_EQ(static_cast<size_t>(t.numel()) * sizeof(float), bytes.size());
+  std::memcpy(t.data_ptr<float>(), bytes.data(), std::min<size_t>(bytes.size(), t.nbytes()));
+  return t;
+}
+
+class Qwen2VlVisionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto config = ParseQwen2VlVisionConfig(ReadJson(Dir() / "model" / "config.json"));
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
+    auto checkpoint = io::Checkpoint::Open(Dir() / "model");
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    checkpoint_ = std::move(*checkpoint);
+    auto tower =
+        Qwen2VlVisionTower::Load(*checkpoint_, config_, "", c10::Device(c10::kCPU), at::kFloat);
+    ASSERT_TRUE(tower.ok()) << tower.status();
+    tower_ = std::move(*tower);
+  }
+
+  Qwen2VlVisionConfig config_;
+  std::unique_ptr<io::Checkpoint> checkpoint_;
+  std::unique_ptr<Qwen2VlVisionTower> tower_;
+};
+
+TEST_F(Qwen2VlVisionTest, ReadsTheConfig) {
+  EXPECT_EQ(config_.depth, 3);
+  EXPECT_EQ(config_.embed_dim, 32);
+  EXPECT_EQ(config_.hidden_size, 48);
+  EXPECT_EQ(config_.mlp_hidden, 128);
+  EXPECT_EQ(config_.num_heads, 4);
+  EXPECT_EQ(config_.rope_theta, 10000.0);
+  EXPECT_EQ(config_.activation, VisionActivation::kQuickGelu);
+}
+
+TEST_F(Qwen2VlVisionTest, MatchesTransformers) {
+  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  const auto& cases = manifest.at("cases");
+  ASSERT_EQ(cases.size(), 3u);
+  double worst_hidden = 0, worst_merged = 0;
+  for (const auto& [name, c] : cases.items()) {
+    SCOPED_TRACE(name);
+    std::vector<std::array<int64_t, 3>> grid;
+    for (const auto& row : c.at("grid_thw")) grid.push_back({row[0], row[1], row[2]});
+    auto out = tower_->Forward(ReadTensor(c.at("pixel_values")), grid);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const at::Tensor hidden = ReadTensor(c.at("last_hidden_state"));
+    const at::Tensor merged = ReadTensor(c.at("merged"));
+    ASSERT_EQ(out->last_hidden_state.sizes(), hidden.sizes());
+    ASSERT_EQ(out->merged.sizes(), merged.sizes());
+    const double dh = (out->last_hidden_state - hidden).abs().max().item<double>();
+    const double dm = (out->merged - merged).abs().max().item<double>();
+    EXPECT_LE(dh, 1e-4);
+    EXPECT_LE(dm, 1e-4);
+    worst_hidden = std::max(worst_hidden, dh);
+    worst_merged = std::max(worst_merged, dm);
+  }
+  std::printf("max |ours - transformers|: last_hidden_state %.3g, merged %.3g\n", worst_hidden,
+              worst_merged);
+}
+
+TEST_F(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
+  const std::vector<std::array<int64_t, 3>> grid = {{1, 4, 6}};
+  auto wrong_rows = tower_->Forward(at::zeros({23, config_.patch_dim()}), grid);
+  ASSERT_FALSE(wrong_rows.ok());
+  EXPECT_EQ(wrong_rows.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrong_rows.status().message()), HasSubstr("[24, 1176]"));
+  const std::vector<std::array<int64_t, 3>> odd = {{1, 3, 6}};
+  auto odd_grid = tower_->Forward(at::zeros({18, config_.patch_dim()}), odd);
+  ASSERT_FALSE(odd_grid.ok());
+  EXPECT_THAT(std::string(odd_grid.status().message()),
+              HasSubstr("multiples of spatial_merge_size 2"));
+  // A config with fewer blocks than the checkpoint leaves tensors unaccounted for.
+  Qwen2VlVisionConfig shallow = config_;
+  shallow.depth = 2;
+  auto extra =
+      Qwen2VlVisionTower::Load(*checkpoint_, shallow, "", c10::Device(c10::kCPU), at::kFloat);
+  ASSERT_FALSE(extra.ok());
+  EXPECT_EQ(extra.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      std::string(extra.status().message()),
+      HasSubstr("vision tower tensor(s) that config.json does not account for (depth = 2)"));
+  EXPECT_THAT(std::string(extra.status().message()), HasSubstr("blocks.2."));
+  auto bad_type = ParseQwen2VlVisionConfig({{"model_type", "siglip_vision_model"}});
+  EXPECT_EQ(bad_type.status().code(), absl::StatusCode::kUnimplemented);
+  auto bad_heads = ParseQwen2VlVisionConfig({{"embed_dim", 30}, {"num_heads", 5}});
+  ASSERT_FALSE(bad_heads.ok());
+  EXPECT_THAT(std::string(bad_heads.status().message()), HasSubstr("vision_config.embed_dim"));
+}
+
+}  // namespace
+}  // namespace atman::model
