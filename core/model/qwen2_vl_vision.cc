@@ -6,10 +6,13 @@
 #include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/pow.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -64,10 +67,13 @@ class PrefixedReader {
     return LoadCheckedTensor(checkpoint_, prefix_ + name, shape, why, device_, dtype_);
   }
 
-  absl::StatusOr<Qwen2VlVisionTower::Norm> TakeNorm(const std::string& name, int64_t E) {
+  // LayerNorm (weight and bias) or, `rms`, RMSNorm (weight only).
+  absl::StatusOr<Qwen2VlVisionTower::Norm> TakeNorm(const std::string& name, int64_t E, bool rms) {
     Qwen2VlVisionTower::Norm norm;
     ATMAN_ASSIGN_OR_RETURN(norm.weight, Take(name + ".weight", {E}, "vision embed_dim"));
-    ATMAN_ASSIGN_OR_RETURN(norm.bias, Take(name + ".bias", {E}, "vision embed_dim"));
+    if (!rms) {
+      ATMAN_ASSIGN_OR_RETURN(norm.bias, Take(name + ".bias", {E}, "vision embed_dim"));
+    }
     return norm;
   }
 
@@ -107,21 +113,32 @@ absl::StatusOr<Qwen2VlVisionTower::Weights> LoadWeights(PrefixedReader& r,
   for (int64_t l = 0; l < c.depth; ++l) {
     const std::string p = absl::StrCat("blocks.", l, ".");
     Qwen2VlVisionTower::Block b;
-    ATMAN_ASSIGN_OR_RETURN(b.norm1, r.TakeNorm(p + "norm1", E));
-    ATMAN_ASSIGN_OR_RETURN(b.norm2, r.TakeNorm(p + "norm2", E));
+    ATMAN_ASSIGN_OR_RETURN(b.norm1, r.TakeNorm(p + "norm1", E, c.qwen2_5()));
+    ATMAN_ASSIGN_OR_RETURN(b.norm2, r.TakeNorm(p + "norm2", E, c.qwen2_5()));
     ATMAN_ASSIGN_OR_RETURN(b.qkv_w, r.Take(p + "attn.qkv.weight", {3 * E, E}, "3 * embed_dim"));
     ATMAN_ASSIGN_OR_RETURN(b.qkv_b, r.Take(p + "attn.qkv.bias", {3 * E}, "3 * embed_dim"));
     ATMAN_ASSIGN_OR_RETURN(b.proj_w, r.Take(p + "attn.proj.weight", {E, E}, "embed_dim"));
     ATMAN_ASSIGN_OR_RETURN(b.proj_b, r.Take(p + "attn.proj.bias", {E}, "embed_dim"));
-    ATMAN_ASSIGN_OR_RETURN(
-        b.fc1_w, r.Take(p + "mlp.fc1.weight", {M, E}, "embed_dim * mlp_ratio, embed_dim"));
-    ATMAN_ASSIGN_OR_RETURN(b.fc1_b, r.Take(p + "mlp.fc1.bias", {M}, "embed_dim * mlp_ratio"));
-    ATMAN_ASSIGN_OR_RETURN(
-        b.fc2_w, r.Take(p + "mlp.fc2.weight", {E, M}, "embed_dim, embed_dim * mlp_ratio"));
-    ATMAN_ASSIGN_OR_RETURN(b.fc2_b, r.Take(p + "mlp.fc2.bias", {E}, "embed_dim"));
+    if (c.qwen2_5()) {
+      const char* why_in = "intermediate_size, hidden_size";
+      ATMAN_ASSIGN_OR_RETURN(b.fc1_w, r.Take(p + "mlp.gate_proj.weight", {M, E}, why_in));
+      ATMAN_ASSIGN_OR_RETURN(b.fc1_b, r.Take(p + "mlp.gate_proj.bias", {M}, "intermediate_size"));
+      ATMAN_ASSIGN_OR_RETURN(b.up_w, r.Take(p + "mlp.up_proj.weight", {M, E}, why_in));
+      ATMAN_ASSIGN_OR_RETURN(b.up_b, r.Take(p + "mlp.up_proj.bias", {M}, "intermediate_size"));
+      ATMAN_ASSIGN_OR_RETURN(
+          b.fc2_w, r.Take(p + "mlp.down_proj.weight", {E, M}, "hidden_size, intermediate_size"));
+      ATMAN_ASSIGN_OR_RETURN(b.fc2_b, r.Take(p + "mlp.down_proj.bias", {E}, "hidden_size"));
+    } else {
+      ATMAN_ASSIGN_OR_RETURN(
+          b.fc1_w, r.Take(p + "mlp.fc1.weight", {M, E}, "embed_dim * mlp_ratio, embed_dim"));
+      ATMAN_ASSIGN_OR_RETURN(b.fc1_b, r.Take(p + "mlp.fc1.bias", {M}, "embed_dim * mlp_ratio"));
+      ATMAN_ASSIGN_OR_RETURN(
+          b.fc2_w, r.Take(p + "mlp.fc2.weight", {E, M}, "embed_dim, embed_dim * mlp_ratio"));
+      ATMAN_ASSIGN_OR_RETURN(b.fc2_b, r.Take(p + "mlp.fc2.bias", {E}, "embed_dim"));
+    }
     w.blocks.push_back(std::move(b));
   }
-  ATMAN_ASSIGN_OR_RETURN(w.merger_norm, r.TakeNorm("merger.ln_q", E));
+  ATMAN_ASSIGN_OR_RETURN(w.merger_norm, r.TakeNorm("merger.ln_q", E, c.qwen2_5()));
   ATMAN_ASSIGN_OR_RETURN(w.merger_w1, r.Take("merger.mlp.0.weight", {merged, merged},
                                              "embed_dim * spatial_merge_size^2"));
   ATMAN_ASSIGN_OR_RETURN(w.merger_b1,
@@ -146,16 +163,44 @@ absl::StatusOr<Qwen2VlVisionConfig> ParseQwen2VlVisionConfig(const Json& v) {
   if (!v.is_object()) {
     return absl::InvalidArgumentError("config.json: vision_config must be a JSON object");
   }
-  if (v.contains("model_type") && v["model_type"] != "qwen2_vl_vision" &&
-      v["model_type"] != "qwen2_vl") {
-    return absl::UnimplementedError(absl::StrCat("config.json: vision_config.model_type ",
-                                                 v["model_type"].dump(),
-                                                 " is not supported (qwen2_vl_vision)"));
-  }
+  const std::string model_type = v.contains("model_type") && v["model_type"].is_string()
+                                     ? v["model_type"].get<std::string>()
+                                     : "qwen2_vl_vision";
   Qwen2VlVisionConfig c;
+  if (model_type == "qwen2_5_vl_vision" || model_type == "qwen2_5_vl") {
+    // transformers' Qwen2_5_VLVisionConfig defaults.
+    c.variant = Qwen2VlVisionVariant::kQwen2_5Vl;
+    c.embed_dim = 3584;
+    c.hidden_size = 3584;
+    c.mlp_hidden = 3420;
+    c.activation = VisionActivation::kSilu;
+    c.window_size = 112;
+    c.full_attention_blocks = {7, 15, 23, 31};
+  } else if (model_type != "qwen2_vl_vision" && model_type != "qwen2_vl") {
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: vision_config.model_type ", v["model_type"].dump(),
+                     " is not supported (qwen2_vl_vision, qwen2_5_vl_vision)"));
+  }
   ATMAN_ASSIGN_OR_RETURN(c.depth, PositiveInt(v, "depth", c.depth));
-  ATMAN_ASSIGN_OR_RETURN(c.embed_dim, PositiveInt(v, "embed_dim", c.embed_dim));
-  ATMAN_ASSIGN_OR_RETURN(c.hidden_size, PositiveInt(v, "hidden_size", c.hidden_size));
+  if (c.qwen2_5()) {
+    ATMAN_ASSIGN_OR_RETURN(c.embed_dim, PositiveInt(v, "hidden_size", c.embed_dim));
+    ATMAN_ASSIGN_OR_RETURN(c.hidden_size, PositiveInt(v, "out_hidden_size", c.hidden_size));
+    ATMAN_ASSIGN_OR_RETURN(c.mlp_hidden, PositiveInt(v, "intermediate_size", c.mlp_hidden));
+    ATMAN_ASSIGN_OR_RETURN(c.window_size, PositiveInt(v, "window_size", c.window_size));
+    if (auto it = v.find("fullatt_block_indexes"); it != v.end() && !it->is_null()) {
+      if (!it->is_array()) return FieldError("fullatt_block_indexes", "must be a list of integers");
+      c.full_attention_blocks.clear();
+      for (const Json& index : *it) {
+        if (!index.is_number_integer()) {
+          return FieldError("fullatt_block_indexes", "must be a list of integers");
+        }
+        c.full_attention_blocks.push_back(index.get<int64_t>());
+      }
+    }
+  } else {
+    ATMAN_ASSIGN_OR_RETURN(c.embed_dim, PositiveInt(v, "embed_dim", c.embed_dim));
+    ATMAN_ASSIGN_OR_RETURN(c.hidden_size, PositiveInt(v, "hidden_size", c.hidden_size));
+  }
   ATMAN_ASSIGN_OR_RETURN(c.num_heads, PositiveInt(v, "num_heads", c.num_heads));
   ATMAN_ASSIGN_OR_RETURN(c.in_channels, PositiveInt(v, "in_channels", c.in_channels));
   ATMAN_ASSIGN_OR_RETURN(c.patch_size, PositiveInt(v, "patch_size", c.patch_size));
@@ -163,10 +208,18 @@ absl::StatusOr<Qwen2VlVisionConfig> ParseQwen2VlVisionConfig(const Json& v) {
                          PositiveInt(v, "temporal_patch_size", c.temporal_patch_size));
   ATMAN_ASSIGN_OR_RETURN(c.spatial_merge_size,
                          PositiveInt(v, "spatial_merge_size", c.spatial_merge_size));
-  ATMAN_ASSIGN_OR_RETURN(const double mlp_ratio, PositiveNumber(v, "mlp_ratio", 4.0, "mlp_ratio"));
-  // transformers: int(embed_dim * mlp_ratio).
-  c.mlp_hidden = static_cast<int64_t>(static_cast<double>(c.embed_dim) * mlp_ratio);
-  if (c.mlp_hidden <= 0) return FieldError("mlp_ratio", "gives an empty MLP");
+  if (!c.qwen2_5()) {
+    ATMAN_ASSIGN_OR_RETURN(const double mlp_ratio,
+                           PositiveNumber(v, "mlp_ratio", 4.0, "mlp_ratio"));
+    // transformers: int(embed_dim * mlp_ratio).
+    c.mlp_hidden = static_cast<int64_t>(static_cast<double>(c.embed_dim) * mlp_ratio);
+    if (c.mlp_hidden <= 0) return FieldError("mlp_ratio", "gives an empty MLP");
+  } else if (c.window_size < c.patch_size * c.spatial_merge_size) {
+    return FieldError("window_size", absl::StrCat(c.window_size,
+                                                  " is smaller than one merged token (patch_size * "
+                                                  "spatial_merge_size = ",
+                                                  c.patch_size * c.spatial_merge_size, ")"));
+  }
   if (auto it = v.find("rope_parameters"); it != v.end() && it->is_object()) {
     if (it->contains("rope_type") && (*it)["rope_type"] != "axial" &&
         (*it)["rope_type"] != "default") {
@@ -255,45 +308,99 @@ absl::StatusOr<Qwen2VlVisionTower::Output> Qwen2VlVisionTower::Forward(
     cos = at::cat({cos, cos}, 1);  // [N, D]
     sin = at::cat({sin, sin}, 1);
 
-    at::Tensor x = at::linear(pixel_values.to(device_, dtype_), weights_.patch);  // [N, E]
+    // Attention segments, in patches: every image frame (full attention) and, for Qwen2.5-VL,
+    // every window, with the merge-block order that puts each window's patches together.
+    std::vector<int64_t> frames;
+    for (const auto& [t, h, w] : grid_thw) frames.insert(frames.end(), t, h * w);
+    const int64_t unit = m * m;
+    std::vector<int64_t> windows;
+    at::Tensor window_order, inverse_order;  // merge blocks: window position -> input position
+    if (c.qwen2_5()) {
+      std::vector<int64_t> order;
+      const int64_t side = c.window_size / m / c.patch_size;  // merge blocks per window side
+      int64_t offset = 0;
+      for (const auto& [t, h, w] : grid_thw) {
+        const int64_t bh = h / m, bw = w / m;
+        for (int64_t frame = 0; frame < t; ++frame) {
+          for (int64_t r0 = 0; r0 < bh; r0 += side) {
+            for (int64_t c0 = 0; c0 < bw; c0 += side) {
+              int64_t count = 0;
+              for (int64_t r = r0; r < std::min(r0 + side, bh); ++r) {
+                for (int64_t col = c0; col < std::min(c0 + side, bw); ++col, ++count) {
+                  order.push_back(offset + (frame * bh + r) * bw + col);
+                }
+              }
+              windows.push_back(count * unit);
+            }
+          }
+        }
+        offset += t * bh * bw;
+      }
+      window_order = at::tensor(order, long_options);
+      inverse_order = window_order.argsort();
+    }
+    // Rows of [N, ...] regrouped by merge block into window order, and back.
+    auto to_windows = [&](const at::Tensor& rows_in) {
+      if (!window_order.defined()) return rows_in;
+      return rows_in.reshape({total / unit, unit, -1})
+          .index_select(0, window_order)
+          .reshape({total, -1});
+    };
+    cos = to_windows(cos);
+    sin = to_windows(sin);
+
+    at::Tensor x = to_windows(at::linear(pixel_values.to(device_, dtype_), weights_.patch));
     const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-    for (const Block& b : weights_.blocks) {
-      at::Tensor h = at::layer_norm(x, {E}, b.norm1.weight, b.norm1.bias, kNormEps);
+    for (size_t l = 0; l < weights_.blocks.size(); ++l) {
+      const Block& b = weights_.blocks[l];
+      const bool full =
+          !c.qwen2_5() || std::find(c.full_attention_blocks.begin(), c.full_attention_blocks.end(),
+                                    static_cast<int64_t>(l)) != c.full_attention_blocks.end();
+      at::Tensor h = ApplyNorm(x, b.norm1);
       at::Tensor qkv = at::linear(h, b.qkv_w, b.qkv_b).view({total, 3, heads, D});
       at::Tensor q = Rotate(qkv.select(1, 0).to(at::kFloat), cos, sin).to(dtype_);
       at::Tensor k = Rotate(qkv.select(1, 1).to(at::kFloat), cos, sin).to(dtype_);
       at::Tensor v = qkv.select(1, 2);
-      // Each image attends to itself only (transformers' cu_seqlens).
       std::vector<at::Tensor> parts;
       int64_t begin = 0;
-      for (const auto& [t, gh, gw] : grid_thw) {
-        for (int64_t frame = 0; frame < t; ++frame) {
-          const int64_t n = gh * gw;
-          auto slice = [&](const at::Tensor& s) {
-            return s.narrow(0, begin, n).transpose(0, 1).unsqueeze(0);  // [1, heads, n, D]
-          };
-          at::Tensor out = at::scaled_dot_product_attention(slice(q), slice(k), slice(v),
-                                                            /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                                            /*is_causal=*/false, scale);
-          parts.push_back(out.squeeze(0).transpose(0, 1).reshape({n, E}));
-          begin += n;
-        }
+      for (const int64_t n : full ? frames : windows) {
+        auto slice = [&](const at::Tensor& t) {
+          return t.narrow(0, begin, n).transpose(0, 1).unsqueeze(0);  // [1, heads, n, D]
+        };
+        at::Tensor out = at::scaled_dot_product_attention(slice(q), slice(k), slice(v),
+                                                          /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                          /*is_causal=*/false, scale);
+        parts.push_back(out.squeeze(0).transpose(0, 1).reshape({n, E}));
+        begin += n;
       }
       x = x + at::linear(at::cat(parts, 0), b.proj_w, b.proj_b);
-      h = at::layer_norm(x, {E}, b.norm2.weight, b.norm2.bias, kNormEps);
-      h = ApplyVisionActivation(c.activation, at::linear(h, b.fc1_w, b.fc1_b));
-      x = x + at::linear(h, b.fc2_w, b.fc2_b);
+      h = ApplyNorm(x, b.norm2);
+      at::Tensor inner = ApplyVisionActivation(c.activation, at::linear(h, b.fc1_w, b.fc1_b));
+      if (c.qwen2_5()) inner = inner * at::linear(h, b.up_w, b.up_b);
+      x = x + at::linear(inner, b.fc2_w, b.fc2_b);
     }
-    at::Tensor merged =
-        at::layer_norm(x, {E}, weights_.merger_norm.weight, weights_.merger_norm.bias, kNormEps)
-            .reshape({total / (m * m), E * m * m});
+    at::Tensor merged = ApplyNorm(x, weights_.merger_norm).reshape({total / unit, E * unit});
     merged = ApplyVisionActivation(VisionActivation::kGelu,
                                    at::linear(merged, weights_.merger_w1, weights_.merger_b1));
     merged = at::linear(merged, weights_.merger_w2, weights_.merger_b2);
+    if (window_order.defined()) {
+      merged = merged.index_select(0, inverse_order);
+      x = x.reshape({total / unit, unit, E}).index_select(0, inverse_order).reshape({total, E});
+    }
     return Output{std::move(x), std::move(merged)};
   } catch (const std::exception& e) {
     return StatusFromException(e, "Qwen2-VL vision tower forward pass");
   }
+}
+
+at::Tensor Qwen2VlVisionTower::ApplyNorm(const at::Tensor& x, const Norm& norm) const {
+  if (!config_.qwen2_5()) {
+    return at::layer_norm(x, {config_.embed_dim}, norm.weight, norm.bias, kNormEps);
+  }
+  // Qwen2_5_VLRMSNorm: in float32, back to the model dtype, then times the weight.
+  const at::Tensor f = x.to(at::kFloat);
+  const at::Tensor normed = f * at::rsqrt(f.pow(2).mean(-1, /*keepdim=*/true) + kNormEps);
+  return norm.weight * normed.to(x.scalar_type());
 }
 
 }  // namespace atman::model

@@ -1,7 +1,10 @@
-// Qwen2VlVisionTower equals transformers' Qwen2VisionTransformerPretrainedModel on a tiny random
-// tower (tests/oracle/make_qwen2_vl_vision_cases.py: 3 blocks, embed_dim 32, 4 heads, merger to
-// 48, randomised LayerNorms) for one image, a tiny upscaled one and two images packed in one
-// call (each attends to itself only): last_hidden_state and the merged tokens to 1e-4.
+// Qwen2VlVisionTower equals transformers' Qwen2VisionTransformerPretrainedModel and
+// Qwen2_5_VisionTransformerPretrainedModel on tiny random towers
+// (tests/oracle/make_qwen2_vl_vision_cases.py: Qwen2-VL 3 blocks, embed_dim 32, 4 heads, merger
+// to 48, randomised LayerNorms; Qwen2.5-VL 4 blocks, hidden 32, SwiGLU 72, 56 px windows with
+// full attention in blocks 1 and 3, randomised RMSNorms) for one image, a tiny upscaled one and
+// two images packed in one call (each attends to itself only): last_hidden_state and the merged
+// tokens to 1e-4.
 #include "core/model/qwen2_vl_vision.h"
 
 #include <ATen/TensorOperators.h>
@@ -14,6 +17,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "core/io/checkpoint.h"
 #include "tests/support/paths.h"
 
@@ -51,13 +55,15 @@ at::Tensor ReadTensor(const nlohmann::json& entry) {
   return t;
 }
 
-class Qwen2VlVisionTest : public ::testing::Test {
+// The tower's fixture folder: "qwen2_vl" or "qwen2_5_vl".
+class Qwen2VlVisionTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    auto config = ParseQwen2VlVisionConfig(ReadJson(Dir() / "model" / "config.json"));
+    const std::filesystem::path model = Dir() / GetParam() / "model";
+    auto config = ParseQwen2VlVisionConfig(ReadJson(model / "config.json"));
     ASSERT_TRUE(config.ok()) << config.status();
     config_ = *config;
-    auto checkpoint = io::Checkpoint::Open(Dir() / "model");
+    auto checkpoint = io::Checkpoint::Open(model);
     ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
     checkpoint_ = std::move(*checkpoint);
     auto tower =
@@ -71,19 +77,27 @@ class Qwen2VlVisionTest : public ::testing::Test {
   std::unique_ptr<Qwen2VlVisionTower> tower_;
 };
 
-TEST_F(Qwen2VlVisionTest, ReadsTheConfig) {
-  EXPECT_EQ(config_.depth, 3);
+TEST_P(Qwen2VlVisionTest, ReadsTheConfig) {
   EXPECT_EQ(config_.embed_dim, 32);
   EXPECT_EQ(config_.hidden_size, 48);
-  EXPECT_EQ(config_.mlp_hidden, 128);
   EXPECT_EQ(config_.num_heads, 4);
   EXPECT_EQ(config_.rope_theta, 10000.0);
-  EXPECT_EQ(config_.activation, VisionActivation::kQuickGelu);
+  if (config_.qwen2_5()) {
+    EXPECT_EQ(config_.depth, 4);
+    EXPECT_EQ(config_.mlp_hidden, 72);
+    EXPECT_EQ(config_.activation, VisionActivation::kSilu);
+    EXPECT_EQ(config_.window_size, 56);
+    EXPECT_EQ(config_.full_attention_blocks, (std::vector<int64_t>{1, 3}));
+  } else {
+    EXPECT_EQ(config_.depth, 3);
+    EXPECT_EQ(config_.mlp_hidden, 128);
+    EXPECT_EQ(config_.activation, VisionActivation::kQuickGelu);
+  }
 }
 
-TEST_F(Qwen2VlVisionTest, MatchesTransformers) {
+TEST_P(Qwen2VlVisionTest, MatchesTransformers) {
   const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
-  const auto& cases = manifest.at("cases");
+  const auto& cases = manifest.at(GetParam());
   ASSERT_EQ(cases.size(), 3u);
   double worst_hidden = 0, worst_merged = 0;
   for (const auto& [name, c] : cases.items()) {
@@ -103,11 +117,11 @@ TEST_F(Qwen2VlVisionTest, MatchesTransformers) {
     worst_hidden = std::max(worst_hidden, dh);
     worst_merged = std::max(worst_merged, dm);
   }
-  std::printf("max |ours - transformers|: last_hidden_state %.3g, merged %.3g\n", worst_hidden,
-              worst_merged);
+  std::printf("%s: max |ours - transformers|: last_hidden_state %.3g, merged %.3g\n",
+              GetParam().c_str(), worst_hidden, worst_merged);
 }
 
-TEST_F(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
+TEST_P(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
   const std::vector<std::array<int64_t, 3>> grid = {{1, 4, 6}};
   auto wrong_rows = tower_->Forward(at::zeros({23, config_.patch_dim()}), grid);
   ASSERT_FALSE(wrong_rows.ok());
@@ -120,21 +134,36 @@ TEST_F(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
               HasSubstr("multiples of spatial_merge_size 2"));
   // A config with fewer blocks than the checkpoint leaves tensors unaccounted for.
   Qwen2VlVisionConfig shallow = config_;
-  shallow.depth = 2;
+  shallow.depth = config_.depth - 1;
   auto extra =
       Qwen2VlVisionTower::Load(*checkpoint_, shallow, "", c10::Device(c10::kCPU), at::kFloat);
   ASSERT_FALSE(extra.ok());
   EXPECT_EQ(extra.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(
-      std::string(extra.status().message()),
-      HasSubstr("vision tower tensor(s) that config.json does not account for (depth = 2)"));
-  EXPECT_THAT(std::string(extra.status().message()), HasSubstr("blocks.2."));
+  EXPECT_THAT(std::string(extra.status().message()),
+              HasSubstr(absl::StrCat("vision tower tensor(s) that config.json does not account "
+                                     "for (depth = ",
+                                     shallow.depth, ")")));
+  EXPECT_THAT(std::string(extra.status().message()),
+              HasSubstr(absl::StrCat("blocks.", shallow.depth, ".")));
   auto bad_type = ParseQwen2VlVisionConfig({{"model_type", "siglip_vision_model"}});
   EXPECT_EQ(bad_type.status().code(), absl::StatusCode::kUnimplemented);
   auto bad_heads = ParseQwen2VlVisionConfig({{"embed_dim", 30}, {"num_heads", 5}});
   ASSERT_FALSE(bad_heads.ok());
   EXPECT_THAT(std::string(bad_heads.status().message()), HasSubstr("vision_config.embed_dim"));
+  auto small_window =
+      ParseQwen2VlVisionConfig({{"model_type", "qwen2_5_vl_vision"}, {"window_size", 20}});
+  ASSERT_FALSE(small_window.ok());
+  EXPECT_THAT(std::string(small_window.status().message()),
+              HasSubstr("vision_config.window_size 20 is smaller than one merged token"));
+  auto bad_blocks = ParseQwen2VlVisionConfig(
+      {{"model_type", "qwen2_5_vl_vision"}, {"fullatt_block_indexes", "all"}});
+  ASSERT_FALSE(bad_blocks.ok());
+  EXPECT_THAT(std::string(bad_blocks.status().message()),
+              HasSubstr("vision_config.fullatt_block_indexes must be a list of integers"));
 }
+
+INSTANTIATE_TEST_SUITE_P(Towers, Qwen2VlVisionTest, ::testing::Values("qwen2_vl", "qwen2_5_vl"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace atman::model

@@ -1,25 +1,62 @@
-"""Writes a tiny random Qwen2-VL vision tower (transformers' Qwen2VisionTransformerPretrainedModel)
-and what it computes.
+"""Writes tiny random Qwen2-VL and Qwen2.5-VL vision towers (transformers'
+Qwen2VisionTransformerPretrainedModel, Qwen2_5_VisionTransformerPretrainedModel) and what they
+compute.
 
-  <out>/model/                  save_pretrained of the tower: config.json, model.safetensors
-                                (float32; LayerNorm weights and biases randomised too)
-  <out>/cases/<name>.*.f32      per case, little-endian float32: pixel_values (from
-                                Qwen2VLImageProcessorPil on generated images; several images
-                                are one packed call), last_hidden_state [N, embed_dim] and
-                                pooler_output (the patch merger) [N / merge^2, hidden_size]
-  <out>/manifest.json           per case: grid_thw rows and the files' shapes
+  <out>/<tower>/model/              save_pretrained of the tower: config.json,
+                                    model.safetensors (float32; norm weights and biases
+                                    randomised too)
+  <out>/<tower>/cases/<name>.*.f32  per case, little-endian float32: pixel_values (from
+                                    Qwen2VLImageProcessorPil on generated images; several
+                                    images are one packed call), last_hidden_state [N, E] and
+                                    pooler_output (the patch merger) [N / merge^2, out]
+  <out>/manifest.json               per tower and case: grid_thw rows and the files' shapes
+
+Qwen2.5-VL computes in window order and returns last_hidden_state in it; it is written back in
+the input's patch order (merge blocks by argsort of the window index), as the merged output is.
+The window size (56 px = 2 x 2 merged tokens) cuts the test images into several windows with
+smaller ones at the right and bottom edges; blocks 1 and 3 of 4 attend to the whole image.
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VisionTransformerPretrainedModel)
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
+from transformers.vision_utils import get_vision_window_index
+
 from common import seed_everything, write_json
 from make_vision_images import make_images
+
+
+def randomise(model) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_q" in name:  # default init: weight 1, bias 0
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("weight") else 0.0))
+            else:
+                p.copy_(torch.randn_like(p) * 0.1)
+
+
+def towers():
+    """name -> (model class, config)."""
+    return {
+        "qwen2_vl": (Qwen2VisionTransformerPretrainedModel,
+                     Qwen2VLVisionConfig(depth=3, embed_dim=32, hidden_size=48, num_heads=4,
+                                         mlp_ratio=4, patch_size=14, spatial_merge_size=2,
+                                         temporal_patch_size=2, hidden_act="quick_gelu")),
+        "qwen2_5_vl": (Qwen2_5_VisionTransformerPretrainedModel,
+                       Qwen2_5_VLVisionConfig(depth=4, hidden_size=32, out_hidden_size=48,
+                                              intermediate_size=72, num_heads=4, patch_size=14,
+                                              spatial_merge_size=2, temporal_patch_size=2,
+                                              window_size=56, fullatt_block_indexes=[1, 3],
+                                              hidden_act="silu")),
+    }
 
 
 def main() -> None:
@@ -28,40 +65,39 @@ def main() -> None:
     args = parser.parse_args()
     seed_everything(0)
     out = args.out
-    (out / "cases").mkdir(parents=True, exist_ok=True)
-
-    config = Qwen2VLVisionConfig(depth=3, embed_dim=32, hidden_size=48, num_heads=4, mlp_ratio=4,
-                                 patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                                 hidden_act="quick_gelu")
-    model = Qwen2VisionTransformerPretrainedModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_q" in name:  # default init: weight 1, bias 0
-                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("weight") else 0.0))
-            else:
-                p.copy_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(out / "model")
-    model = Qwen2VisionTransformerPretrainedModel.from_pretrained(out / "model").eval()
-
     images = make_images(np.random.default_rng(0))
     processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 24)
     cases = {"wide": ["wide_336x100"], "tiny": ["tiny_5x3"],
              "two_images": ["gradient_640x480", "thin_37x300"]}
-    manifest = {"cases": {}}
-    for name, image_names in cases.items():
-        batch = processor(images=[images[n].convert("RGB") for n in image_names],
-                          return_tensors="pt")
-        pixels, grid = batch["pixel_values"], batch["image_grid_thw"]
-        with torch.no_grad():
-            result = model(pixels, grid_thw=grid)
-        files = {}
-        for key, tensor in (("pixel_values", pixels), ("last_hidden_state",
-                                                       result.last_hidden_state),
-                            ("merged", result.pooler_output)):
-            rel = f"cases/{name}.{key}.f32"
-            tensor.float().numpy().astype("<f4").tofile(out / rel)
-            files[key] = {"file": rel, "shape": list(tensor.shape)}
-        manifest["cases"][name] = {"images": image_names, "grid_thw": grid.tolist(), **files}
+    manifest = {}
+    for tower, (cls, config) in towers().items():
+        (out / tower / "cases").mkdir(parents=True, exist_ok=True)
+        model = cls(config).eval()
+        randomise(model)
+        model.save_pretrained(out / tower / "model")
+        model = cls.from_pretrained(out / tower / "model").eval()
+        manifest[tower] = {}
+        for name, image_names in cases.items():
+            batch = processor(images=[images[n].convert("RGB") for n in image_names],
+                              return_tensors="pt")
+            pixels, grid = batch["pixel_values"], batch["image_grid_thw"]
+            with torch.no_grad():
+                result = model(pixels, grid_thw=grid)
+            hidden = result.last_hidden_state
+            if tower == "qwen2_5_vl":
+                window_index, cu_windows = get_vision_window_index(
+                    grid, spatial_merge_size=2, window_size=56, patch_size=14)
+                assert len(cu_windows) > len(grid) + 1, "the case must have several windows"
+                unit = 4
+                hidden = hidden.reshape(-1, unit, hidden.shape[-1])[torch.argsort(window_index)]
+                hidden = hidden.reshape(-1, hidden.shape[-1])
+            files = {}
+            for key, tensor in (("pixel_values", pixels), ("last_hidden_state", hidden),
+                                ("merged", result.pooler_output)):
+                rel = f"{tower}/cases/{name}.{key}.f32"
+                tensor.float().numpy().astype("<f4").tofile(out / rel)
+                files[key] = {"file": rel, "shape": list(tensor.shape)}
+            manifest[tower][name] = {"images": image_names, "grid_thw": grid.tolist(), **files}
     write_json(out / "manifest.json", manifest)
 
 
