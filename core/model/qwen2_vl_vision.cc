@@ -245,6 +245,16 @@ absl::StatusOr<Qwen2VlVisionConfig> ParseQwen2VlVisionConfig(const Json& v) {
   return c;
 }
 
+absl::StatusOr<std::string> Qwen2VlVisionPrefix(const io::Checkpoint& checkpoint) {
+  for (const char* prefix : {"visual.", "model.visual.", ""}) {
+    if (checkpoint.Has(absl::StrCat(prefix, "patch_embed.proj.weight"))) return prefix;
+  }
+  return absl::NotFoundError(
+      absl::StrCat(checkpoint.dir().string(),
+                   ": no Qwen2-VL vision tower (no visual.patch_embed.proj.weight, "
+                   "model.visual.patch_embed.proj.weight or patch_embed.proj.weight)"));
+}
+
 absl::StatusOr<std::unique_ptr<Qwen2VlVisionTower>> Qwen2VlVisionTower::Load(
     const io::Checkpoint& checkpoint, const Qwen2VlVisionConfig& config, const std::string& prefix,
     c10::Device device, c10::ScalarType dtype) {

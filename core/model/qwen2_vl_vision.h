@@ -83,11 +83,16 @@ struct Qwen2VlVisionConfig {
 // dimension must split into four equal rotary parts).
 absl::StatusOr<Qwen2VlVisionConfig> ParseQwen2VlVisionConfig(const nlohmann::json& vision_config);
 
+// Where a checkpoint keeps the tower: "visual." (the hub's Qwen2-VL / Qwen2.5-VL folders, and
+// what transformers 5 save_pretrained writes for Qwen2VLForConditionalGeneration /
+// Qwen2_5_VLForConditionalGeneration), "model.visual." (transformers' module names), or ""
+// (the tower saved alone). NOT_FOUND when none holds "patch_embed.proj.weight".
+absl::StatusOr<std::string> Qwen2VlVisionPrefix(const io::Checkpoint& checkpoint);
+
 class Qwen2VlVisionTower {
  public:
   // Reads the tower's tensors, named `prefix` + transformers' names ("patch_embed.proj.weight",
-  // "blocks.0.attn.qkv.weight", "merger.mlp.0.weight", ...; the prefix is "model.visual." in
-  // a transformers 5 Qwen2VLForConditionalGeneration, "" for the tower saved alone). Every
+  // "blocks.0.attn.qkv.weight", "merger.mlp.0.weight", ...; see Qwen2VlVisionPrefix). Every
   // tensor under `prefix` must be used, else INVALID_ARGUMENT naming it; NOT_FOUND / shape
   // errors as LoadCheckedTensor.
   static absl::StatusOr<std::unique_ptr<Qwen2VlVisionTower>> Load(const io::Checkpoint& checkpoint,

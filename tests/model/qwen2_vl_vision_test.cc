@@ -162,6 +162,40 @@ TEST_P(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
               HasSubstr("vision_config.fullatt_block_indexes must be a list of integers"));
 }
 
+// The tower inside a whole vision-language model folder, as transformers 5 save_pretrained
+// writes it: vision_config nested in config.json, tensors under "visual." beside the language
+// model's.
+TEST(Qwen2VlVisionFolder, LoadsTheTowerOfAWholeModel) {
+  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  for (const std::string name : {"qwen2_vl_full", "qwen2_5_vl_full"}) {
+    SCOPED_TRACE(name);
+    const std::filesystem::path model = Dir() / name / "model";
+    auto config = ParseQwen2VlVisionConfig(ReadJson(model / "config.json").at("vision_config"));
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->qwen2_5(), name == "qwen2_5_vl_full");
+    auto checkpoint = io::Checkpoint::Open(model);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    auto prefix = Qwen2VlVisionPrefix(**checkpoint);
+    ASSERT_TRUE(prefix.ok()) << prefix.status();
+    EXPECT_EQ(*prefix, "visual.");
+    auto tower = Qwen2VlVisionTower::Load(**checkpoint, *config, *prefix, c10::Device(c10::kCPU),
+                                          at::kFloat);
+    ASSERT_TRUE(tower.ok()) << tower.status();
+    const auto& c = manifest.at(name).at("two_images");
+    std::vector<std::array<int64_t, 3>> grid;
+    for (const auto& row : c.at("grid_thw")) grid.push_back({row[0], row[1], row[2]});
+    auto out = (*tower)->Forward(ReadTensor(c.at("pixel_values")), grid);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const at::Tensor merged = ReadTensor(c.at("merged"));
+    ASSERT_EQ(out->merged.sizes(), merged.sizes());
+    EXPECT_LE((out->merged - merged).abs().max().item<double>(), 1e-4);
+  }
+  // The tower saved alone: no prefix.
+  auto alone = io::Checkpoint::Open(Dir() / "qwen2_vl" / "model");
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(*Qwen2VlVisionPrefix(**alone), "");
+}
+
 INSTANTIATE_TEST_SUITE_P(Towers, Qwen2VlVisionTest, ::testing::Values("qwen2_vl", "qwen2_5_vl"),
                          [](const auto& info) { return info.param; });
 

@@ -10,6 +10,10 @@ compute.
                                     images are one packed call), last_hidden_state [N, E] and
                                     pooler_output (the patch merger) [N / merge^2, out]
   <out>/manifest.json               per tower and case: grid_thw rows and the files' shapes
+  <out>/<tower>_full/model/         a whole tiny Qwen2VLForConditionalGeneration /
+                                    Qwen2_5_VLForConditionalGeneration (tower under "visual."
+                                    as save_pretrained writes it, vision_config nested), with
+                                    the case "two_images" through its model.visual
 
 Qwen2.5-VL computes in window order and returns last_hidden_state in it; it is written back in
 the input's patch order (merge blocks by argsort of the window index), as the merged output is.
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                          Qwen2VLForConditionalGeneration)
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionTransformerPretrainedModel)
@@ -56,6 +62,20 @@ def towers():
                                               spatial_merge_size=2, temporal_patch_size=2,
                                               window_size=56, fullatt_block_indexes=[1, 3],
                                               hidden_act="silu")),
+    }
+
+
+def full_models():
+    """name -> (class, config): the towers inside whole (tiny) vision-language models."""
+    text = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=300, bos_token_id=1, eos_token_id=2,
+                rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2],
+                                 "rope_theta": 10000.0})
+    return {
+        "qwen2_vl_full": (Qwen2VLForConditionalGeneration, Qwen2VLConfig(
+            text_config=text, vision_config=towers()["qwen2_vl"][1].to_dict())),
+        "qwen2_5_vl_full": (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLConfig(
+            text_config=text, vision_config=towers()["qwen2_5_vl"][1].to_dict())),
     }
 
 
@@ -98,6 +118,25 @@ def main() -> None:
                 tensor.float().numpy().astype("<f4").tofile(out / rel)
                 files[key] = {"file": rel, "shape": list(tensor.shape)}
             manifest[tower][name] = {"images": image_names, "grid_thw": grid.tolist(), **files}
+    for full, (cls, config) in full_models().items():
+        (out / full / "cases").mkdir(parents=True, exist_ok=True)
+        model = cls(config).eval()
+        randomise(model.model.visual)
+        model.save_pretrained(out / full / "model")
+        model = cls.from_pretrained(out / full / "model").eval()
+        image_names = cases["two_images"]
+        batch = processor(images=[images[n].convert("RGB") for n in image_names],
+                          return_tensors="pt")
+        pixels, grid = batch["pixel_values"], batch["image_grid_thw"]
+        with torch.no_grad():
+            merged = model.model.visual(pixels, grid_thw=grid).pooler_output
+        files = {}
+        for key, tensor in (("pixel_values", pixels), ("merged", merged)):
+            rel = f"{full}/cases/two_images.{key}.f32"
+            tensor.float().numpy().astype("<f4").tofile(out / rel)
+            files[key] = {"file": rel, "shape": list(tensor.shape)}
+        manifest[full] = {"two_images": {"images": image_names, "grid_thw": grid.tolist(),
+                                         **files}}
     write_json(out / "manifest.json", manifest)
 
 
