@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/io/checkpoint.h"
+#include "core/model/qwen2_vl_positions.h"
 #include "tests/support/paths.h"
 
 namespace atman::model {
@@ -194,6 +195,49 @@ TEST(Qwen2VlVisionFolder, LoadsTheTowerOfAWholeModel) {
   auto alone = io::Checkpoint::Open(Dir() / "qwen2_vl" / "model");
   ASSERT_TRUE(alone.ok()) << alone.status();
   EXPECT_EQ(*Qwen2VlVisionPrefix(**alone), "");
+}
+
+// M-RoPE positions equal transformers' get_rope_index (Qwen2-VL and Qwen2.5-VL) for text runs
+// around images, a tall image, two images, a two-frame grid and text alone.
+TEST(Qwen2VlMrope, MatchesGetRopeIndex) {
+  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  int checked = 0;
+  for (const auto& [model, cases] : manifest.at("rope_index").items()) {
+    for (const auto& c : cases) {
+      SCOPED_TRACE(model + " " + c.dump());
+      const auto types = c.at("token_types").get<std::vector<int>>();
+      const std::unique_ptr<bool[]> is_image(new bool[types.size()]);
+      for (size_t i = 0; i < types.size(); ++i) is_image[i] = types[i] == 1;
+      std::vector<std::array<int64_t, 3>> grid;
+      for (const auto& row : c.at("image_grid_thw")) grid.push_back({row[0], row[1], row[2]});
+      auto got = Qwen2VlMropePositions(std::span<const bool>(is_image.get(), types.size()), grid,
+                                       /*spatial_merge_size=*/2);
+      ASSERT_TRUE(got.ok()) << got.status();
+      for (int k = 0; k < 3; ++k) {
+        EXPECT_EQ(got->positions[k], c.at("positions").at(k).get<std::vector<int64_t>>());
+      }
+      EXPECT_EQ(got->rope_delta, c.at("rope_delta").get<int64_t>());
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 12);
+}
+
+TEST(Qwen2VlMrope, RefusesTokenRunsThatDoNotFitTheImages) {
+  const std::array<bool, 5> one_run = {false, true, true, true, false};
+  const std::vector<std::array<int64_t, 3>> grid = {{1, 4, 4}};  // 4 merged tokens
+  auto short_run = Qwen2VlMropePositions(one_run, grid, 2);
+  ASSERT_FALSE(short_run.ok());
+  EXPECT_THAT(std::string(short_run.status().message()),
+              HasSubstr("image 0 (grid_thw {1, 4, 4}) needs 4 image tokens, the run at 1.. has 3"));
+  auto no_image = Qwen2VlMropePositions(one_run, {}, 2);
+  ASSERT_FALSE(no_image.ok());
+  EXPECT_THAT(std::string(no_image.status().message()), HasSubstr("have no image"));
+  const std::array<bool, 2> text = {false, false};
+  auto unused = Qwen2VlMropePositions(text, grid, 2);
+  ASSERT_FALSE(unused.ok());
+  EXPECT_THAT(std::string(unused.status().message()),
+              HasSubstr("1 image(s) given, 0 run(s) of image tokens"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Towers, Qwen2VlVisionTest, ::testing::Values("qwen2_vl", "qwen2_5_vl"),

@@ -14,6 +14,9 @@ compute.
                                     Qwen2_5_VLForConditionalGeneration (tower under "visual."
                                     as save_pretrained writes it, vision_config nested), with
                                     the case "two_images" through its model.visual
+  manifest["rope_index"]            per model type: token-type sequences (0 text, 1 image) with
+                                    their image grids, and what get_rope_index makes of them
+                                    (positions [3, L], rope_delta)
 
 Qwen2.5-VL computes in window order and returns last_hidden_state in it; it is written back in
 the input's patch order (merge blocks by argsort of the window index), as the merged output is.
@@ -79,6 +82,31 @@ def full_models():
     }
 
 
+def rope_index_cases(model) -> list:
+    """get_rope_index on sequences of text runs and images (spatial_merge_size 2)."""
+    def seq(*parts):
+        types, grids = [], []
+        for part in parts:
+            if isinstance(part, int):
+                types += [0] * part
+            else:
+                t, h, w = part
+                types += [1] * (t * (h // 2) * (w // 2))
+                grids.append(list(part))
+        return types, grids
+    sequences = [seq(3, (1, 4, 6), 4), seq((1, 4, 6), 5), seq(2, (1, 22, 2), 3),
+                 seq(3, (1, 4, 6), 2, (1, 8, 10), 1), seq(6), seq(1, (2, 4, 4), 2)]
+    cases = []
+    for types, grids in sequences:
+        ids = torch.tensor([[5 if t == 0 else 7 for t in types]])
+        grid = torch.tensor(grids, dtype=torch.long) if grids else None
+        positions, delta = model.model.get_rope_index(
+            ids, mm_token_type_ids=torch.tensor([types], dtype=torch.int32), image_grid_thw=grid)
+        cases.append({"token_types": types, "image_grid_thw": grids,
+                      "positions": positions[:, 0].tolist(), "rope_delta": int(delta[0, 0])})
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
@@ -137,6 +165,7 @@ def main() -> None:
             files[key] = {"file": rel, "shape": list(tensor.shape)}
         manifest[full] = {"two_images": {"images": image_names, "grid_thw": grid.tolist(),
                                          **files}}
+        manifest.setdefault("rope_index", {})[full] = rope_index_cases(model)
     write_json(out / "manifest.json", manifest)
 
 
