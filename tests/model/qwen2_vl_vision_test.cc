@@ -122,6 +122,29 @@ TEST_P(Qwen2VlVisionTest, MatchesTransformers) {
               GetParam().c_str(), worst_hidden, worst_merged);
 }
 
+// In bfloat16 (norms and rotary in float32, as transformers) the merged tokens stay close to
+// float32's.
+TEST_P(Qwen2VlVisionTest, BFloat16StaysCloseToFloat32) {
+  auto bf16 =
+      Qwen2VlVisionTower::Load(*checkpoint_, config_, "", c10::Device(c10::kCPU), at::kBFloat16);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  const auto& c = manifest.at(GetParam()).at("two_images");
+  std::vector<std::array<int64_t, 3>> grid;
+  for (const auto& row : c.at("grid_thw")) grid.push_back({row[0], row[1], row[2]});
+  const at::Tensor pixels = ReadTensor(c.at("pixel_values"));
+  auto low = (*bf16)->Forward(pixels, grid);
+  auto full = tower_->Forward(pixels, grid);
+  ASSERT_TRUE(low.ok()) << low.status();
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(low->merged.scalar_type(), at::kBFloat16);
+  const double scale = full->merged.abs().max().item<double>();
+  const double diff = (low->merged.to(at::kFloat) - full->merged).abs().max().item<double>();
+  std::printf("%s: bfloat16 merged max abs diff %.3g at max abs %.3g\n", GetParam().c_str(), diff,
+              scale);
+  EXPECT_LE(diff, 0.05 * scale);
+}
+
 TEST_P(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
   const std::vector<std::array<int64_t, 3>> grid = {{1, 4, 6}};
   auto wrong_rows = tower_->Forward(at::zeros({23, config_.patch_dim()}), grid);
