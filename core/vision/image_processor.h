@@ -2,8 +2,10 @@
 // the pixel_values its vision tower consumes out, with the geometry that maps the tower's
 // patch grid back to the original picture.
 //
-// Implementations: ClipImageProcessor (clip_image_processor.h). Which one a checkpoint gets is
-// decided by its vision tower (core/model/vision_tower_registry.h).
+// Implementations: ClipImageProcessor (clip_image_processor.h), Qwen2VlImageProcessor
+// (qwen2_vl_image_processor.h: image-dependent output size; its tower's flattened patches come
+// from its own FlattenToPatches). Which one a checkpoint gets is decided by its vision tower
+// (core/model/vision_tower_registry.h).
 //
 // Thread safety: implementations are immutable after construction; every const method is safe
 // from any thread.
