@@ -6,6 +6,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/base/json_depth.h"
+#include "core/base/status_macros.h"
 
 namespace atman::vision {
 
@@ -25,7 +27,9 @@ absl::StatusOr<nlohmann::json> ReadImageProcessorConfig(const std::filesystem::p
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
   std::stringstream text;
   text << in.rdbuf();
-  nlohmann::json json = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  const std::string contents = text.str();
+  ATMAN_RETURN_IF_ERROR(CheckJsonDepth(contents, path.string()));
+  nlohmann::json json = nlohmann::json::parse(contents, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded() || !json.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not a JSON object"));
   }

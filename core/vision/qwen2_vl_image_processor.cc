@@ -4,13 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "core/base/json_depth.h"
 #include "core/base/status_macros.h"
+#include "core/vision/processor_config.h"
 
 namespace atman::vision {
 namespace {
@@ -69,20 +67,6 @@ int64_t RoundHalfEven(double x) {
   int64_t r = static_cast<int64_t>(floor);
   if (diff > 0.5 || (diff == 0.5 && r % 2 != 0)) ++r;
   return r;
-}
-
-absl::StatusOr<Json> ReadJsonFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::string contents = text.str();
-  ATMAN_RETURN_IF_ERROR(CheckJsonDepth(contents, path.string()));
-  Json json = Json::parse(contents, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": not valid JSON"));
-  }
-  return json;
 }
 
 }  // namespace
@@ -225,29 +209,12 @@ absl::StatusOr<Qwen2VlImageProcessor> Qwen2VlImageProcessor::FromJson(
 
 absl::StatusOr<Qwen2VlImageProcessor> Qwen2VlImageProcessor::FromDirectory(
     const std::filesystem::path& dir, Qwen2VlImageProcessorOptions options) {
-  const std::filesystem::path preprocessor = dir / "preprocessor_config.json";
-  const std::filesystem::path processor = dir / "processor_config.json";
-  if (std::filesystem::exists(preprocessor)) {
-    ATMAN_ASSIGN_OR_RETURN(const Json json, ReadJsonFile(preprocessor));
-    auto out = FromJson(json, options);
-    if (!out.ok()) return Annotate(out.status(), preprocessor.string());
-    return out;
-  }
-  if (std::filesystem::exists(processor)) {
-    ATMAN_ASSIGN_OR_RETURN(const Json json, ReadJsonFile(processor));
-    if (!json.is_object() || !json.contains("image_processor")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          processor.string(), ": no 'image_processor' object (and no preprocessor_config.json)"));
-    }
-    auto out = FromJson(json["image_processor"], options);
-    if (!out.ok()) {
-      return Annotate(out.status(), absl::StrCat(processor.string(), " image_processor"));
-    }
-    return out;
-  }
-  return absl::NotFoundError(absl::StrCat(dir.string(),
-                                          ": neither preprocessor_config.json nor "
-                                          "processor_config.json (with 'image_processor')"));
+  // preprocessor_config.json, or transformers 5's processor_config.json["image_processor"].
+  ATMAN_ASSIGN_OR_RETURN(const std::filesystem::path path, FindImageProcessorConfig(dir));
+  ATMAN_ASSIGN_OR_RETURN(const Json json, ReadImageProcessorConfig(path));
+  auto out = FromJson(json, options);
+  if (!out.ok()) return Annotate(out.status(), path.string());
+  return out;
 }
 
 absl::StatusOr<ImageGeometry> Qwen2VlImageProcessor::GeometryFor(int64_t width,
