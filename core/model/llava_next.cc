@@ -185,6 +185,41 @@ std::vector<vision::NormalizedRect> AnyresTokenRects(const AnyresTokens& tokens,
   return rects;
 }
 
+absl::StatusOr<std::vector<ImageRegionUnit>> GroupTokensByRegion(
+    const std::vector<vision::NormalizedRect>& rects, int64_t rows, int64_t cols) {
+  if (rows < 1 || cols < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image region grid ", rows, "x", cols, ": rows and cols must be >= 1"));
+  }
+  std::vector<ImageRegionUnit> grid(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      grid[r * cols + c].region = vision::NormalizedRect{
+          static_cast<double>(c) / static_cast<double>(cols),
+          static_cast<double>(r) / static_cast<double>(rows),
+          static_cast<double>(c + 1) / static_cast<double>(cols),
+          static_cast<double>(r + 1) / static_cast<double>(rows)};
+    }
+  }
+  const bool whole = rows == 1 && cols == 1;
+  for (size_t t = 0; t < rects.size(); ++t) {
+    const vision::NormalizedRect& rect = rects[t];
+    if (rect.empty()) {
+      if (whole) grid[0].tokens.push_back(static_cast<int64_t>(t));
+      continue;
+    }
+    const double cx = (rect.x0 + rect.x1) / 2, cy = (rect.y0 + rect.y1) / 2;
+    const int64_t c = std::min(cols - 1, static_cast<int64_t>(cx * static_cast<double>(cols)));
+    const int64_t r = std::min(rows - 1, static_cast<int64_t>(cy * static_cast<double>(rows)));
+    grid[r * cols + c].tokens.push_back(static_cast<int64_t>(t));
+  }
+  std::vector<ImageRegionUnit> units;
+  for (ImageRegionUnit& unit : grid) {
+    if (!unit.tokens.empty()) units.push_back(std::move(unit));
+  }
+  return units;
+}
+
 absl::StatusOr<std::unique_ptr<LlavaNextModel>> LlavaNextModel::Load(
     const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype) {
   ATMAN_ASSIGN_OR_RETURN(device, ResolveDevice(device));

@@ -80,6 +80,24 @@ struct AnyresTokens {
 std::vector<vision::NormalizedRect> AnyresTokenRects(const AnyresTokens& tokens,
                                                      const vision::AnyresLayout& layout);
 
+// One image unit of an anyres image: a region of the original and the image's packed tokens
+// that show it.
+struct ImageRegionUnit {
+  vision::NormalizedRect region;
+  std::vector<int64_t> tokens;  // indices into the image's packed tokens, ascending
+};
+
+// The original image split into rows x cols equal regions; each token with a non-empty
+// rectangle joins the region that holds its rectangle's centre (a centre on a border joins
+// the region after it), base-view and tile tokens alike, so that one unit suppresses a part
+// of the image at every resolution at once. With 1 x 1 every token joins, image_newline
+// tokens included: the whole image. Otherwise image_newline tokens (empty rectangles) join
+// none. Regions no token falls in are left out. The native granularity is rows = cols = G
+// (one base-view cell and the tile cells centred in it). INVALID_ARGUMENT unless rows and
+// cols are at least 1.
+absl::StatusOr<std::vector<ImageRegionUnit>> GroupTokensByRegion(
+    const std::vector<vision::NormalizedRect>& rects, int64_t rows, int64_t cols);
+
 class LlavaNextModel {
  public:
   // Loads the checkpoint folder `dir` onto `device` in `dtype`. Errors as

@@ -168,6 +168,48 @@ TEST_F(LlavaNextTest, TokenRectanglesOfALandscapeImage) {
   EXPECT_DOUBLE_EQ(rects[16 + 5 * 9 + 7].x1, 1.0);
 }
 
+TEST_F(LlavaNextTest, ImageUnitsHoldTheirRegionAtEveryResolution) {
+  // wide_40x30 (see above): 16 base tokens (4x4), 6 kept grid rows of 8 cells + newline.
+  // Grid row r (1..6) shows resized rows [7 (r - 1), 7 r) of 42: centres of rows 1-3 lie
+  // above the middle, rows 4-6 below. A 2x2 split: each quadrant gets 2x2 base tokens and
+  // 3x4 grid tokens; the newlines join no quadrant.
+  auto processor = LoadLlavaNextImageProcessor(cases_.dir, *model_);
+  ASSERT_TRUE(processor.ok()) << processor.status();
+  auto tokens = model_->TokensFor(40, 30);
+  auto layout = processor->LayoutFor(40, 30);
+  ASSERT_TRUE(tokens.ok() && layout.ok());
+  const auto rects = AnyresTokenRects(*tokens, *layout);
+  auto quadrants = GroupTokensByRegion(rects, 2, 2);
+  ASSERT_TRUE(quadrants.ok()) << quadrants.status();
+  ASSERT_EQ(quadrants->size(), 4u);
+  const std::vector<int64_t> top_left = {0,  1,  4,  5,                       // base
+                                         16, 17, 18, 19, 25, 26, 27, 28,  // grid rows 1-2
+                                         34, 35, 36, 37};                 // grid row 3
+  EXPECT_EQ((*quadrants)[0].tokens, top_left);
+  EXPECT_DOUBLE_EQ((*quadrants)[0].region.x1, 0.5);
+  EXPECT_DOUBLE_EQ((*quadrants)[3].region.y0, 0.5);
+  size_t covered = 0;
+  for (const auto& unit : *quadrants) {
+    EXPECT_EQ(unit.tokens.size(), 16u);
+    covered += unit.tokens.size();
+  }
+  EXPECT_EQ(covered, rects.size() - 6);  // all but the 6 newlines
+  // The whole image: every token, newlines included.
+  auto whole = GroupTokensByRegion(rects, 1, 1);
+  ASSERT_TRUE(whole.ok());
+  ASSERT_EQ(whole->size(), 1u);
+  EXPECT_EQ(static_cast<int64_t>((*whole)[0].tokens.size()), tokens->count());
+  // Native (G x G = 4x4): one base token per unit, with the grid tokens centred in its cell.
+  auto native = GroupTokensByRegion(rects, 4, 4);
+  ASSERT_TRUE(native.ok());
+  ASSERT_EQ(native->size(), 16u);
+  for (size_t u = 0; u < native->size(); ++u) {
+    EXPECT_EQ((*native)[u].tokens.front(), static_cast<int64_t>(u));  // its base token
+    EXPECT_GE((*native)[u].tokens.size(), 3u);
+  }
+  EXPECT_FALSE(GroupTokensByRegion(rects, 0, 2).ok());
+}
+
 TEST_F(LlavaNextTest, ErrorsNameTheShapeAndTheCounts) {
   // The landscape image needs 1 + 2x2 views.
   auto wrong = model_->EmbedImage(T("pixel_values.1"), 40, 30);
