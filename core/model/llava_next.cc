@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -72,8 +73,15 @@ absl::StatusOr<Layout> DetectLayout(const io::Checkpoint& checkpoint) {
 absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layout) {
   std::vector<std::string> extra;
   for (const auto& name : checkpoint.TensorNames()) {
-    if (layout.text.Owns(name) || absl::StartsWith(name, layout.tower) ||
-        absl::StartsWith(name, layout.projector) || name == layout.newline) {
+    // The projector's four tensors exactly (a stray one under its prefix is extra).
+    bool projector = false;
+    if (absl::StartsWith(name, layout.projector)) {
+      const std::string_view rest = std::string_view(name).substr(layout.projector.size());
+      projector = rest == "linear_1.weight" || rest == "linear_1.bias" ||
+                  rest == "linear_2.weight" || rest == "linear_2.bias";
+    }
+    if (layout.text.Owns(name) || absl::StartsWith(name, layout.tower) || projector ||
+        name == layout.newline) {
       continue;
     }
     extra.push_back(name);

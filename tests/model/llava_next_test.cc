@@ -210,6 +210,20 @@ TEST_F(LlavaNextTest, ImageUnitsHoldTheirRegionAtEveryResolution) {
   EXPECT_FALSE(GroupTokensByRegion(rects, 0, 2).ok());
 }
 
+TEST_F(LlavaNextTest, BrokenFoldersNameTheTensor) {
+  const auto root = cases_.dir.parent_path();
+  auto missing = LlavaNextModel::Load(root / "broken-no-newline", c10::Device("cpu"), at::kFloat);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("image_newline"));
+  auto extra = LlavaNextModel::Load(root / "broken-extra", c10::Device("cpu"), at::kFloat);
+  ASSERT_FALSE(extra.ok());
+  EXPECT_EQ(extra.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(extra.status().message()), HasSubstr("image_newline_2"));
+  EXPECT_THAT(std::string(extra.status().message()),
+              HasSubstr("multi_modal_projector.linear_3.weight"));
+}
+
 TEST_F(LlavaNextTest, ErrorsNameTheShapeAndTheCounts) {
   // The landscape image needs 1 + 2x2 views.
   auto wrong = model_->EmbedImage(T("pixel_values.1"), 40, 30);

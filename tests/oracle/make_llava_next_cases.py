@@ -20,14 +20,18 @@ LlavaNextImageProcessorPil that goes with it, and:
                         make_model_cases.py's "atman" attention, on the language model only
   cases.json           image names and sizes [h, w], tokens per image, where each image's
                        tokens are in the prompt (image_spans: [first, length]), the controls
+
+Broken copies for the error tests: <out>/broken-no-newline (image_newline missing) and
+<out>/broken-extra (a tensor no part uses), each with the model's config.json.
 """
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig,
                           LlavaNextForConditionalGeneration)
 from transformers.models.llava_next.image_processing_pil_llava_next import (
@@ -162,6 +166,17 @@ def main() -> None:
     tensors, meta = make_cases(model, processor, folder, list(images))
     save_file(tensors, str(folder / "cases.safetensors"))
     write_json(folder / "cases.json", meta)
+
+    saved = load_file(str(folder / "model.safetensors"))
+    assert "image_newline" in saved, sorted(saved)[:5]
+    no_newline = {k: v for k, v in saved.items() if k != "image_newline"}
+    extra = dict(saved, **{"multi_modal_projector.linear_3.weight": torch.zeros(2, 2),
+                           "image_newline_2": torch.zeros(32)})
+    for name, tensors in (("broken-no-newline", no_newline), ("broken-extra", extra)):
+        broken = args.out / name
+        broken.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+        shutil.copy(folder / "config.json", broken / "config.json")
 
 
 if __name__ == "__main__":
