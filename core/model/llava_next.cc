@@ -19,6 +19,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
 
 namespace atman::model {
@@ -29,10 +30,6 @@ using Json = nlohmann::json;
 absl::Status FieldError(std::string_view field, std::string_view what) {
   return absl::InvalidArgumentError(
       absl::StrCat("config.json: field '", ToAbsl(field), "' ", ToAbsl(what)));
-}
-
-std::string ShapeString(const at::Tensor& t) {
-  return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "(undefined)";
 }
 
 // Where the parts' tensors are: LLaVA's layouts (llava.h) plus image_newline.
