@@ -2,10 +2,11 @@
 // the pixel_values its vision tower consumes out, with the geometry that maps the tower's
 // patch grid back to the original picture.
 //
-// Implementations: ClipImageProcessor (clip_image_processor.h), Qwen2VlImageProcessor
-// (qwen2_vl_image_processor.h: image-dependent output size; its tower's flattened patches come
-// from its own FlattenToPatches). Which one a checkpoint gets is decided by its vision tower
-// (core/model/vision_tower_registry.h).
+// Implementations: ClipImageProcessor (clip_image_processor.h, one view per image),
+// LlavaNextImageProcessor (llava_next_image_processor.h, several views) and
+// Qwen2VlImageProcessor (qwen2_vl_image_processor.h: image-dependent output size; its tower's
+// flattened patches come from its own FlattenToPatches). Which one a checkpoint gets is decided
+// by its vision tower (core/model/vision_tower_registry.h).
 //
 // Thread safety: implementations are immutable after construction; every const method is safe
 // from any thread.
@@ -15,6 +16,7 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/vision/geometry.h"
@@ -23,9 +25,14 @@
 namespace atman::vision {
 
 // The output of Preprocess: what the vision tower consumes, and where it came from.
+// Single-view processors (CLIP) give pixel_values [3, H, W] and no tile_geometry;
+// multi-view ones (LLaVA-NeXT's anyres) give [views, 3, H, W], `geometry` for view 0 and
+// tile_geometry for views 1.. in order.
 struct PreprocessedImage {
-  at::Tensor pixel_values;  // float32 [3, height, width], CPU, contiguous
+  at::Tensor pixel_values;  // float32 [3, height, width] or [views, 3, height, width], CPU,
+                            // contiguous
   ImageGeometry geometry;
+  std::vector<ImageGeometry> tile_geometry = {};  // views 1..; empty for single-view ones
 };
 
 class ImageProcessor {
