@@ -9,12 +9,9 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
-#include <set>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/shape_string.h"
@@ -41,56 +38,16 @@ absl::StatusOr<int64_t> PositiveInt(const Json& object, const char* key, int64_t
   return it->get<int64_t>();
 }
 
-// Takes tensors named `prefix` + name and remembers which were used.
-class PrefixedReader {
- public:
-  PrefixedReader(const io::Checkpoint& checkpoint, std::string prefix, c10::Device device,
-                 c10::ScalarType dtype)
-      : checkpoint_(checkpoint), prefix_(std::move(prefix)), device_(device), dtype_(dtype) {}
+// LayerNorm `name` (weight and bias) of hidden size H.
+absl::StatusOr<ClipVisionTower::Norm> TakeNorm(TowerTensorReader& r, const std::string& name,
+                                               int64_t H) {
+  ClipVisionTower::Norm norm;
+  ATMAN_ASSIGN_OR_RETURN(norm.weight, r.Take(name + ".weight", {H}, "vision hidden_size"));
+  ATMAN_ASSIGN_OR_RETURN(norm.bias, r.Take(name + ".bias", {H}, "vision hidden_size"));
+  return norm;
+}
 
-  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
-                                  std::string_view why) {
-    used_.insert(prefix_ + name);
-    return LoadCheckedTensor(checkpoint_, prefix_ + name, shape, why, device_, dtype_);
-  }
-  bool Has(const std::string& name) const { return checkpoint_.Has(prefix_ + name); }
-
-  absl::StatusOr<ClipVisionTower::Norm> TakeNorm(const std::string& name, int64_t H) {
-    ClipVisionTower::Norm norm;
-    ATMAN_ASSIGN_OR_RETURN(norm.weight, Take(name + ".weight", {H}, "vision hidden_size"));
-    ATMAN_ASSIGN_OR_RETURN(norm.bias, Take(name + ".bias", {H}, "vision hidden_size"));
-    return norm;
-  }
-
-  // Every tensor under the prefix was used (the position_ids buffer of old exports aside).
-  absl::Status CheckAllUsed(const ClipVisionConfig& c) const {
-    std::vector<std::string> extra;
-    for (const auto& name : checkpoint_.TensorNames()) {
-      if (!absl::StartsWith(name, prefix_) || used_.count(name) != 0 ||
-          absl::EndsWith(name, "embeddings.position_ids")) {
-        continue;
-      }
-      extra.push_back(name);
-    }
-    if (extra.empty()) return absl::OkStatus();
-    const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
-    return absl::InvalidArgumentError(absl::StrCat(
-        checkpoint_.dir().string(), ": ", extra.size(),
-        " vision tower tensor(s) that config.json does not account for (num_hidden_layers = ",
-        c.num_layers,
-        "): ", absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
-        extra.size() > shown ? ", ..." : ""));
-  }
-
- private:
-  const io::Checkpoint& checkpoint_;
-  std::string prefix_;
-  c10::Device device_;
-  c10::ScalarType dtype_;
-  std::set<std::string> used_;
-};
-
-absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(PrefixedReader& r,
+absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(TowerTensorReader& r,
                                                           const ClipVisionConfig& c) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, P = c.patch_size;
   ClipVisionTower::Weights w;
@@ -101,16 +58,16 @@ absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(PrefixedReader& r,
   ATMAN_ASSIGN_OR_RETURN(w.positions,
                          r.Take("embeddings.position_embedding.weight", {1 + c.num_patches(), H},
                                 "1 + (image_size // patch_size)^2, hidden_size"));
-  ATMAN_ASSIGN_OR_RETURN(w.pre_norm, r.TakeNorm("pre_layrnorm", H));
+  ATMAN_ASSIGN_OR_RETURN(w.pre_norm, TakeNorm(r, "pre_layrnorm", H));
   // Unused by LLaVA; some conversions leave it out.
   if (r.Has("post_layernorm.weight")) {
-    ATMAN_ASSIGN_OR_RETURN(w.post_norm, r.TakeNorm("post_layernorm", H));
+    ATMAN_ASSIGN_OR_RETURN(w.post_norm, TakeNorm(r, "post_layernorm", H));
   }
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = absl::StrCat("encoder.layers.", l, ".");
     ClipVisionTower::Layer layer;
-    ATMAN_ASSIGN_OR_RETURN(layer.norm1, r.TakeNorm(p + "layer_norm1", H));
-    ATMAN_ASSIGN_OR_RETURN(layer.norm2, r.TakeNorm(p + "layer_norm2", H));
+    ATMAN_ASSIGN_OR_RETURN(layer.norm1, TakeNorm(r, p + "layer_norm1", H));
+    ATMAN_ASSIGN_OR_RETURN(layer.norm2, TakeNorm(r, p + "layer_norm2", H));
     std::vector<at::Tensor> qkv_w, qkv_b;
     for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
       const std::string name = absl::StrCat(p, "self_attn.", proj);
@@ -132,7 +89,9 @@ absl::StatusOr<ClipVisionTower::Weights> LoadTowerWeights(PrefixedReader& r,
     ATMAN_ASSIGN_OR_RETURN(layer.fc2_b, r.Take(p + "mlp.fc2.bias", {H}, "hidden_size"));
     w.layers.push_back(std::move(layer));
   }
-  ATMAN_RETURN_IF_ERROR(r.CheckAllUsed(c));
+  // Every tensor under the prefix was used (the position_ids buffer of old exports aside).
+  ATMAN_RETURN_IF_ERROR(
+      r.CheckAllUsed("num_hidden_layers", c.num_layers, "embeddings.position_ids"));
   return w;
 }
 
@@ -229,7 +188,7 @@ const VisionTowerFamily& ClipVisionTowerFamily() {
 absl::StatusOr<std::unique_ptr<ClipVisionTower>> ClipVisionTower::Load(
     const io::Checkpoint& checkpoint, const ClipVisionConfig& config, const std::string& prefix,
     c10::Device device, c10::ScalarType dtype) {
-  PrefixedReader reader(checkpoint, prefix, device, dtype);
+  TowerTensorReader reader(checkpoint, prefix, device, dtype);
   try {
     ATMAN_ASSIGN_OR_RETURN(Weights weights, LoadTowerWeights(reader, config));
     return std::unique_ptr<ClipVisionTower>(

@@ -14,10 +14,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <set>
 
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
@@ -54,52 +52,18 @@ absl::StatusOr<double> PositiveNumber(const Json& object, const char* key, doubl
   return it->get<double>();
 }
 
-// Takes tensors named `prefix` + name and remembers which were used.
-class PrefixedReader {
- public:
-  PrefixedReader(const io::Checkpoint& checkpoint, std::string prefix, c10::Device device,
-                 c10::ScalarType dtype)
-      : checkpoint_(checkpoint), prefix_(std::move(prefix)), device_(device), dtype_(dtype) {}
-
-  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
-                                  std::string_view why) {
-    used_.insert(prefix_ + name);
-    return LoadCheckedTensor(checkpoint_, prefix_ + name, shape, why, device_, dtype_);
+// LayerNorm `name` (weight and bias) or, `rms`, RMSNorm (weight only), of width E.
+absl::StatusOr<Qwen2VlVisionTower::Norm> TakeNorm(TowerTensorReader& r, const std::string& name,
+                                                  int64_t E, bool rms) {
+  Qwen2VlVisionTower::Norm norm;
+  ATMAN_ASSIGN_OR_RETURN(norm.weight, r.Take(name + ".weight", {E}, "vision embed_dim"));
+  if (!rms) {
+    ATMAN_ASSIGN_OR_RETURN(norm.bias, r.Take(name + ".bias", {E}, "vision embed_dim"));
   }
+  return norm;
+}
 
-  // LayerNorm (weight and bias) or, `rms`, RMSNorm (weight only).
-  absl::StatusOr<Qwen2VlVisionTower::Norm> TakeNorm(const std::string& name, int64_t E, bool rms) {
-    Qwen2VlVisionTower::Norm norm;
-    ATMAN_ASSIGN_OR_RETURN(norm.weight, Take(name + ".weight", {E}, "vision embed_dim"));
-    if (!rms) {
-      ATMAN_ASSIGN_OR_RETURN(norm.bias, Take(name + ".bias", {E}, "vision embed_dim"));
-    }
-    return norm;
-  }
-
-  absl::Status CheckAllUsed(const Qwen2VlVisionConfig& c) const {
-    std::vector<std::string> extra;
-    for (const auto& name : checkpoint_.TensorNames()) {
-      if (absl::StartsWith(name, prefix_) && used_.count(name) == 0) extra.push_back(name);
-    }
-    if (extra.empty()) return absl::OkStatus();
-    const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
-    return absl::InvalidArgumentError(absl::StrCat(
-        checkpoint_.dir().string(), ": ", extra.size(),
-        " vision tower tensor(s) that config.json does not account for (depth = ", c.depth,
-        "): ", absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
-        extra.size() > shown ? ", ..." : ""));
-  }
-
- private:
-  const io::Checkpoint& checkpoint_;
-  std::string prefix_;
-  c10::Device device_;
-  c10::ScalarType dtype_;
-  std::set<std::string> used_;
-};
-
-absl::StatusOr<Qwen2VlVisionTower::Weights> LoadWeights(PrefixedReader& r,
+absl::StatusOr<Qwen2VlVisionTower::Weights> LoadWeights(TowerTensorReader& r,
                                                         const Qwen2VlVisionConfig& c) {
   const int64_t E = c.embed_dim, M = c.mlp_hidden;
   const int64_t merged = E * c.spatial_merge_size * c.spatial_merge_size;
@@ -113,8 +77,8 @@ absl::StatusOr<Qwen2VlVisionTower::Weights> LoadWeights(PrefixedReader& r,
   for (int64_t l = 0; l < c.depth; ++l) {
     const std::string p = absl::StrCat("blocks.", l, ".");
     Qwen2VlVisionTower::Block b;
-    ATMAN_ASSIGN_OR_RETURN(b.norm1, r.TakeNorm(p + "norm1", E, c.qwen2_5()));
-    ATMAN_ASSIGN_OR_RETURN(b.norm2, r.TakeNorm(p + "norm2", E, c.qwen2_5()));
+    ATMAN_ASSIGN_OR_RETURN(b.norm1, TakeNorm(r, p + "norm1", E, c.qwen2_5()));
+    ATMAN_ASSIGN_OR_RETURN(b.norm2, TakeNorm(r, p + "norm2", E, c.qwen2_5()));
     ATMAN_ASSIGN_OR_RETURN(b.qkv_w, r.Take(p + "attn.qkv.weight", {3 * E, E}, "3 * embed_dim"));
     ATMAN_ASSIGN_OR_RETURN(b.qkv_b, r.Take(p + "attn.qkv.bias", {3 * E}, "3 * embed_dim"));
     ATMAN_ASSIGN_OR_RETURN(b.proj_w, r.Take(p + "attn.proj.weight", {E, E}, "embed_dim"));
@@ -138,7 +102,7 @@ absl::StatusOr<Qwen2VlVisionTower::Weights> LoadWeights(PrefixedReader& r,
     }
     w.blocks.push_back(std::move(b));
   }
-  ATMAN_ASSIGN_OR_RETURN(w.merger_norm, r.TakeNorm("merger.ln_q", E, c.qwen2_5()));
+  ATMAN_ASSIGN_OR_RETURN(w.merger_norm, TakeNorm(r, "merger.ln_q", E, c.qwen2_5()));
   ATMAN_ASSIGN_OR_RETURN(w.merger_w1, r.Take("merger.mlp.0.weight", {merged, merged},
                                              "embed_dim * spatial_merge_size^2"));
   ATMAN_ASSIGN_OR_RETURN(w.merger_b1,
@@ -146,7 +110,7 @@ absl::StatusOr<Qwen2VlVisionTower::Weights> LoadWeights(PrefixedReader& r,
   ATMAN_ASSIGN_OR_RETURN(w.merger_w2, r.Take("merger.mlp.2.weight", {c.hidden_size, merged},
                                              "hidden_size, embed_dim * spatial_merge_size^2"));
   ATMAN_ASSIGN_OR_RETURN(w.merger_b2, r.Take("merger.mlp.2.bias", {c.hidden_size}, "hidden_size"));
-  ATMAN_RETURN_IF_ERROR(r.CheckAllUsed(c));
+  ATMAN_RETURN_IF_ERROR(r.CheckAllUsed("depth", c.depth));
   return w;
 }
 
@@ -258,7 +222,7 @@ absl::StatusOr<std::string> Qwen2VlVisionPrefix(const io::Checkpoint& checkpoint
 absl::StatusOr<std::unique_ptr<Qwen2VlVisionTower>> Qwen2VlVisionTower::Load(
     const io::Checkpoint& checkpoint, const Qwen2VlVisionConfig& config, const std::string& prefix,
     c10::Device device, c10::ScalarType dtype) {
-  PrefixedReader reader(checkpoint, prefix, device, dtype);
+  TowerTensorReader reader(checkpoint, prefix, device, dtype);
   try {
     ATMAN_ASSIGN_OR_RETURN(Weights weights, LoadWeights(reader, config));
     return std::unique_ptr<Qwen2VlVisionTower>(

@@ -6,7 +6,10 @@
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/silu.h>
 
+#include <algorithm>
+
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
@@ -65,6 +68,41 @@ absl::StatusOr<at::Tensor> LoadCheckedTensor(const io::Checkpoint& checkpoint,
                                                    ", not a floating-point type"));
   }
   return checkpoint.Load(name, device, dtype);
+}
+
+TowerTensorReader::TowerTensorReader(const io::Checkpoint& checkpoint, std::string prefix,
+                                     c10::Device device, c10::ScalarType dtype)
+    : checkpoint_(checkpoint), prefix_(std::move(prefix)), device_(device), dtype_(dtype) {}
+
+absl::StatusOr<at::Tensor> TowerTensorReader::Take(const std::string& name,
+                                                   const std::vector<int64_t>& shape,
+                                                   std::string_view why) {
+  used_.insert(prefix_ + name);
+  return LoadCheckedTensor(checkpoint_, prefix_ + name, shape, why, device_, dtype_);
+}
+
+bool TowerTensorReader::Has(const std::string& name) const {
+  return checkpoint_.Has(prefix_ + name);
+}
+
+absl::Status TowerTensorReader::CheckAllUsed(std::string_view layers_field, int64_t layers,
+                                             std::string_view ignored_suffix) const {
+  std::vector<std::string> extra;
+  for (const auto& name : checkpoint_.TensorNames()) {
+    if (!absl::StartsWith(name, prefix_) || used_.count(name) != 0 ||
+        (!ignored_suffix.empty() && absl::EndsWith(name, ToAbsl(ignored_suffix)))) {
+      continue;
+    }
+    extra.push_back(name);
+  }
+  if (extra.empty()) return absl::OkStatus();
+  const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
+  return absl::InvalidArgumentError(absl::StrCat(
+      checkpoint_.dir().string(), ": ", extra.size(),
+      " vision tower tensor(s) that config.json does not account for (", ToAbsl(layers_field),
+      " = ", layers,
+      "): ", absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
+      extra.size() > shown ? ", ..." : ""));
 }
 
 }  // namespace atman::model

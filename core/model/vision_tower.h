@@ -4,10 +4,11 @@
 // gets is decided by vision_config.model_type (vision_tower_registry.h).
 //
 // Also the pieces towers and LLaVA's projector share: the activations by their transformers
-// names and a checked tensor read.
+// names, a checked tensor read and a reader of one tower's tensors (TowerTensorReader).
 //
 // Ownership: a tower owns its weights (on its device). Thread safety: immutable after loading;
-// every const method may run concurrently from many threads.
+// every const method may run concurrently from many threads. A TowerTensorReader is used by
+// one thread while loading.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,11 +16,13 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace atman::io {
@@ -73,5 +76,31 @@ absl::StatusOr<at::Tensor> LoadCheckedTensor(const io::Checkpoint& checkpoint,
                                              const std::vector<int64_t>& shape,
                                              std::string_view why, c10::Device device,
                                              c10::ScalarType dtype);
+
+// Reads the tensors of one tower from `checkpoint` (which must outlive it), named `prefix` +
+// name, with LoadCheckedTensor, and remembers which were taken so that CheckAllUsed can name
+// the tensors under the prefix that the tower's config does not account for.
+class TowerTensorReader {
+ public:
+  TowerTensorReader(const io::Checkpoint& checkpoint, std::string prefix, c10::Device device,
+                    c10::ScalarType dtype);
+
+  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
+                                  std::string_view why);
+  bool Has(const std::string& name) const;
+
+  // OK when every tensor under the prefix was taken, names ending in `ignored_suffix` (when
+  // not empty) aside; else INVALID_ARGUMENT naming up to 5 of the others and the config's
+  // layer count (`layers_field` = `layers`).
+  absl::Status CheckAllUsed(std::string_view layers_field, int64_t layers,
+                            std::string_view ignored_suffix = {}) const;
+
+ private:
+  const io::Checkpoint& checkpoint_;
+  std::string prefix_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+  std::set<std::string> used_;
+};
 
 }  // namespace atman::model

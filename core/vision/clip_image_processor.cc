@@ -16,49 +16,7 @@ namespace {
 
 using Json = nlohmann::json;
 
-absl::Status FieldError(std::string_view field, std::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("image processor settings: field '", ToAbsl(field), "' ", ToAbsl(what)));
-}
-
-absl::Status ReadBool(const Json& json, const char* key, bool* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  if (!json[key].is_boolean()) return FieldError(key, "must be true or false");
-  *out = json[key].get<bool>();
-  return absl::OkStatus();
-}
-
-absl::Status ReadInt(const Json& json, const char* key, int64_t* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  if (!json[key].is_number_integer()) return FieldError(key, "must be an integer");
-  *out = json[key].get<int64_t>();
-  return absl::OkStatus();
-}
-
-absl::Status ReadDouble(const Json& json, const char* key, double* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  if (!json[key].is_number()) return FieldError(key, "must be a number");
-  *out = json[key].get<double>();
-  return absl::OkStatus();
-}
-
-// image_mean / image_std: three numbers, or one for all channels.
-absl::Status ReadTriple(const Json& json, const char* key, std::array<double, 3>* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  const Json& v = json[key];
-  if (v.is_number()) {
-    out->fill(v.get<double>());
-    return absl::OkStatus();
-  }
-  if (!v.is_array() || v.size() != 3) {
-    return FieldError(key, "must be a number or a list of 3 numbers (one per RGB channel)");
-  }
-  for (size_t i = 0; i < 3; ++i) {
-    if (!v[i].is_number()) return FieldError(key, "must hold numbers");
-    (*out)[i] = v[i].get<double>();
-  }
-  return absl::OkStatus();
-}
+constexpr SettingsFields kFields("image processor settings");
 
 // Python's int(a / b) for non-negative integers: true division in double, truncated.
 int64_t TruncatedRatio(int64_t numerator, int64_t denominator) {
@@ -82,23 +40,23 @@ absl::StatusOr<ClipImageProcessor> ClipImageProcessor::Create(ClipImageProcessor
   if (config.do_resize) {
     if (config.shortest_edge < 0 ||
         (config.shortest_edge == 0 && (config.resize_height <= 0 || config.resize_width <= 0))) {
-      return FieldError("size", "must give a positive shortest_edge or height and width");
+      return kFields.Error("size", "must give a positive shortest_edge or height and width");
     }
     if (config.resample == ResampleFilter::kNearest) {
-      return FieldError("resample", "is 0 (NEAREST), which is not supported");
+      return kFields.Error("resample", "is 0 (NEAREST), which is not supported");
     }
     const int r = static_cast<int>(config.resample);
-    if (r < 0 || r > 5) return FieldError("resample", absl::StrCat("is ", r, ", not 1..5"));
+    if (r < 0 || r > 5) return kFields.Error("resample", absl::StrCat("is ", r, ", not 1..5"));
   }
   if (config.do_center_crop && (config.crop_height <= 0 || config.crop_width <= 0)) {
-    return FieldError("crop_size", "must have a positive height and width");
+    return kFields.Error("crop_size", "must have a positive height and width");
   }
   if (config.do_rescale && !std::isfinite(config.rescale_factor)) {
-    return FieldError("rescale_factor", "must be finite");
+    return kFields.Error("rescale_factor", "must be finite");
   }
   if (config.do_normalize) {
     for (double s : config.image_std) {
-      if (s == 0.0 || !std::isfinite(s)) return FieldError("image_std", "must be non-zero");
+      if (s == 0.0 || !std::isfinite(s)) return kFields.Error("image_std", "must be non-zero");
     }
   }
   return ClipImageProcessor(std::move(config), patch_size);
@@ -112,7 +70,7 @@ absl::StatusOr<ClipImageProcessor> ClipImageProcessor::FromJson(const Json& json
   ClipImageProcessorConfig config;
   if (json.contains("image_processor_type")) {
     if (!json["image_processor_type"].is_string()) {
-      return FieldError("image_processor_type", "must be a string");
+      return kFields.Error("image_processor_type", "must be a string");
     }
     config.processor_type = json["image_processor_type"].get<std::string>();
   }
@@ -120,64 +78,66 @@ absl::StatusOr<ClipImageProcessor> ClipImageProcessor::FromJson(const Json& json
   if (base.size() > 4 && base.ends_with("Fast")) base.resize(base.size() - 4);
   const bool llava = base == "LlavaImageProcessor";
   if (base != "CLIPImageProcessor" && !llava) {
-    return FieldError("image_processor_type",
-                      absl::StrCat("is '", config.processor_type,
-                                   "'; supported: CLIPImageProcessor, LlavaImageProcessor"));
+    return kFields.Error("image_processor_type",
+                         absl::StrCat("is '", config.processor_type,
+                                      "'; supported: CLIPImageProcessor, LlavaImageProcessor"));
   }
   bool do_pad = false;
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_pad", &do_pad));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_pad", &do_pad));
   if (llava) {
     config.pad_to_square = do_pad;
   } else if (do_pad && json.contains("pad_size") && !json["pad_size"].is_null()) {
-    return FieldError("pad_size", "(CLIPImageProcessor padding to a fixed size) is not supported");
+    return kFields.Error("pad_size",
+                         "(CLIPImageProcessor padding to a fixed size) is not supported");
   }
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_resize", &config.do_resize));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_resize", &config.do_resize));
   if (json.contains("size") && !json["size"].is_null()) {
     const Json& size = json["size"];
     if (size.is_number_integer()) {
       config.shortest_edge = size.get<int64_t>();
     } else if (size.is_object()) {
       if (size.contains("longest_edge") || size.contains("max_height")) {
-        return FieldError("size", "with longest_edge or max_height/max_width is not supported");
+        return kFields.Error("size", "with longest_edge or max_height/max_width is not supported");
       }
       if (size.contains("shortest_edge")) {
-        ATMAN_RETURN_IF_ERROR(ReadInt(size, "shortest_edge", &config.shortest_edge));
+        ATMAN_RETURN_IF_ERROR(kFields.ReadInt(size, "shortest_edge", &config.shortest_edge));
       } else if (size.contains("height") && size.contains("width")) {
         config.shortest_edge = 0;
-        ATMAN_RETURN_IF_ERROR(ReadInt(size, "height", &config.resize_height));
-        ATMAN_RETURN_IF_ERROR(ReadInt(size, "width", &config.resize_width));
+        ATMAN_RETURN_IF_ERROR(kFields.ReadInt(size, "height", &config.resize_height));
+        ATMAN_RETURN_IF_ERROR(kFields.ReadInt(size, "width", &config.resize_width));
       } else {
-        return FieldError("size", "must have shortest_edge, or height and width");
+        return kFields.Error("size", "must have shortest_edge, or height and width");
       }
     } else {
-      return FieldError("size", "must be an integer or an object");
+      return kFields.Error("size", "must be an integer or an object");
     }
   }
   if (json.contains("resample") && !json["resample"].is_null()) {
     int64_t resample = 0;
-    ATMAN_RETURN_IF_ERROR(ReadInt(json, "resample", &resample));
+    ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "resample", &resample));
     if (resample < 0 || resample > 5) {
-      return FieldError("resample", absl::StrCat("is ", resample, ", not a Pillow filter (0..5)"));
+      return kFields.Error("resample",
+                           absl::StrCat("is ", resample, ", not a Pillow filter (0..5)"));
     }
     config.resample = static_cast<ResampleFilter>(resample);
   }
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_center_crop", &config.do_center_crop));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_center_crop", &config.do_center_crop));
   if (json.contains("crop_size") && !json["crop_size"].is_null()) {
     const Json& crop = json["crop_size"];
     if (crop.is_number_integer()) {
       config.crop_height = config.crop_width = crop.get<int64_t>();
     } else if (crop.is_object() && crop.contains("height") && crop.contains("width")) {
-      ATMAN_RETURN_IF_ERROR(ReadInt(crop, "height", &config.crop_height));
-      ATMAN_RETURN_IF_ERROR(ReadInt(crop, "width", &config.crop_width));
+      ATMAN_RETURN_IF_ERROR(kFields.ReadInt(crop, "height", &config.crop_height));
+      ATMAN_RETURN_IF_ERROR(kFields.ReadInt(crop, "width", &config.crop_width));
     } else {
-      return FieldError("crop_size", "must be an integer or {\"height\", \"width\"}");
+      return kFields.Error("crop_size", "must be an integer or {\"height\", \"width\"}");
     }
   }
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_rescale", &config.do_rescale));
-  ATMAN_RETURN_IF_ERROR(ReadDouble(json, "rescale_factor", &config.rescale_factor));
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_normalize", &config.do_normalize));
-  ATMAN_RETURN_IF_ERROR(ReadTriple(json, "image_mean", &config.image_mean));
-  ATMAN_RETURN_IF_ERROR(ReadTriple(json, "image_std", &config.image_std));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_rescale", &config.do_rescale));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadDouble(json, "rescale_factor", &config.rescale_factor));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_normalize", &config.do_normalize));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadTriple(json, "image_mean", &config.image_mean));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadTriple(json, "image_std", &config.image_std));
   return Create(std::move(config), patch_size);
 }
 

@@ -43,4 +43,55 @@ absl::StatusOr<nlohmann::json> ReadImageProcessorConfig(const std::filesystem::p
   return std::move(*it);
 }
 
+using Json = nlohmann::json;
+
+absl::Status SettingsFields::Error(std::string_view field, std::string_view what) const {
+  return absl::InvalidArgumentError(
+      absl::StrCat(ToAbsl(settings_), ": field '", ToAbsl(field), "' ", ToAbsl(what)));
+}
+
+absl::Status SettingsFields::ReadBool(const Json& json, const char* key, bool* out) const {
+  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
+  if (!json[key].is_boolean()) return Error(key, "must be true or false");
+  *out = json[key].get<bool>();
+  return absl::OkStatus();
+}
+
+absl::Status SettingsFields::ReadInt(const Json& json, const char* key, int64_t* out) const {
+  return ReadInt(json, key, key, out);
+}
+
+absl::Status SettingsFields::ReadInt(const Json& json, const char* key, std::string_view name,
+                                     int64_t* out) const {
+  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
+  if (!json[key].is_number_integer()) return Error(name, "must be an integer");
+  *out = json[key].get<int64_t>();
+  return absl::OkStatus();
+}
+
+absl::Status SettingsFields::ReadDouble(const Json& json, const char* key, double* out) const {
+  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
+  if (!json[key].is_number()) return Error(key, "must be a number");
+  *out = json[key].get<double>();
+  return absl::OkStatus();
+}
+
+absl::Status SettingsFields::ReadTriple(const Json& json, const char* key,
+                                        std::array<double, 3>* out) const {
+  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
+  const Json& v = json[key];
+  if (v.is_number()) {
+    out->fill(v.get<double>());
+    return absl::OkStatus();
+  }
+  if (!v.is_array() || v.size() != 3) {
+    return Error(key, "must be a number or a list of 3 numbers (one per RGB channel)");
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    if (!v[i].is_number()) return Error(key, "must hold numbers");
+    (*out)[i] = v[i].get<double>();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace atman::vision

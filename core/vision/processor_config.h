@@ -9,14 +9,19 @@
 //                              under "image_processor"; no preprocessor_config.json
 // FindImageProcessorConfig() picks the file (preprocessor_config.json when present) and
 // ReadImageProcessorConfig() gives the settings object of either. Errors name the file and
-// the key.
+// the key. SettingsFields reads the typed fields of that object for the image processors
+// (clip_image_processor.h, qwen2_vl_image_processor.h), with errors naming the field.
 //
-// Thread safety: free functions; safe from any thread.
+// Thread safety: free functions and an immutable SettingsFields; safe from any thread.
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace atman::vision {
@@ -33,5 +38,30 @@ absl::StatusOr<std::filesystem::path> FindImageProcessorConfig(const std::filesy
 // when it has none). NOT_FOUND when the file cannot be opened; INVALID_ARGUMENT naming the
 // file when it is not a JSON object.
 absl::StatusOr<nlohmann::json> ReadImageProcessorConfig(const std::filesystem::path& path);
+
+// Typed reads of fields of an image processor's settings object. A key that is absent or
+// null leaves *out as it was; a value of the wrong type is INVALID_ARGUMENT reading
+// "<settings>: field '<name>' <problem>", where `settings` (given at construction, e.g.
+// "image processor settings") names the settings and `name` is the field as errors name it
+// (the key, or e.g. size.shortest_edge for a nested key).
+class SettingsFields {
+ public:
+  explicit constexpr SettingsFields(std::string_view settings) : settings_(settings) {}
+
+  // INVALID_ARGUMENT "<settings>: field '<field>' <what>".
+  absl::Status Error(std::string_view field, std::string_view what) const;
+
+  absl::Status ReadBool(const nlohmann::json& json, const char* key, bool* out) const;
+  absl::Status ReadInt(const nlohmann::json& json, const char* key, int64_t* out) const;
+  absl::Status ReadInt(const nlohmann::json& json, const char* key, std::string_view name,
+                       int64_t* out) const;
+  absl::Status ReadDouble(const nlohmann::json& json, const char* key, double* out) const;
+  // image_mean / image_std: three numbers, or one for all channels.
+  absl::Status ReadTriple(const nlohmann::json& json, const char* key,
+                          std::array<double, 3>* out) const;
+
+ private:
+  std::string_view settings_;  // a string literal in practice: outlives the object
+};
 
 }  // namespace atman::vision

@@ -15,50 +15,7 @@ namespace {
 
 using Json = nlohmann::json;
 
-absl::Status FieldError(std::string_view field, std::string_view what) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("Qwen2-VL image processor config: field '", ToAbsl(field), "' ", ToAbsl(what)));
-}
-
-absl::Status ReadBool(const Json& json, const char* key, bool* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  if (!json[key].is_boolean()) return FieldError(key, "must be true or false");
-  *out = json[key].get<bool>();
-  return absl::OkStatus();
-}
-
-// `name` is the field as errors name it (size.shortest_edge for a nested key).
-absl::Status ReadInt(const Json& json, const char* key, std::string_view name, int64_t* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  if (!json[key].is_number_integer()) return FieldError(name, "must be an integer");
-  *out = json[key].get<int64_t>();
-  return absl::OkStatus();
-}
-
-absl::Status ReadDouble(const Json& json, const char* key, double* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  if (!json[key].is_number()) return FieldError(key, "must be a number");
-  *out = json[key].get<double>();
-  return absl::OkStatus();
-}
-
-// image_mean / image_std: three numbers, or one for all channels.
-absl::Status ReadTriple(const Json& json, const char* key, std::array<double, 3>* out) {
-  if (!json.contains(key) || json[key].is_null()) return absl::OkStatus();
-  const Json& v = json[key];
-  if (v.is_number()) {
-    out->fill(v.get<double>());
-    return absl::OkStatus();
-  }
-  if (!v.is_array() || v.size() != 3) {
-    return FieldError(key, "must be a number or a list of 3 numbers (one per RGB channel)");
-  }
-  for (size_t i = 0; i < 3; ++i) {
-    if (!v[i].is_number()) return FieldError(key, "must hold numbers");
-    (*out)[i] = v[i].get<double>();
-  }
-  return absl::OkStatus();
-}
+constexpr SettingsFields kFields("Qwen2-VL image processor config");
 
 // Python's round() of a non-negative double: to the nearest integer, ties to even.
 int64_t RoundHalfEven(double x) {
@@ -107,40 +64,40 @@ absl::StatusOr<std::pair<int64_t, int64_t>> SmartResize(int64_t height, int64_t 
 
 absl::StatusOr<Qwen2VlImageProcessor> Qwen2VlImageProcessor::Create(
     Qwen2VlImageProcessorConfig config, Qwen2VlImageProcessorOptions options) {
-  if (config.patch_size <= 0) return FieldError("patch_size", "must be positive");
-  if (config.merge_size <= 0) return FieldError("merge_size", "must be positive");
+  if (config.patch_size <= 0) return kFields.Error("patch_size", "must be positive");
+  if (config.merge_size <= 0) return kFields.Error("merge_size", "must be positive");
   if (config.temporal_patch_size <= 0) {
-    return FieldError("temporal_patch_size", "must be positive");
+    return kFields.Error("temporal_patch_size", "must be positive");
   }
   if (config.do_resize) {
     if (config.min_pixels <= 0) {
-      return FieldError("size.shortest_edge",
-                        "(min_pixels) must be positive: Qwen2-VL resizes within min_pixels and "
-                        "max_pixels");
+      return kFields.Error("size.shortest_edge",
+                           "(min_pixels) must be positive: Qwen2-VL resizes within min_pixels and "
+                           "max_pixels");
     }
     if (config.max_pixels <= 0) {
-      return FieldError("size.longest_edge",
-                        "(max_pixels) must be positive: Qwen2-VL resizes within min_pixels and "
-                        "max_pixels");
+      return kFields.Error("size.longest_edge",
+                           "(max_pixels) must be positive: Qwen2-VL resizes within min_pixels and "
+                           "max_pixels");
     }
     if (config.min_pixels > config.max_pixels) {
-      return FieldError(
+      return kFields.Error(
           "size.shortest_edge",
           absl::StrCat("(min_pixels) ", config.min_pixels,
                        " exceeds size.longest_edge (max_pixels) ", config.max_pixels));
     }
     if (config.resample == ResampleFilter::kNearest) {
-      return FieldError("resample", "is 0 (NEAREST), which is not supported");
+      return kFields.Error("resample", "is 0 (NEAREST), which is not supported");
     }
     const int r = static_cast<int>(config.resample);
-    if (r < 0 || r > 5) return FieldError("resample", absl::StrCat("is ", r, ", not 1..5"));
+    if (r < 0 || r > 5) return kFields.Error("resample", absl::StrCat("is ", r, ", not 1..5"));
   }
   if (config.do_rescale && !std::isfinite(config.rescale_factor)) {
-    return FieldError("rescale_factor", "must be finite");
+    return kFields.Error("rescale_factor", "must be finite");
   }
   if (config.do_normalize) {
     for (double s : config.image_std) {
-      if (s == 0.0 || !std::isfinite(s)) return FieldError("image_std", "must be non-zero");
+      if (s == 0.0 || !std::isfinite(s)) return kFields.Error("image_std", "must be non-zero");
     }
   }
   if (options.max_image_tokens < 0) {
@@ -158,7 +115,7 @@ absl::StatusOr<Qwen2VlImageProcessor> Qwen2VlImageProcessor::FromJson(
   Qwen2VlImageProcessorConfig config;
   if (json.contains("image_processor_type") && !json["image_processor_type"].is_null()) {
     if (!json["image_processor_type"].is_string()) {
-      return FieldError("image_processor_type", "must be a string");
+      return kFields.Error("image_processor_type", "must be a string");
     }
     config.processor_type = json["image_processor_type"].get<std::string>();
     std::string base = config.processor_type;
@@ -168,42 +125,44 @@ absl::StatusOr<Qwen2VlImageProcessor> Qwen2VlImageProcessor::FromJson(
       }
     }
     if (base != "Qwen2VLImageProcessor") {
-      return FieldError(
+      return kFields.Error(
           "image_processor_type",
           absl::StrCat("is '", config.processor_type, "'; supported: Qwen2VLImageProcessor"));
     }
   }
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_resize", &config.do_resize));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_resize", &config.do_resize));
   // transformers: a given `size` replaces the default budget whole; min_pixels / max_pixels
   // then override its shortest_edge / longest_edge.
   if (json.contains("size") && !json["size"].is_null()) {
     const Json& size = json["size"];
     if (!size.is_object()) {
-      return FieldError("size", "must be an object {\"shortest_edge\", \"longest_edge\"}");
+      return kFields.Error("size", "must be an object {\"shortest_edge\", \"longest_edge\"}");
     }
     config.min_pixels = config.max_pixels = 0;
-    ATMAN_RETURN_IF_ERROR(ReadInt(size, "shortest_edge", "size.shortest_edge", &config.min_pixels));
-    ATMAN_RETURN_IF_ERROR(ReadInt(size, "longest_edge", "size.longest_edge", &config.max_pixels));
+    ATMAN_RETURN_IF_ERROR(
+        kFields.ReadInt(size, "shortest_edge", "size.shortest_edge", &config.min_pixels));
+    ATMAN_RETURN_IF_ERROR(
+        kFields.ReadInt(size, "longest_edge", "size.longest_edge", &config.max_pixels));
   }
-  ATMAN_RETURN_IF_ERROR(ReadInt(json, "min_pixels", "min_pixels", &config.min_pixels));
-  ATMAN_RETURN_IF_ERROR(ReadInt(json, "max_pixels", "max_pixels", &config.max_pixels));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "min_pixels", &config.min_pixels));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "max_pixels", &config.max_pixels));
   if (json.contains("resample") && !json["resample"].is_null()) {
     int64_t resample = 0;
-    ATMAN_RETURN_IF_ERROR(ReadInt(json, "resample", "resample", &resample));
+    ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "resample", &resample));
     if (resample < 0 || resample > 5) {
-      return FieldError("resample", absl::StrCat("is ", resample, ", not a Pillow filter (0..5)"));
+      return kFields.Error("resample",
+                           absl::StrCat("is ", resample, ", not a Pillow filter (0..5)"));
     }
     config.resample = static_cast<ResampleFilter>(resample);
   }
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_rescale", &config.do_rescale));
-  ATMAN_RETURN_IF_ERROR(ReadDouble(json, "rescale_factor", &config.rescale_factor));
-  ATMAN_RETURN_IF_ERROR(ReadBool(json, "do_normalize", &config.do_normalize));
-  ATMAN_RETURN_IF_ERROR(ReadTriple(json, "image_mean", &config.image_mean));
-  ATMAN_RETURN_IF_ERROR(ReadTriple(json, "image_std", &config.image_std));
-  ATMAN_RETURN_IF_ERROR(ReadInt(json, "patch_size", "patch_size", &config.patch_size));
-  ATMAN_RETURN_IF_ERROR(
-      ReadInt(json, "temporal_patch_size", "temporal_patch_size", &config.temporal_patch_size));
-  ATMAN_RETURN_IF_ERROR(ReadInt(json, "merge_size", "merge_size", &config.merge_size));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_rescale", &config.do_rescale));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadDouble(json, "rescale_factor", &config.rescale_factor));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadBool(json, "do_normalize", &config.do_normalize));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadTriple(json, "image_mean", &config.image_mean));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadTriple(json, "image_std", &config.image_std));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "patch_size", &config.patch_size));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "temporal_patch_size", &config.temporal_patch_size));
+  ATMAN_RETURN_IF_ERROR(kFields.ReadInt(json, "merge_size", &config.merge_size));
   return Create(std::move(config), options);
 }
 

@@ -14,12 +14,11 @@
 
 #include <array>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "core/io/checkpoint.h"
 #include "core/model/qwen2_vl_positions.h"
+#include "tests/support/fixture_files.h"
 #include "tests/support/paths.h"
 
 namespace atman::model {
@@ -29,26 +28,12 @@ using ::testing::HasSubstr;
 
 std::filesystem::path Dir() { return atman::testing::FixtureDir("qwen2_vl_vision_cases"); }
 
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    ADD_FAILURE() << "cannot read fixture " << path;
-    return {};
-  }
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
-
-nlohmann::json ReadJson(const std::filesystem::path& path) {
-  auto json = nlohmann::json::parse(ReadFile(path), nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) ADD_FAILURE() << path << " is not valid JSON";
-  return json;
-}
+using ::atman::testing::ReadFixtureFile;
+using ::atman::testing::ReadFixtureJson;
 
 // A float32 file described by {"file", "shape"}.
 at::Tensor ReadTensor(const nlohmann::json& entry) {
-  const std::string bytes = ReadFile(Dir() / entry.at("file").get<std::string>());
+  const std::string bytes = ReadFixtureFile(Dir() / entry.at("file").get<std::string>());
   const auto shape = entry.at("shape").get<std::vector<int64_t>>();
   at::Tensor t = at::zeros(shape, at::kFloat);
   EXPECT_EQ(static_cast<size_t>(t.numel()) * sizeof(float), bytes.size());
@@ -61,7 +46,7 @@ class Qwen2VlVisionTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     const std::filesystem::path model = Dir() / GetParam() / "model";
-    auto config = ParseQwen2VlVisionConfig(ReadJson(model / "config.json"));
+    auto config = ParseQwen2VlVisionConfig(ReadFixtureJson(model / "config.json"));
     ASSERT_TRUE(config.ok()) << config.status();
     config_ = *config;
     auto checkpoint = io::Checkpoint::Open(model);
@@ -97,7 +82,7 @@ TEST_P(Qwen2VlVisionTest, ReadsTheConfig) {
 }
 
 TEST_P(Qwen2VlVisionTest, MatchesTransformers) {
-  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  const nlohmann::json manifest = ReadFixtureJson(Dir() / "manifest.json");
   const auto& cases = manifest.at(GetParam());
   ASSERT_EQ(cases.size(), 3u);
   double worst_hidden = 0, worst_merged = 0;
@@ -128,7 +113,7 @@ TEST_P(Qwen2VlVisionTest, BFloat16StaysCloseToFloat32) {
   auto bf16 =
       Qwen2VlVisionTower::Load(*checkpoint_, config_, "", c10::Device(c10::kCPU), at::kBFloat16);
   ASSERT_TRUE(bf16.ok()) << bf16.status();
-  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  const nlohmann::json manifest = ReadFixtureJson(Dir() / "manifest.json");
   const auto& c = manifest.at(GetParam()).at("two_images");
   std::vector<std::array<int64_t, 3>> grid;
   for (const auto& row : c.at("grid_thw")) grid.push_back({row[0], row[1], row[2]});
@@ -190,11 +175,12 @@ TEST_P(Qwen2VlVisionTest, RefusesInputsThatDoNotFit) {
 // writes it: vision_config nested in config.json, tensors under "visual." beside the language
 // model's.
 TEST(Qwen2VlVisionFolder, LoadsTheTowerOfAWholeModel) {
-  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  const nlohmann::json manifest = ReadFixtureJson(Dir() / "manifest.json");
   for (const std::string name : {"qwen2_vl_full", "qwen2_5_vl_full"}) {
     SCOPED_TRACE(name);
     const std::filesystem::path model = Dir() / name / "model";
-    auto config = ParseQwen2VlVisionConfig(ReadJson(model / "config.json").at("vision_config"));
+    auto config =
+        ParseQwen2VlVisionConfig(ReadFixtureJson(model / "config.json").at("vision_config"));
     ASSERT_TRUE(config.ok()) << config.status();
     EXPECT_EQ(config->qwen2_5(), name == "qwen2_5_vl_full");
     auto checkpoint = io::Checkpoint::Open(model);
@@ -223,7 +209,7 @@ TEST(Qwen2VlVisionFolder, LoadsTheTowerOfAWholeModel) {
 // M-RoPE positions equal transformers' get_rope_index (Qwen2-VL and Qwen2.5-VL) for text runs
 // around images, a tall image, two images, a two-frame grid and text alone.
 TEST(Qwen2VlMrope, MatchesGetRopeIndex) {
-  const nlohmann::json manifest = ReadJson(Dir() / "manifest.json");
+  const nlohmann::json manifest = ReadFixtureJson(Dir() / "manifest.json");
   int checked = 0;
   for (const auto& [model, cases] : manifest.at("rope_index").items()) {
     for (const auto& c : cases) {

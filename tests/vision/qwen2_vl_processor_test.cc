@@ -11,12 +11,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "core/vision/decode.h"
 #include "core/vision/qwen2_vl_image_processor.h"
+#include "tests/support/fixture_files.h"
 #include "tests/support/paths.h"
 
 namespace atman::vision {
@@ -26,34 +24,13 @@ using ::testing::HasSubstr;
 
 std::filesystem::path Dir() { return atman::testing::FixtureDir("qwen2_vl_processor"); }
 
-std::string ReadFile(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    ADD_FAILURE() << "cannot read fixture " << path;
-    return {};
-  }
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
-
 const nlohmann::json& Manifest() {
-  static const nlohmann::json manifest = [] {
-    auto json = nlohmann::json::parse(ReadFile(Dir() / "manifest.json"), nullptr, false);
-    if (json.is_discarded()) {
-      ADD_FAILURE() << "manifest.json is not valid JSON";
-      return nlohmann::json::object();
-    }
-    return json;
-  }();
+  static const nlohmann::json manifest = atman::testing::ReadFixtureJson(Dir() / "manifest.json");
   return manifest;
 }
 
 std::vector<float> ReadFloats(const std::string& relative) {
-  const std::string bytes = ReadFile(Dir() / relative);
-  std::vector<float> out(bytes.size() / sizeof(float));
-  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(float));
-  return out;
+  return atman::testing::ReadFixtureFloats(Dir() / relative);
 }
 
 double Fraction(const nlohmann::json& f) {
@@ -98,7 +75,8 @@ TEST(Qwen2VlPreprocess, MatchesTransformersPillowProcessor) {
     SCOPED_TRACE(proc_name + " on " + image_name);
     auto processor = Qwen2VlImageProcessor::FromDirectory(Dir() / "processors" / proc_name);
     ASSERT_TRUE(processor.ok()) << processor.status();
-    auto image = DecodeImage(ReadFile(Dir() / "images" / (image_name + ".png")));
+    auto image =
+        DecodeImage(atman::testing::ReadFixtureFile(Dir() / "images" / (image_name + ".png")));
     ASSERT_TRUE(image.ok()) << image.status();
 
     auto pre = processor->Preprocess(*image);
