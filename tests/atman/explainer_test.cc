@@ -448,7 +448,12 @@ TEST(Engine, BatchOverheadPacksShortRowsWithoutChangingScores) {
   options.limits.overhead_positions = -1;
   Explainer measured(loaded.lm.get(), loaded.tokenizer.get(), options);
   ASSERT_TRUE(measured.Warmup(32).ok());
-  EXPECT_GT(measured.batch_cost().per_position_seconds, 0);
+  // Timed: on a loaded machine the fit may find no per-position slope (time not rising with
+  // size is noise, fitted as a constant), so only what follows from the fit is asserted.
+  EXPECT_GE(measured.batch_cost().per_position_seconds, 0);
+  EXPECT_GT(measured.batch_cost().fixed_seconds + measured.batch_cost().per_position_seconds, 0);
+  EXPECT_EQ(measured.options().limits.overhead_positions,
+            measured.batch_cost().OverheadPositions(Explainer::kMaxOverheadPositions));
   EXPECT_GE(measured.options().limits.overhead_positions, 0);
   EXPECT_LE(measured.options().limits.overhead_positions, Explainer::kMaxOverheadPositions);
   options.limits.overhead_positions = 7;
