@@ -54,6 +54,12 @@ inline absl::Status CancelReason(std::chrono::steady_clock::time_point deadline)
 class CallState {
  public:
   explicit CallState(std::chrono::steady_clock::time_point deadline) : deadline_(deadline) {}
+  // Takes the lock once more before the members go, so that the thread dropping the last
+  // reference visibly comes after every Cancel: gRPC runs OnCancel before the reactor lets go
+  // of its reference through its own synchronisation, which ThreadSanitizer cannot see.
+  ~CallState() { MutexLock lock(&mu_); }
+  CallState(const CallState&) = delete;
+  CallState& operator=(const CallState&) = delete;
   // The first reason wins.
   void Cancel(const absl::Status& why) {
     MutexLock lock(&mu_);
