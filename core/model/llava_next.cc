@@ -92,28 +92,6 @@ absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layou
       extra.size() > shown ? ", ..." : ""));
 }
 
-// select_best_resolution (transformers.image_processing_utils), as the processor does it.
-std::pair<int64_t, int64_t> BestResolution(
-    const std::vector<std::pair<int64_t, int64_t>>& pinpoints, int64_t width, int64_t height) {
-  std::pair<int64_t, int64_t> best = pinpoints.front();
-  int64_t max_effective = 0;
-  int64_t min_wasted = std::numeric_limits<int64_t>::max();
-  for (const auto& [h, w] : pinpoints) {
-    const double scale = std::min(static_cast<double>(w) / static_cast<double>(width),
-                                  static_cast<double>(h) / static_cast<double>(height));
-    const auto down_w = static_cast<int64_t>(static_cast<double>(width) * scale);
-    const auto down_h = static_cast<int64_t>(static_cast<double>(height) * scale);
-    const int64_t effective = std::min(down_w * down_h, width * height);
-    const int64_t wasted = w * h - effective;
-    if (effective > max_effective || (effective == max_effective && wasted < min_wasted)) {
-      max_effective = effective;
-      min_wasted = wasted;
-      best = {h, w};
-    }
-  }
-  return best;
-}
-
 // int(round(x, 7)) for x >= 0: Python rounds to 7 decimals first, which only matters within
 // 5e-8 below an integer.
 int64_t RoundedTo7Truncated(double x) {
@@ -283,7 +261,7 @@ absl::StatusOr<AnyresTokens> LlavaNextModel::TokensFor(int64_t width, int64_t he
   const int64_t s = image_size();
   AnyresTokens t;
   t.grid = config_.llava.vision.grid();
-  const auto [best_h, best_w] = BestResolution(config_.grid_pinpoints, width, height);
+  const auto [best_h, best_w] = vision::SelectBestResolution(config_.grid_pinpoints, width, height);
   t.tile_rows = best_h / s;
   t.tile_cols = best_w / s;
   const int64_t H = t.tile_rows * t.grid, W = t.tile_cols * t.grid;

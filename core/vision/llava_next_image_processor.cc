@@ -182,13 +182,12 @@ absl::StatusOr<LlavaNextImageProcessor> LlavaNextImageProcessor::FromFile(
   return processor;
 }
 
-std::pair<int64_t, int64_t> LlavaNextImageProcessor::BestResolution(int64_t width,
-                                                                    int64_t height) const {
-  // select_best_resolution, in Python's float and int arithmetic.
-  std::pair<int64_t, int64_t> best = pinpoints_.front();
+std::pair<int64_t, int64_t> SelectBestResolution(
+    const std::vector<std::pair<int64_t, int64_t>>& pinpoints, int64_t width, int64_t height) {
+  std::pair<int64_t, int64_t> best = pinpoints.front();
   int64_t max_effective = 0;
   int64_t min_wasted = std::numeric_limits<int64_t>::max();
-  for (const auto& [h, w] : pinpoints_) {
+  for (const auto& [h, w] : pinpoints) {
     const double scale = std::min(static_cast<double>(w) / static_cast<double>(width),
                                   static_cast<double>(h) / static_cast<double>(height));
     const auto down_w = static_cast<int64_t>(static_cast<double>(width) * scale);

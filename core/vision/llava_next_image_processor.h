@@ -57,6 +57,13 @@ struct AnyresLayout {
   std::vector<ImageGeometry> tiles;             // views 1..: row-major, tile_rows * tile_cols
 };
 
+
+// transformers' select_best_resolution, in Python's float and int arithmetic: of `pinpoints`
+// (height, width; non-empty), the one that keeps the most of a width x height image's pixels,
+// ties broken by the least padding. Shared by the processor and LlavaNextModel's token count.
+std::pair<int64_t, int64_t> SelectBestResolution(
+    const std::vector<std::pair<int64_t, int64_t>>& pinpoints, int64_t width, int64_t height);
+
 class LlavaNextImageProcessor : public ImageProcessor {
  public:
   // `clip` holds the shared fields (size, crop_size, resample, rescale, normalise; its
@@ -83,7 +90,9 @@ class LlavaNextImageProcessor : public ImageProcessor {
   std::pair<int64_t, int64_t> OutputSize() const override { return {view_size_, view_size_}; }
 
   // select_best_resolution: the pinpoint (height, width) for an image of this size.
-  std::pair<int64_t, int64_t> BestResolution(int64_t width, int64_t height) const;
+  std::pair<int64_t, int64_t> BestResolution(int64_t width, int64_t height) const {
+    return SelectBestResolution(pinpoints_, width, height);
+  }
   // The whole layout for an image of this size (no pixels touched).
   absl::StatusOr<AnyresLayout> LayoutFor(int64_t width, int64_t height) const;
 
