@@ -219,6 +219,29 @@ absl::Status SpecialTokenIds(const GgufFile& file, json& c) {
 // names of its checkpoint. Conv1D weights ([in, out] in transformers) are stored as [out, in]
 // and transposed back on load. The position table's rows are n_positions (transformers reads
 // gpt2.context_length into n_ctx, which GPT-2 ignores; the table is the file's).
+// A block tensor's name "blk.N.<suffix>" -> (N, suffix); INVALID_ARGUMENT naming the tensor
+// when N is not a block number in [0, layers) (`count_key`: the metadata key that says how
+// many there are).
+struct BlockTensorName {
+  int64_t layer = -1;
+  std::string suffix;
+};
+absl::StatusOr<BlockTensorName> ParseBlockTensorName(const GgufFile& file, const std::string& name,
+                                                     int64_t layers,
+                                                     const std::string& count_key) {
+  const std::string_view rest = std::string_view(name).substr(4);  // after "blk."
+  const std::size_t dot = rest.find('.');
+  BlockTensorName block;
+  if (dot == std::string_view::npos ||
+      !absl::SimpleAtoi(absl::string_view(rest.data(), dot), &block.layer) || block.layer < 0 ||
+      block.layer >= layers) {
+    return Bad(file, "tensor '", name, "': block number is not in [0, ", count_key, " = ", layers,
+               ")");
+  }
+  block.suffix = std::string(rest.substr(dot + 1));
+  return block;
+}
+
 absl::StatusOr<GgufModel> ConvertGpt2(const GgufFile& file) {
   GgufModel model;
   json& c = model.config;
@@ -293,20 +316,13 @@ absl::StatusOr<GgufModel> ConvertGpt2(const GgufFile& file) {
     if (auto it = kGlobal.find(t.name); it != kGlobal.end()) {
       m.name = it->second;
     } else if (absl::StartsWith(t.name, "blk.")) {
-      const std::string_view rest = std::string_view(t.name).substr(4);
-      const std::size_t dot = rest.find('.');
-      int64_t layer = -1;
-      if (dot == std::string_view::npos ||
-          !absl::SimpleAtoi(absl::string_view(rest.data(), dot), &layer) || layer < 0 ||
-          layer >= layers) {
-        return Bad(file, "tensor '", t.name, "': block number is not in [0, gpt2.block_count = ",
-                   layers, ")");
-      }
-      auto it = kBlock.find(std::string(rest.substr(dot + 1)));
+      ATMAN_ASSIGN_OR_RETURN(const BlockTensorName block,
+                             ParseBlockTensorName(file, t.name, layers, "gpt2.block_count"));
+      auto it = kBlock.find(block.suffix);
       if (it == kBlock.end()) {
         return Unsupported(file, "tensor '", t.name, "' is not part of the gpt2 layout atman reads");
       }
-      m.name = absl::StrCat("transformer.h.", layer, ".", it->second.first);
+      m.name = absl::StrCat("transformer.h.", block.layer, ".", it->second.first);
       m.transpose = it->second.second;
       if (m.transpose && t.shape.size() != 2) {
         return Bad(file, "tensor '", t.name, "' must have 2 dimensions, has ", t.shape.size());
@@ -435,22 +451,15 @@ absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
     if (auto it = kGlobal.find(t.name); it != kGlobal.end()) {
       m.name = it->second;
     } else if (absl::StartsWith(t.name, "blk.")) {
-      const std::string_view rest = std::string_view(t.name).substr(4);
-      const std::size_t dot = rest.find('.');
-      int64_t layer = -1;
-      if (dot == std::string_view::npos ||
-          !absl::SimpleAtoi(absl::string_view(rest.data(), dot), &layer) || layer < 0 ||
-          layer >= layers) {
-        return Bad(file, "tensor '", t.name, "': block number is not in [0, ", p,
-                   "block_count = ", layers, ")");
-      }
-      const std::string suffix(rest.substr(dot + 1));
+      ATMAN_ASSIGN_OR_RETURN(const BlockTensorName block,
+                             ParseBlockTensorName(file, t.name, layers, p + "block_count"));
+      const std::string& suffix = block.suffix;
       auto it = kBlock.find(suffix);
       if (it == kBlock.end()) {
         return Unsupported(file, "tensor '", t.name, "' is not part of the ", arch,
                            " layout atman reads");
       }
-      m.name = absl::StrCat("model.layers.", layer, ".", it->second);
+      m.name = absl::StrCat("model.layers.", block.layer, ".", it->second);
       if (arch == "llama" && absl::StartsWith(suffix, "attn_q.")) m.unpermute_heads = heads;
       if (arch == "llama" && absl::StartsWith(suffix, "attn_k.")) m.unpermute_heads = kv_heads;
     } else {
