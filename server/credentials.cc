@@ -143,12 +143,7 @@ absl::StatusOr<std::unique_ptr<TlsFiles>> TlsFiles::Create(const Config& config,
 }
 
 TlsFiles::~TlsFiles() {
-  {
-    std::lock_guard<std::mutex> lock(watch_mu_);
-    stop_ = true;
-  }
-  watch_cv_.notify_all();
-  if (watcher_.joinable()) watcher_.join();
+  watcher_.Stop();
   if (!dir_.empty()) {
     std::error_code ignored;
     std::filesystem::remove_all(dir_, ignored);
@@ -237,15 +232,29 @@ absl::Status TlsFiles::Refresh() {
 }
 
 void TlsFiles::Watch(std::chrono::seconds interval) {
-  if (dir_.empty() || watcher_.joinable()) return;
-  watcher_ = std::thread([this, interval] {
-    std::unique_lock<std::mutex> lock(watch_mu_);
-    while (!watch_cv_.wait_for(lock, interval, [this] { return stop_; })) {
+  if (dir_.empty()) return;
+  watcher_.Start(interval, [this] { Refresh().IgnoreError(); });  // reported through the observer
+}
+
+void RefreshLoop::Start(std::chrono::seconds interval, std::function<void()> refresh) {
+  if (thread_.joinable()) return;
+  thread_ = std::thread([this, interval, refresh = std::move(refresh)] {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!cv_.wait_for(lock, interval, [this] { return stop_; })) {
       lock.unlock();
-      Refresh().IgnoreError();  // reported through the observer
+      refresh();
       lock.lock();
     }
   });
+}
+
+void RefreshLoop::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
 }
 
 absl::StatusOr<double> CertificateNotAfter(const std::string& path) {
@@ -301,12 +310,7 @@ AuthTokens::AuthTokens(const Config& config, Observer observer)
 }
 
 AuthTokens::~AuthTokens() {
-  {
-    std::lock_guard<std::mutex> lock(watch_mu_);
-    stop_ = true;
-  }
-  watch_cv_.notify_all();
-  if (watcher_.joinable()) watcher_.join();
+  watcher_.Stop();
 }
 
 bool AuthTokens::Allows(absl::string_view presented) const {
@@ -351,15 +355,8 @@ absl::Status AuthTokens::Refresh() {
 }
 
 void AuthTokens::Watch(std::chrono::seconds interval) {
-  if (file_.empty() || watcher_.joinable()) return;
-  watcher_ = std::thread([this, interval] {
-    std::unique_lock<std::mutex> lock(watch_mu_);
-    while (!watch_cv_.wait_for(lock, interval, [this] { return stop_; })) {
-      lock.unlock();
-      Refresh().IgnoreError();  // reported through the observer
-      lock.lock();
-    }
-  });
+  if (file_.empty()) return;
+  watcher_.Start(interval, [this] { Refresh().IgnoreError(); });  // reported through the observer
 }
 
 }  // namespace atman::server

@@ -15,7 +15,8 @@
 //            read or holds none keeps the previous tokens (auth never turns off), and is
 //            logged and counted once per change.
 //
-// Ownership: TlsFiles and AuthTokens own their watch threads (joined by the destructors);
+// Ownership: TlsFiles and AuthTokens own their watch threads (RefreshLoop, joined by the
+// destructors);
 // TlsFiles owns its staging folder (removed by the destructor). Thread safety: Allows, Refresh
 // and the accessors may be called from any thread.
 #pragma once
@@ -38,6 +39,29 @@
 #include "server/config.h"
 
 namespace atman::server {
+
+// One thread that calls a function every `interval` until Stop() (or destruction): the watch
+// thread of TlsFiles and AuthTokens. Start and Stop are called by the owner, not concurrently.
+class RefreshLoop {
+ public:
+  RefreshLoop() = default;
+  ~RefreshLoop() { Stop(); }
+  RefreshLoop(const RefreshLoop&) = delete;
+  RefreshLoop& operator=(const RefreshLoop&) = delete;
+
+  bool running() const { return thread_.joinable(); }
+  // Starts the thread; the first call of `refresh` comes one `interval` after. No-op when
+  // running.
+  void Start(std::chrono::seconds interval, std::function<void()> refresh);
+  // Wakes the thread and joins it (a call in progress finishes first).
+  void Stop();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
 
 // The TLS files gRPC serves. gRPC's FileWatcherCertificateProvider reloads whatever pair its
 // files hold, and gRPC 1.51 takes a key that is not the certificate's too (then every
@@ -83,10 +107,7 @@ class TlsFiles {
   int version_ = 0;
   std::optional<std::string> last_;  // the configured files' texts last looked at, joined
 
-  std::mutex watch_mu_;
-  std::condition_variable watch_cv_;
-  bool stop_ = false;
-  std::thread watcher_;
+  RefreshLoop watcher_;
 };
 
 // The end of the validity (notAfter) of the first certificate in the PEM file at `path`, in
@@ -135,10 +156,7 @@ class AuthTokens {
   std::shared_ptr<const std::vector<std::string>> tokens_;  // env + file, replaced whole
   std::optional<std::string> last_text_;  // the file's text last looked at; nullopt: unreadable
 
-  std::mutex watch_mu_;
-  std::condition_variable watch_cv_;
-  bool stop_ = false;
-  std::thread watcher_;
+  RefreshLoop watcher_;
 };
 
 }  // namespace atman::server
