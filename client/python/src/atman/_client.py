@@ -199,6 +199,23 @@ def _error(e: grpc.RpcError, method: str, rounds: int) -> AtmanError:
     return AtmanError(e.code(), details, method)
 
 
+def _gives_up(s: "_Settings", e: grpc.RpcError, r: int, rounds: int,
+              deadline: Optional[float], started: bool = False) -> bool:
+    """Whether round `r` of `rounds` ends the call with `e`: only UNAVAILABLE before any
+    stream event is retried, and only while a backoff still fits before the deadline."""
+    left = _remaining(deadline)
+    return started or e.code() != grpc.StatusCode.UNAVAILABLE or r == rounds or \
+        (left is not None and left <= s.max_backoff)
+
+
+def _stream_item(request: pb.ExplainRequest, event) -> Union[Progress, Explanation]:
+    """One ExplainStream event: a Progress, or the final Explanation."""
+    if event.HasField("progress"):
+        p = event.progress
+        return Progress(p.rows_done, p.rows_total, p.estimated_seconds_left)
+    return Explanation.from_proto(request, event.result)
+
+
 class Client:
     """A blocking client. `address`: host:port (or any gRPC target). `tls`: None/False
     (plaintext), True (the system's roots) or an atman.Tls. `token`: bearer token. `timeout`:
@@ -234,9 +251,7 @@ class Client:
             try:
                 return call(request, timeout=_remaining(deadline), metadata=self._s.metadata)
             except grpc.RpcError as e:
-                left = _remaining(deadline)
-                if e.code() != grpc.StatusCode.UNAVAILABLE or r == rounds or \
-                        (left is not None and left <= self._s.max_backoff):
+                if _gives_up(self._s, e, r, rounds, deadline):
                     raise _error(e, method, r) from None
             time.sleep(self._s.max_backoff)
 
@@ -261,16 +276,10 @@ class Client:
             try:
                 for event in call:
                     started = True
-                    if event.HasField("progress"):
-                        p = event.progress
-                        yield Progress(p.rows_done, p.rows_total, p.estimated_seconds_left)
-                    else:
-                        yield Explanation.from_proto(request, event.result)
+                    yield _stream_item(request, event)
                 return
             except grpc.RpcError as e:
-                left = _remaining(deadline)
-                if started or e.code() != grpc.StatusCode.UNAVAILABLE or r == self._s.rounds or \
-                        (left is not None and left <= self._s.max_backoff):
+                if _gives_up(self._s, e, r, self._s.rounds, deadline, started):
                     raise _error(e, "ExplainStream", r) from None
             finally:
                 call.cancel()  # no-op once the call ended; ends it when the caller stopped early
@@ -347,9 +356,7 @@ class AsyncClient:
                 return await call(request, timeout=_remaining(deadline),
                                   metadata=self._s.metadata)
             except grpc.RpcError as e:
-                left = _remaining(deadline)
-                if e.code() != grpc.StatusCode.UNAVAILABLE or r == self._s.rounds or \
-                        (left is not None and left <= self._s.max_backoff):
+                if _gives_up(self._s, e, r, self._s.rounds, deadline):
                     raise _error(e, method, r) from None
             await asyncio.sleep(self._s.max_backoff)
 
@@ -371,16 +378,10 @@ class AsyncClient:
             try:
                 async for event in call:
                     started = True
-                    if event.HasField("progress"):
-                        p = event.progress
-                        yield Progress(p.rows_done, p.rows_total, p.estimated_seconds_left)
-                    else:
-                        yield Explanation.from_proto(request, event.result)
+                    yield _stream_item(request, event)
                 return
             except grpc.RpcError as e:
-                left = _remaining(deadline)
-                if started or e.code() != grpc.StatusCode.UNAVAILABLE or r == self._s.rounds or \
-                        (left is not None and left <= self._s.max_backoff):
+                if _gives_up(self._s, e, r, self._s.rounds, deadline, started):
                     raise _error(e, "ExplainStream", r) from None
             finally:
                 call.cancel()
