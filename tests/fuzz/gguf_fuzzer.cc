@@ -10,8 +10,6 @@
 // tensor's, FindTensor() finds each, and Dequantize() gives a float tensor of its shape or
 // UNIMPLEMENTED for types it does not support. The conversions return a status, never crash.
 #include <ATen/core/Tensor.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -21,34 +19,21 @@
 #include "core/io/gguf.h"
 #include "core/io/gguf_model.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/memfd_file.h"
 
 namespace {
 
-const std::string& MemfdPath() {
-  static const std::string path = [] {
-    const int fd = memfd_create("fuzz.gguf", MFD_CLOEXEC);
-    FUZZ_CHECK(fd >= 0);
-    return "/proc/self/fd/" + std::to_string(fd);
-  }();
-  return path;
-}
-
-void WriteMemfd(const uint8_t* data, size_t size) {
-  const int fd = std::stoi(MemfdPath().substr(std::string("/proc/self/fd/").size()));
-  FUZZ_CHECK(ftruncate(fd, 0) == 0);
-  size_t written = 0;
-  while (written < size) {
-    const ssize_t n = pwrite(fd, data + written, size - written, static_cast<off_t>(written));
-    FUZZ_CHECK(n > 0);
-    written += static_cast<size_t>(n);
-  }
+// One memfd for the whole run, rewritten for each input.
+const MemfdFile& Memfd() {
+  static const MemfdFile file("fuzz.gguf");
+  return file;
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  WriteMemfd(data, size);
-  auto file = atman::io::GgufFile::Open(MemfdPath());
+  Memfd().Write(data, size);
+  auto file = atman::io::GgufFile::Open(Memfd().path());
   if (!file.ok()) {
     FUZZ_CHECK(file.status().code() == absl::StatusCode::kInvalidArgument ||
                file.status().code() == absl::StatusCode::kUnimplemented);

@@ -7,8 +7,6 @@
 // inside the file, no two non-empty spans share a byte, Find() finds each entry, and View()
 // gives a tensor of the entry's dtype and shape holding exactly Bytes().
 #include <ATen/core/Tensor.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -18,35 +16,21 @@
 
 #include "core/io/safetensors.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/memfd_file.h"
 
 namespace {
 
 // One memfd for the whole run, rewritten for each input.
-const std::string& MemfdPath() {
-  static const std::string path = [] {
-    const int fd = memfd_create("fuzz.safetensors", MFD_CLOEXEC);
-    FUZZ_CHECK(fd >= 0);
-    return "/proc/self/fd/" + std::to_string(fd);
-  }();
-  return path;
-}
-
-void WriteMemfd(const uint8_t* data, size_t size) {
-  const int fd = std::stoi(MemfdPath().substr(std::string("/proc/self/fd/").size()));
-  FUZZ_CHECK(ftruncate(fd, 0) == 0);
-  size_t written = 0;
-  while (written < size) {
-    const ssize_t n = pwrite(fd, data + written, size - written, static_cast<off_t>(written));
-    FUZZ_CHECK(n > 0);
-    written += static_cast<size_t>(n);
-  }
+const MemfdFile& Memfd() {
+  static const MemfdFile file("fuzz.safetensors");
+  return file;
 }
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  WriteMemfd(data, size);
-  auto file = atman::io::SafetensorsFile::Open(MemfdPath());
+  Memfd().Write(data, size);
+  auto file = atman::io::SafetensorsFile::Open(Memfd().path());
   if (!file.ok()) {
     FUZZ_CHECK(file.status().code() == absl::StatusCode::kInvalidArgument);
     return 0;
