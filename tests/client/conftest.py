@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
@@ -27,9 +26,7 @@ class Server(atman_service.Server):
     """atman-server on the LLaVA of the atman_cases oracle fixture unless `model` is given;
     `credentials` (grpc channel credentials) makes the test's channel a TLS one."""
 
-    def __init__(self, *flags, model=LLAVA, credentials=None, **kwargs):
-        if credentials is not None:
-            kwargs["secure_channel"] = lambda address: grpc.secure_channel(address, credentials)
+    def __init__(self, *flags, model=LLAVA, **kwargs):
         super().__init__(*flags, model=model, **kwargs)
 
 

@@ -10,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 # The built package first: tests/support generates its own stubs under the same `atman`
@@ -33,9 +32,7 @@ class Server(atman_service.Server):
     """atman-server on the atman_cases LLaVA unless `model` is given; `credentials` makes the
     raw channel a TLS one."""
 
-    def __init__(self, *flags, credentials=None, model=LLAVA, **kwargs):
-        if credentials is not None:
-            kwargs["secure_channel"] = lambda address: grpc.secure_channel(address, credentials)
+    def __init__(self, *flags, model=LLAVA, **kwargs):
         super().__init__(*flags, model=model, **kwargs)
 
 

@@ -79,7 +79,7 @@ def test_renewed_certificate_reaches_new_handshakes():
                                           certificate_chain=(first / "client.pem").read_bytes())
     s = Server("--tls-cert", secret.root / "tls.crt", "--tls-key", secret.root / "tls.key",
                "--tls-client-ca", secret.root / "ca.crt", "--credentials-refresh-seconds", 1,
-               secure_channel=lambda a: grpc.secure_channel(a, mutual))
+               credentials=mutual)
     try:
         assert presented_certificate(s.port, first / "ca.pem", first) == der(first / "server.pem")
         assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0

@@ -297,7 +297,7 @@ def test_tls_and_mutual_tls():
     c = _certs(tmp)
     server_creds = grpc.ssl_channel_credentials(root_certificates=c["ca.pem"])
     s = Server("--tls-cert", str(tmp / "server.pem"), "--tls-key", str(tmp / "server.key"),
-               secure_channel=lambda a: grpc.secure_channel(a, server_creds))
+               credentials=server_creds)
     try:
         assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).vocab_size > 0
         with pytest.raises(grpc.RpcError) as e:  # plaintext to a TLS port
@@ -309,7 +309,7 @@ def test_tls_and_mutual_tls():
     mutual = grpc.ssl_channel_credentials(root_certificates=c["ca.pem"], private_key=c["client.key"],
                                           certificate_chain=c["client.pem"])
     s = Server("--tls-cert", str(tmp / "server.pem"), "--tls-key", str(tmp / "server.key"),
-               "--tls-client-ca", str(tmp / "ca.pem"), secure_channel=lambda a: grpc.secure_channel(a, mutual))
+               "--tls-client-ca", str(tmp / "ca.pem"), credentials=mutual)
     try:
         assert s.stub.Explain(to_proto(REQUESTS[0]), timeout=60).explanations
         with pytest.raises(grpc.RpcError) as e:  # TLS without a client certificate

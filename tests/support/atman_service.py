@@ -49,11 +49,11 @@ class Server:
 
     flags: extra command-line flags. port: the gRPC port (default: a free one). wait: block
     until the health service says SERVING. env: added to the environment (ATMAN_* variables
-    of the test's own environment are dropped). secure_channel: a function address ->
-    grpc.Channel for TLS servers (default: an insecure channel)."""
+    of the test's own environment are dropped). credentials: grpc channel credentials that make
+    the test's channel a TLS one (default: an insecure channel)."""
 
     def __init__(self, *flags, model: Path, port: int | None = None, wait: bool = True,
-                 env: dict | None = None, secure_channel=None):
+                 env: dict | None = None, credentials=None):
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -67,7 +67,8 @@ class Server:
              # No drain delay unless a test asks for one (a later flag wins): stop() is prompt.
              "--drain-delay-seconds", "0", *map(str, flags)],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
-        self.channel = (secure_channel or grpc.insecure_channel)(self.address)
+        self.channel = (grpc.insecure_channel(self.address) if credentials is None
+                        else grpc.secure_channel(self.address, credentials))
         self.stub = pb_grpc.AtmanStub(self.channel)
         if wait:
             self.wait_serving()
