@@ -2,8 +2,10 @@
 // models, 2 decoder layers of width 64, head_dim 16 with mrope_section [2, 3, 3]; Qwen2-VL with
 // a separate lm_head, Qwen2.5-VL with tied embeddings). The language model with multimodal
 // rotary (M-RoPE): text-only logits, logits under the positions Qwen2VlMropePositions computes
-// for an image prompt, and a continuation from a KV cache, all to 1e-4 (float32); the
-// config.json fields of M-RoPE and their errors.
+// for an image prompt, and a continuation from a KV cache, all to 1e-4 (float32). The whole
+// model (Qwen2VlModel): merged image rows, positions and rope_delta, and the logits of prompts
+// with one and two images (vision_start, pads, vision_end) and of text alone, to 1e-4, for
+// both weight layouts and the hub's flat config.json; the config.json fields and the errors.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/from_blob.h>
@@ -22,6 +24,7 @@
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
 #include "core/model/config.h"
+#include "core/model/qwen2_vl.h"
 #include "core/model/qwen2_vl_positions.h"
 #include "tests/model/model_cases.h"
 #include "tests/support/fixture_files.h"
@@ -63,18 +66,9 @@ at::Tensor Ids(const nlohmann::json& c) {
 
 std::vector<std::array<int64_t, 3>> Grids(const nlohmann::json& c) {
   std::vector<std::array<int64_t, 3>> grids;
+  if (!c.contains("image_grid_thw")) return grids;  // text only
   for (const auto& g : c.at("image_grid_thw")) grids.push_back(g.get<std::array<int64_t, 3>>());
   return grids;
-}
-
-// M-RoPE positions [3, 1, T] of an M-RoPE result.
-at::Tensor PositionTensor(const MropePositions& positions) {
-  const auto T = static_cast<int64_t>(positions.positions[0].size());
-  at::Tensor out = at::zeros({3, 1, T}, at::kLong);
-  for (int64_t c = 0; c < 3; ++c) {
-    std::memcpy(out[c].data_ptr<int64_t>(), positions.positions[c].data(), T * sizeof(int64_t));
-  }
-  return out;
 }
 
 // The fixture folder's family: "qwen2_vl" or "qwen2_5_vl".
@@ -140,7 +134,7 @@ TEST_P(Qwen2VlLanguageModelTest, MropeLogitsEqualTransformers) {
   for (int64_t k = 0; k < 3; ++k) {
     EXPECT_EQ(positions->positions[k], c.at("positions")[k].get<std::vector<int64_t>>()) << k;
   }
-  const at::Tensor three = PositionTensor(*positions);
+  const at::Tensor three = MropePositionTensor(*positions);
   EXPECT_LT(MaxAbsDiff(testing::Logits(*model_, ids, {}, three), expected), kParity);
   // The test can fail: ordinary positions give other logits.
   EXPECT_GT(MaxAbsDiff(testing::Logits(*model_, ids, {}, {}), expected), 1e-3);
@@ -177,6 +171,147 @@ TEST_P(Qwen2VlLanguageModelTest, RejectsPositionsOfTheWrongShape) {
 
 INSTANTIATE_TEST_SUITE_P(Families, Qwen2VlLanguageModelTest,
                          ::testing::Values("qwen2_vl", "qwen2_5_vl"));
+
+// ---- the whole model (qwen2_vl.h).
+
+std::unique_ptr<Qwen2VlModel> LoadQwen2Vl(const std::filesystem::path& dir) {
+  auto model = Qwen2VlModel::Load(dir, c10::Device("cpu"), at::kFloat);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *std::move(model) : nullptr;
+}
+
+// Logits [1, T, V] of a case's prompt with its images through the public API: EmbedImages,
+// Embed, Positions, Forward.
+at::Tensor ModelLogits(const Qwen2VlModel& model, const nlohmann::json& c,
+                       const at::Tensor& image_rows) {
+  const auto ids = c.at("ids").get<std::vector<int64_t>>();
+  auto embeds = model.Embed(Ids(c), image_rows);
+  EXPECT_TRUE(embeds.ok()) << embeds.status();
+  auto positions = model.Positions(ids, Grids(c));
+  EXPECT_TRUE(positions.ok()) << positions.status();
+  if (!embeds.ok() || !positions.ok()) return {};
+  ForwardInput in;
+  in.embeds = *embeds;
+  in.positions = MropePositionTensor(*positions);
+  in.output.kind = OutputRequest::Kind::kAllLogits;
+  auto out = model.language_model().Forward(in);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? out->logits : at::Tensor();
+}
+
+class Qwen2VlModelTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  const nlohmann::json& Case(const std::string& name) const {
+    return Manifest().at(GetParam()).at(name);
+  }
+};
+
+TEST_P(Qwen2VlModelTest, ReadsTheConfig) {
+  auto model = LoadQwen2Vl(Dir() / GetParam() / "model");
+  ASSERT_NE(model, nullptr);
+  const Qwen2VlConfig& c = model->config();
+  EXPECT_EQ(c.model_type, GetParam());
+  EXPECT_EQ(c.image_token_id, 290);
+  EXPECT_EQ(c.video_token_id, 291);
+  EXPECT_EQ(c.vision_start_token_id, 288);
+  EXPECT_EQ(c.vision_end_token_id, 289);
+  EXPECT_EQ(c.vision.qwen2_5(), GetParam() == "qwen2_5_vl");
+  EXPECT_EQ(c.vision.depth, 2);
+  EXPECT_EQ(model->language_model().config().model_type, GetParam() + "_text");
+  EXPECT_EQ(model->language_model().config().tied_embeddings, GetParam() == "qwen2_5_vl");
+  EXPECT_EQ(model->ImageTokens({1, 6, 8}), 12);
+}
+
+TEST_P(Qwen2VlModelTest, ImagePromptLogitsEqualTransformers) {
+  auto model = LoadQwen2Vl(Dir() / GetParam() / "model");
+  ASSERT_NE(model, nullptr);
+  for (const char* name : {"one_image", "two_images"}) {
+    SCOPED_TRACE(name);
+    const nlohmann::json& c = Case(name);
+    const auto grids = Grids(c);
+    auto rows = model->EmbedImages(ReadTensor(c.at("pixel_values")), grids);
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    EXPECT_LT(MaxAbsDiff(*rows, ReadTensor(c.at("merged"))), kParity);
+    auto positions = model->Positions(c.at("ids").get<std::vector<int64_t>>(), grids);
+    ASSERT_TRUE(positions.ok()) << positions.status();
+    for (int64_t k = 0; k < 3; ++k) {
+      EXPECT_EQ(positions->positions[k], c.at("positions")[k].get<std::vector<int64_t>>());
+    }
+    EXPECT_EQ(positions->rope_delta, c.at("rope_delta").get<int64_t>());
+    const at::Tensor expected = ReadTensor(c.at("logits"));
+    EXPECT_LT(MaxAbsDiff(ModelLogits(*model, c, *rows), expected), kParity);
+    // The test can fail: other image rows give other logits.
+    EXPECT_GT(MaxAbsDiff(ModelLogits(*model, c, *rows * 0.5), expected), 1e-3);
+  }
+}
+
+TEST_P(Qwen2VlModelTest, TextOnlyLogitsEqualTransformers) {
+  auto model = LoadQwen2Vl(Dir() / GetParam() / "model");
+  ASSERT_NE(model, nullptr);
+  const nlohmann::json& c = Case("text");
+  EXPECT_LT(MaxAbsDiff(ModelLogits(*model, c, {}), ReadTensor(c.at("logits"))), kParity);
+}
+
+// transformers' module names and the hub's flat config.json load the same model.
+TEST_P(Qwen2VlModelTest, EveryLayoutLoadsTheSameModel) {
+  const nlohmann::json& c = Case("two_images");
+  for (const char* folder : {"module-layout", "flat-config"}) {
+    SCOPED_TRACE(folder);
+    auto model = LoadQwen2Vl(Dir() / GetParam() / folder);
+    ASSERT_NE(model, nullptr);
+    auto rows = model->EmbedImages(ReadTensor(c.at("pixel_values")), Grids(c));
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    EXPECT_LT(MaxAbsDiff(ModelLogits(*model, c, *rows), ReadTensor(c.at("logits"))), kParity);
+  }
+}
+
+TEST_P(Qwen2VlModelTest, NamesWhatDoesNotFit) {
+  auto model = LoadQwen2Vl(Dir() / GetParam() / "model");
+  ASSERT_NE(model, nullptr);
+  const nlohmann::json& c = Case("one_image");
+  auto rows = model->EmbedImages(ReadTensor(c.at("pixel_values")), Grids(c));
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  auto embeds = model->Embed(Ids(c), rows->narrow(0, 0, 5));
+  EXPECT_EQ(embeds.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(embeds.status().message(),
+              HasSubstr("ids hold 6 image tokens (image_token_id 290) but the image rows [5, 64]"));
+  EXPECT_THAT(model->Embed(Ids(c), {}).status().message(), HasSubstr("(none) fill 0 positions"));
+  const std::array<int64_t, 3> other{1, 4, 4};
+  auto positions = model->Positions(c.at("ids").get<std::vector<int64_t>>(), {&other, 1});
+  EXPECT_EQ(positions.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(positions.status().message(), HasSubstr("needs 4 image tokens"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, Qwen2VlModelTest, ::testing::Values("qwen2_vl", "qwen2_5_vl"));
+
+TEST(Qwen2VlConfigTest, ParsesTheWholeConfig) {
+  const nlohmann::json saved =
+      atman::testing::ReadFixtureJson(Dir() / "qwen2_5_vl" / "model" / "config.json");
+  auto c = ParseQwen2VlConfig(saved);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->text_config.at("model_type"), "qwen2_5_vl_text");
+  EXPECT_EQ(c->text_config.at("tie_word_embeddings"), true);
+  EXPECT_TRUE(IsQwen2VlConfig(saved));
+  // Errors name the field.
+  nlohmann::json wide = saved;
+  wide["vision_config"]["out_hidden_size"] = 32;
+  EXPECT_THAT(ParseQwen2VlConfig(wide).status().message(),
+              HasSubstr("vision_config.out_hidden_size = 32) is not the language model's "
+                        "hidden_size 64"));
+  nlohmann::json other = saved;
+  other["model_type"] = "llava";
+  EXPECT_EQ(ParseQwen2VlConfig(other).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_FALSE(IsQwen2VlConfig(other));
+  nlohmann::json bad_token = saved;
+  bad_token["image_token_id"] = "x";
+  EXPECT_THAT(ParseQwen2VlConfig(bad_token).status().message(), HasSubstr("image_token_id"));
+  // Without a model_type, architectures[0] says which.
+  nlohmann::json by_architecture = saved;
+  by_architecture.erase("model_type");
+  auto resolved = ParseQwen2VlConfig(by_architecture);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->model_type, "qwen2_5_vl");
+}
 
 // ---- config.json.
 

@@ -7,6 +7,13 @@ and a qwen2 language model with multimodal rotary, M-RoPE) and the logits they c
                                     (float32; every weight randomised, norms around 1).
                                     qwen2_vl: separate lm_head; qwen2_5_vl: tied embeddings.
   <out>/<family>/<case>.<key>.f32   little-endian float32 arrays (shapes in the manifest)
+  <out>/<family>/module-layout/     the same weights under transformers' module names
+                                    (model.state_dict(): model.language_model.*, model.visual.*,
+                                    lm_head.weight) with the same config.json
+  <out>/<family>/flat-config/       the same weights with config.json as the hub's exports write
+                                    it: text fields at the top level, rope_scaling
+                                    {"type": "mrope", "mrope_section"} and rope_theta (checked
+                                    here: transformers reads it into the same model)
   <out>/manifest.json               per family and case: ids, image_grid_thw, the M-RoPE
                                     positions [3, T] and rope_delta of get_rope_index, and files
 
@@ -20,12 +27,15 @@ Cases (batch 1):
               tokens) with one_image's M-RoPE positions: logits [1, T, V]
 """
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                           Qwen2VLForConditionalGeneration)
+from safetensors.torch import save_file
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from common import seed_everything, write_json
@@ -76,6 +86,34 @@ def prompt(text_runs, image_tokens):
     for run, n in zip(text_runs[1:], image_tokens):
         ids += [VISION_START] + [IMAGE] * n + [VISION_END] + list(run)
     return ids
+
+
+def write_layouts(root: Path, model, cls, ids, pixels, grid, types, logits) -> None:
+    """module-layout/ and flat-config/ (see the module docstring); the arguments are the last
+    image case, which the flat config must reproduce."""
+    config = json.loads((root / "model" / "config.json").read_text())
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    assert "model.language_model.embed_tokens.weight" in state and any(
+        k.startswith("model.visual.") for k in state), sorted(state)[:5]
+    (root / "module-layout").mkdir(parents=True, exist_ok=True)
+    save_file(state, root / "module-layout" / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(root / "model" / "config.json", root / "module-layout" / "config.json")
+
+    flat = dict(config)
+    text = flat.pop("text_config")
+    text.pop("model_type")
+    rope = text.pop("rope_parameters")
+    flat.update(text)
+    flat["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
+    flat["rope_theta"] = rope["rope_theta"]
+    (root / "flat-config").mkdir(parents=True, exist_ok=True)
+    (root / "flat-config" / "config.json").write_text(json.dumps(flat, indent=1))
+    shutil.copy(root / "model" / "model.safetensors", root / "flat-config" / "model.safetensors")
+    reread = cls.from_pretrained(root / "flat-config").eval()
+    with torch.no_grad():
+        again = reread(input_ids=ids, pixel_values=pixels, image_grid_thw=grid,
+                       mm_token_type_ids=types).logits
+    assert torch.equal(again, logits), "transformers reads the flat config differently"
 
 
 def main() -> None:
@@ -140,6 +178,7 @@ def main() -> None:
                 cases["mrope_lm"].update({"ids": ids[0].tolist(), "image_grid_thw": grid.tolist(),
                                           "positions": positions[:, 0].tolist()})
         manifest[family] = cases
+        write_layouts(out / family, model, cls, ids, pixels, grid, types, logits)
     write_json(out / "manifest.json", manifest)
 
 
