@@ -1,8 +1,9 @@
 // The architecture of a decoder-only transformer, read from a Hugging Face config.json.
 //
 // Every supported family (family_registry.h: llama, mistral, qwen2 -- with Qwen2-VL's and
-// Qwen2.5-VL's text models qwen2_vl_text, qwen2_5_vl_text --, phi3, gpt2, gpt_neox, gemma2) is described by the same switches: how positions enter (rotary or learned), which
-// norm, which MLP, whether the residual is parallel, which projections carry a bias, tied
+// Qwen2.5-VL's text models qwen2_vl_text, qwen2_5_vl_text --, phi3, gpt2, gpt_neox, gemma2) is
+// described by the same switches: how positions enter (rotary, multimodal rotary or learned),
+// which norm, which MLP, whether the residual is parallel, which projections carry a bias, tied
 // embeddings, sliding windows, Gemma-2's embedding scale, sandwich norms and tanh soft-caps.
 // ParseModelConfig() maps config.json's `model_type` (or, when absent,
 // `architectures[0]`) to its family in the registry, which reads that family's field names,

@@ -49,10 +49,10 @@ absl::StatusOr<TensorNameMap> TextLayout(const io::Checkpoint& checkpoint) {
   if (checkpoint.Has("model.embed_tokens.weight")) {
     return TensorNameMap{{{"model.", "model."}, {"lm_head.", "lm_head."}}};
   }
-  return absl::NotFoundError(absl::StrCat(
-      checkpoint.dir().string(),
-      ": no language model tensors (neither 'model.embed_tokens.weight' nor "
-      "'model.language_model.embed_tokens.weight')"));
+  return absl::NotFoundError(
+      absl::StrCat(checkpoint.dir().string(),
+                   ": no language model tensors (neither 'model.embed_tokens.weight' nor "
+                   "'model.language_model.embed_tokens.weight')"));
 }
 
 // Every tensor must belong to the decoder or the tower.
@@ -80,9 +80,9 @@ absl::StatusOr<Qwen2VlConfig> ParseQwen2VlConfig(const Json& config) {
   Qwen2VlConfig c;
   c.model_type = Qwen2VlType(config);
   if (c.model_type.empty()) {
-    return absl::UnimplementedError(
-        absl::StrCat("config.json: model_type ", config.value("model_type", Json()).dump(),
-                     " is not qwen2_vl or qwen2_5_vl"));
+    return absl::UnimplementedError(absl::StrCat("config.json: model_type ",
+                                                 config.value("model_type", Json()).dump(),
+                                                 " is not qwen2_vl or qwen2_5_vl"));
   }
   ATMAN_ASSIGN_OR_RETURN(c.image_token_id, IntField(config, "image_token_id", c.image_token_id));
   ATMAN_ASSIGN_OR_RETURN(c.video_token_id, IntField(config, "video_token_id", c.video_token_id));
@@ -120,10 +120,10 @@ absl::StatusOr<Qwen2VlConfig> ParseQwen2VlConfig(const Json& config) {
 
   ATMAN_ASSIGN_OR_RETURN(int64_t hidden, PositiveIntField(c.text_config, "hidden_size"));
   if (c.vision.hidden_size != hidden) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config.json: the vision merger's width (vision_config.",
-        c.vision.qwen2_5() ? "out_hidden_size" : "hidden_size", " = ", c.vision.hidden_size,
-        ") is not the language model's hidden_size ", hidden));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json: the vision merger's width (vision_config.",
+                     c.vision.qwen2_5() ? "out_hidden_size" : "hidden_size", " = ",
+                     c.vision.hidden_size, ") is not the language model's hidden_size ", hidden));
   }
   return c;
 }
@@ -174,9 +174,8 @@ absl::StatusOr<at::Tensor> Qwen2VlModel::Embed(const at::Tensor& ids,
   }
   const bool has_images = image_rows.defined() && image_rows.numel() > 0;
   if (has_images && (image_rows.dim() != 2 || image_rows.size(1) != H)) {
-    return absl::InvalidArgumentError(absl::StrCat("image_rows has shape ",
-                                                   ShapeString(image_rows), ", expected [R, ", H,
-                                                   "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("image_rows has shape ", ShapeString(image_rows), ", expected [R, ", H, "]"));
   }
   try {
     c10::InferenceMode guard;
@@ -185,11 +184,10 @@ absl::StatusOr<at::Tensor> Qwen2VlModel::Embed(const at::Tensor& ids,
     const int64_t tokens = is_image.sum().item<int64_t>();
     const int64_t rows = has_images ? image_rows.size(0) : 0;
     if (tokens != rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ids hold ", tokens, " image tokens (image_token_id ",
-                       config_.image_token_id, ") but the image rows ",
-                       has_images ? ShapeString(image_rows) : "(none)", " fill ", rows,
-                       " positions"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "ids hold ", tokens, " image tokens (image_token_id ", config_.image_token_id,
+          ") but the image rows ", has_images ? ShapeString(image_rows) : "(none)", " fill ", rows,
+          " positions"));
     }
     // The image token may lie outside the embedding table: embed 0 there, it is overwritten.
     ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds,

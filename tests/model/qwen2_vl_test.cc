@@ -6,6 +6,8 @@
 // model (Qwen2VlModel): merged image rows, positions and rope_delta, and the logits of prompts
 // with one and two images (vision_start, pads, vision_end) and of text alone, to 1e-4, for
 // both weight layouts and the hub's flat config.json; the config.json fields and the errors.
+#include "core/model/qwen2_vl.h"
+
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/from_blob.h>
@@ -24,7 +26,6 @@
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
 #include "core/model/config.h"
-#include "core/model/qwen2_vl.h"
 #include "core/model/qwen2_vl_positions.h"
 #include "tests/model/model_cases.h"
 #include "tests/support/fixture_files.h"
@@ -164,7 +165,8 @@ TEST_P(Qwen2VlLanguageModelTest, RejectsPositionsOfTheWrongShape) {
   in.positions = at::zeros({3, 2, 4}, at::kLong);
   auto out = model_->Forward(in);
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(out.status().message(), HasSubstr("positions has shape [3, 2, 4], expected [3, 1, 4]"));
+  EXPECT_THAT(out.status().message(),
+              HasSubstr("positions has shape [3, 2, 4], expected [3, 1, 4]"));
   in.positions = at::full({3, 1, 4}, -1, at::kLong);
   EXPECT_THAT(model_->Forward(in).status().message(), HasSubstr("positions holds values in [-1"));
 }
@@ -316,17 +318,16 @@ TEST(Qwen2VlConfigTest, ParsesTheWholeConfig) {
 // ---- config.json.
 
 nlohmann::json TextConfig(const nlohmann::json& rope) {
-  nlohmann::json c = {{"model_type", "qwen2_vl_text"}, {"vocab_size", 10},
-                      {"hidden_size", 512},           {"num_hidden_layers", 1},
-                      {"num_attention_heads", 4},     {"intermediate_size", 8}};
+  nlohmann::json c = {
+      {"model_type", "qwen2_vl_text"}, {"vocab_size", 10},         {"hidden_size", 512},
+      {"num_hidden_layers", 1},        {"num_attention_heads", 4}, {"intermediate_size", 8}};
   if (!rope.is_null()) c["rope_scaling"] = rope;
   return c;
 }
 
 TEST(Qwen2VlConfigTest, ReadsOldExportsAndDefaults) {
   // The hub's Qwen2-VL: rope_scaling {"type": "mrope", "mrope_section": [16, 24, 24]}.
-  auto old = ParseModelConfig(
-      TextConfig({{"type", "mrope"}, {"mrope_section", {16, 24, 24}}}));
+  auto old = ParseModelConfig(TextConfig({{"type", "mrope"}, {"mrope_section", {16, 24, 24}}}));
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_EQ(old->rope.mrope_section, (std::vector<int64_t>{16, 24, 24}));
   EXPECT_EQ(old->rope.theta, 1e6);  // Qwen2VLTextConfig.default_theta

@@ -107,8 +107,8 @@ at::Tensor FullPass(const model::CausalLM& lm, const ScoringRow& row, const at::
 class Qwen2VlScoringTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    auto model = model::Qwen2VlModel::Load(Dir() / GetParam() / "model", c10::Device("cpu"),
-                                           at::kFloat);
+    auto model =
+        model::Qwen2VlModel::Load(Dir() / GetParam() / "model", c10::Device("cpu"), at::kFloat);
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = *std::move(model);
     const nlohmann::json manifest = atman::testing::ReadFixtureJson(Dir() / "manifest.json");
@@ -156,13 +156,17 @@ TEST_P(Qwen2VlScoringTest, RowsEqualAFullPassWithTheSameControls) {
       for (size_t r = 0; r < batch->size(); ++r) {
         const ScoringRow& row = *(*batch)[r];
         const at::Tensor expected = FullPass(model_->language_model(), row, row.prefix->positions);
-        EXPECT_LT((lp[static_cast<int64_t>(r)].slice(0, 0, kTargets) - expected).abs().max().item<double>(),
+        EXPECT_LT((lp[static_cast<int64_t>(r)].slice(0, 0, kTargets) - expected)
+                      .abs()
+                      .max()
+                      .item<double>(),
                   kParity)
             << "row " << r;
       }
     }
     // The check can fail: the controls move the scores, and so would ordinary positions.
-    const at::Tensor controlled = FullPass(model_->language_model(), rows[0], two_.prefix->positions);
+    const at::Tensor controlled =
+        FullPass(model_->language_model(), rows[0], two_.prefix->positions);
     EXPECT_GT((controlled - two_.prefix->base_log_probs).abs().max().item<double>(), 1e-3);
     const at::Tensor plain = FullPass(model_->language_model(), rows[0], at::Tensor());
     EXPECT_GT((controlled - plain).abs().max().item<double>(), 1e-3);

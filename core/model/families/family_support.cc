@@ -166,8 +166,9 @@ absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, doubl
     int64_t sum = 0;
     for (const json& size : *section) {
       if (!size.is_number_integer() || size.get<int64_t>() <= 0) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "config.json: rope 'mrope_section' must hold positive integers, got ", section->dump()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("config.json: rope 'mrope_section' must hold positive integers, got ",
+                         section->dump()));
       }
       rope.mrope_section.push_back(size.get<int64_t>());
       sum += size.get<int64_t>();
@@ -178,8 +179,9 @@ absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, doubl
           "; it must sum to half the rotary dimension, ", rope.rotary_dim / 2));
     }
     if (rope.scaling != RopeScaling::kNone) {
-      return absl::UnimplementedError(absl::StrCat(
-          "config.json: rope 'mrope_section' with rope type '", type, "' is not supported (default)"));
+      return absl::UnimplementedError(
+          absl::StrCat("config.json: rope 'mrope_section' with rope type '", type,
+                       "' is not supported (default)"));
     }
   }
   return rope;
