@@ -213,7 +213,12 @@ absl::Status CausalLM::Validate(const ForwardInput& in) const {
                                                      " rows; a batch of ", B, " needs 1 or ", B));
     }
   }
-  if (in.positions.defined()) {
+  if (in.positions.defined() && in.positions.dim() == 3 && config_.rope.mrope()) {
+    // M-RoPE: temporal, height and width components.
+    ATMAN_RETURN_IF_ERROR(CheckTensor(in.positions, "positions", {3, B, T}, true));
+    ATMAN_RETURN_IF_ERROR(
+        CheckRange(in.positions, "positions", 0, std::numeric_limits<int64_t>::max()));
+  } else if (in.positions.defined()) {
     ATMAN_RETURN_IF_ERROR(CheckTensor(in.positions, "positions", {B, T}, true));
     ATMAN_RETURN_IF_ERROR(CheckRange(in.positions, "positions", 0,
                                      config_.learned_positions ? config_.max_positions

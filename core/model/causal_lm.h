@@ -88,7 +88,9 @@ struct ForwardInput {
   at::Tensor embeds;
   // [B, T] int64 position ids (RoPE angle, gpt2's position table). Undefined: p..p+T-1. Under
   // left padding callers pass cumsum(mask) - 1, as transformers' generate does. Host or
-  // device, as OutputRequest::indices.
+  // device, as OutputRequest::indices. A model with multimodal rotary (config().rope.mrope(),
+  // Qwen2-VL's language model) also takes [3, B, T]: temporal, height, width components
+  // (qwen2_vl_positions.h); [B, T] there means the same index in all three.
   at::Tensor positions;
   // [B, p+T] bool or integer, nonzero for real tokens, over cached and new keys. Undefined: no
   // padding.

@@ -1,8 +1,9 @@
 // The architecture of a decoder-only transformer, read from a Hugging Face config.json.
 //
-// Every supported family (family_registry.h: llama, mistral, qwen2, phi3, gpt2, gpt_neox,
-// gemma2) is described by the same switches: how positions enter (rotary or learned), which
-// norm, which MLP, whether the residual is parallel, which projections carry a bias, tied
+// Every supported family (family_registry.h: llama, mistral, qwen2 -- with Qwen2-VL's and
+// Qwen2.5-VL's text models qwen2_vl_text, qwen2_5_vl_text --, phi3, gpt2, gpt_neox, gemma2) is
+// described by the same switches: how positions enter (rotary, multimodal rotary or learned),
+// which norm, which MLP, whether the residual is parallel, which projections carry a bias, tied
 // embeddings, sliding windows, Gemma-2's embedding scale, sandwich norms and tanh soft-caps.
 // ParseModelConfig() maps config.json's `model_type` (or, when absent,
 // `architectures[0]`) to its family in the registry, which reads that family's field names,
@@ -40,6 +41,13 @@ struct RopeConfig {
   // long_factor beyond; cos and sin multiplied by attention_factor (docs/model.md, "LongRoPE").
   std::vector<double> short_factor, long_factor;
   double attention_factor = 1.0;
+  // Multimodal rotary (M-RoPE, Qwen2-VL / Qwen2.5-VL's `mrope_section`): positions have three
+  // components (temporal, height, width); the rotary_dim / 2 frequencies are cut into runs of
+  // these sizes (summing to rotary_dim / 2), run i taking its angles from component i % 3, and
+  // the two halves of the head repeat that layout (transformers'
+  // Qwen2VLRotaryEmbedding.recomposition_frequencies). Empty: ordinary rotary.
+  std::vector<int64_t> mrope_section;
+  bool mrope() const { return !mrope_section.empty(); }
 };
 
 struct ModelConfig {

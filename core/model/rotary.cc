@@ -62,7 +62,9 @@ at::Tensor InverseFrequencies(const RopeConfig& rope) {
 }  // namespace
 
 Rotary::Rotary(const RopeConfig& rope, c10::Device device)
-    : rotary_dim_(rope.rotary_dim), inv_freq_(InverseFrequencies(rope).to(device)) {
+    : rotary_dim_(rope.rotary_dim),
+      inv_freq_(InverseFrequencies(rope).to(device)),
+      mrope_section_(rope.mrope_section) {
   if (rope.scaling == RopeScaling::kLongRope) {
     long_inv_freq_ = LongRopeFrequencies(rope, rope.long_factor).to(device);
     original_max_positions_ = rope.original_max_positions;
@@ -73,6 +75,19 @@ Rotary::Rotary(const RopeConfig& rope, c10::Device device)
 std::pair<at::Tensor, at::Tensor> Rotary::CosSin(const at::Tensor& positions,
                                                  c10::ScalarType dtype) const {
   // freqs [B, T, rot/2] = position x inv_freq; emb [B, T, rot] = (freqs, freqs).
+  if (positions.dim() == 3) {
+    // M-RoPE: freqs [3, B, T, rot/2]; run i of the sections from component i % 3 -> [B, T, rot/2].
+    at::Tensor all = positions.unsqueeze(-1).to(at::kFloat) * inv_freq_;
+    std::vector<at::Tensor> runs;
+    int64_t start = 0;
+    for (std::size_t i = 0; i < mrope_section_.size(); ++i) {
+      runs.push_back(all[static_cast<int64_t>(i % 3)].narrow(-1, start, mrope_section_[i]));
+      start += mrope_section_[i];
+    }
+    at::Tensor freqs = at::cat(runs, -1);
+    at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);
+    return {emb.cos().to(dtype), emb.sin().to(dtype)};
+  }
   at::Tensor inv_freq = inv_freq_;
   if (long_inv_freq_.defined() && positions.size(-1) > 0) {
     // Per row: long frequencies when max(position) + 1 > original_max_positions. A select on

@@ -3,6 +3,11 @@
 // "rotate half" application to the leading `rotary_dim` dims of each head (gpt_neox's and
 // phi3's partial rotary leaves the rest untouched).
 //
+// M-RoPE (Qwen2-VL, RopeConfig::mrope_section): positions [3, B, T] (temporal, height,
+// width); frequency run i of mrope_section takes its angles from component i % 3. Positions
+// [B, T] for such a model mean the same index in all three components (as transformers
+// broadcasts text-only positions) and give exactly the ordinary angles.
+//
 // LongRoPE keeps two frequency sets, short and long; each batch row uses the long one when its
 // length, max(its positions) + 1, exceeds original_max_positions (transformers'
 // dynamic_rope_update takes that maximum over the whole batch; per row, a row's result does not
@@ -15,6 +20,7 @@
 #include <c10/core/Device.h>
 
 #include <utility>
+#include <vector>
 
 #include "core/model/config.h"
 
@@ -25,8 +31,9 @@ class Rotary {
   Rotary() = default;
   Rotary(const RopeConfig& rope, c10::Device device);
 
-  // positions [B, T] int64 -> cos, sin [B, 1, T, rotary_dim] in `dtype` (computed in
-  // float32, times the longrope attention factor, then cast, as transformers does).
+  // positions [B, T] (or, M-RoPE only, [3, B, T]) int64 -> cos, sin [B, 1, T, rotary_dim] in
+  // `dtype` (computed in float32, times the longrope attention factor, then cast, as
+  // transformers does).
   std::pair<at::Tensor, at::Tensor> CosSin(const at::Tensor& positions,
                                            c10::ScalarType dtype) const;
 
@@ -39,6 +46,7 @@ class Rotary {
  private:
   int64_t rotary_dim_ = 0;
   at::Tensor inv_freq_;
+  std::vector<int64_t> mrope_section_;  // empty: ordinary rotary
   // longrope only: the long set [rotary_dim / 2], the length limit of the short one, and the
   // factor on cos and sin.
   at::Tensor long_inv_freq_;

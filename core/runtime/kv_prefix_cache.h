@@ -7,7 +7,10 @@
 // indices p..L-1 only.
 //
 //   embeds          [1, L, H]  input embeddings (model dtype, model device)
-//   positions       [1, L]     position ids (0..L-1), int64 on the host
+//   positions       [1, L]     position ids (0..L-1), int64 on the host; for a model with
+//                              multimodal rotary (Qwen2-VL's M-RoPE, config().rope.mrope())
+//                              [3, 1, L]: temporal, height, width (qwen2_vl_positions.h),
+//                              which every row's recomputed positions are copied from
 //   cache           KvCache of batch 1 and length L (model device)
 //   target_indices  [K] int64 on the host: sequence index whose output predicts target token k
 //   target_tokens   [K] int64 on the host: the target token ids
@@ -42,6 +45,8 @@ struct KvPrefixCache {
   model::DeviceEvent ready;
 
   int64_t length() const { return embeds.size(1); }
+  // Position components: 3 for M-RoPE positions [3, 1, L], else 1.
+  int64_t position_components() const { return positions.dim() == 3 ? positions.size(0) : 1; }
   int64_t num_targets() const { return target_tokens.size(0); }
 };
 

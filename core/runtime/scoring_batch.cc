@@ -18,10 +18,19 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/base/status_macros.h"
 #include "core/runtime/batch_shape.h"
 
 namespace atman::runtime {
+
+namespace {
+
+std::string Shape(const at::Tensor& t) {
+  return t.defined() ? absl::StrCat("[", absl::StrJoin(t.sizes(), ", "), "]") : "(undefined)";
+}
+
+}  // namespace
 
 int64_t ScoringRow::FirstIndex() const {
   return factors.empty() ? prefix->length() : factors.front().position;
@@ -122,17 +131,37 @@ absl::StatusOr<BatchResult> RunScoringBatch(const model::CausalLM& model,
     model::KvCache stacked;
     model::ForwardInput input;
     input.past_length = start;
-    // Position ids [B, T] on the host; right padding repeats a row's last real position id
-    // (valid for learned position tables; causal attention never lets real positions see it).
-    input.positions = at::empty({B, T}, host_long);
+    // Position ids [C, B, T] on the host, C = each prefix's components (1: [1, L]; M-RoPE 3:
+    // [3, 1, L]); right padding repeats a row's last real position id (valid for learned
+    // position tables; causal attention never lets real positions see it).
+    const int64_t C = rows.front()->prefix->position_components();
+    for (const ScoringRow* row : rows) {
+      if (row->prefix->position_components() != C) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "scoring batch: prefixes with positions ",
+            Shape(rows.front()->prefix->positions), " and ",
+            Shape(row->prefix->positions), " (components differ)"));
+      }
+    }
+    input.positions = at::empty({C, B, T}, host_long);
     int64_t* positions = input.positions.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) {
       const KvPrefixCache& prefix = *rows[b]->prefix;
+      const int64_t L = prefix.length();
       const at::Tensor ids = prefix.positions.to(at::kCPU, at::kLong).contiguous();
-      const int64_t* src = ids.data_ptr<int64_t>();
-      const int64_t n = prefix.length() - start;
-      for (int64_t t = 0; t < T; ++t) positions[b * T + t] = src[start + std::min(t, n - 1)];
+      if (ids.numel() != C * L) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("scoring batch: prefix positions ", Shape(ids),
+                         " do not cover its ", L, " input positions"));
+      }
+      const int64_t n = L - start;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t* src = ids.data_ptr<int64_t>() + c * L;
+        int64_t* dst = positions + (c * B + b) * T;
+        for (int64_t t = 0; t < T; ++t) dst[t] = src[start + std::min(t, n - 1)];
+      }
     }
+    if (C == 1) input.positions = input.positions.squeeze(0);
     if (one_prefix) {
       // The common case: every row continues one explanation; its cache is shared, not copied.
       const KvPrefixCache& prefix = *rows.front()->prefix;

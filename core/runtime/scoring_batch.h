@@ -12,7 +12,9 @@
 // come from different explanations (the service's dynamic batcher mixes requests): such a
 // batch stacks each row's prefix cache and right-pads shorter sequences, which causal
 // attention never lets real positions see. Only rows with the same control mode and layer
-// subset share a batch.
+// subset share a batch. Position ids come from each row's prefix: [1, L], or M-RoPE's
+// [3, 1, L] (KvPrefixCache::positions), copied into the batch's [B, T] or [3, B, T]; a batch
+// whose prefixes differ in components is INVALID_ARGUMENT.
 //
 // RunScoringBatch is const on the model and may run concurrently on different batches.
 #pragma once

@@ -83,7 +83,7 @@ at::Tensor Logits(const CausalLM& model, const at::Tensor& ids, const at::Tensor
   if (!embeds.ok()) return {};
   ForwardInput input;
   input.embeds = *embeds;
-  if (positions.defined()) input.positions = positions.narrow(1, p, T - p);
+  if (positions.defined()) input.positions = positions.narrow(-1, p, T - p);
   input.key_padding = mask;
   input.past = past;
   input.past_length = p;

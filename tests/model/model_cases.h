@@ -48,7 +48,7 @@ std::unique_ptr<CausalLM> LoadModel(const std::filesystem::path& dir,
 AttentionControl ControlFromCase(const nlohmann::json& c);
 
 // Full logits [B, T - p, V] (float32) of ids[:, p:] continuing from `past` (may be null when
-// p = 0); mask [B, T] and positions [B, T] may be undefined.
+// p = 0); mask [B, T] and positions [B, T] (M-RoPE: [3, B, T]) may be undefined.
 at::Tensor Logits(const CausalLM& model, const at::Tensor& ids, const at::Tensor& mask,
                   const at::Tensor& positions, const AttentionControl* control = nullptr,
                   const KvCache* past = nullptr, int64_t p = 0, KvCache* present = nullptr);

@@ -98,7 +98,8 @@ absl::StatusOr<Activation> ParseActivation(const std::string& name, const char* 
   return it->second;
 }
 
-absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, double default_partial) {
+absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, double default_partial,
+                                     double default_theta) {
   json params = json::object();
   if (const json* p = Field(config, "rope_parameters"); p != nullptr) {
     if (!p->is_object()) {
@@ -112,7 +113,7 @@ absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, doubl
     params = *s;
   }
   RopeConfig rope;
-  ATMAN_ASSIGN_OR_RETURN(double top_theta, DoubleField(config, "rope_theta", 10000.0));
+  ATMAN_ASSIGN_OR_RETURN(double top_theta, DoubleField(config, "rope_theta", default_theta));
   ATMAN_ASSIGN_OR_RETURN(top_theta, DoubleField(config, "rotary_emb_base", top_theta));
   ATMAN_ASSIGN_OR_RETURN(rope.theta, DoubleField(params, "rope_theta", top_theta));
   ATMAN_ASSIGN_OR_RETURN(double partial, DoubleField(config, "rotary_pct", default_partial));
@@ -130,7 +131,7 @@ absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, doubl
   }
   ATMAN_ASSIGN_OR_RETURN(std::string type, StringField(params, "type", "default"));
   ATMAN_ASSIGN_OR_RETURN(type, StringField(params, "rope_type", type));
-  if (type == "default") {
+  if (type == "default" || type == "mrope") {
     rope.scaling = RopeScaling::kNone;
   } else if (type == "linear") {
     rope.scaling = RopeScaling::kLinear;
@@ -156,6 +157,32 @@ absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, doubl
   if (rope.factor <= 0.0) {
     return absl::InvalidArgumentError(
         absl::StrCat("config.json: rope scaling factor must be positive, got ", rope.factor));
+  }
+  if (const json* section = Field(params, "mrope_section"); section != nullptr) {
+    if (!section->is_array() || section->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: rope 'mrope_section' must be a list of sizes, got ", section->dump()));
+    }
+    int64_t sum = 0;
+    for (const json& size : *section) {
+      if (!size.is_number_integer() || size.get<int64_t>() <= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config.json: rope 'mrope_section' must hold positive integers, got ",
+                         section->dump()));
+      }
+      rope.mrope_section.push_back(size.get<int64_t>());
+      sum += size.get<int64_t>();
+    }
+    if (sum != rope.rotary_dim / 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: rope 'mrope_section' ", section->dump(), " sums to ", sum,
+          "; it must sum to half the rotary dimension, ", rope.rotary_dim / 2));
+    }
+    if (rope.scaling != RopeScaling::kNone) {
+      return absl::UnimplementedError(
+          absl::StrCat("config.json: rope 'mrope_section' with rope type '", type,
+                       "' is not supported (default)"));
+    }
   }
   return rope;
 }

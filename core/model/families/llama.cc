@@ -1,7 +1,10 @@
 // The llama family: transformers' LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM
 // (one implementation with switches): RMSNorm, rotary positions (default, linear, llama3
 // scaling), grouped-query attention, gated MLP; mistral's sliding window on every layer,
-// qwen2's q/k/v biases and per-layer `layer_types`.
+// qwen2's q/k/v biases and per-layer `layer_types`. Qwen2-VL's and Qwen2.5-VL's language
+// models (text_config model_type "qwen2_vl_text", "qwen2_5_vl_text") are qwen2 with
+// multimodal rotary (RopeConfig::mrope_section, default [16, 24, 24]) and rope_theta 1e6 by
+// default; qwen2_vl.h loads them out of the vision-language checkpoint.
 #include <ATen/ops/cat.h>
 
 #include <cmath>
@@ -17,7 +20,13 @@ namespace {
 
 using nlohmann::json;
 
+bool IsQwen2VlText(const std::string& model_type) {
+  return model_type == "qwen2_vl_text" || model_type == "qwen2_5_vl_text";
+}
+
 absl::Status ParseLlama(const json& c, ModelConfig& m) {
+  const bool vl_text = IsQwen2VlText(m.model_type);
+  const bool qwen2 = m.model_type == "qwen2" || vl_text;
   ATMAN_ASSIGN_OR_RETURN(m.vocab_size, PositiveIntField(c, "vocab_size"));
   ATMAN_ASSIGN_OR_RETURN(m.hidden_size, PositiveIntField(c, "hidden_size"));
   ATMAN_ASSIGN_OR_RETURN(m.num_layers, PositiveIntField(c, "num_hidden_layers"));
@@ -33,7 +42,7 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
   m.gated_mlp = true;
   ATMAN_ASSIGN_OR_RETURN(m.tied_embeddings,
                          BoolField(c, "tie_word_embeddings", false));
-  if (m.model_type == "qwen2") {
+  if (qwen2) {
     m.qkv_bias = true;  // Qwen2Attention: q/k/v with bias, o without
     m.o_bias = false;
   } else {
@@ -43,7 +52,18 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
   }
   ATMAN_ASSIGN_OR_RETURN(int64_t pretraining_tp, IntField(c, "pretraining_tp", 1));
   (void)pretraining_tp;  // only changes how transformers splits matmuls in training
-  ATMAN_ASSIGN_OR_RETURN(m.rope, ParseRope(c, m.head_dim, 1.0));
+  ATMAN_ASSIGN_OR_RETURN(m.rope, ParseRope(c, m.head_dim, 1.0, vl_text ? 1e6 : 10000.0));
+  if (vl_text && !m.rope.mrope()) {
+    // Qwen2VLTextRotaryEmbedding's default when rope_parameters has no mrope_section.
+    m.rope.mrope_section = {16, 24, 24};
+    if (m.rope.rotary_dim != 2 * (16 + 24 + 24)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: no rope 'mrope_section'; the default [16, 24, 24] needs head_dim 128, got ",
+          m.rope.rotary_dim));
+    }
+  } else if (!vl_text) {
+    m.rope.mrope_section.clear();  // transformers' text-only families ignore it
+  }
 
   // Sliding windows: mistral applies `sliding_window` to every layer; qwen2 names each layer's
   // kind in `layer_types` ("full_attention" / "sliding_attention").
@@ -70,7 +90,7 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
     }
   } else if (m.model_type == "mistral" && window > 0) {
     m.sliding_window.assign(m.num_layers, window);
-  } else if (m.model_type == "qwen2") {
+  } else if (qwen2) {
     ATMAN_ASSIGN_OR_RETURN(bool use_sliding, BoolField(c, "use_sliding_window", false));
     if (use_sliding) {
       return absl::UnimplementedError(
@@ -136,7 +156,9 @@ const TextFamily& LlamaFamily() {
       .name = "llama",
       .model_types = {{"llama", "LlamaForCausalLM"},
                       {"mistral", "MistralForCausalLM"},
-                      {"qwen2", "Qwen2ForCausalLM"}},
+                      {"qwen2", "Qwen2ForCausalLM"},
+                      {"qwen2_vl_text", "Qwen2VLTextModel"},
+                      {"qwen2_5_vl_text", "Qwen2_5_VLTextModel"}},
       .parse_config = ParseLlama,
       .load_weights = LoadLlama,
       .ignored_suffixes = {".rotary_emb.inv_freq"},
