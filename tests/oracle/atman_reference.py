@@ -6,6 +6,12 @@ attention function of make_model_cases.py, registered with transformers' Attenti
 then R[k, j] = CE_j^(k) - CE_j and the scores of docs/method.md. Units come from the
 `tokenizers` library's offsets and the text-unit rules written in core/text/units.h, redone
 here with regular expressions.
+
+Qwen2-VL / Qwen2.5-VL (transformers' Qwen2VLForConditionalGeneration,
+Qwen2_5_VLForConditionalGeneration): an image item is vision_start, one image pad per merged
+token, vision_end (Qwen2VLProcessor's expansion); transformers computes the M-RoPE positions
+itself (get_rope_index inside the model's forward, from image_grid_thw); the image units follow
+docs/vision.md's rule, written here from the rule alone (qwen2_vl_image_units).
 """
 import math
 import re
@@ -61,7 +67,10 @@ def text_units(text, kind, delimiter=""):
 
 def build_sequence(tokenizer, prompt, add_special_tokens=True, image=None):
     """ids, and per item: positions and (text items) token offsets. `image` (for a LLaVA
-    model): {"token_id", "tokens_per_image"}; an image item becomes that many image tokens."""
+    model): {"token_id", "tokens_per_image"}; an image item becomes that many image tokens.
+    For a Qwen2-VL model, `image` has "vision_start" and "vision_end" too and each image item
+    "grid" (rows, cols) of merged tokens: it becomes vision_start, rows * cols pads,
+    vision_end; its positions are all of them, "pads" the pads'."""
     ids = []
     if add_special_tokens:
         probe = tokenizer.encode("a", add_special_tokens=True)
@@ -76,6 +85,13 @@ def build_sequence(tokenizer, prompt, add_special_tokens=True, image=None):
             items.append({"positions": list(range(len(ids), len(ids) + len(enc.ids))),
                           "offsets": list(enc.offsets)})
             ids += enc.ids
+        elif "image" in item and "vision_start" in image:
+            rows, cols = image["grids"][item["path"]]
+            first = len(ids)
+            ids += ([image["vision_start"]] + [image["token_id"]] * (rows * cols)
+                    + [image["vision_end"]])
+            items.append({"positions": list(range(first, len(ids))), "grid": (rows, cols),
+                          "pads": list(range(first + 1, first + 1 + rows * cols))})
         elif "image" in item:
             n = image["tokens_per_image"]
             items.append({"positions": list(range(len(ids), len(ids) + n))})
@@ -111,6 +127,34 @@ def image_tiles(width, height, options, processor_size, patch):
     return tiles
 
 
+def qwen2_vl_image_units(rows, cols, options):
+    """(item token indices, [x, y, w, h]) per unit of a Qwen2-VL image of rows x cols merged
+    tokens; index 0 is vision_start, 1 + i the pad of token i (row-major), rows * cols + 1
+    vision_end. Token (r, c) shows [c / cols, (c + 1) / cols) x [r / rows, (r + 1) / rows) of
+    the original (smart_resize scales each axis on its own). native: one unit per token; R x C
+    regions (grid, or min(k, side) for the k x k presets): a token joins the region holding its
+    centre, a centre on a border the region after it (integer arithmetic here: region row
+    floor((2r + 1) R / (2 rows))); regions without tokens are left out; vision_start and
+    vision_end join no region. 1 x 1: the whole item, vision_start and vision_end included."""
+    granularity = options.get("image_granularity", "native")
+    if granularity == "native":
+        return [([1 + r * cols + c], [c / cols, r / rows, 1 / cols, 1 / rows])
+                for r in range(rows) for c in range(cols)]
+    R, C = {"6x6": (min(6, rows), min(6, cols)), "3x3": (min(3, rows), min(3, cols)),
+            "1": (1, 1),
+            "grid": (options.get("image_rows"), options.get("image_cols"))}[granularity]
+    if R == 1 and C == 1:
+        return [(list(range(rows * cols + 2)), [0.0, 0.0, 1.0, 1.0])]
+    regions = {}
+    for r in range(rows):
+        region_row = min(R - 1, (2 * r + 1) * R // (2 * rows))
+        for c in range(cols):
+            region_col = min(C - 1, (2 * c + 1) * C // (2 * cols))
+            regions.setdefault((region_row, region_col), []).append(1 + r * cols + c)
+    return [(tokens, [rc / C, rr / R, 1 / C, 1 / R])
+            for (rr, rc), tokens in sorted(regions.items())]
+
+
 def make_units(prompt, items, options, prompt_length, num_targets, image=None,
                class_token_in_whole=True):
     """The units, ordered by first position. An image's tokens are its class tokens (LLaVA's
@@ -142,7 +186,12 @@ def make_units(prompt, items, options, prompt_length, num_targets, image=None,
     else:
         units = text_level(granularity)
     for i, item in enumerate(prompt):
-        if "image" in item:
+        if "image" in item and "grid" in items[i]:
+            for tokens, rect in qwen2_vl_image_units(*items[i]["grid"], options):
+                units.append({"kind": "image", "item": i, "start": 0, "length": 0,
+                              "positions": [items[i]["positions"][t] for t in tokens],
+                              "rect": rect})
+        elif "image" in item:
             tiles = image_tiles(item["width"], item["height"], options, image["size"], image["patch"])
             cls = image["class_tokens"]
             summary = items[i]["positions"][:cls] if len(tiles) == 1 and class_token_in_whole else []
@@ -166,9 +215,17 @@ def make_units(prompt, items, options, prompt_length, num_targets, image=None,
 @torch.no_grad()
 def target_cross_entropy(model, input_ids, target_ids, prompt_length, control=None,
                          pixel_values=None):
-    """CE_j = -log p(t_j | ...) for every target token, one full forward pass."""
+    """CE_j = -log p(t_j | ...) for every target token, one full forward pass. `pixel_values`:
+    a tensor (LLaVA), or a dict of the model's image inputs (Qwen2-VL: pixel_values,
+    image_grid_thw; mm_token_type_ids is added here)."""
     patched.CONTROL = control
-    extra = {} if pixel_values is None else {"pixel_values": pixel_values}
+    if pixel_values is None:
+        extra = {}
+    elif isinstance(pixel_values, dict):
+        extra = dict(pixel_values)
+        extra["mm_token_type_ids"] = (torch.tensor([input_ids]) == extra.pop("image_token_id")).int()
+    else:
+        extra = {"pixel_values": pixel_values}
     try:
         logits = model(input_ids=torch.tensor([input_ids]), **extra).logits[0].double()
     finally:
@@ -206,10 +263,39 @@ def image_tokens(config):
     return grid * grid + cls, cls
 
 
+def is_qwen2_vl(model):
+    return model.config.model_type in ("qwen2_vl", "qwen2_5_vl")
+
+
+@torch.no_grad()
+def qwen2_vl_inputs(model, processor, prompt):
+    """For a Qwen2-VL model and its (Pillow) image processor: the `image` of build_sequence
+    (grids keyed by the items' "path"), the model's image inputs and the merged image rows
+    [N, H] of the prompt's images in order."""
+    from PIL import Image
+    config = model.config
+    paths = [item["path"] for item in prompt if "image" in item]
+    merge = config.vision_config.spatial_merge_size
+    image = {"token_id": config.image_token_id, "vision_start": config.vision_start_token_id,
+             "vision_end": config.vision_end_token_id, "grids": {}}
+    if not paths:
+        return image, None, None
+    batch = processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+    for path, (t, h, w) in zip(paths, batch["image_grid_thw"].tolist()):
+        assert t == 1, "videos are not supported"
+        image["grids"][path] = (h // merge, w // merge)
+    rows = torch.cat(model.model.get_image_features(
+        batch["pixel_values"], batch["image_grid_thw"], return_dict=True).pooler_output, dim=0)
+    inputs = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"],
+              "image_token_id": config.image_token_id}
+    return image, inputs, rows
+
+
 def explain(model, tokenizer, prompt, target, options, processor=None, spread_to_prompt_only=False,
             class_token_in_whole=True):
     """The reference explanation: units, raw relevance [m, n] and the score rows. For a LLaVA
-    model, `processor` is its (Pillow) CLIP image processor and image items carry "path".
+    model, `processor` is its (Pillow) CLIP image processor and image items carry "path"; for
+    a Qwen2-VL / Qwen2.5-VL model, its Qwen2VLImageProcessorPil.
     `spread_to_prompt_only`: the old conceptual-suppression rule; `class_token_in_whole=False`:
     the class token in no unit (both for tests only)."""
     # The manipulation lives in the language model's attention (a LLaVA vision tower keeps its
@@ -218,7 +304,9 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
     model.set_attn_implementation("eager")
     language_model.set_attn_implementation("atman")
     image, pixel_values = None, None
-    if processor is not None:
+    if processor is not None and is_qwen2_vl(model):
+        image, pixel_values, image_rows = qwen2_vl_inputs(model, processor, prompt)
+    elif processor is not None:
         from PIL import Image
         config = model.config
         per_image, cls = image_tokens(config)
@@ -240,7 +328,9 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
     units = make_units(prompt, items, options, P, m, image, class_token_in_whole)
     with torch.no_grad():
         embeddings = model.get_input_embeddings()(torch.tensor(input_ids)).detach()
-        if pixel_values is not None:
+        if isinstance(pixel_values, dict):
+            embeddings[torch.tensor(input_ids) == image["token_id"]] = image_rows.to(embeddings.dtype)
+        elif pixel_values is not None:
             features = torch.stack(list(model.get_image_features(pixel_values=pixel_values).pooler_output))
             mask = torch.tensor(input_ids) == image["token_id"]
             embeddings[mask] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
@@ -296,6 +386,11 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
         "prompt_tokens": P,
         "similarity_suppressed": suppressed_extra,
         "base_cross_entropy": base.tolist(),
+        # Image items: the item, its first position (vision_start for Qwen2-VL) and, for
+        # Qwen2-VL, its merged-token grid.
+        "image_items": [dict({"item": i, "first": items[i]["positions"][0]},
+                             **({"grid": list(items[i]["grid"])} if "grid" in items[i] else {}))
+                        for i, item in enumerate(prompt) if "image" in item],
     }
 
 
