@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
 #include "core/model/device.h"
+#include "core/model/llava.h"
 #include "core/model/model_files.h"
 
 namespace atman::atman {
