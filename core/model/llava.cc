@@ -42,6 +42,15 @@ bool IsLlava(const Json& config) {
          (*arch)[0] == "LlavaForConditionalGeneration";
 }
 
+bool IsLlavaNext(const Json& config) {
+  if (auto it = config.find("model_type"); it != config.end() && it->is_string()) {
+    return *it == "llava_next";
+  }
+  auto arch = config.find("architectures");
+  return arch != config.end() && arch->is_array() && !arch->empty() &&
+         (*arch)[0] == "LlavaNextForConditionalGeneration";
+}
+
 // Where the three parts' tensors are (see the layouts in llava.h).
 struct Layout {
   TensorNameMap text;
@@ -101,6 +110,7 @@ absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layou
 absl::StatusOr<ModelKind> ResolveModelKind(const Json& config) {
   if (!config.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
   if (IsLlava(config)) return ModelKind::kVisionLanguage;
+  if (IsLlavaNext(config)) return ModelKind::kLlavaNext;
   ATMAN_RETURN_IF_ERROR(ParseModelConfig(config).status());
   return ModelKind::kCausalLM;
 }

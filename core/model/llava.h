@@ -20,7 +20,7 @@
 // token, which shows the whole image.
 //
 // The architecture registry: ResolveModelKind() maps a config.json to the class that loads it:
-// model_type "llava" -> VisionLanguageModel; the text-only types of SupportedModelTypes()
+// model_type "llava" -> VisionLanguageModel, "llava_next" -> LlavaNextModel; the text-only types of SupportedModelTypes()
 // (llama, mistral, qwen2, gpt2, gpt_neox) -> CausalLM.
 //
 // Weight layouts (all three accepted, detected from the tensor names):
@@ -54,11 +54,13 @@
 
 namespace atman::model {
 
-enum class ModelKind { kCausalLM, kVisionLanguage };
+enum class ModelKind { kCausalLM, kVisionLanguage, kLlavaNext };
 
 // Which class loads this config.json: "llava" (model_type, or architectures[0]
-// LlavaForConditionalGeneration) -> kVisionLanguage; a type ParseModelConfig() accepts ->
-// kCausalLM; otherwise ParseModelConfig()'s error (UNIMPLEMENTED naming the type).
+// LlavaForConditionalGeneration) -> kVisionLanguage (VisionLanguageModel); "llava_next"
+// (model_type, or architectures[0] LlavaNextForConditionalGeneration) -> kLlavaNext
+// (LlavaNextModel, llava_next.h); a type ParseModelConfig() accepts -> kCausalLM; otherwise
+// ParseModelConfig()'s error (UNIMPLEMENTED naming the type).
 absl::StatusOr<ModelKind> ResolveModelKind(const nlohmann::json& config);
 
 enum class FeatureSelect { kDefault, kFull };
