@@ -10,11 +10,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
-#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -52,16 +51,15 @@ struct Explainer::Sequence {
   // Per prompt item: the positions of its tokens and, for text, the encoding (spans).
   struct Item {
     std::vector<int64_t> positions;
-    text::Encoding encoding;                 // text items
+    text::Encoding encoding;                  // text items
     std::optional<model::PromptImage> image;  // image items
   };
   std::vector<Item> items;
   bool has_images = false;
 };
 
-Explainer::Explainer(const model::ImagePromptModel* vlm,
-                     const vision::ImageProcessor* processor, const text::Tokenizer* tokenizer,
-                     Options options)
+Explainer::Explainer(const model::ImagePromptModel* vlm, const vision::ImageProcessor* processor,
+                     const text::Tokenizer* tokenizer, Options options)
     : Explainer(&vlm->language_model(), tokenizer, options) {
   vlm_ = vlm;
   processor_ = processor;
@@ -242,10 +240,10 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<
     });
     const int64_t tokens = images * fixed_image_tokens;
     if (tokens > options_.max_image_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prompt: ", images, " images x ", fixed_image_tokens, " image tokens = ", tokens,
-          " image tokens, over the limit of ", options_.max_image_tokens,
-          " image tokens per request (max_image_tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt: ", images, " images x ", fixed_image_tokens,
+                       " image tokens = ", tokens, " image tokens, over the limit of ",
+                       options_.max_image_tokens, " image tokens per request (max_image_tokens)"));
     }
   }
   std::vector<int64_t> image_tokens;  // per image so far (variable counts)
@@ -304,8 +302,8 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<
         auto preprocessed = processor_->Preprocess(*image);
         if (!preprocessed.ok())
           return Annotate(preprocessed.status(), absl::StrCat(field, ".image"));
-        out.image = model::PromptImage{image->width(), image->height(), *tokens,
-                                       *std::move(preprocessed)};
+        out.image =
+            model::PromptImage{image->width(), image->height(), *tokens, *std::move(preprocessed)};
         for (int64_t t = 0; t < *tokens; ++t) {
           out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
           seq.ids.push_back(static_cast<int32_t>(vlm_->image_token_id()));

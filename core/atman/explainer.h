@@ -177,7 +177,7 @@ class Explainer {
                          PreparedExplanation* prepared) const;
 
   const model::CausalLM* lm_;
-  const model::ImagePromptModel* vlm_ = nullptr;     // null for text-only models
+  const model::ImagePromptModel* vlm_ = nullptr;           // null for text-only models
   const vision::ImageProcessor* processor_ = nullptr;      // with vlm_
   const text::Tokenizer* tokenizer_;
   Options options_;

@@ -286,11 +286,11 @@ absl::StatusOr<at::Tensor> VisionLanguageModel::Embed(const at::Tensor& ids,
         absl::StrCat("ids must be an integer tensor [B, T], got ", ShapeString(ids)));
   }
   const bool has_images = image_features.defined() && image_features.numel() > 0;
-  if (has_images && ((image_features.dim() != 3 && image_features.dim() != 2) ||
-                     image_features.size(-1) != Ht)) {
-    return absl::InvalidArgumentError(absl::StrCat("image_features has shape ",
-                                                   ShapeString(image_features), ", expected [N, P, ",
-                                                   Ht, "] or [N * P, ", Ht, "]"));
+  if (has_images &&
+      ((image_features.dim() != 3 && image_features.dim() != 2) || image_features.size(-1) != Ht)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image_features has shape ", ShapeString(image_features), ", expected [N, P, ",
+                     Ht, "] or [N * P, ", Ht, "]"));
   }
   try {
     c10::InferenceMode guard;

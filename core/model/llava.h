@@ -20,8 +20,8 @@
 // token, which shows the whole image.
 //
 // The architecture registry: ResolveModelKind() maps a config.json to the class that loads it:
-// model_type "llava" -> VisionLanguageModel, "llava_next" -> LlavaNextModel; the text-only types of SupportedModelTypes()
-// (llama, mistral, qwen2, gpt2, gpt_neox) -> CausalLM.
+// model_type "llava" -> VisionLanguageModel, "llava_next" -> LlavaNextModel; the text-only
+// types of SupportedModelTypes() (llama, mistral, qwen2, gpt2, gpt_neox) -> CausalLM.
 //
 // Weight layouts (all three accepted, detected from the tensor names):
 //   transformers 5 save_pretrained and the llava-hf hub checkpoints:

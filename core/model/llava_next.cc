@@ -377,16 +377,16 @@ absl::StatusOr<std::vector<ImageRegionUnit>> LlavaNextModel::ImageUnits(const Pr
   const int64_t max_rows = std::max(t.grid, t.row_end - t.row_begin);
   const int64_t max_cols = std::max(t.grid, t.col_end - t.col_begin);
   if (rows < 1 || cols < 1 || rows > max_rows || cols > max_cols) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "region grid ", rows, "x", cols, " does not fit the image's ", max_rows, "x", max_cols,
-        " token grid (base view ", t.grid, "x", t.grid, ", kept tile grid ",
-        t.row_end - t.row_begin, "x", t.col_end - t.col_begin, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("region grid ", rows, "x", cols, " does not fit the image's ", max_rows, "x",
+                     max_cols, " token grid (base view ", t.grid, "x", t.grid, ", kept tile grid ",
+                     t.row_end - t.row_begin, "x", t.col_end - t.col_begin, ")"));
   }
   const vision::PreprocessedImage& pre = image.preprocessed;
   if (static_cast<int64_t>(pre.tile_geometry.size()) != t.tile_rows * t.tile_cols) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the preprocessed image has ", pre.tile_geometry.size(), " tiles; a ", image.width, "x",
-        image.height, " image has ", t.tile_rows, "x", t.tile_cols));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the preprocessed image has ", pre.tile_geometry.size(), " tiles; a ",
+                     image.width, "x", image.height, " image has ", t.tile_rows, "x", t.tile_cols));
   }
   vision::AnyresLayout layout;
   layout.tile_rows = t.tile_rows;

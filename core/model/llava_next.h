@@ -83,9 +83,9 @@ std::vector<vision::NormalizedRect> AnyresTokenRects(const AnyresTokens& tokens,
                                                      const vision::AnyresLayout& layout);
 
 // An anyres image's units (ImageRegionUnit, image_prompt_model.h; tokens index the image's
-// packed tokens): the original image split into rows x cols equal regions; each token with a non-empty
-// rectangle joins the region that holds its rectangle's centre (a centre on a border joins
-// the region after it), base-view and tile tokens alike, so that one unit suppresses a part
+// packed tokens): the original image split into rows x cols equal regions; each token with a
+// non-empty rectangle joins the region that holds its rectangle's centre (a centre on a border
+// joins the region after it), base-view and tile tokens alike, so that one unit suppresses a part
 // of the image at every resolution at once. With 1 x 1 every token joins, image_newline
 // tokens included: the whole image. Otherwise image_newline tokens (empty rectangles) join
 // none. Regions no token falls in are left out. The native granularity is rows = cols = G

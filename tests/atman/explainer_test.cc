@@ -41,7 +41,7 @@ struct Loaded {
   std::unique_ptr<model::CausalLM> lm;                  // text-only models
   std::unique_ptr<model::VisionLanguageModel> vlm;      // llava
   std::unique_ptr<model::LlavaNextModel> next;          // llava-next
-  std::unique_ptr<vision::ImageProcessor> processor;  // llava, llava-next
+  std::unique_ptr<vision::ImageProcessor> processor;    // llava, llava-next
   std::unique_ptr<text::Tokenizer> tokenizer;
   nlohmann::json cases;
   std::filesystem::path dir;
@@ -74,8 +74,7 @@ const Loaded& Load(const std::string& name) {
       auto processor = model::LoadLlavaNextImageProcessor(dir, *loaded.next);
       EXPECT_TRUE(processor.ok()) << processor.status();
       if (processor.ok()) {
-        loaded.processor =
-            std::make_unique<vision::LlavaNextImageProcessor>(*std::move(processor));
+        loaded.processor = std::make_unique<vision::LlavaNextImageProcessor>(*std::move(processor));
       }
     }
   } else if (name.starts_with("llava")) {
@@ -874,8 +873,8 @@ TEST_P(EngineGenerates, SteeredGreedyEqualsThePatchedReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates,
-                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava",
-                                           "llava-full", "llava-next"));
+                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava", "llava-full",
+                                           "llava-next"));
 
 TEST(EngineGenerate, ACharacterRangeOverAWholeItemEqualsTheItemControl) {
   const Loaded& loaded = Load("llama");

@@ -69,7 +69,8 @@ TEST(ServedModel, ServesALlavaNextModelWithItsAnyresProcessor) {
   EXPECT_TRUE(d.supports_images);
   EXPECT_EQ(d.vocab_size, 301);
   ASSERT_NE(served->replica(0).image_processor, nullptr);
-  EXPECT_EQ(served->replica(0).image_processor->OutputSize(), std::make_pair(int64_t{28}, int64_t{28}));
+  EXPECT_EQ(served->replica(0).image_processor->OutputSize(),
+            std::make_pair(int64_t{28}, int64_t{28}));
   std::ifstream in(FixtureDir("atman_cases") / "llava-next" / "images" / "wide_40x28.png",
                    std::ios::binary);
   const std::string png{std::istreambuf_iterator<char>(in), {}};

@@ -423,8 +423,8 @@ TEST(LlavaRegistry, ModelTypeSelectsTheClass) {
   auto next = ResolveModelKind(nlohmann::json{{"model_type", "llava_next"}});
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_EQ(*next, ModelKind::kLlavaNext);
-  auto by_architecture = ResolveModelKind(
-      nlohmann::json{{"architectures", {"LlavaNextForConditionalGeneration"}}});
+  auto by_architecture =
+      ResolveModelKind(nlohmann::json{{"architectures", {"LlavaNextForConditionalGeneration"}}});
   ASSERT_TRUE(by_architecture.ok()) << by_architecture.status();
   EXPECT_EQ(*by_architecture, ModelKind::kLlavaNext);
   auto unknown = ResolveModelKind(nlohmann::json{{"model_type", "idefics3"}});
