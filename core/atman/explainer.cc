@@ -10,16 +10,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
-#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/atman/conceptual_suppression.h"
 #include "core/base/status_macros.h"
 #include "core/runtime/memory_meter.h"
@@ -51,17 +51,15 @@ struct Explainer::Sequence {
   // Per prompt item: the positions of its tokens and, for text, the encoding (spans).
   struct Item {
     std::vector<int64_t> positions;
-    text::Encoding encoding;                        // text items
-    std::optional<vision::ImageGeometry> geometry;  // image items
-    at::Tensor pixel_values;                        // image items: [3, S, S]
+    text::Encoding encoding;                  // text items
+    std::optional<model::PromptImage> image;  // image items
   };
   std::vector<Item> items;
   bool has_images = false;
 };
 
-Explainer::Explainer(const model::VisionLanguageModel* vlm,
-                     const vision::ImageProcessor* processor, const text::Tokenizer* tokenizer,
-                     Options options)
+Explainer::Explainer(const model::ImagePromptModel* vlm, const vision::ImageProcessor* processor,
+                     const text::Tokenizer* tokenizer, Options options)
     : Explainer(&vlm->language_model(), tokenizer, options) {
   vlm_ = vlm;
   processor_ = processor;
@@ -233,19 +231,23 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
 absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<PromptItem>& prompt,
                                                               bool add_special_tokens) const {
   if (prompt.empty()) return absl::InvalidArgumentError("prompt: empty (no items)");
-  // The image-token limit, before any image is decoded (every image gives tokens_per_image()).
-  if (vlm_ != nullptr && options_.max_image_tokens > 0) {
+  // The image-token limit: with a fixed count per image before any image is decoded,
+  // otherwise as each image's size becomes known (below), before it is preprocessed.
+  const int64_t fixed_image_tokens = vlm_ != nullptr ? vlm_->fixed_image_tokens() : 0;
+  if (fixed_image_tokens > 0 && options_.max_image_tokens > 0) {
     const auto images = std::count_if(prompt.begin(), prompt.end(), [](const PromptItem& item) {
       return item.kind == PromptItem::Kind::kImage;
     });
-    const int64_t tokens = images * vlm_->tokens_per_image();
+    const int64_t tokens = images * fixed_image_tokens;
     if (tokens > options_.max_image_tokens) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prompt: ", images, " images x ", vlm_->tokens_per_image(), " image tokens = ", tokens,
-          " image tokens, over the limit of ", options_.max_image_tokens,
-          " image tokens per request (max_image_tokens)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt: ", images, " images x ", fixed_image_tokens,
+                       " image tokens = ", tokens, " image tokens, over the limit of ",
+                       options_.max_image_tokens, " image tokens per request (max_image_tokens)"));
     }
   }
+  std::vector<int64_t> image_tokens;  // per image so far (variable counts)
+  int64_t image_tokens_total = 0;
   Sequence seq;
   if (add_special_tokens) seq.ids = leading_specials_;
   const auto vocab = lm_->config().vocab_size;
@@ -286,12 +288,23 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<
         decode.limits = options_.image_limits;
         auto image = vision::DecodeImage(item.image, decode);
         if (!image.ok()) return Annotate(image.status(), absl::StrCat(field, ".image"));
+        auto tokens = vlm_->ImageTokens(image->width(), image->height());
+        if (!tokens.ok()) return Annotate(tokens.status(), absl::StrCat(field, ".image"));
+        image_tokens.push_back(*tokens);
+        image_tokens_total += *tokens;
+        if (fixed_image_tokens == 0 && options_.max_image_tokens > 0 &&
+            image_tokens_total > options_.max_image_tokens) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "prompt: ", image_tokens.size(), " images of ", absl::StrJoin(image_tokens, " + "),
+              " image tokens = ", image_tokens_total, " image tokens, over the limit of ",
+              options_.max_image_tokens, " image tokens per request (max_image_tokens)"));
+        }
         auto preprocessed = processor_->Preprocess(*image);
         if (!preprocessed.ok())
           return Annotate(preprocessed.status(), absl::StrCat(field, ".image"));
-        out.geometry = preprocessed->geometry;
-        out.pixel_values = preprocessed->pixel_values;
-        for (int64_t t = 0; t < vlm_->tokens_per_image(); ++t) {
+        out.image =
+            model::PromptImage{image->width(), image->height(), *tokens, *std::move(preprocessed)};
+        for (int64_t t = 0; t < *tokens; ++t) {
           out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
           seq.ids.push_back(static_cast<int32_t>(vlm_->image_token_id()));
         }
@@ -317,12 +330,12 @@ absl::StatusOr<at::Tensor> Explainer::EmbedPrompt(const Sequence& seq) const {
   std::vector<int64_t> ids(seq.ids.begin(), seq.ids.end());
   const at::Tensor id_tensor = LongTensor(ids).unsqueeze(0);
   if (!seq.has_images) return lm_->Embed(id_tensor);
-  std::vector<at::Tensor> pixels;
+  std::vector<model::PromptImage> images;
   for (const auto& item : seq.items) {
-    if (item.pixel_values.defined()) pixels.push_back(item.pixel_values);
+    if (item.image.has_value()) images.push_back(*item.image);  // tensors shared, not copied
   }
-  ATMAN_ASSIGN_OR_RETURN(at::Tensor features, vlm_->EmbedImages(at::stack(pixels)));
-  return vlm_->Embed(id_tensor, features);
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor rows, vlm_->EmbedPromptImages(images));
+  return vlm_->Embed(id_tensor, rows);
 }
 
 absl::StatusOr<Explainer::Decoded> Explainer::Decode(const at::Tensor& prompt_embeds,
@@ -559,53 +572,48 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
       break;
     }
   }
-  // Image items: one unit per tile of the patch grid (tiles that show only padding are
-  // skipped). 6x6 and 3x3 shrink to the grid when it is smaller.
+  // Image items: the model's units at the requested grid (image_prompt_model.h). 6x6 and 3x3
+  // shrink to the native grid when it is smaller.
   for (size_t i = 0; i < request.prompt.size(); ++i) {
     if (request.prompt[i].kind != PromptItem::Kind::kImage) continue;
-    const vision::ImageGeometry& geometry = *seq.items[i].geometry;
-    const int64_t rows = geometry.grid_rows(), cols = geometry.grid_cols();
-    absl::StatusOr<std::vector<vision::Tile>> tiles;
+    const model::PromptImage& image = *seq.items[i].image;
+    const auto [native_rows, native_cols] = vlm_->NativeGrid(image);
+    int64_t rows = 1, cols = 1;
     switch (o.image_granularity) {
       case ImageGranularity::kNative:
-        tiles = geometry.NativeTiles();
+        rows = native_rows;
+        cols = native_cols;
         break;
       case ImageGranularity::kTiles6x6:
-        tiles = geometry.TileGrid(std::min<int64_t>(6, rows), std::min<int64_t>(6, cols));
+        rows = std::min<int64_t>(6, native_rows);
+        cols = std::min<int64_t>(6, native_cols);
         break;
       case ImageGranularity::kTiles3x3:
-        tiles = geometry.TileGrid(std::min<int64_t>(3, rows), std::min<int64_t>(3, cols));
+        rows = std::min<int64_t>(3, native_rows);
+        cols = std::min<int64_t>(3, native_cols);
         break;
       case ImageGranularity::kWhole:
-        tiles = geometry.TileGrid(1, 1);
         break;
       case ImageGranularity::kGrid:
-        tiles = geometry.TileGrid(o.image_rows, o.image_cols);
+        rows = o.image_rows;
+        cols = o.image_cols;
         break;
     }
-    if (!tiles.ok()) {
-      return Annotate(tiles.status(),
+    auto regions = vlm_->ImageUnits(image, rows, cols);
+    if (!regions.ok()) {
+      return Annotate(regions.status(),
                       absl::StrCat("options.image_rows, options.image_cols (", o.image_rows, " x ",
                                    o.image_cols, ") for prompt[", i, "]"));
     }
-    // Image tokens [0, offset) are the tower's class token ("full" features): it summarises
-    // the whole image and shows no region, so it belongs to the unit that is the whole image
-    // (one tile) and to no tile of a finer grid (docs/method.md, "The class token").
-    const int64_t offset = vlm_->image_token_offset();
-    const bool whole_image = tiles->size() == 1;
-    for (const vision::Tile& tile : *tiles) {
-      if (tile.original.empty()) continue;
+    for (const model::ImageRegionUnit& region : *regions) {
       Unit unit{UnitScore::Kind::kImage, static_cast<int32_t>(i), 0, 0, {}};
-      for (int64_t t = 0; whole_image && t < offset; ++t) {
+      for (int64_t t : region.tokens) {
         unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(t)]);
       }
-      for (int64_t patch : tile.patches) {
-        unit.positions.push_back(seq.items[i].positions[static_cast<size_t>(offset + patch)]);
-      }
-      unit.left = tile.original.x0;
-      unit.top = tile.original.y0;
-      unit.width = tile.original.x1 - tile.original.x0;
-      unit.height = tile.original.y1 - tile.original.y0;
+      unit.left = region.region.x0;
+      unit.top = region.region.y0;
+      unit.width = region.region.x1 - region.region.x0;
+      unit.height = region.region.y1 - region.region.y0;
       units.push_back(std::move(unit));
     }
   }

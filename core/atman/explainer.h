@@ -33,7 +33,7 @@
 #include "core/atman/explain_request.h"
 #include "core/atman/generation.h"
 #include "core/model/causal_lm.h"
-#include "core/model/llava.h"
+#include "core/model/image_prompt_model.h"
 #include "core/runtime/batch_cost.h"
 #include "core/runtime/kv_prefix_cache.h"
 #include "core/runtime/scoring_batch.h"
@@ -78,17 +78,22 @@ class Explainer {
     // model's context limits it.
     int64_t max_prompt_tokens = 0;
     vision::DecodeLimits image_limits;  // per image: encoded bytes and pixels
-    // Most image tokens of one request, all its images together (an image gives the model's
-    // tokens_per_image()); more is INVALID_ARGUMENT naming the count and the limit, checked
-    // before any image is decoded. 0: no limit.
+    // Most image tokens of one request, all its images together (each image's actual tokens,
+    // model::ImagePromptModel::ImageTokens); more is INVALID_ARGUMENT naming the count and the
+    // limit. With a fixed count per image (LLaVA-1.5) it is checked before any image is
+    // decoded, otherwise (LLaVA-NeXT) as each image's size becomes known, before it is
+    // preprocessed and before any tower runs. 0: no limit.
     int64_t max_image_tokens = 16384;
   };
 
   // A text-only model.
   Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options);
-  // A vision-language model and its image processor (model::LoadImageProcessor); image items
-  // become the model's image tokens, and their tiles become units.
-  Explainer(const model::VisionLanguageModel* vlm, const vision::ImageProcessor* processor,
+  // A vision-language model (LLaVA-1.5's model::VisionLanguageModel with
+  // model::LoadImageProcessor, LLaVA-NeXT's model::LlavaNextModel with
+  // model::LoadLlavaNextImageProcessor) and its image processor; image items become the
+  // model's image tokens, and the model's image units (ImagePromptModel::ImageUnits) become
+  // units.
+  Explainer(const model::ImagePromptModel* vlm, const vision::ImageProcessor* processor,
             const text::Tokenizer* tokenizer, Options options);
 
   // Measures what scoring batches add on the device and fits the batch limits' memory model
@@ -172,7 +177,7 @@ class Explainer {
                          PreparedExplanation* prepared) const;
 
   const model::CausalLM* lm_;
-  const model::VisionLanguageModel* vlm_ = nullptr;        // null for text-only models
+  const model::ImagePromptModel* vlm_ = nullptr;           // null for text-only models
   const vision::ImageProcessor* processor_ = nullptr;      // with vlm_
   const text::Tokenizer* tokenizer_;
   Options options_;

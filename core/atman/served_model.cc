@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
 #include "core/model/device.h"
+#include "core/model/llava.h"
+#include "core/model/llava_next.h"
 #include "core/model/model_files.h"
 
 namespace atman::atman {
@@ -18,8 +20,11 @@ absl::StatusOr<std::unique_ptr<ServedModel>> ServedModel::Open(const std::filesy
   served->options_ = std::move(options);
   ATMAN_ASSIGN_OR_RETURN(const nlohmann::json config, model::ReadModelConfig(model));
   ATMAN_ASSIGN_OR_RETURN(const model::ModelKind kind, model::ResolveModelKind(config));
-  served->vision_language_ = kind == model::ModelKind::kVisionLanguage;
+  served->kind_ = kind;
   served->model_type_ = config.value("model_type", "");
+  if (served->model_type_.empty() && kind == model::ModelKind::kLlavaNext) {
+    served->model_type_ = "llava_next";  // named by its architectures only
+  }
   ATMAN_ASSIGN_OR_RETURN(served->tokenizer_, model::LoadTokenizer(model));
   ATMAN_ASSIGN_OR_RETURN(served->chat_template_, model::ReadChatTemplate(model));
   return served;
@@ -50,7 +55,18 @@ absl::Status ServedModel::AddDevice(c10::Device device, const std::string& dtype
   replica->device = device;
   replica->device_name = device.str();
   replica->dtype_name = dtype;
-  if (vision_language_) {
+  if (kind_ == model::ModelKind::kLlavaNext) {
+    ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<model::LlavaNextModel> next,
+                           model::LlavaNextModel::Load(path_, device, type));
+    ATMAN_ASSIGN_OR_RETURN(vision::LlavaNextImageProcessor processor,
+                           model::LoadLlavaNextImageProcessor(path_, *next));
+    replica->image_processor =
+        std::make_unique<vision::LlavaNextImageProcessor>(std::move(processor));
+    replica->lm = &next->language_model();
+    replica->explainer = std::make_unique<Explainer>(next.get(), replica->image_processor.get(),
+                                                     tokenizer_.get(), options_);
+    replica->owner = std::shared_ptr<model::LlavaNextModel>(std::move(next));
+  } else if (kind_ == model::ModelKind::kVisionLanguage) {
     ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<model::VisionLanguageModel> vlm,
                            model::VisionLanguageModel::Load(path_, device, type));
     ATMAN_ASSIGN_OR_RETURN(replica->image_processor, model::LoadImageProcessor(path_, *vlm));
@@ -98,7 +114,7 @@ ModelDescription ServedModel::Describe() const {
   d.name = path_.filename().empty() ? path_.parent_path().filename().string()
                                     : path_.filename().string();
   d.model_type = model_type_;
-  d.supports_images = vision_language_;
+  d.supports_images = kind_ != model::ModelKind::kCausalLM;
   d.chat_template = chat_template_;
   if (!replicas_.empty()) {
     const model::ModelConfig& config = replicas_.front()->lm->config();

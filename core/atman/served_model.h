@@ -2,17 +2,19 @@
 // atman-explain hold instead of models, tokenizers and image processors.
 //
 //   Open       a --model path (a Hugging Face folder, a .gguf file or a folder holding one,
-//              model_files.h): config.json, which class loads it (CausalLM or a LLaVA
-//              VisionLanguageModel), the tokenizer and the chat template. No weights yet.
+//              model_files.h): config.json, which class loads it (model::ResolveModelKind:
+//              CausalLM, LLaVA-1.5's VisionLanguageModel or LLaVA-NeXT's LlavaNextModel), the
+//              tokenizer and the chat template. No weights yet.
 //   AddDevice  the weights on one device in one dtype, and an Explainer over them (with the
-//              image processor of a vision-language model); once per device, in order.
+//              image processor of a vision-language model: LoadImageProcessor, or
+//              LoadLlavaNextImageProcessor); once per device, in order.
 //   Tokenize   the Tokenize RPC: text -> tokens with code-point spans, limited like a prompt.
 //   Describe   what GetModelInfo reports of the model.
 //
 // ParseDevice / ResolveDtype check a device name and a dtype ("auto": bfloat16 on CUDA,
 // float32 on the CPU) before anything is loaded. Errors: Open and AddDevice name the path and
-// the file, key or tensor (model_files.h, causal_lm.h, llava.h); Tokenize's INVALID_ARGUMENT
-// messages start with `text:`.
+// the file, key or tensor (model_files.h, causal_lm.h, llava.h, llava_next.h); Tokenize's
+// INVALID_ARGUMENT messages start with `text:`.
 //
 // Ownership: a ServedModel owns the tokenizer, every device's model, image processor and
 // Explainer; explainers and models it hands out live as long as it does. Thread safety: Open
@@ -31,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/atman/explainer.h"
+#include "core/model/llava.h"  // model::ModelKind
 
 namespace atman::atman {
 
@@ -63,7 +66,8 @@ class ServedModel {
     // The language model, for the scoring rows' batcher (runtime/dynamic_batcher.h).
     const model::CausalLM* lm = nullptr;
     std::unique_ptr<Explainer> explainer;
-    std::shared_ptr<void> owner;  // the loaded model (CausalLM or VisionLanguageModel)
+    std::shared_ptr<void> owner;  // the loaded model (CausalLM, VisionLanguageModel or
+                                  // LlavaNextModel)
     std::unique_ptr<vision::ImageProcessor> image_processor;  // vision-language models
   };
 
@@ -101,7 +105,7 @@ class ServedModel {
 
   std::filesystem::path path_;
   Explainer::Options options_;
-  bool vision_language_ = false;
+  model::ModelKind kind_ = model::ModelKind::kCausalLM;
   std::string model_type_, chat_template_;
   std::unique_ptr<text::Tokenizer> tokenizer_;
   std::vector<std::unique_ptr<Replica>> replicas_;

@@ -4,6 +4,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/masked_scatter.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <c10/core/InferenceMode.h>
 
@@ -39,6 +40,15 @@ bool IsLlava(const Json& config) {
   auto arch = config.find("architectures");
   return arch != config.end() && arch->is_array() && !arch->empty() &&
          (*arch)[0] == "LlavaForConditionalGeneration";
+}
+
+bool IsLlavaNext(const Json& config) {
+  if (auto it = config.find("model_type"); it != config.end() && it->is_string()) {
+    return *it == "llava_next";
+  }
+  auto arch = config.find("architectures");
+  return arch != config.end() && arch->is_array() && !arch->empty() &&
+         (*arch)[0] == "LlavaNextForConditionalGeneration";
 }
 
 // Where the three parts' tensors are (see the layouts in llava.h).
@@ -100,6 +110,7 @@ absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layou
 absl::StatusOr<ModelKind> ResolveModelKind(const Json& config) {
   if (!config.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
   if (IsLlava(config)) return ModelKind::kVisionLanguage;
+  if (IsLlavaNext(config)) return ModelKind::kLlavaNext;
   ATMAN_RETURN_IF_ERROR(ParseModelConfig(config).status());
   return ModelKind::kCausalLM;
 }
@@ -275,16 +286,18 @@ absl::StatusOr<at::Tensor> VisionLanguageModel::Embed(const at::Tensor& ids,
         absl::StrCat("ids must be an integer tensor [B, T], got ", ShapeString(ids)));
   }
   const bool has_images = image_features.defined() && image_features.numel() > 0;
-  if (has_images && (image_features.dim() != 3 || image_features.size(2) != Ht)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "image_features has shape ", ShapeString(image_features), ", expected [N, P, ", Ht, "]"));
+  if (has_images &&
+      ((image_features.dim() != 3 && image_features.dim() != 2) || image_features.size(-1) != Ht)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image_features has shape ", ShapeString(image_features), ", expected [N, P, ",
+                     Ht, "] or [N * P, ", Ht, "]"));
   }
   try {
     c10::InferenceMode guard;
     at::Tensor ids_here = ids.to(device(), at::kLong);
     at::Tensor is_image = ids_here.eq(config_.image_token_id);
     const int64_t tokens = is_image.sum().item<int64_t>();
-    const int64_t rows = has_images ? image_features.size(0) * image_features.size(1) : 0;
+    const int64_t rows = has_images ? image_features.numel() / Ht : 0;
     if (tokens != rows) {
       return absl::InvalidArgumentError(absl::StrCat(
           "ids hold ", tokens, " image tokens (image_token_id ", config_.image_token_id,
@@ -299,6 +312,53 @@ absl::StatusOr<at::Tensor> VisionLanguageModel::Embed(const at::Tensor& ids,
     return embeds.masked_scatter(is_image.unsqueeze(-1), features);
   } catch (const std::exception& e) {
     return StatusFromException(e, "embedding ids and images");
+  }
+}
+
+absl::StatusOr<int64_t> VisionLanguageModel::ImageTokens(int64_t width, int64_t height) const {
+  if (width <= 0 || height <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image size ", width, "x", height, " is not positive"));
+  }
+  return tokens_per_image();
+}
+
+std::pair<int64_t, int64_t> VisionLanguageModel::NativeGrid(const PromptImage& image) const {
+  const vision::ImageGeometry& geometry = image.preprocessed.geometry;
+  return {geometry.grid_rows(), geometry.grid_cols()};
+}
+
+absl::StatusOr<std::vector<ImageRegionUnit>> VisionLanguageModel::ImageUnits(
+    const PromptImage& image, int64_t rows, int64_t cols) const {
+  ATMAN_ASSIGN_OR_RETURN(std::vector<vision::Tile> tiles,
+                         image.preprocessed.geometry.TileGrid(rows, cols));
+  // Image tokens [0, offset) are the tower's class token ("full" features): it summarises the
+  // whole image and shows no region, so it belongs to the unit that is the whole image (one
+  // tile) and to no tile of a finer grid (docs/method.md, "The class token").
+  const int64_t offset = image_token_offset();
+  const bool whole_image = tiles.size() == 1;
+  std::vector<ImageRegionUnit> units;
+  for (const vision::Tile& tile : tiles) {
+    if (tile.original.empty()) continue;
+    ImageRegionUnit unit;
+    unit.region = tile.original;
+    for (int64_t t = 0; whole_image && t < offset; ++t) unit.tokens.push_back(t);
+    for (int64_t patch : tile.patches) unit.tokens.push_back(offset + patch);
+    units.push_back(std::move(unit));
+  }
+  return units;
+}
+
+absl::StatusOr<at::Tensor> VisionLanguageModel::EmbedPromptImages(
+    std::span<const PromptImage> images) const {
+  if (images.empty()) return at::Tensor();
+  std::vector<at::Tensor> pixels;
+  for (const PromptImage& image : images) pixels.push_back(image.preprocessed.pixel_values);
+  try {
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor features, EmbedImages(at::stack(pixels)));  // [N, P, Ht]
+    return features.reshape({-1, features.size(-1)});
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "embedding images");
   }
 }
 

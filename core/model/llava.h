@@ -20,8 +20,8 @@
 // token, which shows the whole image.
 //
 // The architecture registry: ResolveModelKind() maps a config.json to the class that loads it:
-// model_type "llava" -> VisionLanguageModel; the text-only types of SupportedModelTypes()
-// (llama, mistral, qwen2, gpt2, gpt_neox) -> CausalLM.
+// model_type "llava" -> VisionLanguageModel, "llava_next" -> LlavaNextModel; the text-only
+// types of SupportedModelTypes() (llama, mistral, qwen2, gpt2, gpt_neox) -> CausalLM.
 //
 // Weight layouts (all three accepted, detected from the tensor names):
 //   transformers 5 save_pretrained and the llava-hf hub checkpoints:
@@ -48,16 +48,19 @@
 
 #include "absl/status/statusor.h"
 #include "core/model/causal_lm.h"
+#include "core/model/image_prompt_model.h"
 #include "core/model/vision_tower.h"
 #include "core/vision/image_processor.h"
 
 namespace atman::model {
 
-enum class ModelKind { kCausalLM, kVisionLanguage };
+enum class ModelKind { kCausalLM, kVisionLanguage, kLlavaNext };
 
 // Which class loads this config.json: "llava" (model_type, or architectures[0]
-// LlavaForConditionalGeneration) -> kVisionLanguage; a type ParseModelConfig() accepts ->
-// kCausalLM; otherwise ParseModelConfig()'s error (UNIMPLEMENTED naming the type).
+// LlavaForConditionalGeneration) -> kVisionLanguage (VisionLanguageModel); "llava_next"
+// (model_type, or architectures[0] LlavaNextForConditionalGeneration) -> kLlavaNext
+// (LlavaNextModel, llava_next.h); a type ParseModelConfig() accepts -> kCausalLM; otherwise
+// ParseModelConfig()'s error (UNIMPLEMENTED naming the type).
 absl::StatusOr<ModelKind> ResolveModelKind(const nlohmann::json& config);
 
 enum class FeatureSelect { kDefault, kFull };
@@ -86,7 +89,7 @@ struct ImageSpan {
   int64_t length = 0;  // tokens_per_image()
 };
 
-class VisionLanguageModel {
+class VisionLanguageModel : public ImagePromptModel {
  public:
   // Loads the checkpoint folder `dir` onto `device` in `dtype` (float32, bfloat16, float16).
   // Errors as CausalLM::Load: UNIMPLEMENTED for an unsupported switch, NOT_FOUND for a missing
@@ -100,12 +103,12 @@ class VisionLanguageModel {
   VisionLanguageModel& operator=(const VisionLanguageModel&) = delete;
 
   const LlavaConfig& config() const { return config_; }
-  const CausalLM& language_model() const { return *language_model_; }
+  const CausalLM& language_model() const override { return *language_model_; }
   const VisionTower& vision_tower() const { return *tower_; }
   c10::Device device() const { return language_model_->device(); }
   c10::ScalarType dtype() const { return language_model_->dtype(); }
 
-  int64_t image_token_id() const { return config_.image_token_id; }
+  int64_t image_token_id() const override { return config_.image_token_id; }
   // P: image tokens per image (CLIP: G*G, plus 1 with "full" selection).
   int64_t tokens_per_image() const;
   // The tower's class tokens that image tokens keep: CLIP with "full" selection 1 (token 0 of
@@ -122,9 +125,23 @@ class VisionLanguageModel {
 
   // ids [B, T] int64 -> input embeddings [B, T, Ht]: token embeddings, with the positions
   // holding image_token_id() overwritten, in row-major order, by the rows of
-  // image_features [N, P, Ht] (undefined or N = 0: no images). INVALID_ARGUMENT naming both
-  // counts when the ids hold a different number of image tokens than N * P.
-  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const at::Tensor& image_features) const;
+  // image_features [N, P, Ht] (or the same rows flattened, [N * P, Ht]; undefined or empty: no
+  // images). INVALID_ARGUMENT naming both counts when the ids hold a different number of image
+  // tokens than the rows.
+  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids,
+                                   const at::Tensor& image_features) const override;
+
+  // ImagePromptModel (image_prompt_model.h): tokens_per_image() per image; units are
+  // vision::ImageGeometry tiles of the patch grid (TileGrid, so at most the grid's rows and
+  // columns), each with the rectangle its cells show (Tile::original; tiles showing only
+  // padding left out); with one tile the class token ("full" features) joins the unit.
+  int64_t fixed_image_tokens() const override { return tokens_per_image(); }
+  absl::StatusOr<int64_t> ImageTokens(int64_t width, int64_t height) const override;
+  std::pair<int64_t, int64_t> NativeGrid(const PromptImage& image) const override;
+  absl::StatusOr<std::vector<ImageRegionUnit>> ImageUnits(const PromptImage& image, int64_t rows,
+                                                          int64_t cols) const override;
+  // Stacks the images' pixel_values [3, S, S] and runs EmbedImages: [N * P, Ht].
+  absl::StatusOr<at::Tensor> EmbedPromptImages(std::span<const PromptImage> images) const override;
 
   // Each image_token_id() in `ids` (one per image, as a chat template writes it) becomes
   // tokens_per_image() copies; the spans say where each image's tokens landed.

@@ -360,6 +360,58 @@ absl::StatusOr<at::Tensor> LlavaNextModel::Embed(const at::Tensor& ids,
   }
 }
 
+absl::StatusOr<int64_t> LlavaNextModel::ImageTokens(int64_t width, int64_t height) const {
+  ATMAN_ASSIGN_OR_RETURN(AnyresTokens t, TokensFor(width, height));
+  return t.count();
+}
+
+std::pair<int64_t, int64_t> LlavaNextModel::NativeGrid(const PromptImage& /*image*/) const {
+  const int64_t g = config_.llava.vision.grid();
+  return {g, g};
+}
+
+absl::StatusOr<std::vector<ImageRegionUnit>> LlavaNextModel::ImageUnits(const PromptImage& image,
+                                                                        int64_t rows,
+                                                                        int64_t cols) const {
+  ATMAN_ASSIGN_OR_RETURN(AnyresTokens t, TokensFor(image.width, image.height));
+  const int64_t max_rows = std::max(t.grid, t.row_end - t.row_begin);
+  const int64_t max_cols = std::max(t.grid, t.col_end - t.col_begin);
+  if (rows < 1 || cols < 1 || rows > max_rows || cols > max_cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("region grid ", rows, "x", cols, " does not fit the image's ", max_rows, "x",
+                     max_cols, " token grid (base view ", t.grid, "x", t.grid, ", kept tile grid ",
+                     t.row_end - t.row_begin, "x", t.col_end - t.col_begin, ")"));
+  }
+  const vision::PreprocessedImage& pre = image.preprocessed;
+  if (static_cast<int64_t>(pre.tile_geometry.size()) != t.tile_rows * t.tile_cols) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the preprocessed image has ", pre.tile_geometry.size(), " tiles; a ",
+                     image.width, "x", image.height, " image has ", t.tile_rows, "x", t.tile_cols));
+  }
+  vision::AnyresLayout layout;
+  layout.tile_rows = t.tile_rows;
+  layout.tile_cols = t.tile_cols;
+  layout.base = pre.geometry;
+  layout.tiles = pre.tile_geometry;
+  return GroupTokensByRegion(AnyresTokenRects(t, layout), rows, cols);
+}
+
+absl::StatusOr<at::Tensor> LlavaNextModel::EmbedPromptImages(
+    std::span<const PromptImage> images) const {
+  if (images.empty()) return at::Tensor();
+  std::vector<at::Tensor> rows;
+  for (const PromptImage& image : images) {
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor packed,
+                           EmbedImage(image.preprocessed.pixel_values, image.width, image.height));
+    rows.push_back(std::move(packed));
+  }
+  try {
+    return rows.size() == 1 ? rows[0] : at::cat(rows, 0);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "embedding images");
+  }
+}
+
 absl::StatusOr<vision::LlavaNextImageProcessor> LoadLlavaNextImageProcessor(
     const std::filesystem::path& dir, const LlavaNextModel& model) {
   const std::filesystem::path path = dir / "preprocessor_config.json";

@@ -40,11 +40,13 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/model/causal_lm.h"
+#include "core/model/image_prompt_model.h"
 #include "core/model/llava.h"
 #include "core/model/vision_tower.h"
 #include "core/vision/geometry.h"
@@ -80,16 +82,10 @@ struct AnyresTokens {
 std::vector<vision::NormalizedRect> AnyresTokenRects(const AnyresTokens& tokens,
                                                      const vision::AnyresLayout& layout);
 
-// One image unit of an anyres image: a region of the original and the image's packed tokens
-// that show it.
-struct ImageRegionUnit {
-  vision::NormalizedRect region;
-  std::vector<int64_t> tokens;  // indices into the image's packed tokens, ascending
-};
-
-// The original image split into rows x cols equal regions; each token with a non-empty
-// rectangle joins the region that holds its rectangle's centre (a centre on a border joins
-// the region after it), base-view and tile tokens alike, so that one unit suppresses a part
+// An anyres image's units (ImageRegionUnit, image_prompt_model.h; tokens index the image's
+// packed tokens): the original image split into rows x cols equal regions; each token with a
+// non-empty rectangle joins the region that holds its rectangle's centre (a centre on a border
+// joins the region after it), base-view and tile tokens alike, so that one unit suppresses a part
 // of the image at every resolution at once. With 1 x 1 every token joins, image_newline
 // tokens included: the whole image. Otherwise image_newline tokens (empty rectangles) join
 // none. Regions no token falls in are left out. The native granularity is rows = cols = G
@@ -98,7 +94,7 @@ struct ImageRegionUnit {
 absl::StatusOr<std::vector<ImageRegionUnit>> GroupTokensByRegion(
     const std::vector<vision::NormalizedRect>& rects, int64_t rows, int64_t cols);
 
-class LlavaNextModel {
+class LlavaNextModel : public ImagePromptModel {
  public:
   // Loads the checkpoint folder `dir` onto `device` in `dtype`. Errors as
   // VisionLanguageModel::Load, each naming the tensor or field.
@@ -110,11 +106,11 @@ class LlavaNextModel {
   LlavaNextModel& operator=(const LlavaNextModel&) = delete;
 
   const LlavaNextConfig& config() const { return config_; }
-  const CausalLM& language_model() const { return *language_model_; }
+  const CausalLM& language_model() const override { return *language_model_; }
   const VisionTower& vision_tower() const { return *tower_; }
   c10::Device device() const { return language_model_->device(); }
   c10::ScalarType dtype() const { return language_model_->dtype(); }
-  int64_t image_token_id() const { return config_.llava.image_token_id; }
+  int64_t image_token_id() const override { return config_.llava.image_token_id; }
   int64_t image_size() const { return config_.llava.vision.image_size; }
   int64_t patch_size() const { return config_.llava.vision.patch_size; }
 
@@ -131,7 +127,22 @@ class LlavaNextModel {
   // ids [B, T] -> embeds [B, T, Ht], image-token positions overwritten in order by the rows
   // of `image_features` [N_rows, Ht] (the images' packed features concatenated; undefined:
   // none). INVALID_ARGUMENT naming both counts when they differ.
-  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const at::Tensor& image_features) const;
+  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids,
+                                   const at::Tensor& image_features) const override;
+
+  // ImagePromptModel (image_prompt_model.h): TokensFor(width, height).count() tokens per image;
+  // native units are the base view's G x G regions; units come from GroupTokensByRegion over
+  // AnyresTokenRects (the base view's geometry and the tiles', PreprocessedImage::geometry and
+  // tile_geometry), so one unit suppresses its region in the base view and in the tiles at
+  // once; rows and cols may reach the kept tile grid's (at least G), beyond that
+  // INVALID_ARGUMENT naming both.
+  int64_t fixed_image_tokens() const override { return 0; }
+  absl::StatusOr<int64_t> ImageTokens(int64_t width, int64_t height) const override;
+  std::pair<int64_t, int64_t> NativeGrid(const PromptImage& image) const override;
+  absl::StatusOr<std::vector<ImageRegionUnit>> ImageUnits(const PromptImage& image, int64_t rows,
+                                                          int64_t cols) const override;
+  // EmbedImage per image, concatenated: [sum of L_i, Ht].
+  absl::StatusOr<at::Tensor> EmbedPromptImages(std::span<const PromptImage> images) const override;
 
  private:
   struct Projector {

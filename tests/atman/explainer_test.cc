@@ -23,6 +23,8 @@
 
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
+#include "core/model/llava.h"
+#include "core/model/llava_next.h"
 #include "core/runtime/memory_meter.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
@@ -38,14 +40,20 @@ using ::testing::StartsWith;
 struct Loaded {
   std::unique_ptr<model::CausalLM> lm;                  // text-only models
   std::unique_ptr<model::VisionLanguageModel> vlm;      // llava
-  std::unique_ptr<vision::ImageProcessor> processor;  // llava
+  std::unique_ptr<model::LlavaNextModel> next;          // llava-next
+  std::unique_ptr<vision::ImageProcessor> processor;    // llava, llava-next
   std::unique_ptr<text::Tokenizer> tokenizer;
   nlohmann::json cases;
   std::filesystem::path dir;
 
-  const model::CausalLM* language_model() const { return vlm ? &vlm->language_model() : lm.get(); }
+  const model::ImagePromptModel* image_model() const {
+    return vlm ? static_cast<const model::ImagePromptModel*>(vlm.get()) : next.get();
+  }
+  const model::CausalLM* language_model() const {
+    return image_model() ? &image_model()->language_model() : lm.get();
+  }
   Explainer MakeExplainer(Explainer::Options options = {}) const {
-    if (vlm) return Explainer(vlm.get(), &*processor, tokenizer.get(), options);
+    if (image_model()) return Explainer(image_model(), &*processor, tokenizer.get(), options);
     return Explainer(lm.get(), tokenizer.get(), options);
   }
 };
@@ -58,7 +66,18 @@ const Loaded& Load(const std::string& name) {
   Loaded loaded;
   const auto dir = FixtureDir("atman_cases") / name;
   loaded.dir = dir;
-  if (name.starts_with("llava")) {
+  if (name == "llava-next") {
+    auto next = model::LlavaNextModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
+    EXPECT_TRUE(next.ok()) << next.status();
+    if (next.ok()) {
+      loaded.next = *std::move(next);
+      auto processor = model::LoadLlavaNextImageProcessor(dir, *loaded.next);
+      EXPECT_TRUE(processor.ok()) << processor.status();
+      if (processor.ok()) {
+        loaded.processor = std::make_unique<vision::LlavaNextImageProcessor>(*std::move(processor));
+      }
+    }
+  } else if (name.starts_with("llava")) {
     auto vlm =
         model::VisionLanguageModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
     EXPECT_TRUE(vlm.ok()) << vlm.status();
@@ -345,6 +364,19 @@ INSTANTIATE_TEST_SUITE_P(Cases, EngineMatchesReference,
                                                               std::string("gemma2"),
                                                               std::string("phi3")),
                                             ::testing::ValuesIn(kCases)),
+                         CaseName);
+
+// LLaVA-NeXT (anyres: a base view and tiles, a token count per image from its size): image
+// units group base-view and tile tokens by region of the original (native: the base view's
+// 4 x 4; 3x3; 2 x 3 and 6 x 4 grids; the whole image with its image_newline tokens), text
+// units beside them, both modes.
+const std::string kNextCases[] = {"image-native", "image-grid-suppression",
+                                  "images-3x3-multiplicative-token", "image-whole-removal",
+                                  "image-grid-fine-multiplicative"};
+
+INSTANTIATE_TEST_SUITE_P(NextCases, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("llava-next")),
+                                            ::testing::ValuesIn(kNextCases)),
                          CaseName);
 
 // Phi-3 with LongRoPE (original_max_position_embeddings 8): a whole explanation within the
@@ -745,6 +777,50 @@ TEST(EngineRejectsImages, TooManyImageTokensNamesTheCountAndTheLimit) {
   EXPECT_EQ(Explainer::Options{}.max_image_tokens, 16384);
 }
 
+// LLaVA-NeXT: each image's own count (44 tokens for the 40 x 28 image, a base view + 1 x 2
+// tiles; 46 for the 21 x 35 one, + 2 x 1 tiles), checked as each image's size is known.
+TEST(EngineRejectsImages, TooManyAnyresImageTokensNamesEachImagesCountAndTheLimit) {
+  const Loaded& loaded = Load("llava-next");
+  ASSERT_TRUE(loaded.next);
+  ASSERT_EQ(*loaded.next->ImageTokens(40, 28), 44);
+  ASSERT_EQ(*loaded.next->ImageTokens(21, 35), 46);
+  const std::string wide = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
+  const std::string tall = ReadBytes(loaded.dir / "images" / "tall_21x35.png");
+  Explainer::Options options;
+  options.max_image_tokens = 89;
+  ExplainRequest r;
+  r.prompt = {PromptItem::Image(wide), PromptItem::Text(" and "), PromptItem::Image(tall)};
+  r.target = " red";
+  const std::string message =
+      "prompt: 2 images of 44 + 46 image tokens = 90 image tokens, over the limit of 89 image "
+      "tokens per request (max_image_tokens)";
+  auto explained = loaded.MakeExplainer(options).Explain(r);
+  EXPECT_EQ(explained.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(explained.status().message(), message);
+  GenerationRequest g;
+  g.prompt = r.prompt;
+  g.max_new_tokens = 2;
+  auto generated = loaded.MakeExplainer(options).Generate(g);
+  EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(generated.status().message(), message);
+  options.max_image_tokens = 90;
+  auto at_limit = loaded.MakeExplainer(options).Explain(r);
+  ASSERT_TRUE(at_limit.ok()) << at_limit.status();
+  const auto text = loaded.tokenizer->Encode(" and ", /*add_special_tokens=*/false);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(at_limit->prompt_tokens, 1 + 44 + static_cast<int64_t>(text->ids.size()) + 46);
+  // A grid finer than the image's kept tile grid (6 x 4 for the tall image) names both.
+  r.prompt = {PromptItem::Image(tall)};
+  r.options.image_granularity = ImageGranularity::kGrid;
+  r.options.image_rows = 7;
+  r.options.image_cols = 4;
+  auto too_fine = loaded.MakeExplainer().Explain(r);
+  EXPECT_EQ(too_fine.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(too_fine.status().message()),
+              StartsWith("options.image_rows, options.image_cols (7 x 4) for prompt[0]: region "
+                         "grid 7x4 does not fit the image's 6x4 token grid"));
+}
+
 // --- Steered generation --------------------------------------------------------------------
 
 std::vector<PromptItem> PromptFromJson(const nlohmann::json& prompt,
@@ -797,8 +873,8 @@ TEST_P(EngineGenerates, SteeredGreedyEqualsThePatchedReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineGenerates,
-                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava",
-                                           "llava-full"));
+                         ::testing::Values("llama", "gpt2", "gemma2", "phi3", "llava", "llava-full",
+                                           "llava-next"));
 
 TEST(EngineGenerate, ACharacterRangeOverAWholeItemEqualsTheItemControl) {
   const Loaded& loaded = Load("llama");

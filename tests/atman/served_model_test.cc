@@ -1,11 +1,14 @@
 // ServedModel (core/atman/served_model.h): opening a model folder, loading it per device, the
 // description GetModelInfo reports, Tokenize against the tokenizer itself and its limit, the
-// placement checks, and errors that name the path -- on the random-initialised Llama and
-// LLaVA fixtures of atman_cases.
+// placement checks, and errors that name the path -- on the random-initialised Llama, LLaVA
+// and LLaVA-NeXT fixtures of atman_cases.
 #include "core/atman/served_model.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
 
 #include "core/text/tokenizer.h"
 #include "tests/support/paths.h"
@@ -52,6 +55,38 @@ TEST(ServedModel, DescribesAVisionLanguageModelWithItsImageProcessor) {
   EXPECT_TRUE(d.supports_images);
   EXPECT_EQ(d.vocab_size, 301);
   EXPECT_NE(served->replica(0).image_processor, nullptr);
+}
+
+// LLaVA-NeXT: resolved from config.json, loaded with its anyres processor, described with
+// model_type llava_next, and an image explained through the replica's explainer (units from
+// the base view and the tiles).
+TEST(ServedModel, ServesALlavaNextModelWithItsAnyresProcessor) {
+  auto served = OpenOnCpu("llava-next");
+  ASSERT_NE(served, nullptr);
+  const ModelDescription d = served->Describe();
+  EXPECT_EQ(d.name, "llava-next");
+  EXPECT_EQ(d.model_type, "llava_next");
+  EXPECT_TRUE(d.supports_images);
+  EXPECT_EQ(d.vocab_size, 301);
+  ASSERT_NE(served->replica(0).image_processor, nullptr);
+  EXPECT_EQ(served->replica(0).image_processor->OutputSize(),
+            std::make_pair(int64_t{28}, int64_t{28}));
+  std::ifstream in(FixtureDir("atman_cases") / "llava-next" / "images" / "wide_40x28.png",
+                   std::ios::binary);
+  const std::string png{std::istreambuf_iterator<char>(in), {}};
+  ExplainRequest r;
+  r.prompt = {PromptItem::Text("Look: "), PromptItem::Image(png)};
+  r.target = " red";
+  r.options.text_granularity = TextGranularity::kWord;
+  r.options.image_granularity = ImageGranularity::kTiles3x3;
+  auto e = served->explainer(0).Explain(r);
+  ASSERT_TRUE(e.ok()) << e.status();
+  auto text = served->Tokenize("Look: ", /*add_special_tokens=*/true);  // BOS and the text
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(e->prompt_tokens, static_cast<int64_t>(text->size()) + 44);  // + the image's 44
+  int images = 0;
+  for (const UnitScore& s : e->explanations[0].scores) images += s.kind == UnitScore::Kind::kImage;
+  EXPECT_EQ(images, 9);
 }
 
 TEST(ServedModel, OneReplicaPerAddedDevice) {

@@ -247,6 +247,24 @@ def test_html_report_renders_in_chromium_with_the_heatmap_colours(server, tmp_pa
 
 
 def test_png_overlay_hottest_pixels_lie_in_the_top_rectangle(server, tmp_path):
+    check_png_overlay(server, tmp_path)
+
+
+def test_png_overlay_of_a_tiled_llava_next_image_lies_in_its_top_region(tmp_path):
+    """LLaVA-NeXT (anyres): the 48 x 36 image is a base view + 2 x 2 tiles; each region's unit
+    holds base-view and tile tokens, and its rectangle is drawn where the region is."""
+    s = Server(model=LLAVA.parent / "llava-next")
+    try:
+        info = s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        assert info.model_type == "llava_next"
+        check_png_overlay(s, tmp_path)
+    finally:
+        assert s.stop() == 0, s.output()
+
+
+def check_png_overlay(server, tmp_path):
+    """A 3 x 4 grid on a 48 x 36 grey image, normalised: the overlay's hottest pixels lie in,
+    and spread over, the top-scoring unit's rectangle."""
     image = grey_image(tmp_path / "g.png", 48, 36)
     out = tmp_path / "overlay.png"
     proc = run_cli(*explain_args(server, "--prompt", "USER: ", "--image", image, "--prompt",

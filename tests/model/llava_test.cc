@@ -419,10 +419,18 @@ TEST(LlavaRegistry, ModelTypeSelectsTheClass) {
   auto text = ResolveModelKind(llava->at("text_config"));
   ASSERT_TRUE(text.ok()) << text.status();
   EXPECT_EQ(*text, ModelKind::kCausalLM);
-  auto unknown = ResolveModelKind(nlohmann::json{{"model_type", "llava_next"}});
+  // LLaVA-NeXT, by model_type or by architectures alone.
+  auto next = ResolveModelKind(nlohmann::json{{"model_type", "llava_next"}});
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(*next, ModelKind::kLlavaNext);
+  auto by_architecture =
+      ResolveModelKind(nlohmann::json{{"architectures", {"LlavaNextForConditionalGeneration"}}});
+  ASSERT_TRUE(by_architecture.ok()) << by_architecture.status();
+  EXPECT_EQ(*by_architecture, ModelKind::kLlavaNext);
+  auto unknown = ResolveModelKind(nlohmann::json{{"model_type", "idefics3"}});
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("llava_next"));
+  EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("idefics3"));
 }
 
 // The vision-tower registry: vision_config.model_type picks the tower (absent: CLIP, as

@@ -94,6 +94,8 @@ def build_sequence(tokenizer, prompt, add_special_tokens=True, image=None):
                           "pads": list(range(first + 1, first + 1 + rows * cols))})
         elif "image" in item:
             n = image["tokens_per_image"]
+            if isinstance(n, list):  # LLaVA-NeXT: a count per image, in prompt order
+                n = n[sum(1 for it in prompt[:len(items)] if "image" in it)]
             items.append({"positions": list(range(len(ids), len(ids) + n))})
             ids += [image["token_id"]] * n
         else:
@@ -155,6 +157,88 @@ def qwen2_vl_image_units(rows, cols, options):
             for (rr, rc), tokens in sorted(regions.items())]
 
 
+def _image_grid(options, native_rows, native_cols):
+    """rows x cols of an image's units: native, 6x6 / 3x3 (shrunk to the native grid), 1, grid."""
+    return {"native": (native_rows, native_cols),
+            "6x6": (min(6, native_rows), min(6, native_cols)),
+            "3x3": (min(3, native_rows), min(3, native_cols)), "1": (1, 1),
+            "grid": (options.get("image_rows"), options.get("image_cols"))}[
+                options.get("image_granularity", "native")]
+
+
+def anyres_token_rects(width, height, anyres):
+    """Each packed LLaVA-NeXT image token's rectangle (x0, y0, x1, y1) of the original image,
+    normalised and clipped to [0, 1], None for image_newline tokens, in token order: the base
+    view (the whole image squashed to S x S) G x G cells, then the kept cells of the tile grid
+    row by row, each row followed by image_newline. The tile grid is the best pinpoint's
+    canvas: the image resized keeping its aspect ratio (get_patch_output_size), padded with
+    zeros centred, cut into S x S tiles of G x G cells of `patch` px; unpad_image's rule keeps
+    rows (or columns) [pad, n - pad). Written from transformers' arithmetic, not from ours."""
+    from transformers.image_processing_utils import select_best_resolution
+    S, patch, pinpoints = anyres["size"], anyres["patch"], anyres["pinpoints"]
+    G = S // patch
+    best_h, best_w = select_best_resolution((height, width), pinpoints)
+    scale_w, scale_h = best_w / width, best_h / height
+    if scale_w < scale_h:
+        new_w, new_h = best_w, min(math.ceil(height * scale_w), best_h)
+    else:
+        new_h, new_w = best_h, min(math.ceil(width * scale_h), best_w)
+    pad_top, pad_left = (best_h - new_h) // 2, (best_w - new_w) // 2
+    tile_rows, tile_cols = best_h // S, best_w // S
+    H, W = tile_rows * G, tile_cols * G
+    rows, cols = (0, H), (0, W)
+    if width / height > W / H:
+        kept = int(round(height * (W / width), 7))
+        pad = (H - kept) // 2
+        rows = (pad, H - pad)
+    else:
+        kept = int(round(width * (H / height), 7))
+        pad = (W - kept) // 2
+        cols = (pad, W - pad)
+
+    def clip(v):
+        return min(1.0, max(0.0, v))
+
+    rects = []
+    for r in range(G):
+        for c in range(G):
+            rects.append((clip(c * patch / S), clip(r * patch / S),
+                          clip((c + 1) * patch / S), clip((r + 1) * patch / S)))
+    for r in range(*rows):
+        for c in range(*cols):
+            x = (c // G) * S + (c % G) * patch - pad_left  # in the resized image's pixels
+            y = (r // G) * S + (r % G) * patch - pad_top
+            x0, x1 = clip(x / new_w), clip((x + patch) / new_w)
+            y0, y1 = clip(y / new_h), clip((y + patch) / new_h)
+            rects.append((x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None)
+        rects.append(None)  # image_newline
+    return rects, (G, G), (max(G, rows[1] - rows[0]), max(G, cols[1] - cols[0]))
+
+
+def group_by_region(rects, rows, cols):
+    """(token indices, (x, y, w, h)) per region of a rows x cols split of the original: a token
+    joins the region holding its rectangle's centre (a centre on a border: the region after
+    it); tokens without a rectangle join only the whole image (1 x 1); empty regions left
+    out. The rule of GroupTokensByRegion (core/model/llava_next.h), written again here."""
+    whole = rows == 1 and cols == 1
+    members = [[] for _ in range(rows * cols)]
+    for t, rect in enumerate(rects):
+        if rect is None:
+            if whole:
+                members[0].append(t)
+            continue
+        cx, cy = (rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2
+        c, r = min(cols - 1, int(cx * cols)), min(rows - 1, int(cy * rows))
+        members[r * cols + c].append(t)
+    out = []
+    for k, tokens in enumerate(members):
+        if tokens:
+            r, c = divmod(k, cols)
+            x0, y0, x1, y1 = c / cols, r / rows, (c + 1) / cols, (r + 1) / rows
+            out.append((tokens, (x0, y0, x1 - x0, y1 - y0)))
+    return out
+
+
 def make_units(prompt, items, options, prompt_length, num_targets, image=None,
                class_token_in_whole=True):
     """The units, ordered by first position. An image's tokens are its class tokens (LLaVA's
@@ -191,6 +275,15 @@ def make_units(prompt, items, options, prompt_length, num_targets, image=None,
                 units.append({"kind": "image", "item": i, "start": 0, "length": 0,
                               "positions": [items[i]["positions"][t] for t in tokens],
                               "rect": rect})
+        elif "image" in item and image.get("anyres"):
+            rects, native, limit = anyres_token_rects(item["width"], item["height"], image["anyres"])
+            assert len(rects) == len(items[i]["positions"]), (len(rects), len(items[i]["positions"]))
+            rows, cols = _image_grid(options, *native)
+            assert 1 <= rows <= limit[0] and 1 <= cols <= limit[1], (rows, cols, limit)
+            for tokens, rect in group_by_region(rects, rows, cols):
+                units.append({"kind": "image", "item": i, "start": 0, "length": 0,
+                              "positions": [items[i]["positions"][t] for t in tokens],
+                              "rect": list(rect)})
         elif "image" in item:
             tiles = image_tiles(item["width"], item["height"], options, image["size"], image["patch"])
             cls = image["class_tokens"]
@@ -216,14 +309,17 @@ def make_units(prompt, items, options, prompt_length, num_targets, image=None,
 def target_cross_entropy(model, input_ids, target_ids, prompt_length, control=None,
                          pixel_values=None):
     """CE_j = -log p(t_j | ...) for every target token, one full forward pass. `pixel_values`:
-    a tensor (LLaVA), or a dict of the model's image inputs (Qwen2-VL: pixel_values,
-    image_grid_thw; mm_token_type_ids is added here)."""
+    a tensor (LLaVA), or a dict of the model's image inputs (LLaVA-NeXT: pixel_values,
+    image_sizes; Qwen2-VL: pixel_values, image_grid_thw, and image_token_id, from which
+    mm_token_type_ids is made here)."""
     patched.CONTROL = control
     if pixel_values is None:
         extra = {}
     elif isinstance(pixel_values, dict):
         extra = dict(pixel_values)
-        extra["mm_token_type_ids"] = (torch.tensor([input_ids]) == extra.pop("image_token_id")).int()
+        token = extra.pop("image_token_id", None)
+        if token is not None:
+            extra["mm_token_type_ids"] = (torch.tensor([input_ids]) == token).int()
     else:
         extra = {"pixel_values": pixel_values}
     try:
@@ -291,6 +387,50 @@ def qwen2_vl_inputs(model, processor, prompt):
     return image, inputs, rows
 
 
+@torch.no_grad()
+def vision_inputs(model, processor, prompt):
+    """(image dict for build_sequence / make_units, the model's image inputs, feature rows
+    [sum of tokens, H]) for the prompt's images; image items get "width" and "height". LLaVA:
+    pixel_values [N, 3, S, S]. LLaVA-NeXT: {"pixel_values" [N, max views, 3, S, S] (views
+    zero-padded, as the processor batches them), "image_sizes" [N, 2]}, the token count per
+    image from transformers' packed features, and the anyres settings for the units.
+    Qwen2-VL / Qwen2.5-VL: qwen2_vl_inputs."""
+    if is_qwen2_vl(model):
+        return qwen2_vl_inputs(model, processor, prompt)
+    from PIL import Image
+    config = model.config
+    images = [it for it in prompt if "image" in it]
+    pictures = [Image.open(item["path"]).convert("RGB") for item in images]
+    for item, picture in zip(images, pictures):
+        item["width"], item["height"] = picture.size
+    if config.model_type == "llava_next":
+        outs = [processor(images=p, return_tensors="pt") for p in pictures]
+        pixels = [o["pixel_values"][0] for o in outs]
+        sizes = [o["image_sizes"][0] for o in outs]
+        packed = [model.get_image_features(pixel_values=p[None], image_sizes=s[None]).pooler_output[0]
+                  for p, s in zip(pixels, sizes)]
+        image = {"token_id": config.image_token_index,
+                 "tokens_per_image": [int(f.shape[0]) for f in packed],
+                 "anyres": {"size": config.vision_config.image_size,
+                            "patch": config.vision_config.patch_size,
+                            "pinpoints": config.image_grid_pinpoints}}
+        if not pictures:
+            return image, None, None
+        views = max(p.shape[0] for p in pixels)
+        batch = torch.stack([torch.cat([p, p.new_zeros(views - p.shape[0], *p.shape[1:])])
+                             for p in pixels])
+        return image, {"pixel_values": batch, "image_sizes": torch.stack(sizes)}, torch.cat(packed)
+    per_image, cls = image_tokens(config)
+    image = {"token_id": config.image_token_index, "tokens_per_image": per_image,
+             "class_tokens": cls,
+             "size": config.vision_config.image_size, "patch": config.vision_config.patch_size}
+    if not pictures:
+        return image, None, None
+    pixel_values = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in pictures])
+    features = torch.stack(list(model.get_image_features(pixel_values=pixel_values).pooler_output))
+    return image, pixel_values, features.reshape(-1, features.shape[-1])
+
+
 def explain(model, tokenizer, prompt, target, options, processor=None, spread_to_prompt_only=False,
             class_token_in_whole=True):
     """The reference explanation: units, raw relevance [m, n] and the score rows. For a LLaVA
@@ -303,21 +443,9 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
     language_model = model.model.language_model if processor is not None else model
     model.set_attn_implementation("eager")
     language_model.set_attn_implementation("atman")
-    image, pixel_values = None, None
-    if processor is not None and is_qwen2_vl(model):
-        image, pixel_values, image_rows = qwen2_vl_inputs(model, processor, prompt)
-    elif processor is not None:
-        from PIL import Image
-        config = model.config
-        per_image, cls = image_tokens(config)
-        image = {"token_id": config.image_token_index, "tokens_per_image": per_image,
-                 "class_tokens": cls,
-                 "size": config.vision_config.image_size, "patch": config.vision_config.patch_size}
-        pictures = [Image.open(item["path"]).convert("RGB") for item in prompt if "image" in item]
-        for item, picture in zip([it for it in prompt if "image" in it], pictures):
-            item["width"], item["height"] = picture.size
-        if pictures:
-            pixel_values = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in pictures])
+    image, pixel_values, features = None, None, None
+    if processor is not None:
+        image, pixel_values, features = vision_inputs(model, processor, prompt)
     ids, items = build_sequence(tokenizer, prompt, options.get("add_special_tokens", True), image)
     target_enc = tokenizer.encode(target, add_special_tokens=False)
     target_ids = target_enc.ids
@@ -328,12 +456,9 @@ def explain(model, tokenizer, prompt, target, options, processor=None, spread_to
     units = make_units(prompt, items, options, P, m, image, class_token_in_whole)
     with torch.no_grad():
         embeddings = model.get_input_embeddings()(torch.tensor(input_ids)).detach()
-        if isinstance(pixel_values, dict):
-            embeddings[torch.tensor(input_ids) == image["token_id"]] = image_rows.to(embeddings.dtype)
-        elif pixel_values is not None:
-            features = torch.stack(list(model.get_image_features(pixel_values=pixel_values).pooler_output))
+        if features is not None:
             mask = torch.tensor(input_ids) == image["token_id"]
-            embeddings[mask] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
+            embeddings[mask] = features.to(embeddings.dtype)
     factor = options.get("control_factor", 0.1)
     mode = options.get("mode", "log_additive")
     layers = options.get("layers") or None
@@ -408,19 +533,15 @@ def steered_greedy(model, tokenizer, prompt, controls, steps, mode="log_additive
     language_model.set_attn_implementation("atman")
     image, pixel_values = None, None
     if processor is not None:
-        from PIL import Image
-        config = model.config
-        image = {"token_id": config.image_token_index, "tokens_per_image": image_tokens(config)[0]}
-        pictures = [Image.open(item["path"]).convert("RGB") for item in prompt if "image" in item]
-        if pictures:
-            pixel_values = torch.cat([processor(images=p, return_tensors="pt")["pixel_values"] for p in pictures])
+        image, pixel_values, _ = vision_inputs(model, processor, prompt)
     ids, items = build_sequence(tokenizer, prompt, True, image)
     prompt_factors = torch.ones(len(ids), dtype=torch.float64)
     for control in controls:
         for p in items[control["item"]]["positions"]:
             prompt_factors[p] = control["factor"]
     out = []
-    extra = {} if pixel_values is None else {"pixel_values": pixel_values}
+    extra = ({} if pixel_values is None else
+             pixel_values if isinstance(pixel_values, dict) else {"pixel_values": pixel_values})
     for _ in range(steps):
         f = torch.cat([prompt_factors, torch.ones(len(out), dtype=torch.float64)])
         patched.CONTROL = None if not controls else {"mode": mode, "layers": None,

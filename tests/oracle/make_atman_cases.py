@@ -14,7 +14,11 @@ however few positions they recompute, all use the long factors; "longrope-short"
 Llama decoder; images of other aspect ratios so that the centre crop cuts them), and "llava-full"
 (the same with vision_feature_select_strategy "full": each image's class token is an image
 token too, and belongs to the whole-image unit only; its "image-whole-removal" scores differ
-from the class token left out of every unit by a stated margin). Cases cover every text granularity, both manipulation modes, conceptual
+from the class token left out of every unit by a stated margin), and "llava-next" (LLaVA-NeXT's anyres:
+the same tower on 28 px views, pinpoints [[28, 56], [56, 28], [56, 56], [84, 28]], so the wide image
+is a base view + 1x2 tiles and the tall one a base view + 2x1 tiles, each image's token count set by
+its size; image units group base-view and tile tokens by region of the original, the reference
+redoing that rule in atman_reference.py). Cases cover every text granularity, both manipulation modes, conceptual
 suppression, both target granularities, postprocessing and normalisation, a layer subset,
 factor 0, and a prompt mixing text and raw token ids.
 """
@@ -27,8 +31,12 @@ import numpy as np
 from PIL import Image
 from transformers import (CLIPVisionConfig, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
                           GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, LlavaConfig,
-                          LlavaForConditionalGeneration, Phi3Config, Phi3ForCausalLM)
+                          LlavaForConditionalGeneration, LlavaNextConfig,
+                          LlavaNextForConditionalGeneration, Phi3Config, Phi3ForCausalLM)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
 
 from atman_reference import explain, steered_greedy
 from make_model_cases import randomise_norms
@@ -107,6 +115,19 @@ def llava_model(tokenizer, full=False):
         image_seq_length=17 if full else 16))
 
 
+NEXT_PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28]]
+
+
+def llava_next_model(tokenizer):
+    """LLaVA-1.5's "default" model with anyres: the same tower, projector and decoder sizes."""
+    base = llava_model(tokenizer).config
+    return LlavaNextForConditionalGeneration(LlavaNextConfig(
+        vision_config=base.vision_config, text_config=base.text_config,
+        image_token_index=base.image_token_index, projector_hidden_act="gelu",
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_grid_pinpoints=NEXT_PINPOINTS))
+
+
 def write_images(folder: Path):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:28, 0:40]
@@ -118,7 +139,7 @@ def write_images(folder: Path):
         Image.fromarray(pixels.astype(np.uint8)).save(folder / "images" / f"{name}.png")
 
 
-def llava_cases(folder: Path, full: bool = False):
+def llava_cases(folder: Path, full: bool = False, next_: bool = False):
     wide = {"image": "wide_40x28.png", "path": str(folder / "images" / "wide_40x28.png")}
     tall = {"image": "tall_21x35.png", "path": str(folder / "images" / "tall_21x35.png")}
     yield "image-native", [{"text": "Look: "}, dict(wide), {"text": " What colour is it?"}], " red", {
@@ -139,6 +160,11 @@ def llava_cases(folder: Path, full: bool = False):
         "target_granularity": "token"}
     yield "image-whole-removal", [{"text": "Tom lives in Rome."}, dict(tall)], " Rome", {
         "text_granularity": "sentence", "image_granularity": "1", "control_factor": 0.0}
+    if next_:
+        # Finer than the base view's 4 x 4: regions hold tile tokens only, some none at all.
+        yield "image-grid-fine-multiplicative", [dict(tall), {"text": " Where does Anna live?"}], \
+            " Paris", {"text_granularity": "word", "image_granularity": "grid", "image_rows": 6,
+                       "image_cols": 4, "mode": "multiplicative"}
 
 
 def cases(name: str):
@@ -204,7 +230,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--models", nargs="*",
-                        default=["llama", "gpt2", "gemma2", "phi3", "llava", "llava-full"],
+                        default=["llama", "gpt2", "gemma2", "phi3", "llava", "llava-full",
+                                 "llava-next"],
                         help="write only these models (default: all)")
     args = parser.parse_args()
     for name in args.models:
@@ -212,7 +239,16 @@ def main() -> None:
         tokenizer = train_tokenizer(bos=name != "gpt2")
         folder = args.out / name
         processor = None
-        if name.startswith("llava"):
+        if name == "llava-next":
+            tokenizer.add_special_tokens(["<image>"])
+            model = llava_next_model(tokenizer).eval()
+            processor = LlavaNextImageProcessorPil(
+                size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                image_grid_pinpoints=NEXT_PINPOINTS)
+            processor.save_pretrained(folder)
+            write_images(folder)
+            case_list = llava_cases(folder, next_=True)
+        elif name.startswith("llava"):
             full = name == "llava-full"
             tokenizer.add_special_tokens(["<image>"])
             model = llava_model(tokenizer, full).eval()

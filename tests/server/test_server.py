@@ -415,6 +415,51 @@ def test_generate_tokenize_and_model_info(server):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "temperature" in e.value.details()
 
 
+def test_llava_next_images_are_explained_like_the_reference():
+    """A LLaVA-NeXT model (anyres: a base view and tiles) behind the server: GetModelInfo says
+    llava_next with images, and an image's units (regions grouping base-view and tile tokens)
+    come back as rectangles of the original image with the Python reference's scores."""
+    folder = FIXTURES / "atman_cases" / "llava-next"
+    case = next(c for c in json.loads((folder / "cases.json").read_text())["cases"]
+                if c["name"] == "image-grid-suppression")
+    s = Server(model=folder)
+    try:
+        info = s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        response = s.stub.Explain(to_proto_with_images(case, folder), timeout=120)
+    finally:
+        s.stop()
+    assert info.model_type == "llava_next" and info.supports_images
+    expected = case["expected"]
+    ours = {item.item: item for item in response.explanations[0].items}
+    reference_rects = [u["rect"] for u in expected["units"] if u["kind"] == "image"]
+    rects = [[r.left, r.top, r.width, r.height] for r in ours[0].image]
+    assert len(rects) == len(reference_rects) == 6  # a 2 x 3 grid of regions
+    for got, want in zip(rects, reference_rects):
+        assert got == pytest.approx(want, abs=1e-9)
+    flat = []
+    for i in range(len(case["prompt"])):
+        if i in ours:
+            flat += [x.score for x in ours[i].text] + [x.score for x in ours[i].image]
+    assert_scores_close(flat, expected["scores"][0], "llava-next image-grid-suppression")
+
+
+def to_proto_with_images(case: dict, folder) -> "pb.ExplainRequest":
+    """A cases.json case with image items as the bytes of folder/images/<name>."""
+    req = pb.ExplainRequest(target=case["target"])
+    for item in case["prompt"]:
+        if "image" in item:
+            req.prompt.add(image=(folder / "images" / item["image"]).read_bytes())
+        else:
+            req.prompt.add(text=item["text"])
+    o = case["options"]
+    req.options.text_granularity = pb.TEXT_GRANULARITY_WORD
+    req.options.image_granularity = pb.IMAGE_GRANULARITY_GRID
+    req.options.image_rows, req.options.image_cols = o["image_rows"], o["image_cols"]
+    if "contextual_control_threshold" in o:
+        req.options.contextual_control_threshold = o["contextual_control_threshold"]
+    return req
+
+
 def test_images_are_explained_like_the_reference():
     """A LLaVA model behind the server: an image item's tiles come back as rectangles of the
     original image with the scores of the plain Python reference (tests/oracle)."""

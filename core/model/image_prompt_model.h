@@ -1,0 +1,89 @@
+// What the AtMan engine (core/atman/explainer.h) needs of a vision-language model family whose
+// prompts hold images as runs of image tokens: one interface, one vision path in the engine.
+//
+//   decoded image (width x height)
+//   --ImageTokens(width, height)--> its image-token count, known from the size alone (fixed for
+//     LLaVA-1.5, variable for LLaVA-NeXT's anyres), so that a request's image-token limit is
+//     checked before any tower runs
+//   --the family's vision::ImageProcessor--> a PromptImage (pixels and geometry)
+//   --ImageUnits(image, rows, cols)--> the image's units: regions of the original image and the
+//     image tokens (indices into the image's own run) that show them
+//   all images of a prompt --EmbedPromptImages--> feature rows [sum of the tokens, Ht]
+//   ids [B, T] and the rows --Embed--> embeds [B, T, Ht] (the image-token positions
+//     overwritten in order), then language_model().Forward as for a text-only model.
+//
+// Implementations: VisionLanguageModel (llava.h, LLaVA-1.5: one view, G x G patch tokens, the
+// class token with "full" features) and LlavaNextModel (llava_next.h: base view + tiles, units
+// grouped by region across both, GroupTokensByRegion). Positions today are 0 .. T-1 for every
+// family; a family whose image tokens carry 3-component positions (Qwen2-VL's M-RoPE) would
+// add them here (per image, from its grid) for the engine to pass to the language model.
+//
+// Ownership: implementations own their parts; a PromptImage owns its tensors. Thread safety:
+// implementations are immutable after loading; every const method may run concurrently.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model/causal_lm.h"
+#include "core/vision/geometry.h"
+#include "core/vision/image_processor.h"
+
+namespace atman::model {
+
+// One image of a prompt: its original size, its image-token count, and what the family's image
+// processor made of it.
+struct PromptImage {
+  int64_t width = 0, height = 0;  // the original image, pixels
+  int64_t tokens = 0;             // its image tokens in the prompt (ImageTokens(width, height))
+  vision::PreprocessedImage preprocessed;
+};
+
+// One image unit: a region of the original image (normalised, vision/geometry.h) and the image
+// tokens that show it, as indices into the image's run of tokens, ascending.
+struct ImageRegionUnit {
+  vision::NormalizedRect region;
+  std::vector<int64_t> tokens;
+};
+
+class ImagePromptModel {
+ public:
+  virtual ~ImagePromptModel() = default;
+
+  virtual const CausalLM& language_model() const = 0;
+  virtual int64_t image_token_id() const = 0;
+
+  // The image tokens every image gets whatever its size (LLaVA-1.5's tokens_per_image()), or
+  // 0 when the count depends on the size (LLaVA-NeXT).
+  virtual int64_t fixed_image_tokens() const = 0;
+  // The image tokens of an image of this original size. INVALID_ARGUMENT for a non-positive
+  // size.
+  virtual absl::StatusOr<int64_t> ImageTokens(int64_t width, int64_t height) const = 0;
+
+  // The unit grid of the "native" granularity (rows, cols): LLaVA-1.5 the tower's patch grid,
+  // LLaVA-NeXT the base view's G x G.
+  virtual std::pair<int64_t, int64_t> NativeGrid(const PromptImage& image) const = 0;
+  // The image's units when the original is split into rows x cols regions, row-major, regions
+  // no token shows left out; with 1 x 1 the whole-image unit holds every image token
+  // (LLaVA-1.5's class token, LLaVA-NeXT's image_newline tokens). INVALID_ARGUMENT (naming the
+  // grid and the limit) for a grid the image cannot be cut into.
+  virtual absl::StatusOr<std::vector<ImageRegionUnit>> ImageUnits(const PromptImage& image,
+                                                                  int64_t rows,
+                                                                  int64_t cols) const = 0;
+
+  // The feature rows of a prompt's images, in order: [sum of images[i].tokens, Ht] in the
+  // model dtype on its device (the towers run here).
+  virtual absl::StatusOr<at::Tensor> EmbedPromptImages(
+      std::span<const PromptImage> images) const = 0;
+  // ids [B, T] -> embeds [B, T, Ht], the image_token_id() positions overwritten in order by
+  // `rows` [N, Ht] (undefined: no images). INVALID_ARGUMENT naming both counts when they
+  // differ.
+  virtual absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const at::Tensor& rows) const = 0;
+};
+
+}  // namespace atman::model
