@@ -304,9 +304,14 @@ absl::StatusOr<Explainer::Sequence> Explainer::TokenizePrompt(const std::vector<
           return Annotate(preprocessed.status(), absl::StrCat(field, ".image"));
         out.image =
             model::PromptImage{image->width(), image->height(), *tokens, *std::move(preprocessed)};
-        for (int64_t t = 0; t < *tokens; ++t) {
+        // The item: the family's prefix, the pads, its suffix (image_prompt_model.h).
+        std::vector<int32_t> item_ids = vlm_->ImageItemPrefix();
+        item_ids.insert(item_ids.end(), static_cast<size_t>(*tokens),
+                        static_cast<int32_t>(vlm_->image_token_id()));
+        for (int32_t id : vlm_->ImageItemSuffix()) item_ids.push_back(id);
+        for (int32_t id : item_ids) {
           out.positions.push_back(static_cast<int64_t>(seq.ids.size()));
-          seq.ids.push_back(static_cast<int32_t>(vlm_->image_token_id()));
+          seq.ids.push_back(id);
         }
         seq.has_images = true;
         break;
@@ -338,6 +343,15 @@ absl::StatusOr<at::Tensor> Explainer::EmbedPrompt(const Sequence& seq) const {
   return vlm_->Embed(id_tensor, rows);
 }
 
+absl::StatusOr<at::Tensor> Explainer::PromptPositions(const Sequence& seq, int64_t length) const {
+  if (vlm_ == nullptr) return at::Tensor();
+  std::vector<model::PromptImage> images;
+  for (const auto& item : seq.items) {
+    if (item.image.has_value()) images.push_back(*item.image);  // tensors shared, not copied
+  }
+  return vlm_->PromptPositions(seq.ids, images, length);
+}
+
 absl::StatusOr<Explainer::Decoded> Explainer::Decode(const at::Tensor& prompt_embeds,
                                                      const DecodeParams& params,
                                                      const StepCheck& check, Usage* usage) const {
@@ -357,6 +371,7 @@ absl::StatusOr<Explainer::Decoded> Explainer::Decode(const at::Tensor& prompt_em
     model::KvCache present;
     model::ForwardInput input;
     input.embeds = embeds;
+    if (params.positions.defined()) input.positions = params.positions.narrow(-1, past, T);
     input.past = past > 0 ? &cache : nullptr;
     input.past_length = past;
     input.present = &present;
@@ -493,6 +508,7 @@ absl::StatusOr<Generation> Explainer::GenerateOrThrow(const GenerationRequest& r
   params.seed = request.seed;
   params.stop_at_eos = request.stop_at_eos;
   params.control = control.rows[0].empty() ? nullptr : &control;
+  ATMAN_ASSIGN_OR_RETURN(params.positions, PromptPositions(seq, P + request.max_new_tokens));
   ATMAN_ASSIGN_OR_RETURN(Decoded decoded, Decode(prompt_embeds, params, check, &out.usage));
   out.token_ids = std::move(decoded.ids);
   out.finish_reason = decoded.finish_reason;
@@ -677,7 +693,13 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
   ATMAN_ASSIGN_OR_RETURN(at::Tensor prompt_embeds, EmbedPrompt(seq));
 
   // The target: given, or generated.
-  ATMAN_RETURN_IF_ERROR(ResolveTarget(request, prompt_embeds, check, prepared.get()));
+  at::Tensor decode_positions;  // a generated target's (undefined: 0, 1, ...)
+  if (request.target.empty()) {
+    ATMAN_ASSIGN_OR_RETURN(decode_positions,
+                           PromptPositions(seq, P + request.options.max_new_tokens));
+  }
+  ATMAN_RETURN_IF_ERROR(
+      ResolveTarget(request, prompt_embeds, decode_positions, check, prepared.get()));
   const auto m = static_cast<int64_t>(prepared->target_ids.size());
   const int64_t L = P + m - 1;
   if (L > options_.max_sequence) {
@@ -686,11 +708,12 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
                                                    options_.max_sequence));
   }
   prepared->prompt_tokens = P;
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor positions, PromptPositions(seq, L));
   if (check) ATMAN_RETURN_IF_ERROR(check(0));
 
   try {
     ATMAN_ASSIGN_OR_RETURN(std::shared_ptr<runtime::KvPrefixCache> prefix,
-                           RunUnperturbed(prompt_embeds, P, prepared.get()));
+                           RunUnperturbed(prompt_embeds, positions, P, prepared.get()));
     // Unit planning, then one row per unit.
     ATMAN_ASSIGN_OR_RETURN(prepared->units, MakeUnits(request, seq, m));
     ATMAN_RETURN_IF_ERROR(BuildRows(request, prefix, prepared.get()));
@@ -703,12 +726,14 @@ absl::StatusOr<std::unique_ptr<PreparedExplanation>> Explainer::PrepareOrThrow(
 }
 
 absl::Status Explainer::ResolveTarget(const ExplainRequest& request,
-                                      const at::Tensor& prompt_embeds, const StepCheck& check,
+                                      const at::Tensor& prompt_embeds,
+                                      const at::Tensor& decode_positions, const StepCheck& check,
                                       PreparedExplanation* prepared) const {
   // Given, or generated greedily (the decode loop Generate runs too).
   if (request.target.empty()) {
     DecodeParams greedy;
     greedy.max_new_tokens = request.options.max_new_tokens;
+    greedy.positions = decode_positions;
     ATMAN_ASSIGN_OR_RETURN(Decoded decoded, Decode(prompt_embeds, greedy, check, &prepared->usage));
     prepared->target_ids = std::move(decoded.ids);
     if (prepared->target_ids.empty()) {
@@ -738,7 +763,8 @@ absl::Status Explainer::ResolveTarget(const ExplainRequest& request,
 }
 
 absl::StatusOr<std::shared_ptr<runtime::KvPrefixCache>> Explainer::RunUnperturbed(
-    const at::Tensor& prompt_embeds, int64_t P, PreparedExplanation* prepared) const {
+    const at::Tensor& prompt_embeds, const at::Tensor& positions, int64_t P,
+    PreparedExplanation* prepared) const {
   const auto m = static_cast<int64_t>(prepared->target_ids.size());
   const int64_t L = P + m - 1;
   // Input = prompt followed by the target without its last token; output at P-1+j predicts
@@ -752,7 +778,9 @@ absl::StatusOr<std::shared_ptr<runtime::KvPrefixCache>> Explainer::RunUnperturbe
   } else {
     prefix->embeds = prompt_embeds;
   }
-  prefix->positions = at::arange(L, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+  prefix->positions = positions.defined()
+                          ? positions.narrow(-1, 0, L).contiguous()
+                          : at::arange(L, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
   std::vector<int64_t> indices, tokens;
   for (int64_t j = 0; j < m; ++j) {
     indices.push_back(P - 1 + j);

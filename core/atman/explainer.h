@@ -90,9 +90,12 @@ class Explainer {
   Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer, Options options);
   // A vision-language model (LLaVA-1.5's model::VisionLanguageModel with
   // model::LoadImageProcessor, LLaVA-NeXT's model::LlavaNextModel with
-  // model::LoadLlavaNextImageProcessor) and its image processor; image items become the
-  // model's image tokens, and the model's image units (ImagePromptModel::ImageUnits) become
-  // units.
+  // model::LoadLlavaNextImageProcessor, Qwen2-VL's model::Qwen2VlPromptModel with the
+  // vision::Qwen2VlImageProcessor it wraps) and its image processor; image items become the
+  // model's image items (prefix, image tokens, suffix), the model's image units
+  // (ImagePromptModel::ImageUnits) become units, and the model's positions
+  // (ImagePromptModel::PromptPositions, M-RoPE for Qwen2-VL) go to the unperturbed pass, the
+  // prefix cache its rows copy from, and generation.
   Explainer(const model::ImagePromptModel* vlm, const vision::ImageProcessor* processor,
             const text::Tokenizer* tokenizer, Options options);
 
@@ -137,6 +140,8 @@ class Explainer {
     uint64_t seed = 0;
     bool stop_at_eos = true;
     const model::AttentionControl* control = nullptr;  // on prompt positions; may be null
+    // [C, 1, >= prompt + max_new_tokens] (PromptPositions), or undefined: 0, 1, ...
+    at::Tensor positions;
   };
   struct Decoded {
     std::vector<int32_t> ids;
@@ -155,6 +160,9 @@ class Explainer {
   absl::StatusOr<Sequence> TokenizePrompt(const std::vector<PromptItem>& prompt,
                                           bool add_special_tokens) const;
   absl::StatusOr<at::Tensor> EmbedPrompt(const Sequence& seq) const;
+  // The prompt's positions followed by length - prompt more (ImagePromptModel::
+  // PromptPositions: [3, 1, length] for M-RoPE), or undefined for 0 .. length-1.
+  absl::StatusOr<at::Tensor> PromptPositions(const Sequence& seq, int64_t length) const;
   // The decode loop shared by Generate and Prepare (empty target).
   absl::StatusOr<Decoded> Decode(const at::Tensor& prompt_embeds, const DecodeParams& params,
                                  const StepCheck& check, Usage* usage) const;
@@ -167,9 +175,12 @@ class Explainer {
   //   BuildRows       one ScoringRow per unit (conceptual suppression's factors) and which
   //                   target tokens each unit explains.
   absl::Status ResolveTarget(const ExplainRequest& request, const at::Tensor& prompt_embeds,
-                             const StepCheck& check, PreparedExplanation* prepared) const;
+                             const at::Tensor& decode_positions, const StepCheck& check,
+                             PreparedExplanation* prepared) const;
+  // `positions`: PromptPositions over prompt + target[:-1], or undefined (0 .. L-1).
   absl::StatusOr<std::shared_ptr<runtime::KvPrefixCache>> RunUnperturbed(
-      const at::Tensor& prompt_embeds, int64_t prompt_length, PreparedExplanation* prepared) const;
+      const at::Tensor& prompt_embeds, const at::Tensor& positions, int64_t prompt_length,
+      PreparedExplanation* prepared) const;
   absl::StatusOr<std::vector<Unit>> MakeUnits(const ExplainRequest& request, const Sequence& seq,
                                               int64_t num_targets) const;
   absl::Status BuildRows(const ExplainRequest& request,

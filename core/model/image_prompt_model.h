@@ -14,9 +14,13 @@
 //
 // Implementations: VisionLanguageModel (llava.h, LLaVA-1.5: one view, G x G patch tokens, the
 // class token with "full" features) and LlavaNextModel (llava_next.h: base view + tiles, units
-// grouped by region across both, GroupTokensByRegion). Positions today are 0 .. T-1 for every
-// family; a family whose image tokens carry 3-component positions (Qwen2-VL's M-RoPE) would
-// add them here (per image, from its grid) for the engine to pass to the language model.
+// grouped by region across both, GroupTokensByRegion) and Qwen2VlPromptModel
+// (qwen2_vl_prompt_model.h: each image item is vision_start, the pads, vision_end; positions
+// are M-RoPE's [3, 1, L], PromptPositions). Positions are 0 .. L-1 for the other families
+// (PromptPositions undefined).
+//
+// An image ITEM of the prompt is ImageItemPrefix(), the image's `tokens` image_token_id()
+// pads, ImageItemSuffix(); ImageUnits' token indices are indices into the item.
 //
 // Ownership: implementations own their parts; a PromptImage owns its tensors. Thread safety:
 // implementations are immutable after loading; every const method may run concurrently.
@@ -45,7 +49,7 @@ struct PromptImage {
 };
 
 // One image unit: a region of the original image (normalised, vision/geometry.h) and the image
-// tokens that show it, as indices into the image's run of tokens, ascending.
+// item's tokens that show it, as indices into the item (prefix, pads, suffix), ascending.
 struct ImageRegionUnit {
   vision::NormalizedRect region;
   std::vector<int64_t> tokens;
@@ -84,6 +88,22 @@ class ImagePromptModel {
   // `rows` [N, Ht] (undefined: no images). INVALID_ARGUMENT naming both counts when they
   // differ.
   virtual absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids, const at::Tensor& rows) const = 0;
+
+  // The tokens an image item holds before and after its pads (Qwen2-VL: vision_start,
+  // vision_end); none by default (LLaVA: the item is the pads alone).
+  virtual std::vector<int32_t> ImageItemPrefix() const { return {}; }
+  virtual std::vector<int32_t> ImageItemSuffix() const { return {}; }
+
+  // The positions of a prompt `ids` (its images `images`, in order) followed by
+  // `length` - ids.size() more tokens (targets, generated tokens): an int64 CPU tensor
+  // [C, 1, length] (C = 3 for M-RoPE: temporal, height, width; a token after the prompt at
+  // index i is at i + rope_delta in all three), or undefined when they are 0 .. length-1 (the
+  // default). INVALID_ARGUMENT when the ids' image runs do not match the images.
+  virtual absl::StatusOr<at::Tensor> PromptPositions(
+      [[maybe_unused]] std::span<const int32_t> ids,
+      [[maybe_unused]] std::span<const PromptImage> images, [[maybe_unused]] int64_t length) const {
+    return at::Tensor();
+  }
 };
 
 }  // namespace atman::model

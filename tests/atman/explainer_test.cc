@@ -5,7 +5,8 @@
 // both target granularities (a per-token row lists only its own units), on random-initialised
 // Llama, GPT-2 and Gemma-2 (soft-capped attention) models, and LLaVA with "default" and "full"
 // features (with "full" the class token is in the whole-image unit: those scores differ from
-// leaving it out by a stated margin); and the same scores whatever the batching (1 or 32 rows,
+// leaving it out by a stated margin), LLaVA-NeXT, and Qwen2-VL / Qwen2.5-VL (M-RoPE positions
+// through the prefix cache and its rows); and the same scores whatever the batching (1 or 32 rows,
 // a token cap) and with prefix reuse on or off.
 #include "core/atman/explainer.h"
 
@@ -25,6 +26,8 @@
 #include "core/model/causal_lm.h"
 #include "core/model/llava.h"
 #include "core/model/llava_next.h"
+#include "core/model/qwen2_vl.h"
+#include "core/model/qwen2_vl_prompt_model.h"
 #include "core/runtime/memory_meter.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
@@ -41,13 +44,17 @@ struct Loaded {
   std::unique_ptr<model::CausalLM> lm;                  // text-only models
   std::unique_ptr<model::VisionLanguageModel> vlm;      // llava
   std::unique_ptr<model::LlavaNextModel> next;          // llava-next
-  std::unique_ptr<vision::ImageProcessor> processor;    // llava, llava-next
+  std::unique_ptr<model::Qwen2VlModel> qwen;            // qwen2_vl, qwen2_5_vl
+  std::unique_ptr<model::Qwen2VlPromptModel> qwen_prompt;
+  std::unique_ptr<vision::ImageProcessor> processor;  // llava, llava-next, qwen2_vl
   std::unique_ptr<text::Tokenizer> tokenizer;
   nlohmann::json cases;
   std::filesystem::path dir;
 
   const model::ImagePromptModel* image_model() const {
-    return vlm ? static_cast<const model::ImagePromptModel*>(vlm.get()) : next.get();
+    if (vlm) return vlm.get();
+    if (next) return next.get();
+    return qwen_prompt.get();
   }
   const model::CausalLM* language_model() const {
     return image_model() ? &image_model()->language_model() : lm.get();
@@ -64,9 +71,21 @@ const Loaded& Load(const std::string& name) {
   auto it = cache.find(name);
   if (it != cache.end()) return it->second;
   Loaded loaded;
-  const auto dir = FixtureDir("atman_cases") / name;
+  const bool qwen = name == "qwen2_vl" || name == "qwen2_5_vl";
+  const auto dir = FixtureDir(qwen ? "qwen2_vl_atman_cases" : "atman_cases") / name;
   loaded.dir = dir;
-  if (name == "llava-next") {
+  if (qwen) {
+    auto model = model::Qwen2VlModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
+    EXPECT_TRUE(model.ok()) << model.status();
+    auto processor = vision::Qwen2VlImageProcessor::FromDirectory(dir);
+    EXPECT_TRUE(processor.ok()) << processor.status();
+    if (model.ok() && processor.ok()) {
+      loaded.qwen = *std::move(model);
+      auto owned = std::make_unique<vision::Qwen2VlImageProcessor>(*std::move(processor));
+      loaded.qwen_prompt = std::make_unique<model::Qwen2VlPromptModel>(loaded.qwen.get(), &*owned);
+      loaded.processor = std::move(owned);
+    }
+  } else if (name == "llava-next") {
     auto next = model::LlavaNextModel::Load(dir, c10::Device(c10::kCPU), c10::ScalarType::Float);
     EXPECT_TRUE(next.ok()) << next.status();
     if (next.ok()) {
@@ -377,6 +396,20 @@ const std::string kNextCases[] = {"image-native", "image-grid-suppression",
 INSTANTIATE_TEST_SUITE_P(NextCases, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("llava-next")),
                                             ::testing::ValuesIn(kNextCases)),
+                         CaseName);
+
+// Qwen2-VL and Qwen2.5-VL (tests/oracle/make_qwen2_vl_atman_cases.py: transformers' own
+// M-RoPE positions in the reference): image items are vision_start, the pads, vision_end;
+// image units native, 3x3, the whole item and a 2 x 3 grid on a 4 x 2 token image (an empty
+// middle column), text units beside them, both modes.
+const std::string kQwenCases[] = {"image-native",        "images-3x3-multiplicative",
+                                  "image-whole-removal", "image-whole-multiplicative",
+                                  "image-grid-2x3",      "image-native-token-multiplicative"};
+
+INSTANTIATE_TEST_SUITE_P(QwenCases, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("qwen2_vl"),
+                                                              std::string("qwen2_5_vl")),
+                                            ::testing::ValuesIn(kQwenCases)),
                          CaseName);
 
 // Phi-3 with LongRoPE (original_max_position_embeddings 8): a whole explanation within the
