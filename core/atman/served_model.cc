@@ -8,8 +8,21 @@
 #include "core/model/llava.h"
 #include "core/model/llava_next.h"
 #include "core/model/model_files.h"
+#include "core/model/qwen2_vl.h"
+#include "core/model/qwen2_vl_prompt_model.h"
+#include "core/vision/qwen2_vl_image_processor.h"
 
 namespace atman::atman {
+namespace {
+
+// What a Qwen2-VL replica owns besides its image processor: the model and the engine's view
+// of it (the adapter borrows the model and the replica's processor).
+struct Qwen2VlParts {
+  std::unique_ptr<model::Qwen2VlModel> model;
+  std::unique_ptr<model::Qwen2VlPromptModel> prompt;
+};
+
+}  // namespace
 
 ServedModel::~ServedModel() = default;
 
@@ -24,6 +37,10 @@ absl::StatusOr<std::unique_ptr<ServedModel>> ServedModel::Open(const std::filesy
   served->model_type_ = config.value("model_type", "");
   if (served->model_type_.empty() && kind == model::ModelKind::kLlavaNext) {
     served->model_type_ = "llava_next";  // named by its architectures only
+  }
+  if (served->model_type_.empty() && kind == model::ModelKind::kQwen2Vl) {
+    ATMAN_ASSIGN_OR_RETURN(const model::Qwen2VlConfig qwen, model::ParseQwen2VlConfig(config));
+    served->model_type_ = qwen.model_type;  // named by its architectures only
   }
   ATMAN_ASSIGN_OR_RETURN(served->tokenizer_, model::LoadTokenizer(model));
   ATMAN_ASSIGN_OR_RETURN(served->chat_template_, model::ReadChatTemplate(model));
@@ -55,7 +72,22 @@ absl::Status ServedModel::AddDevice(c10::Device device, const std::string& dtype
   replica->device = device;
   replica->device_name = device.str();
   replica->dtype_name = dtype;
-  if (kind_ == model::ModelKind::kLlavaNext) {
+  if (kind_ == model::ModelKind::kQwen2Vl) {
+    auto parts = std::make_shared<Qwen2VlParts>();
+    ATMAN_ASSIGN_OR_RETURN(parts->model, model::Qwen2VlModel::Load(path_, device, type));
+    // One image may not alone hold more tokens than a request may.
+    vision::Qwen2VlImageProcessorOptions processor_options;
+    processor_options.max_image_tokens = options_.max_image_tokens;
+    ATMAN_ASSIGN_OR_RETURN(vision::Qwen2VlImageProcessor processor,
+                           vision::Qwen2VlImageProcessor::FromDirectory(path_, processor_options));
+    auto owned = std::make_unique<vision::Qwen2VlImageProcessor>(std::move(processor));
+    parts->prompt = std::make_unique<model::Qwen2VlPromptModel>(parts->model.get(), owned.get());
+    replica->image_processor = std::move(owned);
+    replica->lm = &parts->model->language_model();
+    replica->explainer = std::make_unique<Explainer>(
+        parts->prompt.get(), replica->image_processor.get(), tokenizer_.get(), options_);
+    replica->owner = std::move(parts);
+  } else if (kind_ == model::ModelKind::kLlavaNext) {
     ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<model::LlavaNextModel> next,
                            model::LlavaNextModel::Load(path_, device, type));
     ATMAN_ASSIGN_OR_RETURN(vision::LlavaNextImageProcessor processor,

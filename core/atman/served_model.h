@@ -3,11 +3,14 @@
 //
 //   Open       a --model path (a Hugging Face folder, a .gguf file or a folder holding one,
 //              model_files.h): config.json, which class loads it (model::ResolveModelKind:
-//              CausalLM, LLaVA-1.5's VisionLanguageModel or LLaVA-NeXT's LlavaNextModel), the
+//              CausalLM, LLaVA-1.5's VisionLanguageModel, LLaVA-NeXT's LlavaNextModel or
+//              Qwen2-VL / Qwen2.5-VL's Qwen2VlModel), the
 //              tokenizer and the chat template. No weights yet.
 //   AddDevice  the weights on one device in one dtype, and an Explainer over them (with the
 //              image processor of a vision-language model: LoadImageProcessor, or
-//              LoadLlavaNextImageProcessor); once per device, in order.
+//              LoadLlavaNextImageProcessor, or Qwen2VlImageProcessor::FromDirectory with
+//              Options::max_image_tokens per image, the model seen through
+//              Qwen2VlPromptModel); once per device, in order.
 //   Tokenize   the Tokenize RPC: text -> tokens with code-point spans, limited like a prompt.
 //   Describe   what GetModelInfo reports of the model.
 //
@@ -66,8 +69,8 @@ class ServedModel {
     // The language model, for the scoring rows' batcher (runtime/dynamic_batcher.h).
     const model::CausalLM* lm = nullptr;
     std::unique_ptr<Explainer> explainer;
-    std::shared_ptr<void> owner;  // the loaded model (CausalLM, VisionLanguageModel or
-                                  // LlavaNextModel)
+    std::shared_ptr<void> owner;  // the loaded model (CausalLM, VisionLanguageModel,
+                                  // LlavaNextModel, or Qwen2VlModel with its adapter)
     std::unique_ptr<vision::ImageProcessor> image_processor;  // vision-language models
   };
 

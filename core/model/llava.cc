@@ -19,6 +19,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/qwen2_vl.h"
 #include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
 #include "core/vision/processor_config.h"
@@ -111,6 +112,7 @@ absl::StatusOr<ModelKind> ResolveModelKind(const Json& config) {
   if (!config.is_object()) return absl::InvalidArgumentError("config.json: not a JSON object");
   if (IsLlava(config)) return ModelKind::kVisionLanguage;
   if (IsLlavaNext(config)) return ModelKind::kLlavaNext;
+  if (IsQwen2VlConfig(config)) return ModelKind::kQwen2Vl;
   ATMAN_RETURN_IF_ERROR(ParseModelConfig(config).status());
   return ModelKind::kCausalLM;
 }

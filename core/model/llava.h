@@ -20,7 +20,8 @@
 // token, which shows the whole image.
 //
 // The architecture registry: ResolveModelKind() maps a config.json to the class that loads it:
-// model_type "llava" -> VisionLanguageModel, "llava_next" -> LlavaNextModel; the text-only
+// model_type "llava" -> VisionLanguageModel, "llava_next" -> LlavaNextModel, "qwen2_vl" /
+// "qwen2_5_vl" -> Qwen2VlModel; the text-only
 // types of SupportedModelTypes() (llama, mistral, qwen2, gpt2, gpt_neox) -> CausalLM.
 //
 // Weight layouts (all three accepted, detected from the tensor names):
@@ -54,12 +55,13 @@
 
 namespace atman::model {
 
-enum class ModelKind { kCausalLM, kVisionLanguage, kLlavaNext };
+enum class ModelKind { kCausalLM, kVisionLanguage, kLlavaNext, kQwen2Vl };
 
 // Which class loads this config.json: "llava" (model_type, or architectures[0]
 // LlavaForConditionalGeneration) -> kVisionLanguage (VisionLanguageModel); "llava_next"
 // (model_type, or architectures[0] LlavaNextForConditionalGeneration) -> kLlavaNext
-// (LlavaNextModel, llava_next.h); a type ParseModelConfig() accepts -> kCausalLM; otherwise
+// (LlavaNextModel, llava_next.h); "qwen2_vl" / "qwen2_5_vl" (IsQwen2VlConfig) -> kQwen2Vl
+// (Qwen2VlModel, qwen2_vl.h); a type ParseModelConfig() accepts -> kCausalLM; otherwise
 // ParseModelConfig()'s error (UNIMPLEMENTED naming the type).
 absl::StatusOr<ModelKind> ResolveModelKind(const nlohmann::json& config);
 

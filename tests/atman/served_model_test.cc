@@ -1,7 +1,8 @@
 // ServedModel (core/atman/served_model.h): opening a model folder, loading it per device, the
 // description GetModelInfo reports, Tokenize against the tokenizer itself and its limit, the
 // placement checks, and errors that name the path -- on the random-initialised Llama, LLaVA
-// and LLaVA-NeXT fixtures of atman_cases.
+// and LLaVA-NeXT fixtures of atman_cases and the Qwen2-VL / Qwen2.5-VL ones of
+// qwen2_vl_atman_cases.
 #include "core/atman/served_model.h"
 
 #include <gmock/gmock.h>
@@ -20,8 +21,9 @@ using ::atman::testing::FixtureDir;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-std::unique_ptr<ServedModel> OpenOnCpu(const std::string& name, Explainer::Options options = {}) {
-  auto served = ServedModel::Open(FixtureDir("atman_cases") / name, std::move(options));
+std::unique_ptr<ServedModel> OpenOnCpu(const std::string& name, Explainer::Options options = {},
+                                       const std::string& fixture = "atman_cases") {
+  auto served = ServedModel::Open(FixtureDir(fixture) / name, std::move(options));
   EXPECT_TRUE(served.ok()) << served.status();
   if (!served.ok()) return nullptr;
   absl::Status s = (*served)->AddDevice(c10::Device(c10::kCPU), "float32");
@@ -87,6 +89,41 @@ TEST(ServedModel, ServesALlavaNextModelWithItsAnyresProcessor) {
   int images = 0;
   for (const UnitScore& s : e->explanations[0].scores) images += s.kind == UnitScore::Kind::kImage;
   EXPECT_EQ(images, 9);
+}
+
+// Qwen2-VL and Qwen2.5-VL: resolved from config.json, loaded with the Qwen2-VL processor,
+// described with their model_type, and an image explained through the replica's explainer
+// (the item: vision_start, 3 x 3 pads, vision_end; one unit per merged token).
+TEST(ServedModel, ServesQwen2VlModelsWithTheirProcessor) {
+  for (const std::string family : {"qwen2_vl", "qwen2_5_vl"}) {
+    SCOPED_TRACE(family);
+    auto served = OpenOnCpu(family, {}, "qwen2_vl_atman_cases");
+    ASSERT_NE(served, nullptr);
+    const ModelDescription d = served->Describe();
+    EXPECT_EQ(d.model_type, family);
+    EXPECT_TRUE(d.supports_images);
+    ASSERT_NE(served->replica(0).image_processor, nullptr);
+    EXPECT_EQ(served->replica(0).image_processor->OutputSize(),
+              std::make_pair(int64_t{0}, int64_t{0}));
+    std::ifstream in(FixtureDir("qwen2_vl_atman_cases") / family / "images" / "wide_40x28.png",
+                     std::ios::binary);
+    const std::string png{std::istreambuf_iterator<char>(in), {}};
+    ExplainRequest r;
+    r.prompt = {PromptItem::Text("Look: "), PromptItem::Image(png)};
+    r.target = " red";
+    r.options.text_granularity = TextGranularity::kWord;
+    r.options.image_granularity = ImageGranularity::kNative;
+    auto e = served->explainer(0).Explain(r);
+    ASSERT_TRUE(e.ok()) << e.status();
+    auto text = served->Tokenize("Look: ", /*add_special_tokens=*/true);
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_EQ(e->prompt_tokens, static_cast<int64_t>(text->size()) + 9 + 2);
+    int images = 0;
+    for (const UnitScore& s : e->explanations[0].scores) {
+      images += s.kind == UnitScore::Kind::kImage;
+    }
+    EXPECT_EQ(images, 9);
+  }
 }
 
 TEST(ServedModel, OneReplicaPerAddedDevice) {

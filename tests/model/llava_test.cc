@@ -427,6 +427,14 @@ TEST(LlavaRegistry, ModelTypeSelectsTheClass) {
       ResolveModelKind(nlohmann::json{{"architectures", {"LlavaNextForConditionalGeneration"}}});
   ASSERT_TRUE(by_architecture.ok()) << by_architecture.status();
   EXPECT_EQ(*by_architecture, ModelKind::kLlavaNext);
+  // Qwen2-VL / Qwen2.5-VL, by model_type or by architectures alone.
+  for (const nlohmann::json& qwen :
+       {nlohmann::json{{"model_type", "qwen2_vl"}}, nlohmann::json{{"model_type", "qwen2_5_vl"}},
+        nlohmann::json{{"architectures", {"Qwen2_5_VLForConditionalGeneration"}}}}) {
+    auto kind_of_qwen = ResolveModelKind(qwen);
+    ASSERT_TRUE(kind_of_qwen.ok()) << kind_of_qwen.status();
+    EXPECT_EQ(*kind_of_qwen, ModelKind::kQwen2Vl) << qwen.dump();
+  }
   auto unknown = ResolveModelKind(nlohmann::json{{"model_type", "idefics3"}});
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kUnimplemented);
