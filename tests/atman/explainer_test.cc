@@ -31,6 +31,8 @@
 #include "core/runtime/memory_meter.h"
 #include "core/runtime/scoring_batch.h"
 #include "core/text/tokenizer.h"
+#include "core/vision/decode.h"
+#include "core/vision/qwen2_vl_image_processor.h"
 #include "tests/support/paths.h"
 
 namespace atman::atman {
@@ -418,6 +420,68 @@ INSTANTIATE_TEST_SUITE_P(LongRopeShort, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("phi3")),
                                             ::testing::Values(std::string("longrope-short"))),
                          CaseName);
+
+// Qwen2-VL generation continues after the prompt at index + rope_delta in all three M-RoPE
+// components: greedy Generate (one prompt pass, then one cached step per token) equals a
+// full pass per step over the prompt and the tokens so far, with the positions
+// Qwen2VlModel::Positions gives that whole sequence (the generated tokens as text).
+TEST(Engine, Qwen2VlGenerationContinuesTheMropePositions) {
+  for (const std::string family : {"qwen2_vl", "qwen2_5_vl"}) {
+    SCOPED_TRACE(family);
+    const Loaded& loaded = Load(family);
+    ASSERT_TRUE(loaded.qwen && loaded.tokenizer);
+    const auto& processor = static_cast<const vision::Qwen2VlImageProcessor&>(*loaded.processor);
+    const std::string png = ReadBytes(loaded.dir / "images" / "tall_21x35.png");
+    GenerationRequest g;
+    g.prompt = {PromptItem::Text("Look: "), PromptItem::Image(png),
+                PromptItem::Text(" Where does Tom live?")};
+    g.max_new_tokens = 6;
+    g.stop_at_eos = false;
+    auto generated = loaded.MakeExplainer().Generate(g);
+    ASSERT_TRUE(generated.ok()) << generated.status();
+    ASSERT_EQ(generated->token_ids.size(), 6u);
+
+    // The prompt by hand: text, vision_start, 4 x 2 pads, vision_end, text.
+    auto image = vision::DecodeImage(png);
+    ASSERT_TRUE(image.ok()) << image.status();
+    auto patches = processor.PreprocessToPatches(*image);
+    ASSERT_TRUE(patches.ok()) << patches.status();
+    const std::array<int64_t, 3> grid_thw = patches->grid_thw;
+    auto rows = loaded.qwen->EmbedImages(patches->pixel_values, {&grid_thw, 1});
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    auto look = loaded.tokenizer->Encode("Look: ", false);
+    auto question = loaded.tokenizer->Encode(" Where does Tom live?", false);
+    ASSERT_TRUE(look.ok() && question.ok());
+    std::vector<int64_t> ids(look->ids.begin(), look->ids.end());
+    ids.push_back(loaded.qwen->config().vision_start_token_id);
+    for (int64_t t = 0; t < loaded.qwen->ImageTokens(grid_thw); ++t) {
+      ids.push_back(loaded.qwen->image_token_id());
+    }
+    ids.push_back(loaded.qwen->config().vision_end_token_id);
+    ids.insert(ids.end(), question->ids.begin(), question->ids.end());
+    EXPECT_EQ(generated->prompt_tokens, static_cast<int64_t>(ids.size()));
+    std::vector<int32_t> ours;
+    for (int step = 0; step < 6; ++step) {
+      auto positions = loaded.qwen->Positions(ids, {&grid_thw, 1});
+      ASSERT_TRUE(positions.ok()) << positions.status();
+      auto embeds = loaded.qwen->Embed(at::tensor(ids, at::kLong).unsqueeze(0), *rows);
+      ASSERT_TRUE(embeds.ok()) << embeds.status();
+      model::ForwardInput input;
+      input.embeds = *embeds;
+      input.positions = model::MropePositionTensor(*positions);
+      input.output.kind = model::OutputRequest::Kind::kLogits;
+      input.output.indices =
+          at::tensor(std::vector<int64_t>{static_cast<int64_t>(ids.size()) - 1}, at::kLong)
+              .unsqueeze(0);
+      auto out = loaded.qwen->language_model().Forward(input);
+      ASSERT_TRUE(out.ok()) << out.status();
+      const auto token = static_cast<int32_t>(out->logits.reshape({-1}).argmax().item<int64_t>());
+      ours.push_back(token);
+      ids.push_back(token);
+    }
+    EXPECT_EQ(generated->token_ids, ours);
+  }
+}
 
 TEST(Engine, PrefixReuseComputesFewerPositions) {
   const Loaded& loaded = Load("llama");
