@@ -19,6 +19,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/llava_parts.h"
 #include "core/model/qwen2_vl.h"
 #include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
@@ -50,60 +51,6 @@ bool IsLlavaNext(const Json& config) {
   auto arch = config.find("architectures");
   return arch != config.end() && arch->is_array() && !arch->empty() &&
          (*arch)[0] == "LlavaNextForConditionalGeneration";
-}
-
-// Where the three parts' tensors are (see the layouts in llava.h).
-struct Layout {
-  TensorNameMap text;
-  std::string tower;
-  std::string projector;
-};
-
-absl::StatusOr<Layout> DetectLayout(const io::Checkpoint& checkpoint) {
-  Layout layout;
-  std::string vision_root;
-  if (checkpoint.Has("language_model.model.embed_tokens.weight")) {
-    layout.text.rules = {{"model.", "language_model.model."},
-                         {"lm_head.", "language_model.lm_head."}};
-    layout.projector = "multi_modal_projector.";
-    vision_root = "vision_tower.";
-  } else if (checkpoint.Has("model.language_model.embed_tokens.weight")) {
-    layout.text.rules = {{"model.", "model.language_model."}, {"lm_head.", "lm_head."}};
-    layout.projector = "model.multi_modal_projector.";
-    vision_root = "model.vision_tower.";
-  } else {
-    return absl::NotFoundError(absl::StrCat(
-        checkpoint.dir().string(),
-        ": no language model tensors (neither 'language_model.model.embed_tokens.weight' nor "
-        "'model.language_model.embed_tokens.weight')"));
-  }
-  // The towers' *VisionModel wrappers had a "vision_model." level until transformers 5.
-  const std::string nested = vision_root + "vision_model.";
-  const auto& names = checkpoint.TensorNames();
-  const bool has_nested = std::any_of(names.begin(), names.end(), [&](const std::string& name) {
-    return absl::StartsWith(name, nested);
-  });
-  layout.tower = has_nested ? nested : vision_root;
-  return layout;
-}
-
-// Every tensor must belong to one of the parts.
-absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layout) {
-  std::vector<std::string> extra;
-  for (const auto& name : checkpoint.TensorNames()) {
-    if (layout.text.Owns(name) || absl::StartsWith(name, layout.tower) ||
-        absl::StartsWith(name, layout.projector)) {
-      continue;
-    }
-    extra.push_back(name);
-  }
-  if (extra.empty()) return absl::OkStatus();
-  const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
-  return absl::InvalidArgumentError(absl::StrCat(
-      checkpoint.dir().string(), ": ", extra.size(),
-      " tensor(s) outside the language model, vision tower and projector: ",
-      absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
-      extra.size() > shown ? ", ..." : ""));
 }
 
 }  // namespace
@@ -210,43 +157,27 @@ absl::StatusOr<std::unique_ptr<VisionLanguageModel>> VisionLanguageModel::Load(
   ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<io::Checkpoint> checkpoint, io::Checkpoint::Open(dir));
   absl::StatusOr<LlavaConfig> config = ParseLlavaConfig(checkpoint->config());
   if (!config.ok()) return Annotate(config.status(), dir.string());
-  ATMAN_ASSIGN_OR_RETURN(Layout layout, DetectLayout(*checkpoint));
+  ATMAN_ASSIGN_OR_RETURN(LlavaCheckpointLayout layout, FindLlavaLayout(*checkpoint));
   ATMAN_ASSIGN_OR_RETURN(
       std::unique_ptr<CausalLM> language_model,
       CausalLM::Load(*checkpoint, config->text_config, layout.text, device, dtype));
   ATMAN_ASSIGN_OR_RETURN(
       std::unique_ptr<VisionTower> tower,
       LoadVisionTower(*checkpoint, config->vision_config, layout.tower, device, dtype));
-
-  const int64_t Ht = language_model->config().hidden_size;
-  const int64_t in =
-      config->vision.hidden_size * static_cast<int64_t>(config->feature_layers.size());
-  const std::string p = layout.projector;
-  Projector projector;
   ATMAN_ASSIGN_OR_RETURN(
-      projector.w1,
-      LoadCheckedTensor(
-          *checkpoint, p + "linear_1.weight", {Ht, in},
-          "text_config.hidden_size, vision_config.hidden_size * len(vision_feature_layer)", device,
-          dtype));
-  ATMAN_ASSIGN_OR_RETURN(projector.w2,
-                         LoadCheckedTensor(*checkpoint, p + "linear_2.weight", {Ht, Ht},
-                                           "text_config.hidden_size", device, dtype));
-  if (config->projector_bias) {
-    ATMAN_ASSIGN_OR_RETURN(
-        projector.b1,
-        LoadCheckedTensor(*checkpoint, p + "linear_1.bias", {Ht},
-                          "text_config.hidden_size; multimodal_projector_bias", device, dtype));
-    ATMAN_ASSIGN_OR_RETURN(
-        projector.b2,
-        LoadCheckedTensor(*checkpoint, p + "linear_2.bias", {Ht},
-                          "text_config.hidden_size; multimodal_projector_bias", device, dtype));
-  } else if (checkpoint->Has(p + "linear_1.bias") || checkpoint->Has(p + "linear_2.bias")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir.string(), ": the projector has biases ('", p,
-                     "linear_*.bias') but config.json says multimodal_projector_bias = false"));
-  }
-  ATMAN_RETURN_IF_ERROR(CheckAllOwned(*checkpoint, layout));
+      LlavaProjector projector,
+      LlavaProjector::Load(
+          *checkpoint, layout.projector,
+          config->vision.hidden_size * static_cast<int64_t>(config->feature_layers.size()),
+          language_model->config().hidden_size, config->projector_bias,
+          config->projector_activation, device, dtype));
+  ATMAN_RETURN_IF_ERROR(CheckEveryTensorOwned(
+      *checkpoint,
+      [&](const std::string& name) {
+        return layout.text.Owns(name) || absl::StartsWith(name, layout.tower) ||
+               LlavaProjector::Owns(layout.projector, name);
+      },
+      "the language model, vision tower and projector"));
   return std::unique_ptr<VisionLanguageModel>(new VisionLanguageModel(
       *std::move(config), std::move(tower), std::move(projector), std::move(language_model)));
 }
@@ -270,9 +201,7 @@ absl::StatusOr<at::Tensor> VisionLanguageModel::EmbedImages(const at::Tensor& pi
       for (at::Tensor& state : states) state = state.narrow(1, 1, state.size(1) - 1);
     }
     at::Tensor x = states.size() == 1 ? states[0] : at::cat(states, -1);
-    x = at::linear(x, projector_.w1, projector_.b1);
-    x = ApplyVisionActivation(config_.projector_activation, x);
-    return at::linear(x, projector_.w2, projector_.b2);
+    return projector_.Project(x);
   } catch (const std::exception& e) {
     return StatusFromException(e, "projecting image features");
   }

@@ -50,6 +50,7 @@
 #include "absl/status/statusor.h"
 #include "core/model/causal_lm.h"
 #include "core/model/image_prompt_model.h"
+#include "core/model/llava_parts.h"
 #include "core/model/vision_tower.h"
 #include "core/vision/image_processor.h"
 
@@ -154,13 +155,8 @@ class VisionLanguageModel : public ImagePromptModel {
   absl::StatusOr<std::vector<ImageSpan>> FindImageSpans(std::span<const int64_t> ids) const;
 
  private:
-  struct Projector {
-    at::Tensor w1, b1;  // [Ht, Hv * #layers], [Ht] or undefined
-    at::Tensor w2, b2;  // [Ht, Ht], [Ht] or undefined
-  };
-
   VisionLanguageModel(LlavaConfig config, std::unique_ptr<VisionTower> tower,
-                      Projector projector, std::unique_ptr<CausalLM> language_model)
+                      LlavaProjector projector, std::unique_ptr<CausalLM> language_model)
       : config_(std::move(config)),
         tower_(std::move(tower)),
         projector_(std::move(projector)),
@@ -168,7 +164,7 @@ class VisionLanguageModel : public ImagePromptModel {
 
   LlavaConfig config_;
   std::unique_ptr<VisionTower> tower_;
-  Projector projector_;
+  LlavaProjector projector_;
   std::unique_ptr<CausalLM> language_model_;
 };
 

@@ -19,6 +19,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/llava_parts.h"
 #include "core/model/shape_string.h"
 #include "core/model/vision_tower_registry.h"
 
@@ -30,66 +31,6 @@ using Json = nlohmann::json;
 absl::Status FieldError(std::string_view field, std::string_view what) {
   return absl::InvalidArgumentError(
       absl::StrCat("config.json: field '", ToAbsl(field), "' ", ToAbsl(what)));
-}
-
-// Where the parts' tensors are: LLaVA's layouts (llava.h) plus image_newline.
-struct Layout {
-  TensorNameMap text;
-  std::string tower, projector, newline;
-};
-
-absl::StatusOr<Layout> DetectLayout(const io::Checkpoint& checkpoint) {
-  Layout layout;
-  std::string vision_root;
-  if (checkpoint.Has("language_model.model.embed_tokens.weight")) {
-    layout.text.rules = {{"model.", "language_model.model."},
-                         {"lm_head.", "language_model.lm_head."}};
-    layout.projector = "multi_modal_projector.";
-    layout.newline = "image_newline";
-    vision_root = "vision_tower.";
-  } else if (checkpoint.Has("model.language_model.embed_tokens.weight")) {
-    layout.text.rules = {{"model.", "model.language_model."}, {"lm_head.", "lm_head."}};
-    layout.projector = "model.multi_modal_projector.";
-    layout.newline = "model.image_newline";
-    vision_root = "model.vision_tower.";
-  } else {
-    return absl::NotFoundError(absl::StrCat(
-        checkpoint.dir().string(),
-        ": no language model tensors (neither 'language_model.model.embed_tokens.weight' nor "
-        "'model.language_model.embed_tokens.weight')"));
-  }
-  const std::string nested = vision_root + "vision_model.";
-  const auto& names = checkpoint.TensorNames();
-  const bool has_nested = std::any_of(names.begin(), names.end(), [&](const std::string& name) {
-    return absl::StartsWith(name, nested);
-  });
-  layout.tower = has_nested ? nested : vision_root;
-  return layout;
-}
-
-absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const Layout& layout) {
-  std::vector<std::string> extra;
-  for (const auto& name : checkpoint.TensorNames()) {
-    // The projector's four tensors exactly (a stray one under its prefix is extra).
-    bool projector = false;
-    if (absl::StartsWith(name, layout.projector)) {
-      const std::string_view rest = std::string_view(name).substr(layout.projector.size());
-      projector = rest == "linear_1.weight" || rest == "linear_1.bias" ||
-                  rest == "linear_2.weight" || rest == "linear_2.bias";
-    }
-    if (layout.text.Owns(name) || absl::StartsWith(name, layout.tower) || projector ||
-        name == layout.newline) {
-      continue;
-    }
-    extra.push_back(name);
-  }
-  if (extra.empty()) return absl::OkStatus();
-  const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
-  return absl::InvalidArgumentError(absl::StrCat(
-      checkpoint.dir().string(), ": ", extra.size(),
-      " tensor(s) outside the language model, vision tower, projector and image_newline: ",
-      absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
-      extra.size() > shown ? ", ..." : ""));
 }
 
 // int(round(x, 7)) for x >= 0: Python rounds to 7 decimals first, which only matters within
@@ -210,44 +151,30 @@ absl::StatusOr<std::unique_ptr<LlavaNextModel>> LlavaNextModel::Load(
   absl::StatusOr<LlavaNextConfig> config = ParseLlavaNextConfig(checkpoint->config());
   if (!config.ok()) return Annotate(config.status(), dir.string());
   const LlavaConfig& llava = config->llava;
-  ATMAN_ASSIGN_OR_RETURN(Layout layout, DetectLayout(*checkpoint));
+  ATMAN_ASSIGN_OR_RETURN(LlavaCheckpointLayout layout, FindLlavaLayout(*checkpoint));
   ATMAN_ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> language_model,
                          CausalLM::Load(*checkpoint, llava.text_config, layout.text, device, dtype));
   ATMAN_ASSIGN_OR_RETURN(
       std::unique_ptr<VisionTower> tower,
       LoadVisionTower(*checkpoint, llava.vision_config, layout.tower, device, dtype));
-
   const int64_t Ht = language_model->config().hidden_size;
-  const int64_t in = llava.vision.hidden_size * static_cast<int64_t>(llava.feature_layers.size());
-  const std::string p = layout.projector;
-  Projector projector;
   ATMAN_ASSIGN_OR_RETURN(
-      projector.w1,
-      LoadCheckedTensor(
-          *checkpoint, p + "linear_1.weight", {Ht, in},
-          "text_config.hidden_size, vision_config.hidden_size * len(vision_feature_layer)", device,
-          dtype));
-  ATMAN_ASSIGN_OR_RETURN(projector.w2,
-                         LoadCheckedTensor(*checkpoint, p + "linear_2.weight", {Ht, Ht},
-                                           "text_config.hidden_size", device, dtype));
-  if (llava.projector_bias) {
-    ATMAN_ASSIGN_OR_RETURN(
-        projector.b1,
-        LoadCheckedTensor(*checkpoint, p + "linear_1.bias", {Ht},
-                          "text_config.hidden_size; multimodal_projector_bias", device, dtype));
-    ATMAN_ASSIGN_OR_RETURN(
-        projector.b2,
-        LoadCheckedTensor(*checkpoint, p + "linear_2.bias", {Ht},
-                          "text_config.hidden_size; multimodal_projector_bias", device, dtype));
-  } else if (checkpoint->Has(p + "linear_1.bias") || checkpoint->Has(p + "linear_2.bias")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir.string(), ": the projector has biases ('", p,
-                     "linear_*.bias') but config.json says multimodal_projector_bias = false"));
-  }
+      LlavaProjector projector,
+      LlavaProjector::Load(
+          *checkpoint, layout.projector,
+          llava.vision.hidden_size * static_cast<int64_t>(llava.feature_layers.size()), Ht,
+          llava.projector_bias, llava.projector_activation, device, dtype));
+  const std::string newline_name = layout.root + "image_newline";
   ATMAN_ASSIGN_OR_RETURN(at::Tensor newline,
-                         LoadCheckedTensor(*checkpoint, layout.newline, {Ht},
+                         LoadCheckedTensor(*checkpoint, newline_name, {Ht},
                                            "text_config.hidden_size", device, dtype));
-  ATMAN_RETURN_IF_ERROR(CheckAllOwned(*checkpoint, layout));
+  ATMAN_RETURN_IF_ERROR(CheckEveryTensorOwned(
+      *checkpoint,
+      [&](const std::string& name) {
+        return layout.text.Owns(name) || absl::StartsWith(name, layout.tower) ||
+               LlavaProjector::Owns(layout.projector, name) || name == newline_name;
+      },
+      "the language model, vision tower, projector and image_newline"));
   return std::unique_ptr<LlavaNextModel>(
       new LlavaNextModel(*std::move(config), std::move(tower), std::move(projector),
                          std::move(newline), std::move(language_model)));
@@ -305,9 +232,7 @@ absl::StatusOr<at::Tensor> LlavaNextModel::EmbedImage(const at::Tensor& pixel_va
     c10::InferenceMode guard;
     for (at::Tensor& state : states) state = state.narrow(1, 1, state.size(1) - 1);
     at::Tensor x = states.size() == 1 ? states[0] : at::cat(states, -1);
-    x = at::linear(x, projector_.w1, projector_.b1);
-    x = ApplyVisionActivation(config_.llava.projector_activation, x);
-    x = at::linear(x, projector_.w2, projector_.b2);  // [V, G*G, Ht]
+    x = projector_.Project(x);  // [V, G*G, Ht]
     const int64_t g = t.grid, Ht = x.size(-1);
     at::Tensor base = x[0];  // [G*G, Ht]
     // [tiles, G*G, Ht] -> [rows, cols, G, G, Ht] -> [rows, G, cols, G, Ht] -> [H, W, Ht]

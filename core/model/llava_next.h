@@ -47,6 +47,7 @@
 #include "absl/status/statusor.h"
 #include "core/model/causal_lm.h"
 #include "core/model/image_prompt_model.h"
+#include "core/model/llava_parts.h"
 #include "core/model/llava.h"
 #include "core/model/vision_tower.h"
 #include "core/vision/geometry.h"
@@ -145,10 +146,8 @@ class LlavaNextModel : public ImagePromptModel {
   absl::StatusOr<at::Tensor> EmbedPromptImages(std::span<const PromptImage> images) const override;
 
  private:
-  struct Projector {
-    at::Tensor w1, b1, w2, b2;
-  };
-  LlavaNextModel(LlavaNextConfig config, std::unique_ptr<VisionTower> tower, Projector projector,
+  LlavaNextModel(LlavaNextConfig config, std::unique_ptr<VisionTower> tower,
+                 LlavaProjector projector,
                  at::Tensor newline, std::unique_ptr<CausalLM> language_model)
       : config_(std::move(config)),
         tower_(std::move(tower)),
@@ -158,7 +157,7 @@ class LlavaNextModel : public ImagePromptModel {
 
   LlavaNextConfig config_;
   std::unique_ptr<VisionTower> tower_;
-  Projector projector_;
+  LlavaProjector projector_;
   at::Tensor newline_;  // [Ht]
   std::unique_ptr<CausalLM> language_model_;
 };

@@ -18,6 +18,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/llava_parts.h"
 #include "core/model/families/family_support.h"
 #include "core/model/shape_string.h"
 
@@ -53,22 +54,6 @@ absl::StatusOr<TensorNameMap> TextLayout(const io::Checkpoint& checkpoint) {
       absl::StrCat(checkpoint.dir().string(),
                    ": no language model tensors (neither 'model.embed_tokens.weight' nor "
                    "'model.language_model.embed_tokens.weight')"));
-}
-
-// Every tensor must belong to the decoder or the tower.
-absl::Status CheckAllOwned(const io::Checkpoint& checkpoint, const TensorNameMap& text,
-                           const std::string& tower) {
-  std::vector<std::string> extra;
-  for (const auto& name : checkpoint.TensorNames()) {
-    if (!text.Owns(name) && !absl::StartsWith(name, tower)) extra.push_back(name);
-  }
-  if (extra.empty()) return absl::OkStatus();
-  const std::size_t shown = std::min<std::size_t>(extra.size(), 5);
-  return absl::InvalidArgumentError(absl::StrCat(
-      checkpoint.dir().string(), ": ", extra.size(),
-      " tensor(s) outside the language model and the vision tower: ",
-      absl::StrJoin(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "),
-      extra.size() > shown ? ", ..." : ""));
 }
 
 }  // namespace
@@ -146,7 +131,12 @@ absl::StatusOr<std::unique_ptr<Qwen2VlModel>> Qwen2VlModel::Load(const std::file
   ATMAN_ASSIGN_OR_RETURN(
       std::unique_ptr<Qwen2VlVisionTower> tower,
       Qwen2VlVisionTower::Load(*checkpoint, config->vision, tower_prefix, device, dtype));
-  ATMAN_RETURN_IF_ERROR(CheckAllOwned(*checkpoint, text, tower_prefix));
+  ATMAN_RETURN_IF_ERROR(CheckEveryTensorOwned(
+      *checkpoint,
+      [&](const std::string& name) {
+        return text.Owns(name) || absl::StartsWith(name, tower_prefix);
+      },
+      "the language model and the vision tower"));
   return std::unique_ptr<Qwen2VlModel>(
       new Qwen2VlModel(*std::move(config), std::move(tower), std::move(language_model)));
 }
