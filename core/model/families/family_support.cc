@@ -1,5 +1,7 @@
 #include "core/model/families/family_support.h"
 
+#include <ATen/ops/cat.h>
+
 #include <algorithm>
 #include <map>
 
@@ -247,6 +249,63 @@ absl::StatusOr<CausalLM::Norm> TakeLayerNorm(WeightReader& r, const std::string&
   ATMAN_ASSIGN_OR_RETURN(norm.weight, r.Take(prefix + ".weight", {H}, "hidden_size"));
   ATMAN_ASSIGN_OR_RETURN(norm.bias, r.Take(prefix + ".bias", {H}, "hidden_size"));
   return norm;
+}
+
+absl::Status TakeSplitAttention(WeightReader& r, const std::string& p, const ModelConfig& c,
+                                CausalLM::Layer& layer) {
+  const int64_t H = c.hidden_size, D = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+  const char* q_why = "num_attention_heads * head_dim, hidden_size";
+  const char* kv_why = "num_key_value_heads * head_dim, hidden_size";
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor q, r.Take(p + "self_attn.q_proj.weight", {Hq * D, H}, q_why));
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor k, r.Take(p + "self_attn.k_proj.weight", {Hkv * D, H}, kv_why));
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor v, r.Take(p + "self_attn.v_proj.weight", {Hkv * D, H}, kv_why));
+  layer.qkv_w = at::cat({q, k, v}, 0);
+  if (c.qkv_bias) {
+    const char* q_bias = "num_attention_heads * head_dim";
+    const char* kv_bias = "num_key_value_heads * head_dim";
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor qb, r.Take(p + "self_attn.q_proj.bias", {Hq * D}, q_bias));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor kb, r.Take(p + "self_attn.k_proj.bias", {Hkv * D}, kv_bias));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor vb, r.Take(p + "self_attn.v_proj.bias", {Hkv * D}, kv_bias));
+    layer.qkv_b = at::cat({qb, kb, vb}, 0);
+  }
+  ATMAN_ASSIGN_OR_RETURN(layer.o_w, r.Take(p + "self_attn.o_proj.weight", {H, Hq * D},
+                                           "hidden_size, num_attention_heads * head_dim"));
+  if (c.o_bias) {
+    ATMAN_ASSIGN_OR_RETURN(layer.o_b, r.Take(p + "self_attn.o_proj.bias", {H}, "hidden_size"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TakeSplitGatedMlp(WeightReader& r, const std::string& p, const ModelConfig& c,
+                               CausalLM::Layer& layer) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const char* why = "intermediate_size, hidden_size";
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor gate, r.Take(p + "mlp.gate_proj.weight", {I, H}, why));
+  ATMAN_ASSIGN_OR_RETURN(at::Tensor up, r.Take(p + "mlp.up_proj.weight", {I, H}, why));
+  layer.up_w = at::cat({gate, up}, 0);
+  ATMAN_ASSIGN_OR_RETURN(layer.down_w, r.Take(p + "mlp.down_proj.weight", {H, I},
+                                              "hidden_size, intermediate_size"));
+  if (c.mlp_bias) {
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor gb, r.Take(p + "mlp.gate_proj.bias", {I}, "intermediate_size"));
+    ATMAN_ASSIGN_OR_RETURN(at::Tensor ub, r.Take(p + "mlp.up_proj.bias", {I}, "intermediate_size"));
+    layer.up_b = at::cat({gb, ub}, 0);
+    ATMAN_ASSIGN_OR_RETURN(layer.down_b, r.Take(p + "mlp.down_proj.bias", {H}, "hidden_size"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TakeLmHead(WeightReader& r, const ModelConfig& c, std::string_view hidden_field,
+                        CausalLM::Weights& w) {
+  if (c.tied_embeddings) {
+    r.Skip("lm_head.weight");
+    w.lm_head = w.embed;
+    return absl::OkStatus();
+  }
+  ATMAN_ASSIGN_OR_RETURN(
+      w.lm_head, r.Take("lm_head.weight", {c.vocab_size, c.hidden_size},
+                        absl::StrCat("vocab_size, ", ToAbsl(hidden_field),
+                                     "; tie_word_embeddings = false")));
+  return absl::OkStatus();
 }
 
 }  // namespace atman::model

@@ -98,4 +98,18 @@ class WeightReader {
 absl::StatusOr<CausalLM::Norm> TakeLayerNorm(WeightReader& reader, const std::string& prefix,
                                              int64_t H);
 
+// The Llama-style projections of one decoder layer under `p` ("model.layers.N."):
+// self_attn.{q,k,v}_proj fused into qkv_w [(Hq + 2 Hkv) * D, H] (biases into qkv_b when
+// config.qkv_bias) and self_attn.o_proj [H, Hq * D] (bias when config.o_bias).
+absl::Status TakeSplitAttention(WeightReader& reader, const std::string& p,
+                                const ModelConfig& config, CausalLM::Layer& layer);
+// mlp.{gate,up}_proj fused into up_w [2 I, H] (gate rows first) and mlp.down_proj [H, I]; biases
+// when config.mlp_bias.
+absl::Status TakeSplitGatedMlp(WeightReader& reader, const std::string& p,
+                               const ModelConfig& config, CausalLM::Layer& layer);
+// lm_head.weight [V, H], or the embedding itself when config.tied_embeddings (a stored
+// lm_head.weight is then skipped). `hidden_field` names H in shape errors ("hidden_size").
+absl::Status TakeLmHead(WeightReader& reader, const ModelConfig& config,
+                        std::string_view hidden_field, CausalLM::Weights& weights);
+
 }  // namespace atman::model

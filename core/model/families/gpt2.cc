@@ -82,12 +82,7 @@ absl::StatusOr<CausalLM::Weights> LoadGpt2(WeightReader& r, const ModelConfig& c
     w.layers.push_back(std::move(layer));
   }
   ATMAN_ASSIGN_OR_RETURN(w.final_norm, TakeLayerNorm(r, t + "ln_f", H));
-  if (c.tied_embeddings) {
-    r.Skip("lm_head.weight");
-    w.lm_head = w.embed;
-  } else {
-    ATMAN_ASSIGN_OR_RETURN(w.lm_head, r.Take("lm_head.weight", {V, H}, "vocab_size, n_embd; tie_word_embeddings = false"));
-  }
+  ATMAN_RETURN_IF_ERROR(TakeLmHead(r, c, "n_embd", w));
   return w;
 }
 

@@ -102,8 +102,7 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
 }
 
 absl::StatusOr<CausalLM::Weights> LoadLlama(WeightReader& r, const ModelConfig& c) {
-  const int64_t H = c.hidden_size, V = c.vocab_size, D = c.head_dim, I = c.intermediate_size;
-  const int64_t Hq = c.num_heads, Hkv = c.num_kv_heads;
+  const int64_t H = c.hidden_size, V = c.vocab_size;
   CausalLM::Weights w;
   ATMAN_ASSIGN_OR_RETURN(w.embed, r.Take("model.embed_tokens.weight", {V, H}, "vocab_size, hidden_size"));
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -111,41 +110,12 @@ absl::StatusOr<CausalLM::Weights> LoadLlama(WeightReader& r, const ModelConfig& 
     CausalLM::Layer layer;
     ATMAN_ASSIGN_OR_RETURN(layer.attn_norm.weight, r.Take(p + "input_layernorm.weight", {H}, "hidden_size"));
     ATMAN_ASSIGN_OR_RETURN(layer.mlp_norm.weight, r.Take(p + "post_attention_layernorm.weight", {H}, "hidden_size"));
-    const char* q_why = "num_attention_heads * head_dim, hidden_size";
-    const char* kv_why = "num_key_value_heads * head_dim, hidden_size";
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor q, r.Take(p + "self_attn.q_proj.weight", {Hq * D, H}, q_why));
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor k, r.Take(p + "self_attn.k_proj.weight", {Hkv * D, H}, kv_why));
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor v, r.Take(p + "self_attn.v_proj.weight", {Hkv * D, H}, kv_why));
-    layer.qkv_w = at::cat({q, k, v}, 0);
-    if (c.qkv_bias) {
-      ATMAN_ASSIGN_OR_RETURN(at::Tensor qb, r.Take(p + "self_attn.q_proj.bias", {Hq * D}, "num_attention_heads * head_dim"));
-      ATMAN_ASSIGN_OR_RETURN(at::Tensor kb, r.Take(p + "self_attn.k_proj.bias", {Hkv * D}, "num_key_value_heads * head_dim"));
-      ATMAN_ASSIGN_OR_RETURN(at::Tensor vb, r.Take(p + "self_attn.v_proj.bias", {Hkv * D}, "num_key_value_heads * head_dim"));
-      layer.qkv_b = at::cat({qb, kb, vb}, 0);
-    }
-    ATMAN_ASSIGN_OR_RETURN(layer.o_w, r.Take(p + "self_attn.o_proj.weight", {H, Hq * D}, "hidden_size, num_attention_heads * head_dim"));
-    if (c.o_bias) {
-      ATMAN_ASSIGN_OR_RETURN(layer.o_b, r.Take(p + "self_attn.o_proj.bias", {H}, "hidden_size"));
-    }
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor gate, r.Take(p + "mlp.gate_proj.weight", {I, H}, "intermediate_size, hidden_size"));
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor up, r.Take(p + "mlp.up_proj.weight", {I, H}, "intermediate_size, hidden_size"));
-    layer.up_w = at::cat({gate, up}, 0);
-    ATMAN_ASSIGN_OR_RETURN(layer.down_w, r.Take(p + "mlp.down_proj.weight", {H, I}, "hidden_size, intermediate_size"));
-    if (c.mlp_bias) {
-      ATMAN_ASSIGN_OR_RETURN(at::Tensor gb, r.Take(p + "mlp.gate_proj.bias", {I}, "intermediate_size"));
-      ATMAN_ASSIGN_OR_RETURN(at::Tensor ub, r.Take(p + "mlp.up_proj.bias", {I}, "intermediate_size"));
-      layer.up_b = at::cat({gb, ub}, 0);
-      ATMAN_ASSIGN_OR_RETURN(layer.down_b, r.Take(p + "mlp.down_proj.bias", {H}, "hidden_size"));
-    }
+    ATMAN_RETURN_IF_ERROR(TakeSplitAttention(r, p, c, layer));
+    ATMAN_RETURN_IF_ERROR(TakeSplitGatedMlp(r, p, c, layer));
     w.layers.push_back(std::move(layer));
   }
   ATMAN_ASSIGN_OR_RETURN(w.final_norm.weight, r.Take("model.norm.weight", {H}, "hidden_size"));
-  if (c.tied_embeddings) {
-    r.Skip("lm_head.weight");
-    w.lm_head = w.embed;
-  } else {
-    ATMAN_ASSIGN_OR_RETURN(w.lm_head, r.Take("lm_head.weight", {V, H}, "vocab_size, hidden_size; tie_word_embeddings = false"));
-  }
+  ATMAN_RETURN_IF_ERROR(TakeLmHead(r, c, "hidden_size", w));
   return w;
 }
 

@@ -152,12 +152,7 @@ absl::StatusOr<CausalLM::Weights> LoadPhi3(WeightReader& r, const ModelConfig& c
     w.layers.push_back(std::move(layer));
   }
   ATMAN_ASSIGN_OR_RETURN(w.final_norm.weight, r.Take("model.norm.weight", {H}, "hidden_size"));
-  if (c.tied_embeddings) {
-    r.Skip("lm_head.weight");
-    w.lm_head = w.embed;
-  } else {
-    ATMAN_ASSIGN_OR_RETURN(w.lm_head, r.Take("lm_head.weight", {V, H}, "vocab_size, hidden_size; tie_word_embeddings = false"));
-  }
+  ATMAN_RETURN_IF_ERROR(TakeLmHead(r, c, "hidden_size", w));
   return w;
 }
 
