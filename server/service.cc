@@ -367,11 +367,11 @@ grpc::ServerUnaryReactor* AtmanService::Generate(grpc::CallbackServerContext* ct
 
 // --- Tokenize, GetModelInfo -----------------------------------------------------------------
 
-grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ctx,
-                                                 const grpc::ByteBuffer* bytes,
-                                                 grpc::ByteBuffer* response) {
+grpc::ServerUnaryReactor* AtmanService::AnswerInline(grpc::CallbackServerContext* ctx,
+                                                     const char* method,
+                                                     const std::function<grpc::Status()>& answer) {
   auto* reactor = ctx->DefaultReactor();
-  CallInfo call{"Tokenize", NewRequestId(), ctx->peer(), Clock::now()};
+  CallInfo call{method, NewRequestId(), ctx->peer(), Clock::now()};
   std::unique_ptr<CallTicket> ticket;
   grpc::Status s = admission_.Admit(ctx, call, /*queued=*/false, &ticket);
   if (!s.ok()) {
@@ -379,46 +379,39 @@ grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ct
     reactor->Finish(s);
     return reactor;
   }
-  ::atman::v1::TokenizeRequest request;
-  ::atman::v1::TokenizeResponse out;
-  if (absl::Status parsed = ParseRequest(Flatten(bytes), &request); !parsed.ok()) {
-    s = ToGrpc(parsed);
-  } else {
-    const bool specials = !request.has_add_special_tokens() || request.add_special_tokens();
-    auto tokens = model_->Tokenize(request.text(), specials);
-    if (!tokens.ok()) {
-      s = ToGrpc(tokens.status());
-    } else {
-      ToTokenizeResponse(*tokens, &out);
-      s = Serialize(out, response);
-    }
-  }
+  s = answer();
   ticket->End(s, "");
   reactor->Finish(s);
   return reactor;
 }
 
+grpc::ServerUnaryReactor* AtmanService::Tokenize(grpc::CallbackServerContext* ctx,
+                                                 const grpc::ByteBuffer* bytes,
+                                                 grpc::ByteBuffer* response) {
+  return AnswerInline(ctx, "Tokenize", [&]() -> grpc::Status {
+    ::atman::v1::TokenizeRequest request;
+    if (absl::Status parsed = ParseRequest(Flatten(bytes), &request); !parsed.ok()) {
+      return ToGrpc(parsed);
+    }
+    const bool specials = !request.has_add_special_tokens() || request.add_special_tokens();
+    auto tokens = model_->Tokenize(request.text(), specials);
+    if (!tokens.ok()) return ToGrpc(tokens.status());
+    ::atman::v1::TokenizeResponse out;
+    ToTokenizeResponse(*tokens, &out);
+    return Serialize(out, response);
+  });
+}
+
 grpc::ServerUnaryReactor* AtmanService::GetModelInfo(grpc::CallbackServerContext* ctx,
                                                      const grpc::ByteBuffer* bytes,
                                                      grpc::ByteBuffer* response) {
-  auto* reactor = ctx->DefaultReactor();
-  CallInfo call{"GetModelInfo", NewRequestId(), ctx->peer(), Clock::now()};
-  std::unique_ptr<CallTicket> ticket;
-  grpc::Status s = admission_.Admit(ctx, call, /*queued=*/false, &ticket);
-  if (!s.ok()) {
-    CallDone(call, s, "");
-    reactor->Finish(s);
-    return reactor;
-  }
-  ::atman::v1::GetModelInfoRequest request;
-  if (absl::Status parsed = ParseRequest(Flatten(bytes), &request); !parsed.ok()) {
-    s = ToGrpc(parsed);
-  } else {
-    s = Serialize(info_, response);
-  }
-  ticket->End(s, "");
-  reactor->Finish(s);
-  return reactor;
+  return AnswerInline(ctx, "GetModelInfo", [&]() -> grpc::Status {
+    ::atman::v1::GetModelInfoRequest request;
+    if (absl::Status parsed = ParseRequest(Flatten(bytes), &request); !parsed.ok()) {
+      return ToGrpc(parsed);
+    }
+    return Serialize(info_, response);
+  });
 }
 
 }  // namespace atman::server

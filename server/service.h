@@ -111,6 +111,10 @@ class AtmanService final : public RawAtmanService {
   void CallDone(const CallInfo& call, const grpc::Status& status, const std::string& details);
 
  private:
+  // A unary call answered on the gRPC thread (Tokenize, GetModelInfo): admitted (never queued),
+  // `answer` run when admitted, the call ended and finished with its status.
+  grpc::ServerUnaryReactor* AnswerInline(grpc::CallbackServerContext* ctx, const char* method,
+                                         const std::function<grpc::Status()>& answer);
 
   // Admission and parsing shared by Explain and ExplainStream; null when the call has already
   // been answered through `finish`.
