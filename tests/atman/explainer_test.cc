@@ -918,6 +918,43 @@ TEST(EngineRejectsImages, TooManyAnyresImageTokensNamesEachImagesCountAndTheLimi
                          "grid 7x4 does not fit the image's 6x4 token grid"));
 }
 
+// Qwen2-VL: each image's count follows its smart_resize (6 to 12 merged tokens per image in
+// the fixture: 40 x 28 -> 84 x 84, 9 tokens; 21 x 35 -> 56 x 112, 8; 112 x 84, 12), checked
+// as each image's size is known, for Explain and Generate.
+TEST(EngineRejectsImages, TooManyQwen2VlImageTokensNamesEachImagesCountAndTheLimit) {
+  const Loaded& loaded = Load("qwen2_vl");
+  ASSERT_TRUE(loaded.qwen_prompt);
+  ASSERT_EQ(*loaded.qwen_prompt->ImageTokens(40, 28), 9);
+  ASSERT_EQ(*loaded.qwen_prompt->ImageTokens(21, 35), 8);
+  ASSERT_EQ(*loaded.qwen_prompt->ImageTokens(112, 84), 12);  // more pixels, more tokens
+  const std::string wide = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
+  const std::string tall = ReadBytes(loaded.dir / "images" / "tall_21x35.png");
+  Explainer::Options options;
+  options.max_image_tokens = 16;
+  ExplainRequest r;
+  r.prompt = {PromptItem::Image(wide), PromptItem::Text(" and "), PromptItem::Image(tall)};
+  r.target = " red";
+  const std::string message =
+      "prompt: 2 images of 9 + 8 image tokens = 17 image tokens, over the limit of 16 image "
+      "tokens per request (max_image_tokens)";
+  auto explained = loaded.MakeExplainer(options).Explain(r);
+  EXPECT_EQ(explained.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(explained.status().message(), message);
+  GenerationRequest g;
+  g.prompt = r.prompt;
+  g.max_new_tokens = 2;
+  auto generated = loaded.MakeExplainer(options).Generate(g);
+  EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(generated.status().message(), message);
+  // At the limit it runs: vision_start + 9 pads + vision_end, the text, 1 + 8 + 1.
+  options.max_image_tokens = 17;
+  auto at_limit = loaded.MakeExplainer(options).Explain(r);
+  ASSERT_TRUE(at_limit.ok()) << at_limit.status();
+  const auto text = loaded.tokenizer->Encode(" and ", /*add_special_tokens=*/false);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(at_limit->prompt_tokens, 11 + static_cast<int64_t>(text->ids.size()) + 10);
+}
+
 // --- Steered generation --------------------------------------------------------------------
 
 std::vector<PromptItem> PromptFromJson(const nlohmann::json& prompt,

@@ -20,6 +20,7 @@ from atman_service import free_port, pb  # noqa: E402,F401
 FIXTURES = Path(os.environ["ATMAN_FIXTURES"])
 CLI = os.environ["ATMAN_CLI"]
 LLAVA = FIXTURES / "atman_cases" / "llava"
+QWEN2_VL = FIXTURES / "qwen2_vl_atman_cases" / "qwen2_vl"  # tests that use it require that fixture
 
 
 class Server(atman_service.Server):

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from conftest import CLI, LLAVA, Server, free_port, pb, run_cli
+from conftest import CLI, LLAVA, QWEN2_VL, Server, free_port, pb, run_cli
 
 HOT, COLD, WHITE = (215, 48, 39), (69, 117, 180), (255, 255, 255)
 FRAME = (40, 44, 52)
@@ -195,25 +196,65 @@ def screenshot(html: Path, out: Path) -> str:
     return "\n".join(line for line in proc.stderr.splitlines() if ":CONSOLE" in line)
 
 
-def test_html_report_renders_in_chromium_with_the_heatmap_colours(server, tmp_path):
-    image = grey_image(tmp_path / "g.png", 40, 30)
+def check_html_regions(pixels, image: Path, regions, max_abs: float) -> None:
+    """The page's one image (`pixels`: Chromium's screenshot) is `image` enlarged by the whole
+    factor of the layout contract (longer side to about 320 px) inside the frame, and every
+    region's colour is blended over it at the region's centre and just inside its corners (so
+    the rectangle is drawn where the server put it, `left, top, width, height` in fractions of
+    the original)."""
+    ys, xs = np.nonzero(np.all(pixels == FRAME, axis=-1))
+    assert len(xs), "no image frame on the page"
+    left, top = xs.min() + 3, ys.min() + 3
+    width, height = xs.max() - 2 - left, ys.max() - 2 - top
+    source = np.asarray(Image.open(image).convert("RGB")).astype(int)
+    assert max(source.shape[:2]) < 320, "a small image (enlarged by a whole factor)"
+    k = 320 // max(source.shape[:2])
+    assert (width, height) == (source.shape[1] * k, source.shape[0] * k)
+    for s in regions:
+        x0, x1 = left + s.left * width, left + (s.left + s.width) * width
+        y0, y1 = top + s.top * height, top + (s.top + s.height) * height
+        # Pixels wholly inside the rectangle, one pixel in from its edges.
+        xs = (math.ceil(x0) + 1, int((x0 + x1) / 2), math.floor(x1) - 2)
+        ys = (math.ceil(y0) + 1, int((y0 + y1) / 2), math.floor(y1) - 2)
+        a = 0.65 * abs(s.score) / max_abs
+        for cy in ys:
+            for cx in xs:
+                under = source[(cy - top) // k, (cx - left) // k]
+                expected = np.rint((1 - a) * under + a * np.array(colour(s.score, max_abs)))
+                got = pixels[cy, cx]
+                assert np.abs(got - expected).max() <= 3, f"region {s} at ({cx}, {cy}): {got} vs {expected}"
+
+
+def html_report(server, tmp_path, image: Path, *options):
+    """`atman explain --html` of a question about `image` with `options`: its response (the
+    same run's --json), Chromium's screenshot of the page as RGB pixels, and the page."""
     html = tmp_path / "report.html"
     proc = run_cli(*explain_args(server, "--prompt", "USER: ", "--image", image, "--prompt",
-                                 " what is it? ASSISTANT:", "--target", " a cat",
-                                 "--text-granularity", "token", "--html", html, "--json"))
+                                 " what is it? ASSISTANT:", "--target", " a cat", *options,
+                                 "--html", html, "--json"))
     assert proc.returncode == 0, proc.stderr
     response = json_format.Parse(proc.stdout.decode(), pb.ExplainResponse())
-    text = html.read_text()
-    assert not re.search(r"""(src|href)=["'](?!data:)""", text), "a non-data: reference"
-
     shot = tmp_path / "shot.png"
     console = screenshot(html, shot)
     assert console == "", f"console output:\n{console}"
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    return response, np.asarray(Image.open(shot).convert("RGB")).astype(int), html
 
+
+def image_regions_and_scale(response):
+    """The first explanation's image units and its colour scale's max |score| (prompt units)."""
     explanation = response.explanations[0]
     scores = [s.score for item in explanation.items for s in list(item.text) + list(item.image)]
-    max_abs = max(abs(s) for s in scores)
+    return [s for item in explanation.items for s in item.image], max(abs(x) for x in scores)
+
+
+def test_html_report_renders_in_chromium_with_the_heatmap_colours(server, tmp_path):
+    image = grey_image(tmp_path / "g.png", 40, 30)
+    response, pixels, html = html_report(server, tmp_path, image, "--text-granularity", "token")
+    text = html.read_text()
+    assert not re.search(r"""(src|href)=["'](?!data:)""", text), "a non-data: reference"
+
+    explanation = response.explanations[0]
+    image_scores, max_abs = image_regions_and_scale(response)
     # Text: every strongly scored unit's exact background colour is on the page.
     strong = [s.score for item in explanation.items for s in item.text if abs(s.score) >= 0.5 * max_abs]
     assert strong
@@ -222,28 +263,63 @@ def test_html_report_renders_in_chromium_with_the_heatmap_colours(server, tmp_pa
         count = int(np.all(pixels == c, axis=-1).sum())
         assert count >= 30, f"unit colour {c} (score {score}) on {count} pixels"
 
-    # Image: the frame is where the layout contract puts it, each region blended at its centre.
-    ys, xs = np.nonzero(np.all(pixels == FRAME, axis=-1))
-    assert len(xs), "no image frame on the page"
-    left, top = xs.min() + 3, ys.min() + 3
-    width, height = xs.max() - 2 - left, ys.max() - 2 - top
-    assert (width, height) == (320, 240)  # 40 x 30 enlarged 8 times
-    source = np.asarray(Image.open(image).convert("RGB")).astype(int)
-    image_scores = [s for item in explanation.items for s in item.image]
+    # Image: the frame is where the layout contract puts it, each region blended over it.
     assert len(image_scores) > 1
-    for s in image_scores:
-        cx = left + int((s.left + s.width / 2) * width)
-        cy = top + int((s.top + s.height / 2) * height)
-        under = source[(cy - top) // 8, (cx - left) // 8]
-        a = 0.65 * abs(s.score) / max_abs
-        expected = np.rint((1 - a) * under + a * np.array(colour(s.score, max_abs)))
-        got = pixels[cy, cx]
-        assert np.abs(got - expected).max() <= 3, f"region {s}: {got} vs {expected}"
+    check_html_regions(pixels, image, image_scores, max_abs)
 
     # The check can fail: a broken image is reported on the console.
     broken = tmp_path / "broken.html"
     broken.write_text(text.replace(";base64,", ";base64,AAAA", 1))
     assert "image not decoded" in screenshot(broken, tmp_path / "broken.png")
+
+
+def test_html_report_colours_the_regions_of_a_tiled_llava_next_image(tmp_path):
+    """LLaVA-NeXT (anyres): the 40 x 30 image is a base view + 2 x 2 tiles; its 2 x 3 regions
+    (base-view and tile tokens each) are drawn where they are on the enlarged image."""
+    s = Server(model=LLAVA.parent / "llava-next")
+    try:
+        response, pixels, _ = html_report(s, tmp_path, grey_image(tmp_path / "g.png", 40, 30),
+                                       "--image-granularity", "grid", "--image-rows", "2",
+                                       "--image-cols", "3")
+    finally:
+        assert s.stop() == 0, s.output()
+    regions, max_abs = image_regions_and_scale(response)
+    assert_rects(regions, [[c / 3, r / 2, 1 / 3, 1 / 2] for r in range(2) for c in range(3)])
+    check_html_regions(pixels, tmp_path / "g.png", regions, max_abs)
+
+
+def test_html_report_colours_the_merged_tokens_of_a_qwen2_vl_image(tmp_path):
+    """Qwen2-VL: the 100 x 60 image becomes 112 x 56 (smart_resize changes its aspect), 2 x 4
+    merged tokens, each unit a 25 x 30 pixel rectangle of the original, drawn there."""
+    image = grey_image(tmp_path / "g.png", 100, 60)
+    s = Server(model=QWEN2_VL)
+    try:
+        assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).model_type == "qwen2_vl"
+        response, pixels, _ = html_report(s, tmp_path, image, "--image-granularity", "native")
+    finally:
+        assert s.stop() == 0, s.output()
+    regions, max_abs = image_regions_and_scale(response)
+    assert_rects(regions, qwen2_vl_token_rects(100, 60))
+    check_html_regions(pixels, image, regions, max_abs)
+
+
+def assert_rects(regions, expected: list) -> None:
+    """Each unit's rectangle (left, top, width, height) within 1e-9 of `expected`'s, in order."""
+    got = [[r.left, r.top, r.width, r.height] for r in regions]
+    assert len(got) == len(expected), got
+    for g, e in zip(got, expected):
+        assert g == pytest.approx(e, abs=1e-9), f"{got} vs {expected}"
+
+
+def qwen2_vl_token_rects(width: int, height: int) -> list:
+    """Merged-token rectangles (left, top, width, height) of a width x height image for the
+    fixture's processor, from transformers' smart_resize: the tokens split each axis evenly."""
+    config = json.loads((QWEN2_VL / "preprocessor_config.json").read_text())
+    cell = config["patch_size"] * config["merge_size"]
+    h, w = smart_resize(height, width, factor=cell, min_pixels=config["size"]["shortest_edge"],
+                        max_pixels=config["size"]["longest_edge"])
+    rows, cols = h // cell, w // cell
+    return [[c / cols, r / rows, 1 / cols, 1 / rows] for r in range(rows) for c in range(cols)]
 
 
 def test_png_overlay_hottest_pixels_lie_in_the_top_rectangle(server, tmp_path):
@@ -262,26 +338,40 @@ def test_png_overlay_of_a_tiled_llava_next_image_lies_in_its_top_region(tmp_path
         assert s.stop() == 0, s.output()
 
 
-def check_png_overlay(server, tmp_path):
-    """A 3 x 4 grid on a 48 x 36 grey image, normalised: the overlay's hottest pixels lie in,
-    and spread over, the top-scoring unit's rectangle."""
-    image = grey_image(tmp_path / "g.png", 48, 36)
+def test_png_overlay_of_a_qwen2_vl_image_lies_in_its_top_token(tmp_path):
+    """Qwen2-VL at native resolution: the 100 x 60 image (5:3) becomes 112 x 56 (2:1), 2 x 4
+    merged tokens; each native unit is a 25 x 30 pixel rectangle of the original (not a square),
+    and the overlay draws the top one there."""
+    s = Server(model=QWEN2_VL)
+    try:
+        regions = check_png_overlay(s, tmp_path, 100, 60, ["--image-granularity", "native"], 8)
+    finally:
+        assert s.stop() == 0, s.output()
+    assert_rects(regions, qwen2_vl_token_rects(100, 60))
+
+
+def check_png_overlay(server, tmp_path, width=48, height=36,
+                      granularity=("--image-granularity", "grid", "--image-rows", "3", "--image-cols", "4"),
+                      count=12):
+    """`count` units (default a 3 x 4 grid) on a width x height grey image, normalised: the
+    overlay's hottest pixels lie in, and spread over, the top-scoring unit's rectangle. Returns
+    the units."""
+    image = grey_image(tmp_path / "g.png", width, height)
     out = tmp_path / "overlay.png"
     proc = run_cli(*explain_args(server, "--prompt", "USER: ", "--image", image, "--prompt",
                                  " describe it. ASSISTANT:", "--target", " a grey square",
-                                 "--image-granularity", "grid", "--image-rows", "3",
-                                 "--image-cols", "4", "--normalize", "--png", out, "--json"))
+                                 *granularity, "--normalize", "--png", out, "--json"))
     assert proc.returncode == 0, proc.stderr
     response = json_format.Parse(proc.stdout.decode(), pb.ExplainResponse())
     regions = [s for item in response.explanations[0].items for s in item.image]
-    assert len(regions) == 12
+    assert len(regions) == count
     top_region = max(regions, key=lambda s: s.score)
     assert sorted(s.score for s in regions)[-2] < top_region.score
 
     picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
-    k = 512 // 48
-    assert picture.shape == (36 * k + 6 + 16 + 22, 48 * k, 3)  # picture, gap, bar, labels
-    picture = picture[: 36 * k]
+    k = 512 // max(width, height)
+    assert picture.shape == (height * k + 6 + 16 + 22, width * k, 3)  # picture, gap, bar, labels
+    picture = picture[: height * k]
     heat = picture[..., 0] - picture[..., 2]  # the grey image has R = B: this is the tint
     ys, xs = np.nonzero(heat == heat.max())
     w, h = picture.shape[1], picture.shape[0]
@@ -292,6 +382,7 @@ def check_png_overlay(server, tmp_path):
     # ... and they spread over it (rounding of the blend leaves some a unit cooler).
     assert (cx.max() - cx.min()) >= 0.8 * top_region.width
     assert (cy.max() - cy.min()) >= 0.8 * top_region.height
+    return regions
 
 
 def explain_total(metrics: str) -> dict:

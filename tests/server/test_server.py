@@ -11,13 +11,15 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+from io import BytesIO
 from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 
-from conftest import (FIXTURES, MODEL, Server, assert_scores_close, engine_scores, flat_scores, pb, pb_grpc,
-                      to_proto)
+from conftest import (FIXTURES, GRANULARITY, MODEL, Server, assert_scores_close, engine_scores, flat_scores,
+                      pb, pb_grpc, to_proto)
 
 PROMPT_A = "Tom lives in Rome. Anna lives in Paris.\n\nWhere does Anna live? She lives in"
 PROMPT_B = "Rivers flow to the sea; mountains rise to the sky; people walk between them"
@@ -429,22 +431,18 @@ def test_llava_next_images_are_explained_like_the_reference():
     finally:
         s.stop()
     assert info.model_type == "llava_next" and info.supports_images
-    expected = case["expected"]
-    ours = {item.item: item for item in response.explanations[0].items}
-    reference_rects = [u["rect"] for u in expected["units"] if u["kind"] == "image"]
-    rects = [[r.left, r.top, r.width, r.height] for r in ours[0].image]
-    assert len(rects) == len(reference_rects) == 6  # a 2 x 3 grid of regions
-    for got, want in zip(rects, reference_rects):
-        assert got == pytest.approx(want, abs=1e-9)
-    flat = []
-    for i in range(len(case["prompt"])):
-        if i in ours:
-            flat += [x.score for x in ours[i].text] + [x.score for x in ours[i].image]
-    assert_scores_close(flat, expected["scores"][0], "llava-next image-grid-suppression")
+    assert len(response.explanations[0].items[0].image) == 6  # a 2 x 3 grid of regions
+    assert_explained_like_the_reference(response, case, "llava-next image-grid-suppression")
+
+
+IMAGE_GRANULARITY = {"native": pb.IMAGE_GRANULARITY_NATIVE, "6x6": pb.IMAGE_GRANULARITY_TILES_6X6,
+                     "3x3": pb.IMAGE_GRANULARITY_TILES_3X3, "1": pb.IMAGE_GRANULARITY_WHOLE,
+                     "grid": pb.IMAGE_GRANULARITY_GRID}
 
 
 def to_proto_with_images(case: dict, folder) -> "pb.ExplainRequest":
-    """A cases.json case with image items as the bytes of folder/images/<name>."""
+    """A cases.json case (tests/oracle) with image items as the bytes of folder/images/<name>
+    and its options (granularities, grid, mode, factor, threshold) as the proto's."""
     req = pb.ExplainRequest(target=case["target"])
     for item in case["prompt"]:
         if "image" in item:
@@ -452,12 +450,101 @@ def to_proto_with_images(case: dict, folder) -> "pb.ExplainRequest":
         else:
             req.prompt.add(text=item["text"])
     o = case["options"]
-    req.options.text_granularity = pb.TEXT_GRANULARITY_WORD
-    req.options.image_granularity = pb.IMAGE_GRANULARITY_GRID
-    req.options.image_rows, req.options.image_cols = o["image_rows"], o["image_cols"]
+    req.options.text_granularity = GRANULARITY[o.get("text_granularity", "auto")]
+    req.options.image_granularity = IMAGE_GRANULARITY[o.get("image_granularity", "native")]
+    if "image_rows" in o:
+        req.options.image_rows, req.options.image_cols = o["image_rows"], o["image_cols"]
+    if o.get("mode") == "multiplicative":
+        req.options.control_mode = pb.CONTROL_MODE_MULTIPLICATIVE
+    if "control_factor" in o:
+        req.options.control_factor = o["control_factor"]
     if "contextual_control_threshold" in o:
         req.options.contextual_control_threshold = o["contextual_control_threshold"]
+    assert o.get("target_granularity", "complete") == "complete", "not converted here"
     return req
+
+
+def assert_explained_like_the_reference(response, case: dict, what: str) -> None:
+    """Every image unit's rectangle (left, top, width, height) within 1e-9 of the reference's
+    and every score within 1e-4 of its largest, in the reference's unit order (the engine
+    orders units by position, which is prompt order here)."""
+    expected = case["expected"]
+    ours = {item.item: item for item in response.explanations[0].items}
+    rects = [[r.left, r.top, r.width, r.height] for i in sorted(ours) for r in ours[i].image]
+    reference_rects = [u["rect"] for u in expected["units"] if u["kind"] == "image"]
+    assert len(rects) == len(reference_rects), what
+    for got, want in zip(rects, reference_rects):
+        assert got == pytest.approx(want, abs=1e-9), what
+    flat = []
+    for i in range(len(case["prompt"])):
+        if i in ours:
+            flat += [x.score for x in ours[i].text] + [x.score for x in ours[i].image]
+    assert_scores_close(flat, expected["scores"][0], what)
+
+
+QWEN_FIXTURES = FIXTURES / "qwen2_vl_atman_cases"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen2_vl_images_are_explained_like_the_reference(family):
+    """A Qwen2-VL / Qwen2.5-VL model (images at their own resolution, smart_resize to 28 px
+    merged tokens, M-RoPE) behind the server: GetModelInfo names the family with images, and
+    native units (one per merged token: 3 x 3 for the 40 x 28 image resized to 84 x 84) and
+    3x3 regions of two images come back as rectangles of the original image with the Python
+    reference's scores."""
+    folder = QWEN_FIXTURES / family
+    cases = {c["name"]: c for c in json.loads((folder / "cases.json").read_text())["cases"]}
+    names = ["image-native", "images-3x3-multiplicative"]
+    s = Server(model=folder)
+    try:
+        info = s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        responses = {n: s.stub.Explain(to_proto_with_images(cases[n], folder), timeout=120) for n in names}
+    finally:
+        assert s.stop() == 0, s.output()
+    assert info.model_type == family and info.supports_images
+    native = responses["image-native"].explanations[0].items
+    assert [len(item.image) for item in native] == [0, 9, 0]  # 3 x 3 merged tokens
+    for name in names:
+        assert_explained_like_the_reference(responses[name], cases[name], f"{family} {name}")
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    """A grey PNG of width x height (Pillow's encoder)."""
+    out = BytesIO()
+    Image.new("RGB", (width, height), (120, 120, 120)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_qwen2_vl_image_token_limit_counts_each_images_tokens():
+    """--max-image-tokens on a Qwen2-VL model, whose image token count grows with the image
+    (6 to 12 merged tokens per image in this fixture): an image within the limit is explained,
+    a larger one alone (112 x 84 -> 4 x 3 = 12 tokens) and two small ones together (9 + 8) are
+    INVALID_ARGUMENT naming their counts and the limit; GetModelInfo reports the limit."""
+    folder = QWEN_FIXTURES / "qwen2_vl"
+    wide = (folder / "images" / "wide_40x28.png").read_bytes()   # 84 x 84: 9 tokens
+    tall = (folder / "images" / "tall_21x35.png").read_bytes()   # 56 x 112: 8 tokens
+    s = Server("--max-image-tokens", "10", model=folder)
+    try:
+        assert s.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).max_image_tokens == 10
+        ok = s.stub.Explain(pb.ExplainRequest(prompt=[pb.PromptItem(image=wide)], target=" red"), timeout=120)
+        assert len(ok.explanations[0].items[0].image) == 9
+        refused = {
+            "prompt[1].image: image 112x84 becomes 112x84 pixels, 12 image tokens (2x2 merged patches "
+            "of 14 px), over the limit max_image_tokens = 10":
+                [pb.PromptItem(text="Look: "), pb.PromptItem(image=png_bytes(112, 84))],
+            "prompt: 2 images of 9 + 8 image tokens = 17 image tokens, over the limit of 10 image tokens "
+            "per request (max_image_tokens)":
+                [pb.PromptItem(image=wide), pb.PromptItem(text=" and "), pb.PromptItem(image=tall)],
+        }
+        for message, prompt in refused.items():
+            for call, request in ((s.stub.Explain, pb.ExplainRequest(prompt=prompt, target=" red")),
+                                  (s.stub.Generate, pb.GenerateRequest(prompt=prompt, max_new_tokens=1))):
+                with pytest.raises(grpc.RpcError) as e:
+                    call(request, timeout=60)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert message in e.value.details()
+    finally:
+        assert s.stop() == 0, s.output()
 
 
 def test_images_are_explained_like_the_reference():
