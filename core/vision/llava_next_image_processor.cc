@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/base/status_macros.h"
+#include "core/vision/processor_config.h"
 #include "core/vision/resample.h"
 
 namespace atman::vision {
@@ -44,28 +45,10 @@ std::pair<int64_t, int64_t> FitInside(int64_t width, int64_t height, int64_t th,
   return {th, std::min(w, tw)};
 }
 
-// Rescale and normalise (in numpy's precisions, as ClipImageProcessor) one uint8 value per
-// channel: a 256-entry table per channel.
-std::array<float, 256 * 3> NormaliseTable(const ClipImageProcessorConfig& config) {
-  std::array<float, 256 * 3> lut{};
-  for (int c = 0; c < 3; ++c) {
-    const float mean = static_cast<float>(config.image_mean[c]);
-    const float std = static_cast<float>(config.image_std[c]);
-    for (int v = 0; v < 256; ++v) {
-      float x = config.do_rescale
-                    ? static_cast<float>(static_cast<double>(v) * config.rescale_factor)
-                    : static_cast<float>(v);
-      if (config.do_normalize) x = (x - mean) / std;
-      lut[c * 256 + v] = x;
-    }
-  }
-  return lut;
-}
-
 // Writes the S x S window of `source` whose top-left is (x0, y0) into `out` ([3, S, S]),
 // normalised; pixels outside `source` are zeros (the anyres padding).
 void WriteView(const Image& source, int64_t x0, int64_t y0, int64_t side,
-               const std::array<float, 256 * 3>& lut, float* out) {
+               const PixelValueTable& lut, float* out) {
   for (int64_t yy = 0; yy < side; ++yy) {
     const int64_t sy = yy + y0;
     const bool row_inside = sy >= 0 && sy < source.height();
@@ -250,7 +233,9 @@ absl::StatusOr<PreprocessedImage> LlavaNextImageProcessor::Preprocess(const Imag
   ATMAN_ASSIGN_OR_RETURN(AnyresLayout layout, LayoutFor(image.width(), image.height()));
   const int64_t s = view_size_;
   const int64_t views = 1 + layout.tile_rows * layout.tile_cols;
-  const std::array<float, 256 * 3> lut = NormaliseTable(config_);
+  const PixelValueTable lut =
+      MakePixelValueTable(config_.do_rescale, config_.rescale_factor, config_.do_normalize,
+                          config_.image_mean, config_.image_std);
   at::Tensor pixels = at::empty({views, 3, s, s}, at::TensorOptions().dtype(at::kFloat));
   float* out = pixels.data_ptr<float>();
   const int64_t view_numel = 3 * s * s;

@@ -94,4 +94,21 @@ absl::Status SettingsFields::ReadTriple(const Json& json, const char* key,
   return absl::OkStatus();
 }
 
+PixelValueTable MakePixelValueTable(bool do_rescale, double rescale_factor, bool do_normalize,
+                                    const std::array<double, 3>& mean,
+                                    const std::array<double, 3>& std) {
+  PixelValueTable table{};
+  for (int c = 0; c < 3; ++c) {
+    const float m = static_cast<float>(mean[c]);
+    const float s = static_cast<float>(std[c]);
+    for (int v = 0; v < 256; ++v) {
+      float x = do_rescale ? static_cast<float>(static_cast<double>(v) * rescale_factor)
+                           : static_cast<float>(v);
+      if (do_normalize) x = (x - m) / s;
+      table[c * 256 + v] = x;
+    }
+  }
+  return table;
+}
+
 }  // namespace atman::vision

@@ -44,6 +44,14 @@ absl::StatusOr<nlohmann::json> ReadImageProcessorConfig(const std::filesystem::p
 // "<settings>: field '<name>' <problem>", where `settings` (given at construction, e.g.
 // "image processor settings") names the settings and `name` is the field as errors name it
 // (the key, or e.g. size.shortest_edge for a nested key).
+// What byte v of channel c becomes, table[c * 256 + v], in numpy's precisions as transformers'
+// image processors compute it: [do_rescale] float32(double(v) * rescale_factor), then
+// [do_normalize] float32 (x - mean[c]) / std[c]. Shared by the image processors.
+using PixelValueTable = std::array<float, 256 * 3>;
+PixelValueTable MakePixelValueTable(bool do_rescale, double rescale_factor, bool do_normalize,
+                                    const std::array<double, 3>& mean,
+                                    const std::array<double, 3>& std);
+
 class SettingsFields {
  public:
   explicit constexpr SettingsFields(std::string_view settings) : settings_(settings) {}

@@ -218,18 +218,9 @@ absl::StatusOr<PreprocessedImage> Qwen2VlImageProcessor::Preprocess(const Image&
     current = &resized;
   }
   // Rescale in double then float32, normalise in float32: numpy's precisions.
-  std::array<float, 256 * 3> lut{};
-  for (int c = 0; c < 3; ++c) {
-    const float mean = static_cast<float>(config_.image_mean[c]);
-    const float std = static_cast<float>(config_.image_std[c]);
-    for (int v = 0; v < 256; ++v) {
-      float x = config_.do_rescale
-                    ? static_cast<float>(static_cast<double>(v) * config_.rescale_factor)
-                    : static_cast<float>(v);
-      if (config_.do_normalize) x = (x - mean) / std;
-      lut[c * 256 + v] = x;
-    }
-  }
+  const PixelValueTable lut =
+      MakePixelValueTable(config_.do_rescale, config_.rescale_factor, config_.do_normalize,
+                          config_.image_mean, config_.image_std);
   at::Tensor pixels = at::empty({3, out_h, out_w}, at::TensorOptions().dtype(at::kFloat));
   float* out = pixels.data_ptr<float>();
   for (int64_t yy = 0; yy < out_h; ++yy) {
