@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -105,5 +106,17 @@ class ImagePromptModel {
     return at::Tensor();
   }
 };
+
+// The Embed every family above shares: ids [B, T] (integers) embedded by `language_model`, the
+// positions holding `image_token_id` overwritten in order (row-major) by the rows of
+// `image_rows` ([..., H] read as numel / H rows of H = the model's hidden size; undefined or
+// empty: no image). The caller checks the rows' shape. INVALID_ARGUMENT when ids is not an
+// integer [B, T] tensor, or "ids hold N image tokens (image_token_id I) but the <rows_name>
+// <shape> fill R positions" when the counts differ. The image token may lie outside the
+// embedding table (it is embedded as 0, then overwritten).
+absl::StatusOr<at::Tensor> EmbedWithImageRows(const CausalLM& language_model,
+                                              const at::Tensor& ids, int64_t image_token_id,
+                                              const at::Tensor& image_rows,
+                                              std::string_view rows_name);
 
 }  // namespace atman::model

@@ -209,13 +209,8 @@ absl::StatusOr<at::Tensor> VisionLanguageModel::EmbedImages(const at::Tensor& pi
 
 absl::StatusOr<at::Tensor> VisionLanguageModel::Embed(const at::Tensor& ids,
                                                       const at::Tensor& image_features) const {
-  // ids [B, T], image_features [N, P, Ht] -> embeds [B, T, Ht]
+  // ids [B, T], image_features [N, P, Ht] or [N * P, Ht] -> embeds [B, T, Ht]
   const int64_t Ht = language_model_->config().hidden_size;
-  if (!ids.defined() || ids.dim() != 2 ||
-      !at::isIntegralType(ids.scalar_type(), /*includeBool=*/false)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ids must be an integer tensor [B, T], got ", ShapeString(ids)));
-  }
   const bool has_images = image_features.defined() && image_features.numel() > 0;
   if (has_images &&
       ((image_features.dim() != 3 && image_features.dim() != 2) || image_features.size(-1) != Ht)) {
@@ -223,27 +218,8 @@ absl::StatusOr<at::Tensor> VisionLanguageModel::Embed(const at::Tensor& ids,
         absl::StrCat("image_features has shape ", ShapeString(image_features), ", expected [N, P, ",
                      Ht, "] or [N * P, ", Ht, "]"));
   }
-  try {
-    c10::InferenceMode guard;
-    at::Tensor ids_here = ids.to(device(), at::kLong);
-    at::Tensor is_image = ids_here.eq(config_.image_token_id);
-    const int64_t tokens = is_image.sum().item<int64_t>();
-    const int64_t rows = has_images ? image_features.numel() / Ht : 0;
-    if (tokens != rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "ids hold ", tokens, " image tokens (image_token_id ", config_.image_token_id,
-          ") but the image features ", has_images ? ShapeString(image_features) : "(none)",
-          " fill ", rows, " positions"));
-    }
-    // The image token may lie outside the embedding table: embed 0 there, it is overwritten.
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds,
-                           language_model_->Embed(at::where(is_image, 0, ids_here)));
-    if (!has_images) return embeds;
-    at::Tensor features = image_features.to(device(), dtype()).reshape({-1, Ht});
-    return embeds.masked_scatter(is_image.unsqueeze(-1), features);
-  } catch (const std::exception& e) {
-    return StatusFromException(e, "embedding ids and images");
-  }
+  return EmbedWithImageRows(*language_model_, ids, config_.image_token_id, image_features,
+                            "image features");
 }
 
 absl::StatusOr<int64_t> VisionLanguageModel::ImageTokens(int64_t width, int64_t height) const {

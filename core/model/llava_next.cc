@@ -254,35 +254,13 @@ absl::StatusOr<at::Tensor> LlavaNextModel::Embed(const at::Tensor& ids,
                                                  const at::Tensor& image_features) const {
   // ids [B, T], image_features [N_rows, Ht] -> embeds [B, T, Ht]
   const int64_t Ht = language_model_->config().hidden_size;
-  if (!ids.defined() || ids.dim() != 2 ||
-      !at::isIntegralType(ids.scalar_type(), /*includeBool=*/false)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ids must be an integer tensor [B, T], got ", ShapeString(ids)));
-  }
   const bool has_images = image_features.defined() && image_features.numel() > 0;
   if (has_images && (image_features.dim() != 2 || image_features.size(1) != Ht)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "image_features has shape ", ShapeString(image_features), ", expected [N, ", Ht, "]"));
   }
-  try {
-    c10::InferenceMode guard;
-    at::Tensor ids_here = ids.to(device(), at::kLong);
-    at::Tensor is_image = ids_here.eq(image_token_id());
-    const int64_t tokens = is_image.sum().item<int64_t>();
-    const int64_t rows = has_images ? image_features.size(0) : 0;
-    if (tokens != rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ids hold ", tokens, " image tokens (image_token_id ", image_token_id(),
-                       ") but the image features fill ", rows, " positions"));
-    }
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds,
-                           language_model_->Embed(at::where(is_image, 0, ids_here)));
-    if (!has_images) return embeds;
-    at::Tensor features = image_features.to(device(), dtype());
-    return embeds.masked_scatter(is_image.unsqueeze(-1), features);
-  } catch (const std::exception& e) {
-    return StatusFromException(e, "embedding ids and images");
-  }
+  return EmbedWithImageRows(*language_model_, ids, image_token_id(), image_features,
+                            "image features");
 }
 
 absl::StatusOr<int64_t> LlavaNextModel::ImageTokens(int64_t width, int64_t height) const {

@@ -18,6 +18,7 @@
 #include "core/base/status_macros.h"
 #include "core/io/checkpoint.h"
 #include "core/model/device.h"
+#include "core/model/image_prompt_model.h"
 #include "core/model/llava_parts.h"
 #include "core/model/families/family_support.h"
 #include "core/model/shape_string.h"
@@ -157,36 +158,13 @@ absl::StatusOr<at::Tensor> Qwen2VlModel::Embed(const at::Tensor& ids,
                                                const at::Tensor& image_rows) const {
   // ids [B, T], image_rows [R, H] -> embeds [B, T, H]
   const int64_t H = language_model_->config().hidden_size;
-  if (!ids.defined() || ids.dim() != 2 ||
-      !at::isIntegralType(ids.scalar_type(), /*includeBool=*/false)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ids must be an integer tensor [B, T], got ", ShapeString(ids)));
-  }
   const bool has_images = image_rows.defined() && image_rows.numel() > 0;
   if (has_images && (image_rows.dim() != 2 || image_rows.size(1) != H)) {
     return absl::InvalidArgumentError(
         absl::StrCat("image_rows has shape ", ShapeString(image_rows), ", expected [R, ", H, "]"));
   }
-  try {
-    c10::InferenceMode guard;
-    at::Tensor ids_here = ids.to(device(), at::kLong);
-    at::Tensor is_image = ids_here.eq(config_.image_token_id);
-    const int64_t tokens = is_image.sum().item<int64_t>();
-    const int64_t rows = has_images ? image_rows.size(0) : 0;
-    if (tokens != rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "ids hold ", tokens, " image tokens (image_token_id ", config_.image_token_id,
-          ") but the image rows ", has_images ? ShapeString(image_rows) : "(none)", " fill ", rows,
-          " positions"));
-    }
-    // The image token may lie outside the embedding table: embed 0 there, it is overwritten.
-    ATMAN_ASSIGN_OR_RETURN(at::Tensor embeds,
-                           language_model_->Embed(at::where(is_image, 0, ids_here)));
-    if (!has_images) return embeds;
-    return embeds.masked_scatter(is_image.unsqueeze(-1), image_rows.to(device(), dtype()));
-  } catch (const std::exception& e) {
-    return StatusFromException(e, "embedding ids and images");
-  }
+  return EmbedWithImageRows(*language_model_, ids, config_.image_token_id, image_rows,
+                            "image rows");
 }
 
 absl::StatusOr<MropePositions> Qwen2VlModel::Positions(

@@ -182,7 +182,7 @@ TEST_F(LlavaNextTest, ImageUnitsHoldTheirRegionAtEveryResolution) {
   auto quadrants = GroupTokensByRegion(rects, 2, 2);
   ASSERT_TRUE(quadrants.ok()) << quadrants.status();
   ASSERT_EQ(quadrants->size(), 4u);
-  const std::vector<int64_t> top_left = {0,  1,  4,  5,                       // base
+  const std::vector<int64_t> top_left = {0,  1,  4,  5,                   // base
                                          16, 17, 18, 19, 25, 26, 27, 28,  // grid rows 1-2
                                          34, 35, 36, 37};                 // grid row 3
   EXPECT_EQ((*quadrants)[0].tokens, top_left);
@@ -235,15 +235,17 @@ TEST_F(LlavaNextTest, ErrorsNameTheShapeAndTheCounts) {
   ASSERT_FALSE(embeds.ok());
   EXPECT_THAT(std::string(embeds.status().message()),
               HasSubstr(absl::StrCat("ids hold 126 image tokens (image_token_id 63) but the image "
-                                     "features fill ",
+                                     "features [",
+                                     features.size(0), ", ", features.size(1), "] fill ",
                                      features.size(0), " positions")));
   auto bad = ParseLlavaNextConfig(
       {{"model_type", "llava_next"}, {"vision_feature_select_strategy", "full"}});
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnimplemented);
-  auto pinpoints = ParseLlavaNextConfig({{"model_type", "llava_next"},
-                                         {"vision_config", {{"image_size", 336}, {"patch_size", 14}}},
-                                         {"image_grid_pinpoints", {{336, 500}}}});
+  auto pinpoints =
+      ParseLlavaNextConfig({{"model_type", "llava_next"},
+                            {"vision_config", {{"image_size", 336}, {"patch_size", 14}}},
+                            {"image_grid_pinpoints", {{336, 500}}}});
   ASSERT_FALSE(pinpoints.ok());
   EXPECT_THAT(std::string(pinpoints.status().message()),
               HasSubstr("field 'image_grid_pinpoints' [0] is [336, 500]"));
