@@ -18,6 +18,10 @@
 // --batch1 full: the explanation again at batch 1 (time and peak); peak: only the peak of
 // batch 1, from the prefix pass plus the one row that recomputes the most positions (what
 // batch 1 costs in memory, without n sequential passes: the GPU check); off: neither.
+// The model is loaded as the server loads it (atman::ServedModel: config.json's model_type or
+// architectures pick LLaVA-1.5, LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL or a text-only model, with
+// its tokenizer and image processor); each line says the family (model_type) and how many of
+// the units are image units (native granularity: one per image token the model sees).
 // --image FILE: a vision-language model folder; the prompt is the image, then the text.
 // Weights: on the CPU they are memory-mapped (not allocator memory) and counted from the
 // checkpoint's sizes (exact when --dtype is the checkpoint's); on a GPU they are what the
@@ -35,12 +39,11 @@
 
 #include "absl/strings/str_split.h"
 #include "core/atman/explainer.h"
+#include "core/atman/served_model.h"
 #include "core/io/checkpoint.h"
 #include "core/model/causal_lm.h"
-#include "core/model/llava.h"
 #include "core/runtime/memory_meter.h"
 #include "core/runtime/scoring_batch.h"
-#include "core/text/tokenizer.h"
 
 namespace {
 
@@ -77,43 +80,44 @@ struct Args {
   int64_t max_rows = 32;
 };
 
-// The model, its tokenizer and (vision-language models) its image processor, loaded once.
+// The model as the server holds it (atman::ServedModel: config.json picks the class, the
+// tokenizer and the image processor), loaded once on one device.
 struct Loaded {
-  std::unique_ptr<atman::model::CausalLM> lm;
-  std::unique_ptr<atman::model::VisionLanguageModel> vlm;
-  std::unique_ptr<atman::vision::ImageProcessor> processor;
-  std::unique_ptr<atman::text::Tokenizer> tokenizer;
-  const atman::model::CausalLM* decoder = nullptr;  // lm, or vlm's language model
+  std::unique_ptr<atman::atman::ServedModel> served;
+  std::string family;  // config.json's model_type ("llama", "llava", "llava_next", "qwen2_5_vl")
+  bool images = false;  // a vision-language model
+  const atman::model::CausalLM* decoder = nullptr;  // the (language) model
   int64_t weight_bytes = 0;
 
-  Explainer MakeExplainer(int64_t max_rows) const {
+  std::unique_ptr<Explainer> MakeExplainer(int64_t max_rows) const {
+    return served->MakeExplainer(0, BenchOptions(max_rows));
+  }
+
+  static Explainer::Options BenchOptions(int64_t max_rows) {
     Explainer::Options options;
     options.limits.max_rows = max_rows;
     options.limits.max_tokens = int64_t{1} << 40;
     options.max_units = 1 << 20;
-    if (vlm) return Explainer(vlm.get(), &*processor, tokenizer.get(), options);
-    return Explainer(lm.get(), tokenizer.get(), options);
+    return options;
   }
 };
 
 absl::StatusOr<Loaded> Load(const Args& args, c10::Device device) {
-  auto dtype = atman::model::ParseDtype(args.dtype);
+  auto dtype = atman::atman::ServedModel::ResolveDtype(args.dtype, device);
   if (!dtype.ok()) return dtype.status();
   Loaded loaded;
   const int64_t allocated_before = atman::runtime::ReadMemory(device).allocated_bytes;
-  if (args.image.empty()) {
-    auto lm = atman::model::CausalLM::Load(args.folder, device, *dtype);
-    if (!lm.ok()) return lm.status();
-    loaded.lm = std::move(*lm);
-    loaded.decoder = loaded.lm.get();
-  } else {
-    auto vlm = atman::model::VisionLanguageModel::Load(args.folder, device, *dtype);
-    if (!vlm.ok()) return vlm.status();
-    loaded.vlm = std::move(*vlm);
-    auto processor = atman::model::LoadImageProcessor(args.folder, *loaded.vlm);
-    if (!processor.ok()) return processor.status();
-    loaded.processor = std::move(*processor);
-    loaded.decoder = &loaded.vlm->language_model();
+  auto served = atman::atman::ServedModel::Open(args.folder, Loaded::BenchOptions(args.max_rows));
+  if (!served.ok()) return served.status();
+  loaded.served = std::move(*served);
+  if (auto st = loaded.served->AddDevice(device, *dtype); !st.ok()) return st;
+  const atman::atman::ModelDescription description = loaded.served->Describe();
+  loaded.family = description.model_type;
+  loaded.images = description.supports_images;
+  loaded.decoder = loaded.served->replica(0).lm;
+  if (!args.image.empty() && !loaded.images) {
+    return absl::InvalidArgumentError("--image: " + args.folder + " is a text-only model (" +
+                                      loaded.family + ")");
   }
   if (device.is_cpu()) {
     if (auto checkpoint = atman::io::Checkpoint::Open(args.folder); checkpoint.ok()) {
@@ -125,9 +129,6 @@ absl::StatusOr<Loaded> Load(const Args& args, c10::Device device) {
   } else {
     loaded.weight_bytes = atman::runtime::ReadMemory(device).allocated_bytes - allocated_before;
   }
-  auto tokenizer = atman::text::Tokenizer::FromFolder(args.folder);
-  if (!tokenizer.ok()) return tokenizer.status();
-  loaded.tokenizer = std::move(*tokenizer);
   return loaded;
 }
 
@@ -195,7 +196,8 @@ absl::StatusOr<nlohmann::json> BenchPrompt(const Args& args, const Loaded& loade
   request.options.image_granularity = atman::atman::ImageGranularity::kNative;
 
   // The plain pass: the same input and output as the engine's unperturbed pass.
-  const Explainer explainer = loaded.MakeExplainer(args.max_rows);
+  const std::unique_ptr<Explainer> owned = loaded.MakeExplainer(args.max_rows);
+  const Explainer& explainer = *owned;
   auto prepared = explainer.Prepare(request);
   if (!prepared.ok()) return prepared.status();
   const auto& prefix = *(*prepared)->prefix;
@@ -242,6 +244,9 @@ absl::StatusOr<nlohmann::json> BenchPrompt(const Args& args, const Loaded& loade
   }
   const int64_t targets = prefix.num_targets();
   const int64_t prompt_tokens = (*prepared)->prompt_tokens;
+  const auto image_units = std::count_if(
+      (*prepared)->units.begin(), (*prepared)->units.end(),
+      [](const atman::atman::Unit& u) { return u.kind == atman::atman::UnitScore::Kind::kImage; });
   prepared->reset();
 
   const int runs = std::max(1, args.repeats / 2);
@@ -250,12 +255,14 @@ absl::StatusOr<nlohmann::json> BenchPrompt(const Args& args, const Loaded& loade
   const double plain_total = static_cast<double>(plain_peak + loaded.weight_bytes);
   nlohmann::json out = {
       {"prompt_file", prompt_file},
+      {"family", loaded.family},
       {"device", args.device},
       {"dtype", args.dtype},
       {"sequence_length", L},
       {"prompt_tokens", prompt_tokens},
       {"target_tokens", targets},
       {"units", n},
+      {"image_units", static_cast<int64_t>(image_units)},
       {"threads", args.threads},
       {"max_rows", args.max_rows},
       {"explain_runs", runs},
@@ -278,7 +285,8 @@ absl::StatusOr<nlohmann::json> BenchPrompt(const Args& args, const Loaded& loade
        static_cast<double>(batched->peak + loaded.weight_bytes) / plain_total},
   };
   if (args.batch1 != "off") {
-    const Explainer one = loaded.MakeExplainer(1);
+    const std::unique_ptr<Explainer> owned_one = loaded.MakeExplainer(1);
+    const Explainer& one = *owned_one;
     auto single = args.batch1 == "full" ? TimeExplain(one, request, device, runs)
                                         : Batch1Peak(one, request, *loaded.decoder, device);
     if (!single.ok()) return single.status();
@@ -339,7 +347,7 @@ int main(int argc, char** argv) {
   }
   at::set_num_threads(args.threads);
   atman::runtime::InstallCpuAccounting();
-  auto device = atman::model::ParseDevice(args.device);
+  auto device = atman::atman::ServedModel::ParseDevice(args.device);
   if (!device.ok()) return Fail(device.status());
   auto loaded = Load(args, *device);
   if (!loaded.ok()) return Fail(loaded.status());

@@ -5,13 +5,24 @@ scripts/gpu-check.sh runs on the lent GPU machine (docs/performance.md, "GPU (H2
       --phases matmul ours reference ig batcher --out results/bench.jsonl
   python bench/gpu_bench.py --build build-gpu --preset llava-1.5-7b --tokens 1024 \\
       --phases ours reference ig --out results/bench.jsonl
+  python bench/gpu_bench.py --build build-gpu --preset qwen2.5-vl-7b --phases ours reference \\
+      --out results/bench.jsonl                       # --tokens: the preset's (1024)
   python bench/gpu_bench.py --summarize results/bench.jsonl      # the figures, as a table
 
 The model (seed 0, transformers' own initialisation) is built by transformers directly on the
 device in --dtype and saved with save_pretrained into --workdir (tmpfs by default: the engine
 loads it from memory), beside a small byte-level BPE tokenizer trained here
 (tests/oracle/make_atman_cases.py's) and prompts of about --tokens tokens (words of the same
-corpus; LLaVA: one --image-size image, i.e. 576 image tokens at 336 px, then text). Target
+corpus; the presets' own lengths when --tokens is not given; a vision-language model: one
+square image, then text: LLaVA-1.5 336 px = 576 image tokens; LLaVA-NeXT (anyres over
+llava-v1.6's pinpoints, image_newline) 336 px = 576 base-view tokens + 600 of the 336 x 672
+canvas = 1,176; Qwen2.5-VL 448 px = 16 x 16 merged tokens + vision_start / vision_end = 258;
+the setup record says the count, explain_bench's lines the image units). Presets: llama3-8b,
+llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b (7-8B shapes) and tiny-* (the dry run's, on a CPU).
+Each model is written as the engine loads it: config.json and safetensors (save_pretrained),
+preprocessor_config.json as its transformers image processor saves it, tokenizer.json (the
+Qwen2-VL one with <|vision_start|>, <|vision_end|>, <|image_pad|>, <|video_pad|> as specials,
+their ids in config.json). Target
 " Paris", token granularity (every prompt token, and every image patch, is one unit), control
 factor 0.1, log-additive: the engine's defaults. Phases, each one JSON line per figure,
 appended to --out as soon as it is measured; a phase that fails is recorded ("error") and the
@@ -26,12 +37,16 @@ skipped:
              positions actually computed (the engine's batch plan: 2 x matmul parameters per
              position, causal attention over the keys each position sees, the LM head at the
              target positions, plus the unperturbed pass; the LLaVA vision tower, run once, is
-             left out) over the explanation time, against the matmul rate
+             left out) over the explanation time, against the matmul rate (for Qwen2-VL's
+             decoder the same formula: its q/k/v biases and M-RoPE are not counted)
   reference  (b) plain Python AtMan on transformers (tests/oracle/atman_reference.py's
              approach: its "atman" patched eager attention, one full pass per unit, no prefix
              reuse), rows batched --reference-batch at a time; timed on the first
              --reference-rows units after one warm-up batch and extrapolated to n + 1 rows
              (said in the record). Also transformers' plain forward (sdpa) for comparison.
+             Vision-language models run their tower on every row (the image inputs repeated
+             per row: LLaVA-NeXT's views and image_sizes, Qwen2-VL's patches and grid, which
+             transformers' processors for those families make here).
   ig         (c) Captum Integrated Gradients w.r.t. the input embeddings (LLaVA: the decoder's
              input embeddings, image features included) for the first target token,
              --ig-steps steps, --ig-batch rows per pass (halved on out-of-memory), sdpa
@@ -76,9 +91,42 @@ CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24
 VICUNA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
                  max_position_embeddings=4096, rms_norm_eps=1e-5)
+# LLaVA-NeXT-7B (llava-v1.6-vicuna-7b): the same tower, projector and decoder, anyres over
+# llava-v1.6's pinpoints ([height, width]) with image_newline. A 336 x 336 image is the base view
+# (24 x 24 = 576 tokens) plus the 336 x 672 canvas' kept 24 x 24 cells, each row followed by
+# image_newline (600): 1,176 image tokens.
+LLAVA_V16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+# Qwen2.5-VL-7B-Instruct: the Qwen2 decoder (28 layers, hidden 3584, 28 heads / 4 KV heads,
+# SwiGLU 18944, vocabulary 152,064, M-RoPE sections [16, 24, 24]) and the windowed vision
+# tower (32 blocks, 1280 wide, full attention in blocks 7, 15, 23, 31, 112 px windows, 2 x 2
+# patch merger to 3584). A 448 x 448 image is 32 x 32 patches -> 16 x 16 = 256 merged tokens,
+# 258 with vision_start and vision_end.
+QWEN25_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                         num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                         max_position_embeddings=128000, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
+                                          "rope_theta": 1000000.0})
+QWEN25_VL_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                           out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu")
+# The Qwen tokens the trained tokenizer gets as specials (their ids go to the config).
+QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+TINY_TEXT = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=512, max_position_embeddings=1024)
+TINY_CLIP = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 image_size=28, patch_size=7, projection_dim=16, hidden_act="quick_gelu",
+                 layer_norm_eps=1e-5)
+# "image": the side of the square test image, px; "tokens": the default --tokens (prompt
+# lengths, image tokens included).
 PRESETS = {
     "llama3-8b": {"kind": "llama", "text": LLAMA3_8B},
     "llava-1.5-7b": {"kind": "llava", "text": VICUNA_7B, "vision": CLIP_L_336, "image_token": 32000},
+    "llava-next-7b": {"kind": "llava_next", "text": VICUNA_7B, "vision": CLIP_L_336,
+                      "image_token": 32000, "pinpoints": LLAVA_V16_PINPOINTS, "image": 336,
+                      "tokens": [1280]},
+    "qwen2.5-vl-7b": {"kind": "qwen2_vl", "family": "qwen2_5_vl", "text": QWEN25_VL_7B_TEXT,
+                      "vision": QWEN25_VL_7B_VISION, "image": 448, "tokens": [1024]},
     # The dry run's (scripts/gpu-check.sh, ATMAN_GPU_CHECK_DRY=1): the same code paths on a CPU.
     "tiny-llama": {"kind": "llama", "text": dict(
         hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
@@ -91,6 +139,19 @@ PRESETS = {
                        num_attention_heads=4, image_size=28, patch_size=7, projection_dim=16,
                        hidden_act="quick_gelu", layer_norm_eps=1e-5),
         "image_token": 500},
+    # 28 px views of 7 px patches: a 28 x 28 image is 16 base tokens + 4 x (4 + 1) = 36.
+    "tiny-llava-next": {"kind": "llava_next", "text": TINY_TEXT, "vision": TINY_CLIP,
+                        "image_token": 500, "pinpoints": [[28, 56], [56, 28], [56, 56]],
+                        "image": 28, "tokens": [64]},
+    # 56 x 56: 4 x 4 patches -> 2 x 2 = 4 merged tokens (6 with vision_start / vision_end).
+    "tiny-qwen2.5-vl": {"kind": "qwen2_vl", "family": "qwen2_5_vl", "text": dict(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000.0}),
+        "vision": dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=48,
+                       num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                       window_size=56, fullatt_block_indexes=[1]),
+        "image": 56, "tokens": [64]},
 }
 # Seconds a phase needs at least on an H200 (per length where it runs per length); a phase is
 # skipped when less is left before the deadline.
@@ -149,20 +210,33 @@ class Recorder:
 
 # ---- The model, its tokenizer and prompts ----------------------------------------------------
 
-def build_model(preset, device, dtype):
+def build_model(preset, device, dtype, tokenizer):
     from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, CLIPVisionConfig,
-                              LlamaConfig, LlavaConfig)
+                              LlamaConfig, LlavaConfig, LlavaNextConfig)
     spec = PRESETS[preset]
-    text = LlamaConfig(**spec["text"], tie_word_embeddings=False)
     torch.manual_seed(0)
+    if spec["kind"] == "qwen2_vl":
+        from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+        names = ("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id")
+        ids = {name: tokenizer.token_to_id(token) for name, token in zip(names, QWEN_SPECIAL)}
+        family = Qwen2_5_VLConfig if spec["family"] == "qwen2_5_vl" else Qwen2VLConfig
+        config = family(text_config=dict(spec["text"], bos_token_id=None, eos_token_id=None),
+                        vision_config=dict(spec["vision"]), tie_word_embeddings=False, **ids)
+        with torch.device(device):
+            return AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
+    text = LlamaConfig(**spec["text"], tie_word_embeddings=False)
     with torch.device(device):
         if spec["kind"] == "llama":
             return AutoModelForCausalLM.from_config(text, dtype=dtype).eval()
         vision = CLIPVisionConfig(**spec["vision"])
-        config = LlavaConfig(vision_config=vision, text_config=text,
-                             image_token_index=spec["image_token"], projector_hidden_act="gelu",
-                             vision_feature_layer=-2, vision_feature_select_strategy="default",
-                             image_seq_length=(vision.image_size // vision.patch_size) ** 2)
+        common = dict(vision_config=vision, text_config=text, image_token_index=spec["image_token"],
+                      projector_hidden_act="gelu", vision_feature_layer=-2,
+                      vision_feature_select_strategy="default")
+        if spec["kind"] == "llava_next":
+            config = LlavaNextConfig(**common, image_grid_pinpoints=spec["pinpoints"])
+        else:
+            config = LlavaConfig(**common,
+                                 image_seq_length=(vision.image_size // vision.patch_size) ** 2)
         return AutoModelForImageTextToText.from_config(config, dtype=dtype).eval()
 
 
@@ -209,15 +283,41 @@ def pixel_values(path, device, dtype):
     return ((x / 255.0 - mean) / std)[None].to(device=device, dtype=dtype)
 
 
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
 def write_processor_config(folder, size):
     """preprocessor_config.json of LLaVA-1.5's CLIPImageProcessor (shortest edge = crop = size)."""
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "crop_size": {"height": size, "width": size}, "do_center_crop": True,
         "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_processor_type": "CLIPImageProcessor",
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3,
+        "image_mean": CLIP_MEAN, "image_processor_type": "CLIPImageProcessor",
+        "image_std": CLIP_STD, "resample": 3,
         "rescale_factor": 1 / 255, "size": {"shortest_edge": size}}, indent=1))
+
+
+def write_llava_next_processor_config(folder, size, pinpoints):
+    """preprocessor_config.json of LLaVA-NeXT's LlavaNextImageProcessor (as save_pretrained
+    writes it: views of size x size, anyres over `pinpoints`)."""
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": {"height": size, "width": size}, "do_center_crop": True,
+        "do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
+        "do_resize": True, "image_grid_pinpoints": pinpoints, "image_mean": CLIP_MEAN,
+        "image_processor_type": "LlavaNextImageProcessor", "image_std": CLIP_STD, "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"shortest_edge": size}}, indent=1))
+
+
+def write_qwen2_vl_processor_config(folder, vision):
+    """preprocessor_config.json of Qwen2-VL's Qwen2VLImageProcessor (its defaults: 4 to 1,280
+    merged tokens per image, as save_pretrained writes them)."""
+    unit = vision.patch_size * vision.spatial_merge_size
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+        "image_mean": CLIP_MEAN, "image_processor_type": "Qwen2VLImageProcessor",
+        "image_std": CLIP_STD, "merge_size": vision.spatial_merge_size,
+        "patch_size": vision.patch_size, "resample": 3, "rescale_factor": 1 / 255,
+        "size": {"longest_edge": unit * unit * 1280, "shortest_edge": unit * unit * 4},
+        "temporal_patch_size": vision.temporal_patch_size}, indent=1))
 
 
 class Setup:
@@ -227,9 +327,13 @@ class Setup:
         from make_atman_cases import train_tokenizer
         self.args, self.device, self.dtype = args, torch.device(args.device), DTYPES[args.dtype]
         self.spec = PRESETS[args.preset]
-        self.llava = self.spec["kind"] == "llava"
+        self.kind = self.spec["kind"]  # llama, llava, llava_next, qwen2_vl
+        self.vlm, self.llava = self.kind != "llama", self.kind == "llava"
+        self.tokenizer = train_tokenizer(bos=self.kind != "qwen2_vl")
+        if self.kind == "qwen2_vl":
+            self.tokenizer.add_special_tokens(QWEN_SPECIAL)
         t0 = time.perf_counter()
-        self.model = build_model(args.preset, self.device, self.dtype)
+        self.model = build_model(args.preset, self.device, self.dtype, self.tokenizer)
         sync(self.device)
         create_s = time.perf_counter() - t0
         self.params = sum(p.numel() for p in self.model.parameters())
@@ -239,16 +343,27 @@ class Setup:
         t0 = time.perf_counter()
         self.model.save_pretrained(self.folder)
         save_s = time.perf_counter() - t0
-        self.tokenizer = train_tokenizer(bos=True)
         self.tokenizer.save(str(self.folder / "tokenizer.json"))
-        self.config = self.model.config.text_config if self.llava else self.model.config
-        self.image, self.image_tokens = None, 0
-        if self.llava:
+        self.config = self.model.config.text_config if self.vlm else self.model.config
+        self.image, self.image_tokens, self.image_side = None, 0, 0
+        if self.vlm:
             vision = self.model.config.vision_config
+            self.image_side = self.spec.get("image", getattr(vision, "image_size", 0))
             self.image = self.folder / "image.png"
-            image_png(self.image, vision.image_size)
-            write_processor_config(self.folder, vision.image_size)
-            self.image_tokens = (vision.image_size // vision.patch_size) ** 2
+            image_png(self.image, self.image_side)
+            if self.kind == "llava":
+                write_processor_config(self.folder, vision.image_size)
+                self.image_tokens = (vision.image_size // vision.patch_size) ** 2
+            elif self.kind == "llava_next":
+                from atman_reference import anyres_token_rects
+                write_llava_next_processor_config(self.folder, vision.image_size,
+                                                  self.spec["pinpoints"])
+                rects, _, _ = anyres_token_rects(self.image_side, self.image_side, self.anyres())
+                self.image_tokens = len(rects)  # base view, kept tile cells, image_newline
+            else:
+                write_qwen2_vl_processor_config(self.folder, vision)
+                merged = self.image_side // (vision.patch_size * vision.spatial_merge_size)
+                self.image_tokens = merged * merged + 2  # vision_start, pads, vision_end
         self.prompts = {}
         for tokens in args.tokens:
             text_tokens = tokens - self.image_tokens
@@ -261,29 +376,92 @@ class Setup:
         rec.write("setup", model_parameters=self.params, weight_bytes=nbytes, device=args.device,
                   dtype=args.dtype, create_seconds=round(create_s, 2), save_seconds=round(save_s, 2),
                   checkpoint_folder_kind="tmpfs" if str(base).startswith("/dev/shm") else str(base),
+                  model_type=self.model.config.model_type,
+                  image=(f"{self.image_side}x{self.image_side}" if self.vlm else None),
+                  image_tokens=self.image_tokens,
                   prompt_lengths={t: len(self.tokenizer.encode(p.read_text()).ids) + self.image_tokens
                                   for t, p in self.prompts.items()},
                   target_tokens=len(self.target_ids))
 
+    def anyres(self):
+        vision = self.model.config.vision_config
+        return {"size": vision.image_size, "patch": vision.patch_size,
+                "pinpoints": self.model.config.image_grid_pinpoints}
+
     def language_model(self):
-        return self.model.model.language_model if self.llava else self.model
+        return self.model.model.language_model if self.vlm else self.model
 
     def prompt_items(self, tokens):
         items = [{"text": self.prompts[tokens].read_text()}]
-        if self.llava:
-            size = self.model.config.vision_config.image_size
-            items.insert(0, {"image": "image.png", "width": size, "height": size})
+        if self.vlm:
+            items.insert(0, {"image": "image.png", "path": str(self.image),
+                             "width": self.image_side, "height": self.image_side})
         return items
 
     def image_spec(self):
-        if not self.llava:
+        """The `image` of atman_reference.build_sequence / make_units."""
+        if not self.vlm:
             return None
-        vision = self.model.config.vision_config
-        return {"token_id": self.model.config.image_token_index, "tokens_per_image": self.image_tokens,
-                "size": vision.image_size, "patch": vision.patch_size}
+        config, vision = self.model.config, self.model.config.vision_config
+        if self.kind == "llava":
+            return {"token_id": config.image_token_index, "tokens_per_image": self.image_tokens,
+                    "class_tokens": 0, "size": vision.image_size, "patch": vision.patch_size}
+        if self.kind == "llava_next":
+            return {"token_id": config.image_token_index, "tokens_per_image": [self.image_tokens],
+                    "anyres": self.anyres()}
+        merged = self.image_side // (vision.patch_size * vision.spatial_merge_size)
+        return {"token_id": config.image_token_id, "vision_start": config.vision_start_token_id,
+                "vision_end": config.vision_end_token_id, "grids": {str(self.image): (merged, merged)}}
+
+    def image_inputs(self, input_ids):
+        """The model's image inputs for one row of input_ids [1, L] (transformers' own image
+        processors for LLaVA-NeXT and Qwen2-VL: the Pillow ones where this transformers has
+        them), as a function of the row count."""
+        if not self.vlm:
+            return lambda rows: {}
+        if self.llava:
+            pv = pixel_values(self.image, self.device, self.dtype)
+            return lambda rows: {"pixel_values": pv.expand(rows, *pv.shape[1:])}
+        from PIL import Image
+        picture = Image.open(self.image).convert("RGB")
+        if self.kind == "llava_next":
+            try:
+                from transformers.models.llava_next.image_processing_pil_llava_next import (
+                    LlavaNextImageProcessorPil as Processor)
+                processor = Processor.from_pretrained(self.folder)
+            except ImportError:
+                from transformers import AutoImageProcessor
+                processor = AutoImageProcessor.from_pretrained(self.folder)
+            batch = processor(images=picture, return_tensors="pt")
+            pv = batch["pixel_values"].to(self.device, self.dtype)
+            sizes = batch["image_sizes"].to(self.device)
+            return lambda rows: {"pixel_values": pv.expand(rows, *pv.shape[1:]),
+                                 "image_sizes": sizes.expand(rows, 2)}
+        try:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+                Qwen2VLImageProcessorPil as Processor)
+            processor = Processor.from_pretrained(self.folder)
+        except ImportError:
+            from transformers import AutoImageProcessor
+            processor = AutoImageProcessor.from_pretrained(self.folder)
+        batch = processor(images=[picture], return_tensors="pt")
+        pv = batch["pixel_values"].to(self.device, self.dtype)
+        grid = batch["image_grid_thw"].to(self.device)
+        types = (input_ids == self.model.config.image_token_id).int()
+        import inspect
+        with_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
+
+        def rows_of(rows):
+            extra = {"pixel_values": pv.repeat(rows, 1), "image_grid_thw": grid.repeat(rows, 1)}
+            if with_types:
+                extra["mm_token_type_ids"] = types.expand(rows, -1)
+            return extra
+        return rows_of
 
     def input_embeds(self, ids):
         """Decoder input embeddings [1, T, H] of ids (image features at the image tokens)."""
+        if self.vlm and not self.llava:
+            raise NotImplementedError(f"the ig phase's input embeddings for {self.kind}")
         with torch.no_grad():
             embeds = self.model.get_input_embeddings()(ids)
             if self.llava:
@@ -353,7 +531,7 @@ def phase_ours(args, rec, state, setup):
                ",".join(str(setup.prompts[t]) for t in lengths), TARGET,
                "--device", args.device, "--dtype", args.dtype, "--threads", args.threads,
                "--repeats", args.repeats, "--max-rows", args.max_rows, "--batch1", args.batch1]
-    if setup.llava:
+    if setup.vlm:
         command += ["--image", setup.image]
     config, m = setup.config, len(setup.target_ids)
     pending = list(lengths)
@@ -404,9 +582,8 @@ def phase_reference(args, rec, state, setup, tokens):
     units = make_units(items, seq_items, {"text_granularity": "token", "image_granularity": "native"},
                        P, m, image)
     n = len(units)
-    extra = {}
-    if setup.llava:
-        extra["pixel_values"] = pixel_values(setup.image, device, setup.dtype)
+    inputs = setup.image_inputs(input_ids)  # rows -> the model's image inputs
+    extra = inputs(1)
 
     # transformers' own plain forward (sdpa) at this length, for comparison with ours.
     model.set_attn_implementation("sdpa")
@@ -433,8 +610,7 @@ def phase_reference(args, rec, state, setup, tokens):
             f[b, unit["positions"]] = FACTOR
         patched.CONTROL = {"mode": "log_additive", "layers": None, "factors": f}
         try:
-            batch_extra = {k: v.expand(rows, *v.shape[1:]) for k, v in extra.items()}
-            return target_ce(model, input_ids.expand(rows, L), target_ids, batch_extra)
+            return target_ce(model, input_ids.expand(rows, L), target_ids, inputs(rows))
         finally:
             patched.CONTROL = None
 
@@ -465,7 +641,7 @@ def phase_reference(args, rec, state, setup, tokens):
         row["units_ours"] = ours["units"]
         row["reference_over_ours"] = round(row["reference_seconds"] / ours["explain_batched_seconds"], 2)
         row["ours_forward_over_transformers_sdpa"] = round(ours["forward_seconds"] / forward_s, 3)
-        if setup.llava:
+        if setup.vlm:
             row["forward_note"] = ("transformers' forward includes the vision tower; ours (the "
                                    "engine's plain pass) starts from the input embeddings")
     rec.write("reference", **row)
@@ -590,19 +766,22 @@ def summarize(path):
     lines = []
     for raw in Path(path).read_text().splitlines():
         r = json.loads(raw)
-        head = f"{r['preset']:<13} {r['phase']:<9}"
+        head = f"{r['preset']:<15} {r['phase']:<9}"
         if "skipped" in r or "error" in r:
             what = r.get("skipped") or r["error"]
             lines.append(f"{head} {r.get('tokens', '')} {'SKIPPED' if 'skipped' in r else 'FAILED'}: {what[:160]}")
         elif r["phase"] == "setup":
-            lines.append(f"{head} {r['model_parameters'] / 1e9:.2f} B params, create {r['create_seconds']} s, "
-                         f"save {r['save_seconds']} s ({r['checkpoint_folder_kind']}), prompts {r['prompt_lengths']}")
+            image = (f", image {r['image']} = {r['image_tokens']} tokens" if r.get("image") else "")
+            lines.append(f"{head} {r.get('model_type', '')} {r['model_parameters'] / 1e9:.2f} B params, "
+                         f"create {r['create_seconds']} s, save {r['save_seconds']} s "
+                         f"({r['checkpoint_folder_kind']}){image}, prompts {r['prompt_lengths']}")
         elif r["phase"] == "matmul":
             lines.append(f"{head} dense {r['dtype']} matmul {r['tflops']} TFLOP/s")
         elif r["phase"] == "ours":
             gib = (r["explain_batched_peak_bytes"] + r["weight_bytes"]) / 2**30
             lines.append(
-                f"{head} {r['tokens']}: L={r['sequence_length']} n={r['units']} explain "
+                f"{head} {r['tokens']}: {r.get('family', '')} L={r['sequence_length']} n={r['units']}"
+                f"{' (' + str(r['image_units']) + ' image)' if r.get('image_units') else ''} explain "
                 f"{r['explain_batched_seconds']:.2f} s (forward {r['forward_seconds'] * 1e3:.1f} ms), "
                 f"(a) ratio {r['batched_over_n_plus_1_forwards']:.3f}, positions "
                 f"{r['positions_over_n_plus_1_times_L']:.3f}, (e) {r['explain_tflops']} TFLOP/s = "
@@ -639,7 +818,8 @@ def main():
     p.add_argument("--preset", choices=sorted(PRESETS))
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-    p.add_argument("--tokens", default=[1024, 512], type=int, nargs="+")
+    p.add_argument("--tokens", default=None, type=int, nargs="+",
+                   help="prompt lengths, image tokens included (default: the preset's, else 1024 512)")
     p.add_argument("--phases", default=["matmul", "ours", "reference", "ig", "batcher"], nargs="+",
                    choices=["matmul", "ours", "reference", "ig", "batcher", "noise"])
     p.add_argument("--threads", default=os.cpu_count(), type=int)
@@ -657,6 +837,9 @@ def main():
     p.add_argument("--reserve", default=0, type=float,
                    help="seconds the comparisons at the second and later --tokens must leave "
                         "before --deadline (for the runs after this one)")
+    p.add_argument("--reserve-first", action="store_true",
+                   help="the first --tokens' comparisons must leave --reserve seconds too "
+                        "(only the explanations, phase ours, may use them)")
     p.add_argument("--out", default=Path("bench.jsonl"), type=Path)
     args = p.parse_args()
     if args.summarize:
@@ -665,6 +848,8 @@ def main():
     if not args.preset:
         p.error("--preset is required")
     args.build = args.build.resolve()
+    if args.tokens is None:
+        args.tokens = PRESETS[args.preset].get("tokens", [1024, 512])
     # `timeout` ends a run with SIGTERM: exit through the finally blocks (the checkpoint on
     # tmpfs is removed, a running benchmark binary is killed).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -689,16 +874,16 @@ def main():
         for tokens in args.tokens:
             if tokens not in setup.prompts:
                 continue
-            extra = 0 if tokens == first else args.reserve
+            extra = 0 if tokens == first and not args.reserve_first else args.reserve
             if "reference" in args.phases:
                 rec.run("reference", NEEDS["reference"] + extra,
                         lambda: phase_reference(args, rec, state, setup, tokens), tokens=tokens)
             if "ig" in args.phases:
                 rec.run("ig", NEEDS["ig"] + extra,
                         lambda: phase_ig(args, rec, state, setup, tokens), tokens=tokens)
-            if tokens == first and "batcher" in args.phases and not setup.llava:
+            if tokens == first and "batcher" in args.phases and not setup.vlm:
                 rec.run("batcher", NEEDS["batcher"], lambda: phase_batcher(args, rec, state, setup))
-            if tokens == first and "noise" in args.phases and not setup.llava:
+            if tokens == first and "noise" in args.phases and not setup.vlm:
                 rec.run("noise", NEEDS["noise"], lambda: phase_noise(args, rec, state, setup))
     finally:
         setup.cleanup()

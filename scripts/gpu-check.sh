@@ -5,7 +5,10 @@
 # bench/gpu_bench.py on random-initialised Llama-3-8B- and LLaVA-1.5-7B-shaped models in
 # bfloat16: AtMan explanation time against (n + 1) plain passes, a plain Python AtMan on
 # transformers, Captum Integrated Gradients (time and peak memory), the dynamic batcher with
-# 1/2/4 workers, and achieved TFLOP/s against the measured dense matmul rate.
+# 1/2/4 workers, and achieved TFLOP/s against the measured dense matmul rate; then, with what
+# is left of the budget, Qwen2.5-VL-7B- and LLaVA-NeXT-7B-shaped models (one 448 x 448 image =
+# 256 merged tokens, 1,024 tokens in all; one 336 x 336 image = 1,176 anyres tokens, 1,280 in
+# all): our explanation, then the plain Python AtMan.
 #
 #   bash scripts/gpu-check.sh prepare   # here: .gpu-deps/ (Debian build deps, GoogleTest,
 #                                       # the captum wheel, the oracle fixtures the GPU tests read)
@@ -16,10 +19,15 @@
 #                                       # in for cuda:0), to prove the script end to end
 #   ATMAN_GPU_CHECK_CONFIGURE_ONLY=1 bash scripts/gpu-check.sh run   # stops after configuring
 #
-# A rerun may narrow the run: ATMAN_GPU_CHECK_PRESETS (default "llama3-8b llava-1.5-7b"),
+# A rerun may narrow the run: ATMAN_GPU_CHECK_PRESETS (default "llama3-8b llava-1.5-7b
+# qwen2.5-vl-7b llava-next-7b"; dry: "tiny-llama tiny-llava tiny-qwen2.5-vl tiny-llava-next"),
 # ATMAN_GPU_CHECK_PHASES (the first model's gpu_bench phases, default "matmul ours reference
-# ig batcher noise"), ATMAN_GPU_CHECK_TESTS (a ctest -R regex over the GPU tests, default all),
-# ATMAN_GPU_CHECK_CTEST_JOBS (default 1: the tests' printed figures stay in order).
+# ig batcher noise" for a text model, "matmul ours reference" for Qwen2-VL / LLaVA-NeXT; the
+# second model runs "ours reference ig" (LLaVA-1.5) or "ours reference", later ones "ours
+# reference"), ATMAN_GPU_CHECK_TESTS (a ctest -R regex over the GPU tests, default all),
+# ATMAN_GPU_CHECK_CTEST_JOBS (default 1: the tests' printed figures stay in order). The
+# Qwen2.5-VL and LLaVA-NeXT runs alone (their GPU run is still owed, docs/performance.md):
+#   ATMAN_GPU_CHECK_PRESETS="qwen2.5-vl-7b llava-next-7b" bash scripts/gpu-check.sh run
 #
 # The GPU machine has LibTorch (its Python's torch), transformers, numpy, pillow, tokenizers,
 # safetensors, cmake and ninja, but none of our Debian libraries and no network: `prepare`
@@ -33,7 +41,12 @@
 # are excluded there with ctest -FA). No gRPC: -DATMAN_BUILD_SERVICE=OFF.
 #
 # Time: the whole `run` must fit 7 minutes on the H200, so that one rerun fits the session's
-# 15. Phases run in order of importance, each only if the time it needs at least is left of
+# 15 (the first run, 2026-11-30: configure, build and the GPU tests 52 s, Llama-3-8B 105 s,
+# LLaVA-1.5-7B 61 s; estimated for the later two, unmeasured: each 7-8B model built on the GPU
+# and saved to tmpfs about 30 s, the engine's load about 10 s, Qwen2.5-VL's explanation at
+# 1,024 tokens about 20 s and LLaVA-NeXT's at 1,280 about 30 s, the Python reference 15 s
+# each: 75 s and 90 s, so within the default budget the last one may be cut short or skipped).
+# Phases run in order of importance, each only if the time it needs at least is left of
 # ATMAN_GPU_CHECK_BUDGET_S (default 400 s from the start) and killed when the budget is spent;
 # a failed phase is logged and the next one runs. Results are written to $OUT as they come:
 #   machine.txt     the machine, the toolchain, the Python packages
@@ -151,15 +164,14 @@ run() {
   local tests_cap="${ATMAN_GPU_CHECK_TESTS_S:-150}" props="${TMPDIR:-/tmp}/atman-gpu-test-properties-$$"
   local bench_sizes=() tokens=(1024 512)
   # A rerun may narrow the run: which models, which phases of the first, which GPU tests.
-  local presets=(${ATMAN_GPU_CHECK_PRESETS:-llama3-8b llava-1.5-7b})
-  local llama_phases=(${ATMAN_GPU_CHECK_PHASES:-matmul ours reference ig batcher noise})
+  local presets=(${ATMAN_GPU_CHECK_PRESETS:-llama3-8b llava-1.5-7b qwen2.5-vl-7b llava-next-7b})
   if [[ "$dry" == 1 ]]; then
     source "$ROOT/scripts/common.sh"
     py="${ATMAN_GPU_PYTHON:-$ATMAN_PY}"
     build="$ROOT/build-gpu-dry"
     budget="${ATMAN_GPU_CHECK_BUDGET_S:-3600}"
     device=cpu
-    presets=(${ATMAN_GPU_CHECK_PRESETS:-tiny-llama tiny-llava})
+    presets=(${ATMAN_GPU_CHECK_PRESETS:-tiny-llama tiny-llava tiny-qwen2.5-vl tiny-llava-next})
     tokens=(64 32)
     bench_sizes=(--reference-rows 8 --reference-batch 4 --ig-steps 8 --ig-batch 4
                  --batcher-requests 4 --batcher-tokens 32)
@@ -275,20 +287,40 @@ EOF
 
   # Llama-3-8B first (every phase at the first length, the batcher, then the second length's
   # comparisons, which must leave the LLaVA run its time); then LLaVA-1.5-7B (one image is
-  # 576 tokens, so only the first length holds it).
-  local llava_needs=75 common=(--build "$build" --device "$device" --dtype bfloat16
-                               --workdir "$work" --out "$out/bench.jsonl" "${bench_sizes[@]}")
+  # 576 tokens, so only the first length holds it); then, with what is left, Qwen2.5-VL-7B and
+  # LLaVA-NeXT-7B at their presets' own lengths (one image plus text), ours first; the
+  # reference of every one but the last must leave the next one's explanation its time.
+  local llava_needs=75 vlm_needs=90 common=(--build "$build" --device "$device" --dtype bfloat16
+                                            --workdir "$work" --out "$out/bench.jsonl" "${bench_sizes[@]}")
   [[ "$dry" == 1 ]] && common+=(--threads "$(nproc)")
-  phase "bench-${presets[0]}" 60 0 - \
-    "$py" "$ROOT/bench/gpu_bench.py" --preset "${presets[0]}" --tokens "${tokens[@]}" \
-    --phases "${llama_phases[@]}" --deadline "$((DEADLINE - 5))" \
-    --reserve "$llava_needs" "${common[@]}"
-  rm -rf "$work"
-  if ((${#presets[@]} > 1)); then
-    phase "bench-${presets[1]}" 60 0 - \
-      "$py" "$ROOT/bench/gpu_bench.py" --preset "${presets[1]}" --tokens "${tokens[@]}" \
-      --phases ours reference ig --deadline "$((DEADLINE - 5))" "${common[@]}"
-  fi
+  local i preset phases lengths reserve need
+  for ((i = 0; i < ${#presets[@]}; i++)); do
+    preset="${presets[i]}"
+    lengths=(--tokens "${tokens[@]}")
+    reserve=()
+    need=60
+    case "$preset" in
+      *qwen*|*llava-next*)
+        phases=(ours reference)
+        ((i == 0)) && phases=(${ATMAN_GPU_CHECK_PHASES:-matmul ours reference})
+        lengths=()  # the preset's own: its image's tokens plus text
+        need=$vlm_needs
+        ((i + 1 < ${#presets[@]})) && reserve=(--reserve "$vlm_needs" --reserve-first)
+        ;;
+      *)
+        if ((i == 0)); then
+          phases=(${ATMAN_GPU_CHECK_PHASES:-matmul ours reference ig batcher noise})
+          ((i + 1 < ${#presets[@]})) && reserve=(--reserve "$llava_needs")
+        else
+          phases=(ours reference ig)
+        fi
+        ;;
+    esac
+    phase "bench-$preset" "$need" 0 - \
+      "$py" "$ROOT/bench/gpu_bench.py" --preset "$preset" "${lengths[@]}" \
+      --phases "${phases[@]}" --deadline "$((DEADLINE - 5))" "${reserve[@]}" "${common[@]}"
+    rm -rf "$work"
+  done
   rm -rf "$work" "$site"
 
   {

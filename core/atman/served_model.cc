@@ -84,6 +84,7 @@ absl::Status ServedModel::AddDevice(c10::Device device, const std::string& dtype
     parts->prompt = std::make_unique<model::Qwen2VlPromptModel>(parts->model.get(), owned.get());
     replica->image_processor = std::move(owned);
     replica->lm = &parts->model->language_model();
+    replica->image_model = parts->prompt.get();
     replica->explainer = std::make_unique<Explainer>(
         parts->prompt.get(), replica->image_processor.get(), tokenizer_.get(), options_);
     replica->owner = std::move(parts);
@@ -95,6 +96,7 @@ absl::Status ServedModel::AddDevice(c10::Device device, const std::string& dtype
     replica->image_processor =
         std::make_unique<vision::LlavaNextImageProcessor>(std::move(processor));
     replica->lm = &next->language_model();
+    replica->image_model = next.get();
     replica->explainer = std::make_unique<Explainer>(next.get(), replica->image_processor.get(),
                                                      tokenizer_.get(), options_);
     replica->owner = std::shared_ptr<model::LlavaNextModel>(std::move(next));
@@ -103,6 +105,7 @@ absl::Status ServedModel::AddDevice(c10::Device device, const std::string& dtype
                            model::VisionLanguageModel::Load(path_, device, type));
     ATMAN_ASSIGN_OR_RETURN(replica->image_processor, model::LoadImageProcessor(path_, *vlm));
     replica->lm = &vlm->language_model();
+    replica->image_model = vlm.get();
     replica->explainer = std::make_unique<Explainer>(vlm.get(), replica->image_processor.get(),
                                                      tokenizer_.get(), options_);
     replica->owner = std::shared_ptr<model::VisionLanguageModel>(std::move(vlm));
@@ -115,6 +118,16 @@ absl::Status ServedModel::AddDevice(c10::Device device, const std::string& dtype
   }
   replicas_.push_back(std::move(replica));
   return absl::OkStatus();
+}
+
+std::unique_ptr<Explainer> ServedModel::MakeExplainer(size_t device,
+                                                      Explainer::Options options) const {
+  const Replica& r = *replicas_[device];
+  if (r.image_model != nullptr) {
+    return std::make_unique<Explainer>(r.image_model, r.image_processor.get(), tokenizer_.get(),
+                                       std::move(options));
+  }
+  return std::make_unique<Explainer>(r.lm, tokenizer_.get(), std::move(options));
 }
 
 absl::StatusOr<std::vector<TextToken>> ServedModel::Tokenize(std::string_view text,

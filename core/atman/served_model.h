@@ -13,6 +13,7 @@
 //              Qwen2VlPromptModel); once per device, in order.
 //   Tokenize   the Tokenize RPC: text -> tokens with code-point spans, limited like a prompt.
 //   Describe   what GetModelInfo reports of the model.
+//   MakeExplainer  another Explainer over a replica, with other options (benchmarks).
 //
 // ParseDevice / ResolveDtype check a device name and a dtype ("auto": bfloat16 on CUDA,
 // float32 on the CPU) before anything is loaded. Errors: Open and AddDevice name the path and
@@ -68,6 +69,8 @@ class ServedModel {
     std::string dtype_name;   // "float32", "bfloat16", "float16"
     // The language model, for the scoring rows' batcher (runtime/dynamic_batcher.h).
     const model::CausalLM* lm = nullptr;
+    // The engine's view of a vision-language model (nullptr for a text-only one).
+    const model::ImagePromptModel* image_model = nullptr;
     std::unique_ptr<Explainer> explainer;
     std::shared_ptr<void> owner;  // the loaded model (CausalLM, VisionLanguageModel,
                                   // LlavaNextModel, or Qwen2VlModel with its adapter)
@@ -91,6 +94,10 @@ class ServedModel {
   const Replica& replica(size_t device) const { return *replicas_[device]; }
   Replica& replica(size_t device) { return *replicas_[device]; }
   const Explainer& explainer(size_t device) const { return *replicas_[device]->explainer; }
+  // Another Explainer over device `device`'s model, image processor and the tokenizer, with
+  // other options (bench/explain_bench.cc: batches of up to N rows, then of 1); it borrows
+  // them, so it must not outlive this ServedModel.
+  std::unique_ptr<Explainer> MakeExplainer(size_t device, Explainer::Options options) const;
 
   // Tokens of `text` (the tokenizer's specials added when `add_special_tokens`).
   // INVALID_ARGUMENT `text: ...` for text the tokenizer refuses, or more tokens than the

@@ -403,10 +403,12 @@ INSTANTIATE_TEST_SUITE_P(NextCases, EngineMatchesReference,
 // Qwen2-VL and Qwen2.5-VL (tests/oracle/make_qwen2_vl_atman_cases.py: transformers' own
 // M-RoPE positions in the reference): image items are vision_start, the pads, vision_end;
 // image units native, 3x3, the whole item and a 2 x 3 grid on a 4 x 2 token image (an empty
-// middle column), text units beside them, both modes.
+// middle column), text units beside them, both modes; conceptual suppression at kappa 0.6
+// (spreading by the similarity of the merged image rows at the pads and the text embeddings).
 const std::string kQwenCases[] = {"image-native",        "images-3x3-multiplicative",
                                   "image-whole-removal", "image-whole-multiplicative",
-                                  "image-grid-2x3",      "image-native-token-multiplicative"};
+                                  "image-grid-2x3",      "image-native-token-multiplicative",
+                                  "image-native-conceptual"};
 
 INSTANTIATE_TEST_SUITE_P(QwenCases, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("qwen2_vl"),

@@ -8,6 +8,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <iterator>
 
@@ -123,6 +125,54 @@ TEST(ServedModel, ServesQwen2VlModelsWithTheirProcessor) {
       images += s.kind == UnitScore::Kind::kImage;
     }
     EXPECT_EQ(images, 9);
+  }
+}
+
+// MakeExplainer: another Explainer over the replica's model, processor and tokenizer, with its
+// own options (bench/explain_bench.cc's batch-1 run): the same scores at one row per batch,
+// and its limits, not the replica's, apply.
+TEST(ServedModel, MakeExplainerServesTheSameModelWithOtherOptions) {
+  struct Case {
+    std::string name, fixture;
+  };
+  for (const Case& c : {Case{"llama", "atman_cases"}, Case{"llava-next", "atman_cases"},
+                        Case{"qwen2_5_vl", "qwen2_vl_atman_cases"}}) {
+    SCOPED_TRACE(c.name);
+    auto served = OpenOnCpu(c.name, {}, c.fixture);
+    ASSERT_NE(served, nullptr);
+    ExplainRequest r;
+    r.prompt = {PromptItem::Text("Look: ")};
+    if (c.name != "llama") {
+      std::ifstream in(FixtureDir(c.fixture) / c.name / "images" / "wide_40x28.png",
+                       std::ios::binary);
+      r.prompt.push_back(PromptItem::Image(std::string(std::istreambuf_iterator<char>(in), {})));
+    }
+    r.target = " red";
+    r.options.text_granularity = TextGranularity::kToken;
+    r.options.image_granularity = ImageGranularity::kNative;
+    auto expected = served->explainer(0).Explain(r);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+
+    Explainer::Options one_row;
+    one_row.limits.max_rows = 1;
+    auto batch1 = served->MakeExplainer(0, one_row)->Explain(r);
+    ASSERT_TRUE(batch1.ok()) << batch1.status();
+    const auto& want = expected->explanations[0].scores;
+    const auto& got = batch1->explanations[0].scores;
+    ASSERT_EQ(got.size(), want.size());
+    ASSERT_GT(want.size(), 2u);
+    double largest = 0;
+    for (const UnitScore& s : want) largest = std::max(largest, std::abs(s.score));
+    for (size_t k = 0; k < want.size(); ++k) {
+      EXPECT_EQ(got[k].kind, want[k].kind) << k;
+      EXPECT_NEAR(got[k].score, want[k].score, 1e-4 * largest) << k;
+    }
+    EXPECT_EQ(batch1->usage.forward_passes, static_cast<int64_t>(want.size()) + 1);
+
+    Explainer::Options two_units;
+    two_units.max_units = 2;
+    auto refused = served->MakeExplainer(0, two_units)->Explain(r);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
   }
 }
 

@@ -17,7 +17,9 @@ positions computed by the model itself, the "atman" attention on the language mo
 
 Families: qwen2_vl (separate lm_head), qwen2_5_vl (tied embeddings, windowed vision attention).
 Cases: image units native, 3x3, 1 (whole image, vision_start / vision_end included) and a 2x3
-grid; text units word, token and sentence; log-additive (default) and multiplicative control.
+grid; text units word, token and sentence; log-additive (default) and multiplicative control;
+conceptual suppression (contextual_control_threshold 0.6, which must spread to other
+positions: asserted here).
 """
 import argparse
 from pathlib import Path
@@ -69,6 +71,11 @@ def cases(folder: Path):
         "text_granularity": "word", "image_granularity": "grid", "image_rows": 2, "image_cols": 3}
     yield "image-native-token-multiplicative", [dict(tall), {"text": " Tom lives in"}], " Rome", {
         "text_granularity": "token", "image_granularity": "native", "mode": "multiplicative"}
+    # Conceptual suppression (kappa 0.6): a unit's suppression spreads to every input position
+    # whose embedding (the merged image rows at the pads) is at least that cosine-similar.
+    yield "image-native-conceptual", [{"text": "Look: "}, dict(tall), {"text": " What colour is it?"}], " red", {
+        "text_granularity": "word", "image_granularity": "native",
+        "contextual_control_threshold": 0.6}
 
 
 @torch.no_grad()
@@ -120,6 +127,9 @@ def main() -> None:
         out = []
         for case, prompt, target, options in cases(folder):
             ref = explain(model, tokenizer, prompt, target, options, processor)
+            if "contextual_control_threshold" in options:
+                # The case must spread (else it would not tell the rule from none).
+                assert ref["similarity_suppressed"] > 0, (family, case)
             check_positions(model, tokenizer, processor, prompt, target, ref["base_cross_entropy"])
             for item in prompt:
                 item.pop("path", None)
