@@ -876,23 +876,17 @@ TEST(EngineRejectsImages, TooManyImageTokensNamesTheCountAndTheLimit) {
   EXPECT_EQ(Explainer::Options{}.max_image_tokens, 16384);
 }
 
-// LLaVA-NeXT: each image's own count (44 tokens for the 40 x 28 image, a base view + 1 x 2
-// tiles; 46 for the 21 x 35 one, + 2 x 1 tiles), checked as each image's size is known.
-TEST(EngineRejectsImages, TooManyAnyresImageTokensNamesEachImagesCountAndTheLimit) {
-  const Loaded& loaded = Load("llava-next");
-  ASSERT_TRUE(loaded.next);
-  ASSERT_EQ(*loaded.next->ImageTokens(40, 28), 44);
-  ASSERT_EQ(*loaded.next->ImageTokens(21, 35), 46);
+// The wide (40 x 28) and tall (21 x 35) fixture images in one prompt, over `limit` image
+// tokens: Explain and Generate both INVALID_ARGUMENT with `message`. Returns the request.
+ExplainRequest ExpectWideAndTallRefused(const Loaded& loaded, int64_t limit,
+                                        const std::string& message) {
   const std::string wide = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
   const std::string tall = ReadBytes(loaded.dir / "images" / "tall_21x35.png");
   Explainer::Options options;
-  options.max_image_tokens = 89;
+  options.max_image_tokens = limit;
   ExplainRequest r;
   r.prompt = {PromptItem::Image(wide), PromptItem::Text(" and "), PromptItem::Image(tall)};
   r.target = " red";
-  const std::string message =
-      "prompt: 2 images of 44 + 46 image tokens = 90 image tokens, over the limit of 89 image "
-      "tokens per request (max_image_tokens)";
   auto explained = loaded.MakeExplainer(options).Explain(r);
   EXPECT_EQ(explained.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(explained.status().message(), message);
@@ -902,6 +896,22 @@ TEST(EngineRejectsImages, TooManyAnyresImageTokensNamesEachImagesCountAndTheLimi
   auto generated = loaded.MakeExplainer(options).Generate(g);
   EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(generated.status().message(), message);
+  return r;
+}
+
+// LLaVA-NeXT: each image's own count (44 tokens for the 40 x 28 image, a base view + 1 x 2
+// tiles; 46 for the 21 x 35 one, + 2 x 1 tiles), checked as each image's size is known.
+TEST(EngineRejectsImages, TooManyAnyresImageTokensNamesEachImagesCountAndTheLimit) {
+  const Loaded& loaded = Load("llava-next");
+  ASSERT_TRUE(loaded.next);
+  ASSERT_EQ(*loaded.next->ImageTokens(40, 28), 44);
+  ASSERT_EQ(*loaded.next->ImageTokens(21, 35), 46);
+  const std::string tall = ReadBytes(loaded.dir / "images" / "tall_21x35.png");
+  ExplainRequest r = ExpectWideAndTallRefused(
+      loaded, 89,
+      "prompt: 2 images of 44 + 46 image tokens = 90 image tokens, over the limit of 89 image "
+      "tokens per request (max_image_tokens)");
+  Explainer::Options options;
   options.max_image_tokens = 90;
   auto at_limit = loaded.MakeExplainer(options).Explain(r);
   ASSERT_TRUE(at_limit.ok()) << at_limit.status();
@@ -929,25 +939,11 @@ TEST(EngineRejectsImages, TooManyQwen2VlImageTokensNamesEachImagesCountAndTheLim
   ASSERT_EQ(*loaded.qwen_prompt->ImageTokens(40, 28), 9);
   ASSERT_EQ(*loaded.qwen_prompt->ImageTokens(21, 35), 8);
   ASSERT_EQ(*loaded.qwen_prompt->ImageTokens(112, 84), 12);  // more pixels, more tokens
-  const std::string wide = ReadBytes(loaded.dir / "images" / "wide_40x28.png");
-  const std::string tall = ReadBytes(loaded.dir / "images" / "tall_21x35.png");
-  Explainer::Options options;
-  options.max_image_tokens = 16;
-  ExplainRequest r;
-  r.prompt = {PromptItem::Image(wide), PromptItem::Text(" and "), PromptItem::Image(tall)};
-  r.target = " red";
-  const std::string message =
+  ExplainRequest r = ExpectWideAndTallRefused(
+      loaded, 16,
       "prompt: 2 images of 9 + 8 image tokens = 17 image tokens, over the limit of 16 image "
-      "tokens per request (max_image_tokens)";
-  auto explained = loaded.MakeExplainer(options).Explain(r);
-  EXPECT_EQ(explained.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(explained.status().message(), message);
-  GenerationRequest g;
-  g.prompt = r.prompt;
-  g.max_new_tokens = 2;
-  auto generated = loaded.MakeExplainer(options).Generate(g);
-  EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(generated.status().message(), message);
+      "tokens per request (max_image_tokens)");
+  Explainer::Options options;
   // At the limit it runs: vision_start + 9 pads + vision_end, the text, 1 + 8 + 1.
   options.max_image_tokens = 17;
   auto at_limit = loaded.MakeExplainer(options).Explain(r);
