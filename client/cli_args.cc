@@ -43,6 +43,9 @@ const std::vector<OptionSpec> kPrompt = {
     {"token-ids", false, "a token-id item: comma-separated ids (repeatable)"},
     {"no-special-tokens", true, "do not put the tokenizer's BOS in front"},
     {"layers", false, "comma-separated 0-based layers to manipulate (default all)"},
+    {"scored-items", false,
+     "Explain: comma-separated 0-based prompt items to score, in command-line order (default "
+     "all; the others stay in the prompt, unscored)"},
     {"control-mode", false, "log-additive (default) | multiplicative"},
     {"control-token-overlap", false, "partial (default) | complete"},
     {"request-id", false, "id echoed by the server"},

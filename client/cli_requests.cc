@@ -128,6 +128,11 @@ absl::StatusOr<pb::ExplainRequest> ExplainRequestFromArgs(const ParsedArgs& args
     if (!v.ok()) return v.status();
     for (int32_t l : *v) o.add_layers(l);
   }
+  if (args.Has("scored-items")) {
+    auto v = IntListFlag("scored-items", args.Get("scored-items"));
+    if (!v.ok()) return v.status();
+    for (int32_t i : *v) o.add_scored_items(i);
+  }
   if (args.Has("no-special-tokens")) o.set_add_special_tokens(false);
   if (args.Has("max-new-tokens")) {
     auto v = IntFlag(args, "max-new-tokens", 1, 1 << 20);

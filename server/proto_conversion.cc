@@ -257,6 +257,7 @@ absl::StatusOr<atman::ExplainRequest> ToExplainRequest(const pb::ExplainRequest&
   }
   opt.normalize = o.normalize();
   opt.layers.assign(o.layers().begin(), o.layers().end());
+  opt.scored_items.assign(o.scored_items().begin(), o.scored_items().end());
   if (o.has_add_special_tokens()) opt.add_special_tokens = o.add_special_tokens();
   if (o.has_max_new_tokens()) opt.max_new_tokens = o.max_new_tokens();
   if (o.max_forward_passes() < 0) {

@@ -14,7 +14,7 @@
 //   auto_max_units, image_granularity (native|6x6|3x3|1|grid), image_rows, image_cols,
 //   control_factor, mode (log_additive|multiplicative), contextual_control_threshold,
 //   target_granularity (complete|token), postprocessing (none|absolute|square), normalize,
-//   layers, add_special_tokens, max_new_tokens. Defaults are ExplainOptions' (docs/engine.md).
+//   layers, scored_items, add_special_tokens, max_new_tokens. Defaults are ExplainOptions' (docs/engine.md).
 //
 // Answer: {"id", "target", "target_ids", "target_log_probs", "prompt_tokens", "explanations": [{"target_start",
 //   "target_length", "units": [{"kind": "text"|"image"|"token"|"target", "item", "start",
@@ -228,6 +228,8 @@ absl::Status ParseOptions(const nlohmann::json& o, ExplainOptions* opt) {
       ATMAN_ASSIGN_OR_RETURN(opt->normalize, Field<bool>(o, key, at));
     } else if (key == "layers") {
       ATMAN_ASSIGN_OR_RETURN(opt->layers, Field<std::vector<int64_t>>(o, key, at));
+    } else if (key == "scored_items") {
+      ATMAN_ASSIGN_OR_RETURN(opt->scored_items, Field<std::vector<int32_t>>(o, key, at));
     } else if (key == "add_special_tokens") {
       ATMAN_ASSIGN_OR_RETURN(opt->add_special_tokens, Field<bool>(o, key, at));
     } else if (key == "max_new_tokens") {

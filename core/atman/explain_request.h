@@ -45,6 +45,11 @@ struct ExplainOptions {
   Postprocessing postprocessing = Postprocessing::kNone;
   bool normalize = false;
   std::vector<int64_t> layers;  // empty: every layer
+  // Prompt items (indices into ExplainRequest::prompt) whose units are scored; empty: every
+  // item. The other items still take part in every forward pass (they are context, never
+  // suppressed) but get no units, so a request pays only for the units it reads. A scored
+  // unit's score does not depend on which other units are scored.
+  std::vector<int32_t> scored_items;
   // Prepend the tokenizer's leading special tokens (BOS) to the prompt, as its post-processor
   // would for one text.
   bool add_special_tokens = true;

@@ -206,6 +206,19 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
           absl::StrCat("options.layers: ", l, " is outside [0, ", layers, ")"));
     }
   }
+  for (size_t k = 0; k < o.scored_items.size(); ++k) {
+    const int32_t item = o.scored_items[k];
+    const std::string field = absl::StrCat("options.scored_items[", k, "]");
+    if (item < 0 || static_cast<size_t>(item) >= request.prompt.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": ", item, " is outside [0, ",
+                                                     request.prompt.size(),
+                                                     ") (the prompt's items)"));
+    }
+    if (std::find(o.scored_items.begin(), o.scored_items.begin() + static_cast<ptrdiff_t>(k),
+                  item) != o.scored_items.begin() + static_cast<ptrdiff_t>(k)) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": item ", item, " is listed twice"));
+    }
+  }
   if (o.text_granularity == TextGranularity::kCustom && o.custom_delimiter.empty()) {
     return absl::InvalidArgumentError(
         "options.custom_delimiter: empty, but options.text_granularity is custom");
@@ -520,11 +533,16 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
                                                        const Sequence& seq,
                                                        int64_t num_targets) const {
   const ExplainOptions& o = request.options;
-  // Text units of every text item at one level (token level when `kind` is empty).
+  // Whether prompt item i gets units (options.scored_items; every item when empty).
+  auto scored = [&](size_t i) {
+    return o.scored_items.empty() || std::find(o.scored_items.begin(), o.scored_items.end(),
+                                               static_cast<int32_t>(i)) != o.scored_items.end();
+  };
+  // Text units of every scored text item at one level (token level when `kind` is empty).
   auto text_units = [&](std::optional<text::UnitKind> kind) -> absl::StatusOr<std::vector<Unit>> {
     std::vector<Unit> units;
     for (size_t i = 0; i < request.prompt.size(); ++i) {
-      if (request.prompt[i].kind != PromptItem::Kind::kText) continue;
+      if (request.prompt[i].kind != PromptItem::Kind::kText || !scored(i)) continue;
       const Sequence::Item& item = seq.items[i];
       if (!kind.has_value()) {
         for (size_t t = 0; t < item.positions.size(); ++t) {
@@ -591,7 +609,7 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
   // Image items: the model's units at the requested grid (image_prompt_model.h). 6x6 and 3x3
   // shrink to the native grid when it is smaller.
   for (size_t i = 0; i < request.prompt.size(); ++i) {
-    if (request.prompt[i].kind != PromptItem::Kind::kImage) continue;
+    if (request.prompt[i].kind != PromptItem::Kind::kImage || !scored(i)) continue;
     const model::PromptImage& image = *seq.items[i].image;
     const auto [native_rows, native_cols] = vlm_->NativeGrid(image);
     int64_t rows = 1, cols = 1;
@@ -635,7 +653,7 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
   }
   // Raw token-id items: one unit per token.
   for (size_t i = 0; i < request.prompt.size(); ++i) {
-    if (request.prompt[i].kind != PromptItem::Kind::kTokenIds) continue;
+    if (request.prompt[i].kind != PromptItem::Kind::kTokenIds || !scored(i)) continue;
     for (size_t t = 0; t < seq.items[i].positions.size(); ++t) {
       units.push_back({UnitScore::Kind::kToken,
                        static_cast<int32_t>(i),
@@ -661,7 +679,13 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
         "units: the request has ", units.size(), " units at this granularity, over the limit of ",
         options_.max_units, " (choose a coarser granularity)"));
   }
-  if (units.empty()) return absl::InvalidArgumentError("units: the prompt has no units to score");
+  if (units.empty()) {
+    return absl::InvalidArgumentError(
+        o.scored_items.empty()
+            ? "units: the prompt has no units to score"
+            : absl::StrCat("units: the scored items (options.scored_items: ",
+                           absl::StrJoin(o.scored_items, ", "), ") have no units to score"));
+  }
   return units;
 }
 

@@ -504,6 +504,92 @@ TEST(Engine, PrefixReuseComputesFewerPositions) {
   EXPECT_LT(a->usage.positions_computed, 0.6 * (n + 1) * L);
 }
 
+// options.scored_items: only the listed items get units; each of their scores equals the one
+// the full explanation gives it (to 1e-4 of the largest score: other batch shapes round
+// differently; a row suppresses its own unit only, so no score depends on
+// which others are scored), for both modes with conceptual suppression and per-token targets
+// (whose earlier target tokens stay units); AUTO picks its level from the scored units alone.
+TEST(Engine, ScoredItemsAreScoredAsInTheFullExplanationForFewerRows) {
+  const Loaded& loaded = Load("llama");
+  ASSERT_TRUE(loaded.lm);
+  ExplainRequest full;
+  full.prompt = {PromptItem::Text("Tom lives in Rome."), PromptItem::Text(" Anna lives in Paris."),
+                 PromptItem::Tokens({5, 6, 7}), PromptItem::Text(" Where does Anna live?")};
+  full.target = " Paris is";
+  full.options.text_granularity = TextGranularity::kToken;
+  full.options.target_granularity = TargetGranularity::kToken;
+  full.options.contextual_control_threshold = 0.5;
+  const Explainer explainer(loaded.lm.get(), loaded.tokenizer.get(), {});
+  for (const auto mode : {model::ControlMode::kLogAdditive, model::ControlMode::kMultiplicative}) {
+    full.options.mode = mode;
+    ExplainRequest part = full;
+    part.options.scored_items = {2, 1};
+    auto a = explainer.Explain(full);
+    auto b = explainer.Explain(part);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+    ASSERT_EQ(a->explanations.size(), b->explanations.size());
+    double scale = 0;
+    for (const auto& t : a->explanations)
+      for (const UnitScore& u : t.scores) scale = std::max(scale, std::abs(u.score));
+    int64_t kept = 0;
+    for (size_t r = 0; r < a->explanations.size(); ++r) {
+      std::vector<UnitScore> expected;
+      for (const UnitScore& u : a->explanations[r].scores) {
+        if (u.kind == UnitScore::Kind::kTarget || u.item == 1 || u.item == 2) expected.push_back(u);
+      }
+      const auto& got = b->explanations[r].scores;
+      ASSERT_EQ(got.size(), expected.size()) << "row " << r;
+      for (size_t k = 0; k < got.size(); ++k) {
+        EXPECT_EQ(got[k].kind, expected[k].kind);
+        EXPECT_EQ(got[k].item, expected[k].item);
+        EXPECT_EQ(got[k].start, expected[k].start);
+        EXPECT_EQ(got[k].length, expected[k].length);
+        EXPECT_NEAR(got[k].score, expected[k].score, 1e-4 * scale) << "row " << r << " unit " << k;
+      }
+      if (r + 1 == a->explanations.size()) kept = static_cast<int64_t>(got.size());
+    }
+    // Item 1's tokens, item 2's 3 ids and the earlier target tokens (units of the last one).
+    int64_t item1_tokens = 0, target_units = 0;
+    for (const UnitScore& u : a->explanations.back().scores) {
+      item1_tokens += u.item == 1;
+      target_units += u.kind == UnitScore::Kind::kTarget;
+    }
+    EXPECT_GE(target_units, 1);
+    EXPECT_EQ(kept, item1_tokens + 3 + target_units);
+    EXPECT_EQ(b->usage.perturbed_rows, kept);
+    EXPECT_LT(b->usage.perturbed_rows, a->usage.perturbed_rows);
+    EXPECT_LT(b->usage.positions_computed, a->usage.positions_computed);
+  }
+  // AUTO counts the scored units only: with auto_max_units = item 1's token count, the whole
+  // prompt would be cut coarser, item 1 alone is explained per token.
+  ExplainRequest autos;
+  autos.prompt = full.prompt;
+  autos.target = " Paris";
+  autos.options.text_granularity = TextGranularity::kToken;
+  auto tokens = explainer.Explain(autos);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  size_t item1_tokens = 0;
+  for (const UnitScore& u : tokens->explanations[0].scores) item1_tokens += u.item == 1;
+  ASSERT_GT(tokens->explanations[0].scores.size(), item1_tokens);
+  autos.options.text_granularity = TextGranularity::kAuto;
+  autos.options.auto_max_units = static_cast<int32_t>(item1_tokens);
+  autos.options.scored_items = {1};
+  auto c = explainer.Explain(autos);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->explanations[0].scores.size(), item1_tokens);
+  EXPECT_EQ(c->usage.perturbed_rows, static_cast<int64_t>(item1_tokens));
+  double scale = 0;
+  for (const UnitScore& u : tokens->explanations[0].scores) scale = std::max(scale, std::abs(u.score));
+  size_t k = 0;
+  for (const UnitScore& u : tokens->explanations[0].scores) {
+    if (u.item != 1) continue;
+    EXPECT_EQ(c->explanations[0].scores[k].start, u.start);
+    EXPECT_EQ(c->explanations[0].scores[k].length, u.length);
+    EXPECT_NEAR(c->explanations[0].scores[k].score, u.score, 1e-4 * scale);
+    ++k;
+  }
+}
+
 // subtract_null_row: each batch carries one unmanipulated row per explanation; in float32 on
 // the CPU it reproduces the unperturbed pass to rounding, so the scores stay (1e-4 of the
 // largest) in as many batches, whose positions now count the null rows too.
@@ -813,6 +899,20 @@ TEST_F(EngineRejects, NonFiniteAndOutOfRangeParameters) {
   r.prompt.push_back(PromptItem::Image("\x89PNG"));
   EXPECT_THAT(Error(r),
               StartsWith("prompt[1].image: an image, but the loaded model (llama) is text-only"));
+}
+
+TEST_F(EngineRejects, ScoredItemsOutsideThePromptTwiceOrWithoutUnits) {
+  ExplainRequest r = Valid();
+  r.prompt.push_back(PromptItem::Tokens({}));
+  r.options.scored_items = {0, 2};
+  EXPECT_THAT(Error(r), StartsWith("options.scored_items[1]: 2 is outside [0, 2) (the prompt's items)"));
+  r.options.scored_items = {-1};
+  EXPECT_THAT(Error(r), StartsWith("options.scored_items[0]: -1 is outside [0, 2)"));
+  r.options.scored_items = {1, 0, 1};
+  EXPECT_THAT(Error(r), StartsWith("options.scored_items[2]: item 1 is listed twice"));
+  r.options.scored_items = {1};  // an empty token-id item has no units
+  EXPECT_THAT(Error(r),
+              StartsWith("units: the scored items (options.scored_items: 1) have no units"));
 }
 
 TEST(EngineRejectsImages, CorruptOversizedAndOverfineImages) {

@@ -63,6 +63,8 @@ TEST(ExplainArgs, EveryOptionReachesTheRequest) {
                                                "--normalize",
                                                "--layers",
                                                "0,2",
+                                               "--scored-items",
+                                               "2,0",
                                                "--no-special-tokens",
                                                "--max-new-tokens",
                                                "4",
@@ -93,6 +95,7 @@ TEST(ExplainArgs, EveryOptionReachesTheRequest) {
   EXPECT_EQ(o.postprocessing(), pb::POSTPROCESSING_SQUARE);
   EXPECT_TRUE(o.normalize());
   EXPECT_THAT(o.layers(), ::testing::ElementsAre(0, 2));
+  EXPECT_THAT(o.scored_items(), ::testing::ElementsAre(2, 0));
   EXPECT_TRUE(o.has_add_special_tokens());
   EXPECT_FALSE(o.add_special_tokens());
   EXPECT_EQ(o.max_new_tokens(), 4);
@@ -138,6 +141,8 @@ TEST(ExplainArgs, BadValuesNameTheFlag) {
          "--text-granularity words: expected one of auto, token");
   expect({"explain", "--prompt", "x", "--control-factor", "nan"}, "--control-factor nan: not a");
   expect({"explain", "--prompt", "x", "--layers", "1,x"}, "--layers 1,x: \"x\" is not an integer");
+  expect({"explain", "--prompt", "x", "--scored-items", "1,a"},
+         "--scored-items 1,a: \"a\" is not an integer");
   expect({"explain", "--prompt", "x", "--auto-max-units", "0"}, "--auto-max-units 0: not in [1,");
   expect({"explain", "--target", "x"}, "the prompt needs an item");
 }

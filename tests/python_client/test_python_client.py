@@ -119,7 +119,7 @@ def call_all(client_calls, server, image_path):
     result = client_calls("explain", ["Describe: ", pil], "", request_id="py-test",
                           target_granularity="token", max_new_tokens=3, control_factor=0.0,
                           postprocessing="absolute", normalize=True, image_granularity="grid",
-                          image_rows=2, image_cols=3, layers=[0, 1])
+                          image_rows=2, image_cols=3, layers=[0, 1], scored_items=[1])
     request = pb.ExplainRequest(request_id="py-test")
     request.prompt.add(text="Describe: ")
     buffer = __import__("io").BytesIO()
@@ -134,12 +134,15 @@ def call_all(client_calls, server, image_path):
     o.image_granularity = pb.IMAGE_GRANULARITY_GRID
     o.image_rows, o.image_cols = 2, 3
     o.layers.extend([0, 1])
+    o.scored_items.extend([1])
     assert result.request == request
     raw = server.stub.Explain(request, timeout=120)
     assert len(raw.explanations) == 3
     assert without_timings(result.raw) == without_timings(raw)
     check_views(result, result.raw)
     assert len(result.per_token[2].target_spans) == 2 and len(result.per_token[0].regions) == 6
+    # scored_items=[1]: the image's units only; the text item is read but not scored.
+    assert [i.item for i in raw.explanations[0].items] == [1]
 
     g = client_calls("generate", "Hello", request_id="g", max_new_tokens=5,
                      controls=[atman.Control(item=0, start=0, length=2, factor=0.5)],
@@ -367,6 +370,8 @@ BAD_OPTIONS = [
     (dict(normalize="yes"), "normalize"),
     (dict(layers=[0, -1]), "layers[1]"),
     (dict(layers="0,1"), "layers"),
+    (dict(scored_items=[1, -2]), "scored_items[1]"),
+    (dict(scored_items=1), "scored_items"),
     (dict(add_special_tokens=1), "add_special_tokens"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(max_forward_passes=-1), "max_forward_passes"),

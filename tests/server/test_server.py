@@ -110,6 +110,38 @@ def test_token_granularity_rows_list_only_their_units(server):
     assert len(complete.explanations[0].target) == 0
 
 
+def test_scored_items_get_the_scores_of_the_whole_explanation(server):
+    """options.scored_items: only the listed items are scored (the others absent), with the
+    scores the whole-prompt explanation gives them, for fewer perturbed rows; an index outside
+    the prompt is INVALID_ARGUMENT naming options.scored_items[k]."""
+    prompt = [pb.PromptItem(text="Tom lives in Rome."), pb.PromptItem(text=" Anna lives in Paris."),
+              pb.PromptItem(token_ids=pb.TokenIds(ids=[5, 17, 42])),
+              pb.PromptItem(text=" Where does Anna live? She lives in")]
+    options = pb.ExplainOptions(text_granularity=pb.TEXT_GRANULARITY_TOKEN)
+    whole = server.stub.Explain(pb.ExplainRequest(prompt=prompt, target=" Paris",
+                                                  options=options), timeout=60)
+    options.scored_items.extend([2, 1])
+    part = server.stub.Explain(pb.ExplainRequest(prompt=prompt, target=" Paris",
+                                                 options=options), timeout=60)
+    by_item = {it.item: it for it in whole.explanations[0].items}
+    assert [it.item for it in part.explanations[0].items] == [1, 2]
+    largest = max(abs(s) for s in flat_scores(whole))
+    for it in part.explanations[0].items:
+        ref = by_item[it.item]
+        assert [(s.start, s.length) for s in it.text] == [(s.start, s.length) for s in ref.text]
+        assert [s.token_index for s in it.tokens] == [s.token_index for s in ref.tokens]
+        for got, want in zip(list(it.text) + list(it.tokens), list(ref.text) + list(ref.tokens)):
+            assert abs(got.score - want.score) <= 1e-4 * largest
+    assert part.usage.perturbed_rows == len(by_item[1].text) + 3 < whole.usage.perturbed_rows
+    options.scored_items.append(4)
+    with pytest.raises(grpc.RpcError) as e:
+        server.stub.Explain(pb.ExplainRequest(prompt=prompt, target=" Paris", options=options),
+                            timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details().startswith(
+        "options.scored_items[2]: 4 is outside [0, 4) (the prompt's items)"), e.value.details()
+
+
 def test_stream_sends_progress_then_the_result(server):
     events = list(server.stub.ExplainStream(big_request(), timeout=60))
     assert events[-1].WhichOneof("event") == "result"

@@ -84,10 +84,14 @@ def _bool(field: str, value: Any) -> bool:
     return value
 
 
-def _layers(field: str, value: Any) -> list[int]:
+def _indices(field: str, value: Any, what: str) -> list[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise OptionError(field, f"{value!r} is not a list of layer indices")
+        raise OptionError(field, f"{value!r} is not a list of {what} indices")
     return [_int(f"{field}[{i}]", v, 0) for i, v in enumerate(value)]
+
+
+def _layers(field: str, value: Any) -> list[int]:
+    return _indices(field, value, "layer")
 
 
 def _request_id(value: Any) -> str:
@@ -106,8 +110,8 @@ EXPLAIN_DEFAULTS: dict[str, Any] = {
     "image_granularity": "native", "image_rows": 0, "image_cols": 0, "control_factor": 0.1,
     "control_mode": "log_additive", "contextual_control_threshold": None,
     "control_token_overlap": "partial", "target_granularity": "complete",
-    "postprocessing": "none", "normalize": False, "layers": (), "add_special_tokens": True,
-    "max_new_tokens": 16, "max_forward_passes": 0, "return_relevance_tensor": False,
+    "postprocessing": "none", "normalize": False, "layers": (), "scored_items": (),
+    "add_special_tokens": True, "max_new_tokens": 16, "max_forward_passes": 0, "return_relevance_tensor": False,
 }
 
 GENERATE_DEFAULTS: dict[str, Any] = {
@@ -174,6 +178,7 @@ def explain_options(options: Mapping[str, Any]) -> pb.ExplainOptions:
         m.postprocessing = pp
     m.normalize = _bool("normalize", o["normalize"])
     m.layers.extend(_layers("layers", o["layers"]))
+    m.scored_items.extend(_indices("scored_items", o["scored_items"], "prompt item"))
     if not _bool("add_special_tokens", o["add_special_tokens"]):
         m.add_special_tokens = False
     if (n := _int("max_new_tokens", o["max_new_tokens"], 1)) != 16:
