@@ -243,10 +243,16 @@ class HfModel:
     def log_prob(self, embeds: torch.Tensor, enc: Encoded,
                  attention_mask: Optional[torch.Tensor] = None,
                  output_attentions: bool = False):
-        """Sum over target tokens of log p(t_j | ...), one value per batch row."""
+        """Sum over target tokens of log p(t_j | ...), one value per batch row. The inputs are
+        the prompt and target[:-1], so the m target tokens are predicted at the last m
+        positions: only their logits are computed (logits_to_keep), and no KV cache is kept."""
+        m = len(enc.target_ids)
+        if embeds.shape[1] != enc.prompt_len + m - 1:
+            raise ValueError(f"log_prob: {embeds.shape[1]} positions, expected prompt "
+                             f"{enc.prompt_len} + target {m} - 1")
         out = self.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                         output_attentions=output_attentions)
-        logits = out.logits[:, enc.prompt_len - 1:enc.prompt_len - 1 + len(enc.target_ids)]
+                         output_attentions=output_attentions, logits_to_keep=m, use_cache=False)
+        logits = out.logits[:, -m:]
         lp = torch.log_softmax(logits.float(), dim=-1)
         idx = torch.tensor(enc.target_ids).view(1, -1, 1).expand(lp.shape[0], -1, 1)
         total = lp.gather(-1, idx).squeeze(-1).sum(-1)
@@ -395,17 +401,34 @@ def deletion_curve(hf: HfModel, enc: Encoded, context: list[Unit],
                    relevance: np.ndarray) -> list[float]:
     """p(target) after removing round(f * n) of the n context units, most relevant first, for f
     in DELETION_FRACTIONS. Removal = the units' positions masked out as attention keys for every
-    query (a 0 in the attention mask; AtMan's factor 0), one batched forward pass."""
-    order = deletion_order(relevance)
+    query (a 0 in the attention mask; AtMan's factor 0), batched forward passes."""
+    return deletion_curves(hf, enc, context, {"": relevance})[""]
+
+
+def deletion_curves(hf: HfModel, enc: Encoded, context: list[Unit],
+                    relevances: dict, batch: int = 16, known: Optional[dict] = None) -> dict:
+    """deletion_curve() of several methods' relevance over the same context (name -> curve).
+    A removal set that two curves share (every curve starts with none removed and ends with
+    all; methods that agree on their top units share more) is computed once: the same p as
+    its own row would give, up to the rounding of another batch shape. `known` (removal set ->
+    p, filled here) carries the sets of earlier calls on the same item and context."""
     counts = deletion_counts(len(context), DELETION_FRACTIONS)
+    removed_sets = {name: [frozenset(deletion_order(rel)[:count]) for count in counts]
+                    for name, rel in relevances.items()}
+    p = {} if known is None else known
+    unique = [s for s in dict.fromkeys(s for sets in removed_sets.values() for s in sets)
+              if s not in p]
     n = enc.embeds.shape[1]
-    mask = torch.ones(len(counts), n, dtype=torch.long)
-    for row, count in enumerate(counts):
-        for k in order[:count]:
-            mask[row, context[k].positions] = 0
-    with torch.no_grad():
-        lp = hf.log_prob(enc.embeds.expand(len(counts), -1, -1), enc, attention_mask=mask)
-    return [math.exp(v) for v in lp.tolist()]
+    for at in range(0, len(unique), batch):
+        chunk = unique[at:at + batch]
+        mask = torch.ones(len(chunk), n, dtype=torch.long)
+        for row, removed in enumerate(chunk):
+            for k in removed:
+                mask[row, context[k].positions] = 0
+        with torch.no_grad():
+            lp = hf.log_prob(enc.embeds.expand(len(chunk), -1, -1), enc, attention_mask=mask)
+        p.update(zip(chunk, (math.exp(v) for v in lp.tolist())))
+    return {name: [p[s] for s in sets] for name, sets in removed_sets.items()}
 
 
 def timed(fn: Callable, *args):

@@ -255,8 +255,13 @@ def select_methods(args) -> tuple[dict, dict]:
 
 
 def request(item: dict, options: dict, rid: int) -> dict:
+    """The engine request of one AtMan configuration: token units of the context (prompt item
+    1) only, the only units the metrics read; the demonstration and the question are read by
+    the model but not scored (scored_items), which gives the context tokens the scores of a
+    whole-prompt explanation at a third of its passes."""
     return {"id": rid, "prompt": [{"text": t} for t in prompt_parts(item)],
-            "target": " " + item["answer"], "options": {"text_granularity": "token", **options}}
+            "target": " " + item["answer"],
+            "options": {"text_granularity": "token", "scored_items": [1], **options}}
 
 
 def units_from_record(rec: dict) -> list[pipeline.Unit]:
@@ -306,31 +311,41 @@ def explain_item(engine, hf, item, methods, baselines, rec=None) -> dict:
     else:
         raise RuntimeError(f"{item['id']}: no AtMan method to take the units from")
     rec["units"] = [[u.positions, u.context, u.truth] for u in units]
+    context = [u for u in units if u.context]
+    idx = [u.index for u in context]
+    y = np.array([u.truth for u in context])
+    rec["context"], rec["truth"] = idx, y.tolist()
+    # The baselines and their deletion curves while the engine works through the AtMan
+    # requests; then the AtMan curves. Every removal set is computed once per item (`known`).
+    known = {}
     new = {}
     for name, fn in baselines.items():
         if fn is random_scores:
             fn = functools.partial(random_scores, item_id=item["id"])
         rel, seconds, _ = pipeline.timed(fn, hf, enc, units)
         new[name] = {"relevance": np.asarray(rel, dtype=np.float64), "seconds": seconds}
+    curves = pipeline.deletion_curves(hf, enc, context,
+                                      {name: m["relevance"][idx] for name, m in new.items()},
+                                      known=known)
     for _ in range(len(methods) - 1):
         answers.append(json.loads(engine.proc.stdout.readline()))
+    atman = {}
     for name, answer in zip(methods, answers):
         if "error" in answer:
             raise RuntimeError(f"{name} failed on {item['id']}: {answer['error']}")
         if len(answer["explanations"][0]["units"]) != len(units):
             raise RuntimeError(f"{name}: {len(answer['explanations'][0]['units'])} units, "
                                f"expected {len(units)}")
-        new[name] = {
+        atman[name] = {
             "relevance": np.asarray(answer["unit_relevance"], dtype=np.float64).sum(0),
             "seconds": answer["usage"]["seconds"],
             "engine_peak": answer["usage"]["peak_memory_bytes"]}
-    context = [u for u in units if u.context]
-    idx = [u.index for u in context]
-    y = np.array([u.truth for u in context])
-    rec["context"], rec["truth"] = idx, y.tolist()
+    curves.update(pipeline.deletion_curves(
+        hf, enc, context, {name: m["relevance"][idx] for name, m in atman.items()}, known=known))
+    new.update(atman)
     for name, m in new.items():
         x = m["relevance"][idx]
-        curve = pipeline.deletion_curve(hf, enc, context, x)
+        curve = curves[name]
         m.update(precision=metrics.precision(x, y), recall=metrics.recall(x, y),
                  pointing=metrics.pointing_hit(x, y), aopc=metrics.area_over_curve(curve),
                  curve=curve)
@@ -445,6 +460,19 @@ def write_doc(path: Path, table: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
+def rounded(records: list[dict]) -> list[dict]:
+    """The records with every relevance and deletion-curve value rounded to 6 significant
+    digits (the metrics are computed before rounding; the file stays small enough to keep)."""
+    def r6(values):
+        return [float(f"{v:.6g}") for v in values]
+    out = []
+    for rec in records:
+        methods = {name: {**m, **{k: r6(m[k]) for k in ("relevance", "curve") if k in m}}
+                   for name, m in rec["methods"].items()}
+        out.append({**rec, "methods": methods})
+    return out
+
+
 def write_json(args, records) -> None:
     """All records and the summary, written whole to a temporary file and renamed (a run
     stopped while writing leaves the previous checkpoint)."""
@@ -452,7 +480,8 @@ def write_json(args, records) -> None:
     tmp.write_text(json.dumps({"model": args.model.name, "kappa": args.kappa,
                                "ig_steps": args.ig_steps,
                                "methods": method_names_of(records, args.kappa),
-                               "summary": summarise(records, args.kappa), "items": records}))
+                               "summary": summarise(records, args.kappa),
+                               "items": rounded(records)}, separators=(",", ":")))
     os.replace(tmp, args.json)
 
 

@@ -6,7 +6,9 @@ docs/fidelity.md "SQuAD protocol on SmolLM2").
 - Tokenizing the prompt's three parts on their own gives the tokens of the joined prompt (so
   the engine, which tokenizes its text items separately, sees the model's natural tokens).
 - atman-explain's token-unit scores on SmolLM2 equal transformers' with each unit's key column
-  biased by log 0.1 (every unit of one item).
+  biased by log 0.1 (every context unit of one item); scoring only the context (scored_items)
+  gives the scores of a whole-prompt explanation; the deletion curves computed in shared
+  batches equal one curve per method.
 - squad.py end to end on one item, two AtMan configurations: every recorded precision
   recomputes from the recorded relevance and truth; the truth is the answering sentence.
 
@@ -127,6 +129,43 @@ def test_engine_equals_transformers_on_smollm2(hf):
     assert np.abs(ours - reference).max() <= 1e-3 * np.abs(reference).max() + 1e-4
 
 
+def test_scored_context_equals_the_whole_prompt_explanation(hf):
+    """The benchmark scores only the context item (scored_items [1]); its units and scores are
+    those of an explanation of every prompt token (a row suppresses only its own unit)."""
+    item = squad.load_items(squad.ITEMS)[1]
+    scored = squad.request(item, {"mode": "multiplicative"}, 0)
+    whole = json.loads(json.dumps(scored))
+    del whole["options"]["scored_items"]
+    a, b = explain([scored, whole])
+    units_a, units_b = a["explanations"][0]["units"], b["explanations"][0]["units"]
+    context_b = [k for k, u in enumerate(units_b) if u["item"] == 1]
+    assert [u["item"] for u in units_a] == [1] * len(context_b)
+    assert [(u["start"], u["length"]) for u in units_a] == \
+        [(units_b[k]["start"], units_b[k]["length"]) for k in context_b]
+    assert len(context_b) < len(units_b) / 2 and a["usage"]["perturbed_rows"] == len(context_b)
+    ra = np.array(a["unit_relevance"]).sum(0)
+    rb = np.array(b["unit_relevance"]).sum(0)[context_b]
+    assert np.abs(ra - rb).max() <= 1e-4 * np.abs(rb).max()
+
+
+def test_shared_deletion_curves_equal_one_curve_each(hf):
+    """deletion_curves (one removal set computed once for every method that has it) gives each
+    method the curve of its own deletion_curve."""
+    item = squad.load_items(squad.ITEMS)[2]
+    enc, spans = hf.encode(item)
+    answer = explain([squad.request(item, {}, 0)])[0]
+    context = squad.locate_units(answer, spans, item)
+    rng = np.random.default_rng(0)
+    atman = np.array(answer["unit_relevance"]).sum(0)
+    relevances = {"atman": atman, "same top": atman + 1e-3 * rng.random(len(context)),
+                  "random": rng.random(len(context)), "reversed": -atman}
+    shared = squad.pipeline.deletion_curves(hf, enc, context, relevances)
+    for name, rel in relevances.items():
+        alone = squad.pipeline.deletion_curve(hf, enc, context, rel)
+        assert shared[name] == pytest.approx(alone, rel=1e-4, abs=1e-7), name
+    assert shared["atman"][0] == shared["random"][0] and shared["atman"][-1] == shared["random"][-1]
+
+
 def test_squad_end_to_end(tmp_path):
     out, doc = tmp_path / "squad.json", tmp_path / "doc.md"
     doc.write_text(f"intro\n{squad.BEGIN}\nold\n{squad.END}\noutro\n")
@@ -142,7 +181,9 @@ def test_squad_end_to_end(tmp_path):
     assert len(result["methods"]) == 2 + 6  # log-additive and multiplicative 0.1 AtMan, IG, IxG, Saliency, rollout, Chefer, random
     for name, m in rec["methods"].items():
         x = np.array(m["relevance"])[rec["context"]]
-        assert metrics.precision(x, rec["truth"]) == pytest.approx(m["precision"]), name
+        # the file keeps 6 significant digits of each relevance value
+        assert metrics.precision(x, rec["truth"]) == pytest.approx(m["precision"], rel=1e-5), name
+        assert all(v == float(f"{v:.6g}") for v in m["relevance"] + m["curve"]), name
         assert len(m["curve"]) == 11
     assert item["id"] == rec["id"]
     text = doc.read_text()
