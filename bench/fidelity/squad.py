@@ -179,6 +179,10 @@ def parse_args(argv=None):
     p.add_argument("--no-occlusion", action="store_true",
                    help="leave out Captum occlusion (the costliest baseline)")
     p.add_argument("--json", type=Path, help="write every figure (and per-item records) here")
+    p.add_argument("--compact", action="store_true",
+                   help="--json without the per-item relevance and deletion curves (the "
+                        "metrics, units and truth stay; --resume and --from-json read it): the "
+                        "committed bench/fidelity/results file")
     p.add_argument("--resume", type=Path, help="a --json file of an earlier run: its items "
                    "are kept, and only the methods an item lacks are computed")
     p.add_argument("--write-doc", type=Path, help="replace the squad-table block of this file")
@@ -460,16 +464,20 @@ def write_doc(path: Path, table: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
-def rounded(records: list[dict]) -> list[dict]:
-    """The records with every relevance and deletion-curve value rounded to 6 significant
-    digits (the metrics are computed before rounding; the file stays small enough to keep)."""
+def rounded(records: list[dict], compact: bool = False) -> list[dict]:
+    """The records with every figure of a method (relevance, deletion curve, metrics) rounded
+    to 6 significant digits (the metrics are computed before rounding), without relevance and
+    curves when compact."""
     def r6(values):
         return [float(f"{v:.6g}") for v in values]
     out = []
     for rec in records:
-        methods = {name: {**m, **{k: r6(m[k]) for k in ("relevance", "curve") if k in m}}
+        methods = {name: {k: (r6(v) if isinstance(v, list)
+                              else r6([v])[0] if isinstance(v, float) else v)
+                          for k, v in m.items()
+                          if not (compact and k in ("relevance", "curve"))}
                    for name, m in rec["methods"].items()}
-        out.append({**rec, "methods": methods})
+        out.append({**rec, "methods": methods, "p_answer": r6([rec["p_answer"]])[0]})
     return out
 
 
@@ -481,7 +489,8 @@ def write_json(args, records) -> None:
                                "ig_steps": args.ig_steps,
                                "methods": method_names_of(records, args.kappa),
                                "summary": summarise(records, args.kappa),
-                               "items": rounded(records)}, separators=(",", ":")))
+                               "items": rounded(records, getattr(args, "compact", False))},
+                              separators=(",", ":")))
     os.replace(tmp, args.json)
 
 

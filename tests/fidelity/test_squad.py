@@ -220,6 +220,32 @@ def test_merge_adds_methods_per_item_and_counts_n(tmp_path):
     assert summary[default]["n"] == 1 and summary[default]["mAP"] == pytest.approx(80.0)
 
 
+def test_compact_json_keeps_the_table_without_relevance(tmp_path):
+    """--compact drops per-item relevance and curves, keeps every metric (6 significant
+    digits) and the units, and reads back into the same table (the committed results file)."""
+    item_id = squad.load_items(squad.ITEMS)[0]["id"]
+    default = "AtMan log-additive 0.1 (production default)"
+    full = {"kappa": 0.7, "ig_steps": 20, "methods": [], "items": [{
+        "id": item_id, "p_answer": 0.123456789, "greedy_first_token": False,
+        "prompt_tokens": 80, "units": [[[40], True, 0.0], [[41], True, 1.0]],
+        "context": [0, 1], "truth": [0.0, 1.0],
+        "methods": {default: {"relevance": [0.1, 0.30000001], "curve": [0.2] * 11,
+                              "precision": 0.7500000123, "recall": 1.0, "pointing": 1.0,
+                              "aopc": 0.1, "seconds": 2.5}}}]}
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    compact = tmp_path / "compact.json"
+    assert squad.main(["--from-json", str(tmp_path / "full.json"), "--compact",
+                       "--json", str(compact)]) == 0
+    rec = json.loads(compact.read_text())["items"][0]
+    m = rec["methods"][default]
+    assert "relevance" not in m and "curve" not in m
+    assert m["precision"] == 0.75 and rec["p_answer"] == 0.123457 and rec["units"][1][2] == 1.0
+    again = tmp_path / "again.json"
+    assert squad.main(["--from-json", str(compact), "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["summary"]["methods"][default]["mAP"] == \
+        pytest.approx(75.0)
+
+
 def test_methods_by_short_name():
     args = squad.parse_args(["--from-json", "x", "--methods", "mul0.1cs,ig,la0.1"])
     atman, others = squad.select_methods(args)
