@@ -206,6 +206,7 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
           absl::StrCat("options.layers: ", l, " is outside [0, ", layers, ")"));
     }
   }
+  std::vector<bool> listed(request.prompt.size(), false);
   for (size_t k = 0; k < o.scored_items.size(); ++k) {
     const int32_t item = o.scored_items[k];
     const std::string field = absl::StrCat("options.scored_items[", k, "]");
@@ -214,10 +215,10 @@ absl::Status Explainer::Validate(const ExplainRequest& request) const {
                                                      request.prompt.size(),
                                                      ") (the prompt's items)"));
     }
-    if (std::find(o.scored_items.begin(), o.scored_items.begin() + static_cast<ptrdiff_t>(k),
-                  item) != o.scored_items.begin() + static_cast<ptrdiff_t>(k)) {
+    if (listed[static_cast<size_t>(item)]) {
       return absl::InvalidArgumentError(absl::StrCat(field, ": item ", item, " is listed twice"));
     }
+    listed[static_cast<size_t>(item)] = true;
   }
   if (o.text_granularity == TextGranularity::kCustom && o.custom_delimiter.empty()) {
     return absl::InvalidArgumentError(
@@ -533,11 +534,10 @@ absl::StatusOr<std::vector<Unit>> Explainer::MakeUnits(const ExplainRequest& req
                                                        const Sequence& seq,
                                                        int64_t num_targets) const {
   const ExplainOptions& o = request.options;
-  // Whether prompt item i gets units (options.scored_items; every item when empty).
-  auto scored = [&](size_t i) {
-    return o.scored_items.empty() || std::find(o.scored_items.begin(), o.scored_items.end(),
-                                               static_cast<int32_t>(i)) != o.scored_items.end();
-  };
+  // Whether prompt item i gets units (options.scored_items, validated; every item when empty).
+  std::vector<bool> is_scored(request.prompt.size(), o.scored_items.empty());
+  for (int32_t i : o.scored_items) is_scored[static_cast<size_t>(i)] = true;
+  auto scored = [&](size_t i) { return static_cast<bool>(is_scored[i]); };
   // Text units of every scored text item at one level (token level when `kind` is empty).
   auto text_units = [&](std::optional<text::UnitKind> kind) -> absl::StatusOr<std::vector<Unit>> {
     std::vector<Unit> units;
