@@ -46,6 +46,7 @@ DEMO = ("Context: Anna lives in Rome. Tom works in a bank.\nQuestion: Where does
         "Answer: Rome\n\n")
 BEGIN, END = "<!-- squad-table:begin -->", "<!-- squad-table:end -->"
 RANDOM = "Random (chance)"
+DEFAULT = "AtMan log-additive 0.1 (production default)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def engine_methods(kappa: float) -> dict:
     with limited time (--methods picks a subset in any order; --atman-configs N the first N)."""
     cs = {"contextual_control_threshold": kappa}
     return {
-        "AtMan log-additive 0.1 (production default)": {},
+        DEFAULT: {},
         "AtMan multiplicative 0.1 (paper's code)": {"mode": "multiplicative"},
         f"AtMan log-additive 0.1 + CS (kappa {kappa:g})": {**cs},
         f"AtMan multiplicative 0.1 + CS (kappa {kappa:g})": {"mode": "multiplicative", **cs},
@@ -522,10 +523,36 @@ def summarise(records, kappa: float) -> dict:
         }
         if "engine_peak" in ms[0]:
             per["engine_peak_mb"] = max(m["engine_peak"] for m in ms) / 2**20
+        if name != DEFAULT:
+            per["vs_default"] = paired_against_default(records, name)
         out["methods"][name] = per
     truth_share = [float(np.mean(r["truth"])) for r in records]
     out["truth_share"] = float(np.mean(truth_share))
     return out
+
+
+def paired_against_default(records, name: str) -> dict | None:
+    """Item by item over the items that have both: on how many the production default's
+    precision is higher / lower than `name`'s (ties, which the sign test leaves out, are the
+    rest), and the two-sided exact sign test's p (None when no item has both)."""
+    pairs = [(r["methods"][DEFAULT]["precision"], r["methods"][name]["precision"])
+             for r in records if DEFAULT in r["methods"] and name in r["methods"]]
+    if not pairs:
+        return None
+    higher = sum(d > o for d, o in pairs)
+    lower = sum(d < o for d, o in pairs)
+    return {"items": len(pairs), "higher": higher, "lower": lower,
+            "sign_p": sign_test(higher, lower)}
+
+
+def sign_test(k: int, j: int) -> float:
+    """Two-sided exact sign test of k successes against j failures (ties left out): the
+    probability under p = 1/2 of an outcome at least as far from n/2 as this one."""
+    n = k + j
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(k, j) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def render(summary, args, n_items) -> str:
@@ -538,16 +565,25 @@ def render(summary, args, n_items) -> str:
         f"(the mAP of a uniform map). Median p(answer) {summary['median_p_answer']:.3f}; "
         f"greedy first answer token right on {100 * summary['greedy_first_token']:.1f}% of "
         f"items. Conceptual suppression kappa {args.kappa:g}; IG {args.ig_steps} steps. "
-        f"N: the items a method ran on.",
+        f"N: the items a method ran on. Default higher / lower: on how many of the items "
+        f"that have both the production default's precision is above / below the method's "
+        f"(ties neither), with the two-sided exact sign test's p.",
         "",
         "| method | N | mAP | mAR | mAP (first token greedy-right) | pointing | deletion AOPC "
-        "| s / explanation |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| default higher / lower (sign test p) | s / explanation |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for name, a in summary["methods"].items():
         mc = "n/a" if a["mAP_correct"] is None else f"{a['mAP_correct']:.1f}"
+        vs = a.get("vs_default")
+        paired = ("-" if vs is None else
+                  f"{vs['higher']} / {vs['lower']} ({format_p(vs['sign_p'])})")
         lines.append(f"| {name} | {a['n']} | {a['mAP']:.1f} | {a['mAR']:.1f} | {mc} "
-                     f"| {a['pointing']:.1f} | {a['aopc']:.3f} | {a['s']:.2f} |")
+                     f"| {a['pointing']:.1f} | {a['aopc']:.3f} | {paired} | {a['s']:.2f} |")
     return "\n".join(lines)
+
+
+def format_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}" if p < 0.1 else f"p = {p:.2f}"
 
 
 if __name__ == "__main__":

@@ -256,3 +256,34 @@ def test_methods_by_short_name():
     assert list(others) == ["IG (Captum)"]
     with pytest.raises(SystemExit):
         squad.select_methods(squad.parse_args(["--from-json", "x", "--methods", "la0.5"]))
+
+
+def test_pairs_against_the_default_with_the_sign_test(tmp_path):
+    """Each method's row counts the items (that have both) where the default's precision is
+    higher / lower, ties in neither, with the exact two-sided sign test (no model needed)."""
+    ids = [it["id"] for it in squad.load_items(squad.ITEMS)[:12]]
+    chefer = "Chefer (grad x attention)"
+    precisions = [(0.9, 0.5)] * 9 + [(0.4, 0.6), (0.7, 0.7)]  # 9 higher, 1 lower, 1 tie
+
+    def rec(item_id, methods):
+        return {"id": item_id, "p_answer": 0.5, "greedy_first_token": True, "prompt_tokens": 80,
+                "context": [0, 1], "truth": [0.0, 1.0],
+                "methods": {m: {"precision": p, "recall": p, "pointing": 1.0, "aopc": 0.1,
+                                "seconds": 1.0} for m, p in methods.items()}}
+
+    records = [rec(i, {squad.DEFAULT: d, chefer: c}) for i, (d, c) in zip(ids, precisions)]
+    records.append(rec(ids[11], {chefer: 0.1}))  # no default: not paired
+    path, out, doc = tmp_path / "a.json", tmp_path / "out.json", tmp_path / "doc.md"
+    path.write_text(json.dumps({"kappa": 0.7, "ig_steps": 20, "methods": [], "items": records}))
+    doc.write_text(f"{squad.BEGIN}\n{squad.END}\n")
+    assert squad.main(["--from-json", str(path), "--json", str(out),
+                       "--write-doc", str(doc)]) == 0
+    summary = json.loads(out.read_text())["summary"]["methods"]
+    assert "vs_default" not in summary[squad.DEFAULT]
+    vs = summary[chefer]["vs_default"]
+    assert (vs["items"], vs["higher"], vs["lower"]) == (11, 9, 1)
+    assert vs["sign_p"] == pytest.approx(2 * 11 / 1024)  # P(<= 1 of 10) twice
+    text = doc.read_text()
+    assert f"| {chefer} | 12 |" in text and "| 9 / 1 (p = 0.021) |" in text
+    assert squad.sign_test(0, 0) == 1.0 and squad.sign_test(5, 5) == 1.0
+    assert squad.sign_test(28, 0) == pytest.approx(2 / 2**28)
