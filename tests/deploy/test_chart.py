@@ -404,6 +404,8 @@ def test_cpu_mode_sizes_the_server_to_the_cpu_resources(resources, threads, core
     ({"model": {"source": "nfs"}}, "source"),
     ({"replicas": 3}, "replicas"),  # unknown key (a typo of replicaCount)
     ({"server": {"maxBatchRow": 8}}, "maxBatchRow"),
+    ({"server": {"maxMessageBytes": 1023}}, "maxMessageBytes"),  # the server's bounds
+    ({"server": {"workersPerDevice": 65}}, "workersPerDevice"),
 ])
 def test_values_schema_rejects(values, message):
     chart = helm.Chart.load(CHART)

@@ -258,3 +258,45 @@ def test_the_image_alone_would_not_serve_the_chart_model_path(tmp_path):
         "containers"][0]["args"]
     assert "--model=/models/llama" in args and "--port=50051" in args and "--metrics-port=9090" in args
     assert "--devices=cpu" in args
+
+
+def config_file_keys():
+    """(server config key, values.server key) of every setting the chart's ConfigMap writes."""
+    template = (ROOT / "deploy" / "helm" / "atman" / "templates" / "configmap.yaml").read_text()
+    keys = re.findall(r'"([a-z-]+)" \$s\.(\w+)', template)
+    assert len(keys) >= 15, template
+    return keys
+
+
+def test_the_server_accepts_every_value_the_chart_schema_accepts(tmp_path):
+    """values.schema.json and the server's config checks (server/config.cc) in step: each bound
+    of a setting that the schema lets through (its minimum and maximum, or a large value where it
+    has no maximum, every enum value) passes the server's checks, so a chart that renders never
+    crash-loops on a setting. The server is stopped at the model (exit 1, `--model: ...`), after
+    every config check (a refused setting exits 2 naming it); the schema's own rejections are Helm's
+    (test_chart.py)."""
+    import json
+    schema = json.loads((ROOT / "deploy" / "helm" / "atman" / "values.schema.json").read_text())
+    server_schema = schema["properties"]["server"]["properties"]
+    env = {"PATH": os.environ["PATH"]}
+    missing = tmp_path / "no-model"
+    checked, refused = 0, []
+    for flag, key in config_file_keys():
+        spec = server_schema[key]
+        if spec.get("type") == "integer":
+            values = [spec["minimum"], spec.get("maximum", 2**31 - 1)]
+        elif "enum" in spec:
+            values = spec["enum"]
+        else:
+            continue
+        for value in values:
+            config = tmp_path / "atman.json"
+            config.write_text(json.dumps({flag: value, "port": 0, "metrics-port": 0}))
+            result = subprocess.run([SERVER, f"--config={config}", f"--model={missing}"], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            out = result.stdout + result.stderr
+            if result.returncode != 1:  # 2: a config check refused it (1: the missing model)
+                refused.append(f"server.{key} = {value!r}: {out.splitlines()[0] if out else result.returncode}")
+            checked += 1
+    assert not refused, "values.schema.json lets through what the server refuses:\n" + "\n".join(refused)
+    assert checked >= 30
