@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -177,6 +178,11 @@ std::string Usage() {
                   "\n--metrics-host defaults to --host's value.\n"
                   "environment: ATMAN_<FLAG> (e.g. ATMAN_PORT), ATMAN_AUTH_TOKENS=a,b\n");
   return out;
+}
+
+std::string HostPort(const std::string& host, int32_t port) {
+  const bool bare_ipv6 = absl::StrContains(host, ':') && !absl::StartsWith(host, "[");
+  return bare_ipv6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
 }
 
 std::vector<std::string> ParseTokens(absl::string_view text) {

@@ -24,6 +24,8 @@ struct Config {
   int32_t port = 50051;
   int32_t metrics_port = 9090;  // 0: no metrics endpoint
   std::string metrics_host;     // address /metrics binds to; LoadConfig fills in `host` if unset
+  // (host and metrics_host: an IPv4 or IPv6 address, or for gRPC a name; "::" serves IPv6 and,
+  // where the system maps them, IPv4 too)
   // 0: auto (CUDA: 1; CPU: one per usable core, runtime/cpu_threads.h)
   int32_t workers_per_device = 0;
   // CPU cores the server may use (sizes the CPU workers and threads); 0: detect (affinity
@@ -91,5 +93,9 @@ absl::StatusOr<std::vector<std::string>> ReadTokensFile(const std::string& path)
 
 // The usage text listing every flag.
 std::string Usage();
+
+// "host:port" for gRPC's listening address and the metrics endpoint: an IPv6 address in
+// brackets ("[::]:50051"), anything else as it is ("0.0.0.0:50051", "[::1]:9090" unchanged).
+std::string HostPort(const std::string& host, int32_t port);
 
 }  // namespace atman::server

@@ -202,8 +202,7 @@ int Run(int argc, char** argv) {
   };
 
   auto metrics_or = Metrics::Create(
-      config.metrics_port > 0 ? absl::StrCat(config.metrics_host, ":", config.metrics_port) : "",
-      kVersion);
+      config.metrics_port > 0 ? HostPort(config.metrics_host, config.metrics_port) : "", kVersion);
   if (!metrics_or.ok()) {
     Log(log, config, spdlog::level::critical, std::string(metrics_or.status().message()));
     return 1;
@@ -405,7 +404,7 @@ int Run(int argc, char** argv) {
   }
   (*tls)->Watch(std::chrono::seconds(config.credentials_refresh_seconds));
   grpc::ServerBuilder builder;
-  const std::string address = absl::StrCat(config.host, ":", config.port);
+  const std::string address = HostPort(config.host, config.port);
   int bound_port = 0;
   builder.AddListeningPort(address, (*tls)->credentials(), &bound_port);
   builder.SetMaxReceiveMessageSize(
@@ -463,10 +462,10 @@ int Run(int argc, char** argv) {
   health->SetServingStatus("", true);
   health->SetServingStatus("atman.v1.Atman", true);
   Log(log, config, spdlog::level::info,
-      absl::StrCat("SERVING on ", config.host, ":", bound_port,
+      absl::StrCat("SERVING on ", HostPort(config.host, bound_port),
                    config.tls_cert.empty() ? "" : " (TLS)",
                    config.tls_client_ca.empty() ? "" : " (mutual TLS)", "; metrics on ",
-                   config.metrics_port > 0 ? absl::StrCat(config.metrics_host, ":", config.metrics_port)
+                   config.metrics_port > 0 ? HostPort(config.metrics_host, config.metrics_port)
                                            : std::string("(off)"),
                    "; auth ", config.auth_tokens.empty() ? "off" : "on"));
 

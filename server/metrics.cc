@@ -437,35 +437,47 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                                            &dropped->Add({{"reason", "write_timeout"}})};
   if (bind.empty()) return m;
 
+  // "host:port", an IPv6 host in brackets ("[::]:9090"; bare "::" is taken too).
   const auto colon = bind.rfind(':');
-  const std::string host = bind.substr(0, colon);
+  std::string host = bind.substr(0, colon == std::string::npos ? bind.size() : colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
   int port = -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  if (colon == std::string::npos || inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+  sockaddr_storage addr{};
+  socklen_t addr_size = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&addr);
+  if (colon != std::string::npos && inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    addr_size = sizeof(sockaddr_in);
+  } else if (colon != std::string::npos && inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    addr_size = sizeof(sockaddr_in6);
+  } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("--metrics-host: \"", host, "\" is not an IPv4 address"));
+        absl::StrCat("--metrics-host: \"", host, "\" is not an IPv4 or IPv6 address"));
   }
   if (!absl::SimpleAtoi(bind.substr(colon + 1), &port) || port < 0 || port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--metrics-port: \"", bind.substr(colon + 1), "\" is not a port"));
   }
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  (addr.ss_family == AF_INET ? v4->sin_port : v6->sin6_port) = htons(static_cast<uint16_t>(port));
+  const int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
     return absl::InternalError(absl::StrCat("--metrics-port: socket: ", std::strerror(errno)));
   }
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   socklen_t addr_len = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 64) != 0 ||
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), addr_size) != 0 || listen(fd, 64) != 0 ||
       getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addr_len) != 0) {
     const int error = errno;
     close(fd);
     return absl::InternalError(absl::StrCat("--metrics-host/--metrics-port: cannot serve on ", bind,
                                             ": ", std::strerror(error)));
   }
-  m->port_ = ntohs(addr.sin_port);
+  m->port_ = ntohs(addr.ss_family == AF_INET ? v4->sin_port : v6->sin6_port);
   auto endpoint = MetricsEndpoint::Start(
       fd, http, [raw = m.get()] { return raw->Scrape(); }, counters);
   if (!endpoint.ok()) return endpoint.status();

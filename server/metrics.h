@@ -48,9 +48,9 @@ class MetricsEndpoint;  // the HTTP responder (metrics.cc)
 
 class Metrics {
  public:
-  // Serves /metrics on `bind` ("127.0.0.1:9090"; port 0 picks a free one, see port()); an
-  // empty `bind` serves nothing (the metrics still count). INVALID_ARGUMENT when the host is
-  // not an IPv4 address or the port not a number in [0, 65535], INTERNAL when the address
+  // Serves /metrics on `bind` ("127.0.0.1:9090", "[::]:9090"; port 0 picks a free one, see
+  // port()); an empty `bind` serves nothing (the metrics still count). INVALID_ARGUMENT when the
+  // host is not an IPv4 or IPv6 address or the port not a number in [0, 65535], INTERNAL when the address
   // cannot be bound. Messages name the flags (--metrics-host, --metrics-port).
   static absl::StatusOr<std::unique_ptr<Metrics>> Create(const std::string& bind,
                                                          const std::string& version,

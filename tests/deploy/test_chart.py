@@ -393,8 +393,18 @@ def test_cpu_mode_sizes_the_server_to_the_cpu_resources(resources, threads, core
     assert env.get("OMP_NUM_THREADS") == omp
 
 
+def test_server_host_binds_both_ports_where_it_is_set():
+    def args(values):
+        objects = render(values)
+        return by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--host") for a in args({}))  # the server's 0.0.0.0
+    assert args({"server": {"host": "::"}})[-1] == "--host=::"
+    assert args({"server": {"host": "10.0.0.7"}})[-1] == "--host=10.0.0.7"
+
+
 @pytest.mark.parametrize("values, message", [
     ({"replicaCount": "three"}, "replicaCount"),
+    ({"server": {"host": "atman.local"}}, "host"),  # a name: the metrics port binds addresses only
     ({"gpu": {"count": 1.5}}, "count"),
     ({"server": {"devices": "gpu0"}}, "devices"),
     ({"server": {"dtype": "int8"}}, "dtype"),

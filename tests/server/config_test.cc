@@ -128,6 +128,14 @@ TEST_F(LoadConfigTest, MetricsHostFromFlagEnvironmentOrFileInThatOrder) {
   EXPECT_EQ(flag->host, "127.0.0.1");
 }
 
+TEST(HostPort, BracketsABareIpv6Address) {
+  EXPECT_EQ(HostPort("0.0.0.0", 50051), "0.0.0.0:50051");
+  EXPECT_EQ(HostPort("localhost", 1), "localhost:1");
+  EXPECT_EQ(HostPort("::", 9090), "[::]:9090");
+  EXPECT_EQ(HostPort("fd00::2", 0), "[fd00::2]:0");
+  EXPECT_EQ(HostPort("[::1]", 9090), "[::1]:9090");
+}
+
 TEST_F(LoadConfigTest, UsageListsMetricsHost) {
   EXPECT_THAT(Usage(), HasSubstr(" --metrics-host "));
   EXPECT_THAT(Usage(), HasSubstr("--metrics-host defaults to --host's value."));

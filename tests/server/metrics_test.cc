@@ -405,7 +405,10 @@ TEST(MetricsEndpoint, DestroyingTheMetricsClosesOpenConnections) {
 TEST(MetricsEndpoint, CreateNamesTheFlagOfABadHostOrABusyPort) {
   auto bad_host = Metrics::Create("localhost:0", "test");
   EXPECT_EQ(bad_host.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(bad_host.status().message(), "--metrics-host: \"localhost\" is not an IPv4 address");
+  EXPECT_EQ(bad_host.status().message(),
+            "--metrics-host: \"localhost\" is not an IPv4 or IPv6 address");
+  auto bad_v6 = Metrics::Create("[::g]:0", "test");
+  EXPECT_EQ(bad_v6.status().message(), "--metrics-host: \"::g\" is not an IPv4 or IPv6 address");
   auto bad_port = Metrics::Create("127.0.0.1:http", "test");
   EXPECT_EQ(bad_port.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(bad_port.status().message(), "--metrics-port: \"http\" is not a port");
@@ -416,6 +419,11 @@ TEST(MetricsEndpoint, CreateNamesTheFlagOfABadHostOrABusyPort) {
   EXPECT_EQ(busy.status().code(), absl::StatusCode::kInternal);
   EXPECT_EQ(busy.status().message(), absl::StrCat("--metrics-host/--metrics-port: cannot serve on ",
                                                   bind, ": Address already in use"));
+
+  // IPv6, in brackets as HostPort writes it (test_server.py scrapes one over [::1]).
+  auto v6 = Metrics::Create("[::1]:0", "test");
+  ASSERT_TRUE(v6.ok()) << v6.status();
+  EXPECT_GT((*v6)->port(), 0);
 
   auto none = Metrics::Create("", "test");
   ASSERT_TRUE(none.ok());

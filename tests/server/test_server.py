@@ -399,6 +399,21 @@ def test_metrics_host_binds_the_metrics_endpoint():
     finally:
         assert s.stop() == 0
 
+def test_an_ipv6_host_serves_grpc_and_metrics():
+    # --host ::1: gRPC on [::1] and, with no --metrics-host, /metrics there too (not on 127.0.0.1).
+    s = Server("--host", "::1", wait=False)
+    try:
+        s.channel = grpc.insecure_channel(f"[::1]:{s.port}")
+        s.wait_serving()
+        text = urllib.request.urlopen(f"http://[::1]:{s.metrics_port}/metrics", timeout=10).read().decode()
+        assert '\natman_build_info{version="0.1.0"} 1\n' in text
+        with pytest.raises(urllib.error.URLError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port}/metrics", timeout=10)
+        assert isinstance(e.value.reason, ConnectionRefusedError), e.value
+        assert f"SERVING on [::1]:{s.port}" in s.output() and f"metrics on [::1]:{s.metrics_port}" in s.output()
+    finally:
+        assert s.stop() == 0, s.output()
+
 
 def test_metrics_move_after_requests(server):
     before = server.metrics()
