@@ -358,7 +358,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& bind
                           .Register(r);
   m->mem_peak_ = &prometheus::BuildGauge()
                       .Name("atman_device_memory_peak_bytes")
-                      .Help("Peak bytes allocated on the device since start")
+                      .Help("Peak bytes allocated on the device since the warm-up (which resets it)")
                       .Register(r);
   m->mem_budget_ = &prometheus::BuildGauge()
                         .Name("atman_memory_budget_bytes")

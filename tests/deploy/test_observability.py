@@ -146,6 +146,17 @@ def test_rules_cover_the_alerts_operators_need():
         assert f"\n### {anchor}\n" in docs.lower(), rule["annotations"]["runbook_url"]
 
 
+def test_dashboard_error_ratio_counts_the_alerts_codes():
+    """The "Server error ratio" panel counts what AtmanHighErrorRatio counts (not the drain's
+    UNAVAILABLE nor the client's DEADLINE_EXCEEDED, which would rise on every rollout)."""
+    def codes(expr):
+        return set(re.search(r'code=~"([^"]+)"', expr).group(1).split("|"))
+    panel = [expr for title, expr in dashboard_queries() if title == "Server error ratio"]
+    alert = [expr for name, expr in rule_queries() if name == "AtmanHighErrorRatio"]
+    assert len(panel) == 1 and len(alert) == 1
+    assert codes(panel[0]) == codes(alert[0]) == {"INTERNAL", "UNKNOWN", "DATA_LOSS", "UNIMPLEMENTED"}
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path):
     # promtool parses every expression of a rule file: check the dashboard's as recording rules.
     rules = {"groups": [{"name": "dashboard", "rules": [
@@ -256,6 +267,15 @@ def test_server_metrics_endpoint_serves_every_metric_used(tmp_path):
             if served.get(family) != CONTRACT_METRICS[family]:
                 missing[family] = served.get(family)
         assert missing == {}, f"used by deploy/ but not served as the contract's type: {missing}"
+        # docs/operations.md lists every family the server serves, with its type, twice: the
+        # summary list and the table of when each moves.
+        expected = {f: t for f, t in served.items() if f.startswith("atman_")}
+        expected.update({f: CONTRACT_METRICS[f] for f in TLS_ONLY_METRICS})
+        docs = (ROOT / "docs" / "operations.md").read_text()
+        listed = dict(re.findall(r"^    (atman_\w+)(?:\{[^}]*\})?\s+(counter|gauge|histogram)", docs, re.M))
+        table = dict(re.findall(r"^\| `(atman_\w+)` \| (counter|gauge|histogram) \|", docs, re.M))
+        assert listed == expected, f"docs/operations.md's list: {set(listed.items()) ^ set(expected.items())}"
+        assert table == expected, f"docs/operations.md's table: {set(table.items()) ^ set(expected.items())}"
     finally:
         server.terminate()
         server.wait(timeout=60)
