@@ -10,6 +10,7 @@ the operators' API references, covering every field the chart sets.
 import copy
 import os
 import pathlib
+import re
 
 import helm_python as helm
 import jsonschema
@@ -391,6 +392,25 @@ def test_cpu_mode_sizes_the_server_to_the_cpu_resources(resources, threads, core
     assert config.get("cpu-cores") == cores
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     assert env.get("OMP_NUM_THREADS") == omp
+
+
+# Settings whose chart default differs from the server's on purpose (docs/deployment.md).
+CHART_OVERRIDES = {"max-connection-age-seconds": 300, "max-connection-age-grace-seconds": 600,
+                   "log-format": "json"}
+
+
+def test_chart_defaults_are_the_servers_documented_defaults():
+    """Every setting of the default ConfigMap has the default docs/operations.md gives the flag,
+    but for the chart's deliberate overrides (and cpu-cores, which comes from the resources)."""
+    documented = dict(re.findall(r"^\| `--([a-z-]+)[^|]*` \| `?([^|`]*?)`? \|",
+                                 (ROOT / "docs" / "operations.md").read_text(), re.M))
+    config = yaml.safe_load(by_kind(render({}), "ConfigMap")["data"]["atman.json"])
+    config.pop("cpu-cores")
+    assert len(config) >= 20
+    for key, value in config.items():
+        assert key in documented, f"{key} is not in docs/operations.md's flag table"
+        expected = CHART_OVERRIDES.get(key, documented[key])
+        assert str(value) == str(expected), f"{key}: chart {value!r}, server {documented[key]!r}"
 
 
 def test_server_host_binds_both_ports_where_it_is_set():
