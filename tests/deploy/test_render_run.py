@@ -16,6 +16,7 @@ What cannot be reproduced outside a container is left out and named: the read-on
 filesystem, the user id, LD_LIBRARY_PATH (the image's library layout).
 """
 import base64
+import json
 import os
 import pathlib
 import re
@@ -275,7 +276,6 @@ def test_the_server_accepts_every_value_the_chart_schema_accepts(tmp_path):
     crash-loops on a setting. The server is stopped at the model (exit 1, `--model: ...`), after
     every config check (a refused setting exits 2 naming it); the schema's own rejections are Helm's
     (test_chart.py)."""
-    import json
     schema = json.loads((ROOT / "deploy" / "helm" / "atman" / "values.schema.json").read_text())
     server_schema = schema["properties"]["server"]["properties"]
     env = {"PATH": os.environ["PATH"]}

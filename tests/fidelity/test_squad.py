@@ -191,23 +191,27 @@ def test_squad_end_to_end(tmp_path):
     assert "| AtMan log-additive 0.1 (production default) |" in text
 
 
+def synthetic_record(item_id, methods):
+    """An item's record as squad.py writes it, with method name -> precision (no model)."""
+    return {"id": item_id, "p_answer": 0.5, "greedy_first_token": True, "prompt_tokens": 80,
+            "context": [0, 1, 2, 3], "truth": [0.0, 1.0, 1.0, 0.0],
+            "methods": {m: {"precision": p, "recall": p, "pointing": 1.0, "aopc": 0.1,
+                            "seconds": 1.0} for m, p in methods.items()}}
+
+
+def write_results(path, records):
+    path.write_text(json.dumps({"kappa": 0.7, "ig_steps": 20, "methods": [], "items": records}))
+
+
 def test_merge_adds_methods_per_item_and_counts_n(tmp_path):
     """--from-json adds up the methods an item has in each file; N counts per method;
     --common keeps only the items with every method (no model needed)."""
     ids = [it["id"] for it in squad.load_items(squad.ITEMS)[:2]]
     default, chefer = "AtMan log-additive 0.1 (production default)", "Chefer (grad x attention)"
 
-    def rec(item_id, methods):
-        return {"id": item_id, "p_answer": 0.5, "greedy_first_token": True, "prompt_tokens": 80,
-                "context": [0, 1, 2, 3], "truth": [0.0, 1.0, 1.0, 0.0],
-                "methods": {m: {"precision": p, "recall": p, "pointing": 1.0, "aopc": 0.1,
-                                "seconds": 1.0} for m, p in methods.items()}}
-
-    def write(path, records):
-        path.write_text(json.dumps({"kappa": 0.7, "ig_steps": 20, "methods": [], "items": records}))
-
-    write(tmp_path / "a.json", [rec(ids[0], {default: 0.8}), rec(ids[1], {default: 0.6})])
-    write(tmp_path / "b.json", [rec(ids[0], {chefer: 0.4})])
+    write_results(tmp_path / "a.json", [synthetic_record(ids[0], {default: 0.8}),
+                                        synthetic_record(ids[1], {default: 0.6})])
+    write_results(tmp_path / "b.json", [synthetic_record(ids[0], {chefer: 0.4})])
     out = tmp_path / "merged.json"
     assert squad.main(["--from-json", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
                        "--json", str(out)]) == 0
@@ -265,16 +269,10 @@ def test_pairs_against_the_default_with_the_sign_test(tmp_path):
     chefer = "Chefer (grad x attention)"
     precisions = [(0.9, 0.5)] * 9 + [(0.4, 0.6), (0.7, 0.7)]  # 9 higher, 1 lower, 1 tie
 
-    def rec(item_id, methods):
-        return {"id": item_id, "p_answer": 0.5, "greedy_first_token": True, "prompt_tokens": 80,
-                "context": [0, 1], "truth": [0.0, 1.0],
-                "methods": {m: {"precision": p, "recall": p, "pointing": 1.0, "aopc": 0.1,
-                                "seconds": 1.0} for m, p in methods.items()}}
-
-    records = [rec(i, {squad.DEFAULT: d, chefer: c}) for i, (d, c) in zip(ids, precisions)]
-    records.append(rec(ids[11], {chefer: 0.1}))  # no default: not paired
+    records = [synthetic_record(i, {squad.DEFAULT: d, chefer: c}) for i, (d, c) in zip(ids, precisions)]
+    records.append(synthetic_record(ids[11], {chefer: 0.1}))  # no default: not paired
     path, out, doc = tmp_path / "a.json", tmp_path / "out.json", tmp_path / "doc.md"
-    path.write_text(json.dumps({"kappa": 0.7, "ig_steps": 20, "methods": [], "items": records}))
+    write_results(path, records)
     doc.write_text(f"{squad.BEGIN}\n{squad.END}\n")
     assert squad.main(["--from-json", str(path), "--json", str(out),
                        "--write-doc", str(doc)]) == 0
