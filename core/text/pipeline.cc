@@ -109,6 +109,25 @@ std::vector<std::pair<size_t, size_t>> FindChar(std::string_view text, char32_t 
   return out;
 }
 
+// Every character of `text` for which `pred` holds, one match each: the library's character
+// patterns (`normalized.split(char::is_numeric, ...)`), whose matches are single characters.
+template <typename Pred>
+std::vector<std::pair<size_t, size_t>> FindChars(std::string_view text, Pred pred) {
+  std::vector<std::pair<size_t, size_t>> out;
+  for (size_t i = 0, len = 0; i < text.size(); i += len) {
+    if (pred(DecodeAt(text, i, &len))) out.emplace_back(i, i + len);
+  }
+  return out;
+}
+
+// Rust's `char::is_ascii_punctuation(c) || c.is_punctuation()` (general categories P*), the
+// library's punctuation test of Punctuation and BertPreTokenizer.
+bool IsLibraryPunctuation(char32_t c) {
+  const bool ascii = (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) ||
+                     (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
+  return ascii || IsPunctuation(c);
+}
+
 // --- Normalizers ----------------------------------------------------------------------------
 
 class UnicodeNormalizer : public Normalizer {
@@ -289,6 +308,50 @@ class WhitespacePreTokenizer : public PreTokenizer {
  private:
   bool split_only_;
   std::shared_ptr<const Regex> regex_;
+};
+
+// Splits every split at the characters for which `pred` holds (Digits: Rust's
+// `char::is_numeric`, general categories Nd/Nl/No; Punctuation; CharDelimiterSplit).
+class CharClassPreTokenizer : public PreTokenizer {
+ public:
+  CharClassPreTokenizer(bool (*pred)(char32_t), SplitBehavior behavior)
+      : pred_(pred), behavior_(behavior) {}
+  void Apply(PreTokenized& splits) const override {
+    SplitEach(splits, [&](NormalizedString& s) {
+      return s.Split(CoverWithPieces(FindChars(s.text(), pred_), s.size()), behavior_);
+    });
+  }
+
+ private:
+  bool (*pred_)(char32_t);
+  SplitBehavior behavior_;
+};
+
+class CharDelimiterPreTokenizer : public PreTokenizer {
+ public:
+  explicit CharDelimiterPreTokenizer(char32_t delimiter) : delimiter_(delimiter) {}
+  void Apply(PreTokenized& splits) const override {
+    SplitEach(splits, [&](NormalizedString& s) {
+      return s.Split(CoverWithPieces(FindChar(s.text(), delimiter_), s.size()),
+                     SplitBehavior::kRemoved);
+    });
+  }
+
+ private:
+  char32_t delimiter_;
+};
+
+// BertPreTokenizer: whitespace removed, then every punctuation character isolated.
+class BertPreTokenizer : public PreTokenizer {
+ public:
+  void Apply(PreTokenized& splits) const override {
+    whitespace_.Apply(splits);
+    punctuation_.Apply(splits);
+  }
+
+ private:
+  CharClassPreTokenizer whitespace_{IsWhitespace, SplitBehavior::kRemoved};
+  CharClassPreTokenizer punctuation_{IsLibraryPunctuation, SplitBehavior::kIsolated};
 };
 
 class SequencePreTokenizer : public PreTokenizer {
@@ -726,6 +789,25 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const json& j,
                                                               type, "'"));
 }
 
+namespace {
+
+// A split behaviour field ("Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+// "Contiguous"); `fallback` when the field is absent, where the library has a default.
+absl::StatusOr<SplitBehavior> GetBehavior(const json& j, const std::string& path,
+                                          std::optional<SplitBehavior> fallback) {
+  if (fallback.has_value() && !j.contains("behavior")) return *fallback;
+  ATMAN_ASSIGN_OR_RETURN(std::string behavior, GetString(j, path, "behavior"));
+  if (behavior == "Removed") return SplitBehavior::kRemoved;
+  if (behavior == "Isolated") return SplitBehavior::kIsolated;
+  if (behavior == "MergedWithPrevious") return SplitBehavior::kMergedWithPrevious;
+  if (behavior == "MergedWithNext") return SplitBehavior::kMergedWithNext;
+  if (behavior == "Contiguous") return SplitBehavior::kContiguous;
+  return FieldError(absl::StrCat(path, ".behavior"),
+                    absl::StrCat("unknown behavior '", behavior, "'"));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const json& j,
                                                                 const std::string& path) {
   ATMAN_ASSIGN_OR_RETURN(std::string type, GetType(j, path));
@@ -738,24 +820,23 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const json& j,
     if (!j.contains("pattern")) return FieldError(absl::StrCat(path, ".pattern"), "missing");
     ATMAN_ASSIGN_OR_RETURN(Pattern pattern,
                            Pattern::Parse(j["pattern"], absl::StrCat(path, ".pattern")));
-    ATMAN_ASSIGN_OR_RETURN(std::string behavior, GetString(j, path, "behavior"));
-    SplitBehavior b;
-    if (behavior == "Removed") {
-      b = SplitBehavior::kRemoved;
-    } else if (behavior == "Isolated") {
-      b = SplitBehavior::kIsolated;
-    } else if (behavior == "MergedWithPrevious") {
-      b = SplitBehavior::kMergedWithPrevious;
-    } else if (behavior == "MergedWithNext") {
-      b = SplitBehavior::kMergedWithNext;
-    } else if (behavior == "Contiguous") {
-      b = SplitBehavior::kContiguous;
-    } else {
-      return FieldError(absl::StrCat(path, ".behavior"),
-                        absl::StrCat("unknown behavior '", behavior, "'"));
-    }
+    ATMAN_ASSIGN_OR_RETURN(SplitBehavior b, GetBehavior(j, path, std::nullopt));
     ATMAN_ASSIGN_OR_RETURN(bool invert, GetBool(j, path, "invert", false));
     return std::make_unique<SplitPreTokenizer>(std::move(pattern), b, invert);
+  }
+  if (type == "Digits") {
+    ATMAN_ASSIGN_OR_RETURN(bool individual, GetBool(j, path, "individual_digits", false));
+    return std::make_unique<CharClassPreTokenizer>(
+        IsNumber, individual ? SplitBehavior::kIsolated : SplitBehavior::kContiguous);
+  }
+  if (type == "Punctuation") {
+    ATMAN_ASSIGN_OR_RETURN(SplitBehavior b, GetBehavior(j, path, SplitBehavior::kIsolated));
+    return std::make_unique<CharClassPreTokenizer>(IsLibraryPunctuation, b);
+  }
+  if (type == "BertPreTokenizer") return std::make_unique<BertPreTokenizer>();
+  if (type == "CharDelimiterSplit") {
+    ATMAN_ASSIGN_OR_RETURN(char32_t delimiter, GetChar(j, path, "delimiter"));
+    return std::make_unique<CharDelimiterPreTokenizer>(delimiter);
   }
   if (type == "Metaspace") {
     ATMAN_ASSIGN_OR_RETURN(char32_t replacement, GetChar(j, path, "replacement"));

@@ -4,7 +4,8 @@
 //
 // Supported types:
 //   normalizer:     NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Strip, Sequence
-//   pre_tokenizer:  ByteLevel, Split, Metaspace, Whitespace, WhitespaceSplit, Sequence
+//   pre_tokenizer:  ByteLevel, Split, Metaspace, Whitespace, WhitespaceSplit, Digits,
+//                   Punctuation, BertPreTokenizer, CharDelimiterSplit, Sequence
 //   post_processor: ByteLevel, TemplateProcessing, RobertaProcessing, BertProcessing,
 //                   Sequence
 //   decoder:        ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, BPEDecoder,

@@ -7,7 +7,9 @@
                                byte-level BPE (GPT-2-like), byte-level with a Llama-3-style Split
                                regex and ignore_merges, SentencePiece-style BPE with Metaspace,
                                with Prepend+Replace normalizers and byte_fallback, and with
-                               fuse_unk and no byte fallback; with added/special tokens that
+                               fuse_unk and no byte fallback, Falcon's punctuation/digit
+                               chain, StarCoder's single digits, BertPreTokenizer with
+                               CharDelimiterSplit and "##" subwords; with added/special tokens that
                                carry lstrip/rstrip/normalized/single_word flags
   <out>/expected/<name>.json   for each trained tokenizer and each real one under
                                <shared>/tokenizers/: per text, the ids, tokens, offsets in
@@ -100,17 +102,22 @@ def add_byte_fallback_tokens(tok: Tokenizer) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(data))
 
 
-def train_bytelevel_gpt2() -> Tokenizer:
+def train_bytelevel(pre_tokenizer, special_tokens) -> Tokenizer:
+    """Byte-level BPE (GPT-2's decoder and trimming post-processor) behind `pre_tokenizer`."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(training_texts(), trainer)
     tok.add_tokens(added_tokens_with_flags())
     return tok
+
+
+def train_bytelevel_gpt2() -> Tokenizer:
+    return train_bytelevel(pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"])
 
 
 def train_bytelevel_llama3() -> Tokenizer:
@@ -135,6 +142,46 @@ def train_bytelevel_llama3() -> Tokenizer:
                                       pair="<|begin_of_text|> $A <|begin_of_text|> $B",
                                       special_tokens=[("<|begin_of_text|>", bos)]),
     ])
+    tok.add_tokens(added_tokens_with_flags())
+    return tok
+
+
+def train_bytelevel_falcon() -> Tokenizer:
+    """Falcon's pre-tokenizer chain: contiguous punctuation runs split off before the GPT-2
+    regex, then digit runs, then every three digits."""
+    return train_bytelevel(pre_tokenizers.Sequence([
+        pre_tokenizers.Punctuation(behavior="contiguous"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.Split(Regex("[0-9][0-9][0-9]"), behavior="isolated", invert=False),
+    ]), [">>TITLE<<", "<|endoftext|>"])
+
+
+def train_bytelevel_starcoder() -> Tokenizer:
+    """StarCoder's: every digit its own piece, then byte-level with the GPT-2 regex."""
+    return train_bytelevel(pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ]), ["<|endoftext|>", "<fim_prefix>"])
+
+
+def train_bert_pretokenizer() -> Tokenizer:
+    """BPE behind BertPreTokenizer (whitespace removed, punctuation isolated), a
+    CharDelimiterSplit and a removed-punctuation pass, continuing-subword prefix "##", an
+    unknown token and no decoder (decode joins tokens with spaces)."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.CharDelimiterSplit("x"),
+        pre_tokenizers.BertPreTokenizer(),
+        pre_tokenizers.Punctuation(behavior="removed"),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["[UNK]", "[CLS]", "[SEP]"],
+                                  continuing_subword_prefix="##", limit_alphabet=50,
+                                  show_progress=False)
+    tok.train_from_iterator(training_texts(), trainer)
+    tok.post_processor = processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
+                                                   ("[CLS]", tok.token_to_id("[CLS]")))
     tok.add_tokens(added_tokens_with_flags())
     return tok
 
@@ -201,6 +248,9 @@ TRAINED = {
     "sp-metaspace": train_sp_metaspace,
     "sp-prepend": train_sp_prepend,
     "sp-unk": train_sp_unk,
+    "bytelevel-falcon": train_bytelevel_falcon,
+    "bytelevel-starcoder": train_bytelevel_starcoder,
+    "bert-pretokenizer": train_bert_pretokenizer,
 }
 
 

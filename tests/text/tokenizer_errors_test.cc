@@ -81,6 +81,24 @@ TEST(MalformedJson, ErrorsNameTheField) {
   j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
   EXPECT_THAT(ErrorOf(j), HasSubstr("pre_tokenizer.pretokenizers[0].behavior"));
 
+  j = TrainedJson("bytelevel-falcon");
+  j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("pre_tokenizer.pretokenizers[0].behavior: unknown"));
+
+  j = TrainedJson("bytelevel-falcon");
+  j["pre_tokenizer"]["pretokenizers"][2]["individual_digits"] = "yes";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("pre_tokenizer.pretokenizers[2].individual_digits"));
+
+  j = TrainedJson("bert-pretokenizer");
+  j["pre_tokenizer"]["pretokenizers"][0]["delimiter"] = "xy";
+  EXPECT_THAT(ErrorOf(j),
+              HasSubstr("pre_tokenizer.pretokenizers[0].delimiter: must be exactly one character"));
+
+  j = TrainedJson("bert-pretokenizer");
+  j["pre_tokenizer"]["pretokenizers"][0]["type"] = "UnicodeScripts";
+  EXPECT_THAT(ErrorOf(j), HasSubstr("pre_tokenizer.pretokenizers[0].type: unsupported "
+                                    "pre-tokenizer 'UnicodeScripts'"));
+
   j = TrainedJson("sp-prepend");
   j["normalizer"]["normalizers"][1]["type"] = "Frobnicate";
   EXPECT_THAT(ErrorOf(j), HasSubstr("normalizer.normalizers[1].type"));

@@ -85,7 +85,8 @@ TEST_P(TrainedTokenizer, MatchesLibrary) {
 
 INSTANTIATE_TEST_SUITE_P(Styles, TrainedTokenizer,
                          ::testing::Values("bytelevel-gpt2", "bytelevel-llama3", "sp-metaspace",
-                                           "sp-prepend", "sp-unk"),
+                                           "sp-prepend", "sp-unk", "bytelevel-falcon",
+                                           "bytelevel-starcoder", "bert-pretokenizer"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& ch : n) {
