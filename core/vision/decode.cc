@@ -339,7 +339,12 @@ absl::StatusOr<ImageHeader> ReadImageHeader(std::string_view bytes, const Decode
 }
 
 // JPEG through libjpeg-turbo, the decoder Pillow bundles, with Pillow's settings (default
-// islow IDCT, fancy upsampling, output in RGB or grey), so decoded pixels equal Pillow's.
+// islow IDCT, fancy upsampling, output in RGB, grey or CMYK), so decoded pixels equal Pillow's.
+// Four-component JPEGs (CMYK, or YCCK that libjpeg turns into CMYK) are read as Pillow reads
+// them, assuming Adobe's inverted convention (rawmode "CMYK;I"), and made RGB with Pillow's
+// cmyk2rgb (libImaging/Convert.c): with the stored (inverted) values c and k,
+//   R = k - round(c' * k / 255), c' = 255 - c, in Pillow's integer MULDIV255.
+// An opaque CMYK image composited onto white is itself, so both AlphaHandling modes agree.
 // libjpeg reports errors through error_exit, which must not return: it longjmps back here.
 struct JpegErrorManager {
   jpeg_error_mgr base;
@@ -373,12 +378,14 @@ absl::StatusOr<Image> DecodeJpeg(std::string_view bytes, const ImageHeader& head
                static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&info, TRUE);
   const bool grey = info.jpeg_color_space == JCS_GRAYSCALE;
-  if (!grey && info.num_components != 3) {
+  const bool cmyk = info.num_components == 4;
+  if (!grey && !cmyk && info.num_components != 3) {
     jpeg_destroy_decompress(&info);
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported JPEG: ", info.num_components, " colour components (CMYK is not supported)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported JPEG: ", info.num_components,
+                     " colour components (1 grey, 3 YCbCr/RGB or 4 CMYK/YCCK are decoded)"));
   }
-  info.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+  info.out_color_space = grey ? JCS_GRAYSCALE : cmyk ? JCS_CMYK : JCS_RGB;
   jpeg_start_decompress(&info);
   if (static_cast<int64_t>(info.output_width) != header.width ||
       static_cast<int64_t>(info.output_height) != header.height) {
@@ -393,6 +400,15 @@ absl::StatusOr<Image> DecodeJpeg(std::string_view bytes, const ImageHeader& head
     uint8_t* out = rgb.data() + y * header.width * 3;
     if (grey) {
       for (int64_t x = 0; x < header.width; ++x) out[3 * x] = out[3 * x + 1] = out[3 * x + 2] = line[x];
+    } else if (cmyk) {
+      for (int64_t x = 0; x < header.width; ++x) {
+        const unsigned char* stored = line.data() + 4 * x;
+        const int k = stored[3];  // Pillow's 255 - K: the stored value itself
+        for (int c = 0; c < 3; ++c) {
+          const int t = (255 - stored[c]) * k + 128;  // MULDIV255(C, 255 - K)
+          out[3 * x + c] = static_cast<uint8_t>(k - (((t >> 8) + t) >> 8));
+        }
+      }
     } else {
       std::memcpy(out, line.data(), line.size());
     }

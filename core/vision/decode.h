@@ -19,8 +19,8 @@
 //     with transparency (convert_to_rgb); kDrop keeps the colour channels as they are, as
 //     Image.convert("RGB") (and transformers.image_utils.load_image) does.
 // Decoders: PNG and GIF through stb_image, JPEG through libjpeg-turbo with Pillow's settings
-// (docs/vision.md). Not done: EXIF orientation is ignored (load_image would apply it); CMYK and
-// YCCK JPEGs are refused.
+// (docs/vision.md); CMYK and YCCK JPEGs become RGB as Pillow converts them. Not done: EXIF
+// orientation is ignored (load_image would apply it).
 //
 // Thread safety: free functions without shared state (stb's error string is thread-local);
 // safe from any thread.

@@ -212,6 +212,8 @@ def main() -> None:
     add_decode("jpeg_gray", encode(images["gray_200x150"], "JPEG", quality=90), "jpg", True)
     add_decode("jpeg_odd_7x5", encode(Image.fromarray(noise(rng, 7, 5)), "JPEG", quality=90),
                "jpg", True)
+    # Four components: Pillow writes Adobe (inverted) CMYK; print workflows produce these.
+    add_decode("jpeg_cmyk", encode(photo.convert("CMYK"), "JPEG", quality=90), "jpg", True)
 
     # Files to refuse. Other formats, as Pillow writes them:
     (out / "reject").mkdir(exist_ok=True)

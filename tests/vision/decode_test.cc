@@ -142,9 +142,13 @@ TEST(Decode, JpegEqualsPillow) {
     ASSERT_TRUE(image.ok()) << image.status();
     const PixelDiff diff = Compare(*image, ReadFixture(entry.at("rgb")));
     EXPECT_EQ(diff.max, 0) << diff.fraction_differing;
+    // AlphaHandling does not matter for a JPEG (Image.convert("RGB") gives the same bytes).
+    auto dropped = DecodeImage(ReadFixture(entry.at("file")), DropAlpha());
+    ASSERT_TRUE(dropped.ok()) << dropped.status();
+    EXPECT_EQ(Compare(*dropped, ReadFixture(entry.at("drop_rgb"))).max, 0);
     ++checked;
   }
-  EXPECT_EQ(checked, 5);
+  EXPECT_EQ(checked, 6);  // 4:2:0, 4:4:4, progressive, grey, 7x5, CMYK
 }
 
 // The same JPEGs through the LLaVA-1.5 preprocessing (336 px, bicubic, CLIP normalisation)
