@@ -8,7 +8,9 @@
   <out>/pixels/<proc>__<img>.f32  pixel_values[0] of that processor on Image.open(<img>.png):
                                   float32, [3, H, W], little-endian
   <out>/resize/<name>.u8          Image.resize((w, h), filter) of an RGB image: uint8 [H, W, 3]
-  <out>/decode/<name>.<ext>       JPEG / PNG / GIF files written by Pillow
+  <out>/decode/<name>.<ext>       JPEG / PNG / GIF files written by Pillow, and PNGs in
+                                  layouts Pillow does not write (Adam7, 1/2/4-bit, 16-bit
+                                  colour) encoded here
   <out>/decode/<name>.rgb         Pillow's decode of it, made RGB the way transformers does
                                   (convert_to_rgb: alpha composited onto white): uint8 [H, W, 3]
   <out>/decode/<name>.drop.rgb    Image.open(...).convert("RGB") (alpha dropped), the
@@ -81,6 +83,67 @@ def make_images(rng):
     gray16 = (gradient(64, 48)[..., 0].astype(np.uint16) * 3)  # values 0..765: Pillow clips at 255
     images["gray16_64x48"] = Image.fromarray(gray16)  # mode I;16
     return images
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2)]
+
+
+def encode_png(samples: np.ndarray, bit_depth: int, color_type: int, interlace=False,
+               palette=None, trns=None) -> bytes:
+    """A PNG of `samples` ([H, W, C] integers of `bit_depth` bits), filter 0 on every row."""
+    h, w = samples.shape[:2]
+
+    def rows(img):
+        out = b""
+        for row in img:
+            flat = row.reshape(-1)
+            if bit_depth == 16:
+                data = flat.astype(">u2").tobytes()
+            elif bit_depth == 8:
+                data = flat.astype(np.uint8).tobytes()
+            else:  # pack samples MSB first, rows padded to whole bytes
+                data = np.packbits(np.unpackbits(flat.astype(np.uint8)[:, None], axis=1)
+                                   [:, 8 - bit_depth:].reshape(-1)).tobytes()
+            out += b"\0" + data
+        return out
+
+    if interlace:
+        raw = b"".join(rows(samples[y0::dy, x0::dx]) for x0, y0, dx, dy in ADAM7
+                       if samples[y0::dy, x0::dx].size)
+    else:
+        raw = rows(samples)
+    chunks = png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0,
+                                            int(interlace)))
+    if palette is not None:
+        chunks += png_chunk(b"PLTE", bytes(np.asarray(palette, np.uint8).reshape(-1)))
+    if trns is not None:
+        chunks += png_chunk(b"tRNS", trns)
+    return (b"\x89PNG\r\n\x1a\n" + chunks + png_chunk(b"IDAT", zlib.compress(raw)) +
+            png_chunk(b"IEND", b""))
+
+
+def raw_pngs(rng):
+    """name -> PNG bytes in layouts Pillow does not write."""
+    out = {}
+    rgb = edges(29, 23) ^ noise(rng, 29, 23) // 4
+    out["interlaced_rgb_29x23"] = encode_png(rgb, 8, 2, interlace=True)
+    rgba16 = rng.integers(0, 65536, size=(11, 13, 4))
+    rgba16[0, :, 3] = 0
+    out["rgba16_13x11"] = encode_png(rgba16, 16, 6)
+    out["rgb16_interlaced_9x10"] = encode_png(rng.integers(0, 65536, size=(10, 9, 3)), 16, 2,
+                                              interlace=True)
+    for bits in (1, 2, 4):
+        out[f"gray{bits}_19x7"] = encode_png(rng.integers(0, 2 ** bits, size=(7, 19, 1)), bits, 0)
+    palette = rng.integers(0, 256, size=(16, 3))
+    out["palette4_trns_17x9"] = encode_png(rng.integers(0, 16, size=(9, 17, 1)), 4, 3,
+                                           palette=palette, trns=bytes([0, 128, 255, 7]))
+    return out
 
 
 def make_processors():
@@ -197,6 +260,10 @@ def main() -> None:
     for name in ("rgba_300x200", "gray_200x150", "la_150x150", "palette_120x90",
                  "palette_trns_120x90", "gray16_64x48", "tiny_5x3"):
         add_decode(name, (out / "images" / f"{name}.png").read_bytes(), "png", False)
+    # PNG layouts Pillow does not write, encoded here (the reference is still Pillow's
+    # decoding of the file): Adam7 interlacing, 1/2/4-bit grey and palette, 16-bit RGB(A).
+    for name, data in raw_pngs(rng).items():
+        add_decode(name, data, "png", False)
     rgb_trns = images["gradient_640x480"].copy()
     rgb_trns.info["transparency"] = (0, 0, 0)  # tRNS colour key: the black corner pixel
     add_decode("rgb_trns_640x480", encode(rgb_trns, "PNG", transparency=(0, 0, 0)), "png", False)
@@ -223,9 +290,6 @@ def main() -> None:
         (out / "reject" / f"image.{ext}").write_bytes(encode(small, fmt))
         manifest["reject"][fmt] = f"reject/image.{ext}"
     # Bombs: headers claiming width x height, followed by almost nothing.
-    def png_chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     bomb = (b"\x89PNG\r\n\x1a\n" +
             png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)) +
             png_chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + png_chunk(b"IEND", b""))
