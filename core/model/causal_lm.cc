@@ -260,7 +260,7 @@ absl::StatusOr<ForwardOutput> CausalLM::Forward(const ForwardInput& input) const
 }
 
 at::Tensor CausalLM::RunNorm(const at::Tensor& x, const Norm& norm) const {
-  // x [B, T, H] -> [B, T, H]
+  // x [..., N] -> [..., N], normalised over the last dimension (N = H; RMSNorm also N = D)
   if (config_.norm == NormKind::kLayer) {
     return at::layer_norm(x, {config_.hidden_size}, norm.weight, norm.bias, config_.norm_eps);
   }
@@ -283,8 +283,14 @@ at::Tensor CausalLM::RunAttention(const at::Tensor& x, int64_t layer, const Pass
   const int64_t B = pass.batch, T = pass.length, p = pass.first;
   const int64_t Hq = config_.num_heads, Hkv = config_.num_kv_heads, D = config_.head_dim;
   at::Tensor qkv = at::linear(x, w.qkv_w, w.qkv_b);
-  at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D}).transpose(1, 2);
-  at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
+  at::Tensor q = qkv.narrow(-1, 0, Hq * D).view({B, T, Hq, D});
+  at::Tensor k = qkv.narrow(-1, Hq * D, Hkv * D).view({B, T, Hkv, D});
+  if (config_.qk_norm) {  // RMSNorm over each head's D dims
+    q = RunNorm(q, w.q_norm);
+    k = RunNorm(k, w.k_norm);
+  }
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
   at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
   if (!config_.learned_positions) {
     q = rotary_.Apply(q, pass.cos, pass.sin);

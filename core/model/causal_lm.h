@@ -168,6 +168,7 @@ class CausalLM {
   struct Layer {
     Norm attn_norm, mlp_norm;
     Norm post_attn_norm, post_mlp_norm;  // sandwich norms (Gemma-2), else undefined
+    Norm q_norm, k_norm;                 // [D] per-head q/k RMSNorm (Qwen3), else undefined
     at::Tensor qkv_w, qkv_b;    // [(Hq + 2 Hkv) D, H]: rows q heads, then k, then v
     at::Tensor o_w, o_b;        // [H, Hq D]
     at::Tensor up_w, up_b;      // gated: [2 I, H] (gate rows, then up rows); else [I, H]

@@ -70,6 +70,9 @@ struct ModelConfig {
   RopeConfig rope;
   bool qkv_bias = false;
   bool o_bias = false;
+  // Qwen3: each head's q and k are RMS-normed over head_dim (Layer::q_norm, k_norm) after the
+  // projection and before the rotary positions.
+  bool qk_norm = false;
   bool mlp_bias = false;
   bool tied_embeddings = false;
   // Per layer: 0 = full causal attention, else a key is visible only if q - k < window.

@@ -12,7 +12,7 @@ namespace atman::model::testing {
 
 const std::vector<std::string>& OracleModels() {
   static const std::vector<std::string> kModels = {
-      "llama",    "llama-linear",        "mistral", "qwen2",        "gpt2",
+      "llama",    "llama-linear",        "mistral", "qwen2",        "qwen3",        "gpt2",
       "gpt_neox", "gpt_neox-sequential", "gemma2",  "phi3",         "phi3-longrope"};
   return kModels;
 }

@@ -36,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
                           GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
-                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from common import seed_everything, write_json
@@ -73,6 +74,15 @@ def model_specs():
         "qwen2": (Qwen2ForCausalLM, Qwen2Config(
             hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
             rope_theta=1e6, tie_word_embeddings=True, **common)),
+        # Qwen3: per-head q/k RMSNorm (weights randomised, see RANDOM_NORMS) before the
+        # rotary positions, head_dim 12 != hidden / heads, q/k/v/o biases, a sliding window
+        # of 4 keys on layer 1 only (layer_types), tied embeddings
+        "qwen3": (Qwen3ForCausalLM, Qwen3Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=12, attention_bias=True, tie_word_embeddings=True, use_sliding_window=True,
+            sliding_window=4, max_window_layers=1, rope_parameters={"rope_type": "default",
+                                                                     "rope_theta": 1e6},
+            **common)),
         "gpt2": (GPT2LMHeadModel, GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
             initializer_range=INIT, bos_token_id=0, eos_token_id=0)),
@@ -113,9 +123,9 @@ def model_specs():
     }
 
 
-# Gemma-2 initialises its RMSNorm weights to 0 (a scale of 1 + 0): randomised so that the
-# (1 + w) scale is exercised.
-RANDOM_NORMS = {"gemma2"}
+# Gemma-2 initialises its RMSNorm weights to 0 (a scale of 1 + 0), Qwen3 its q/k norms to 1:
+# randomised so that the scales are exercised.
+RANDOM_NORMS = {"gemma2", "qwen3"}
 
 
 def randomise_norms(model) -> None:

@@ -1,7 +1,8 @@
-// The llama family: transformers' LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM
-// (one implementation with switches): RMSNorm, rotary positions (default, linear, llama3
-// scaling), grouped-query attention, gated MLP; mistral's sliding window on every layer,
-// qwen2's q/k/v biases and per-layer `layer_types`. Qwen2-VL's and Qwen2.5-VL's language
+// The llama family: transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
+// Qwen3ForCausalLM (one implementation with switches): RMSNorm, rotary positions (default,
+// linear, llama3 scaling), grouped-query attention, gated MLP; mistral's sliding window on
+// every layer, qwen2's q/k/v biases and per-layer `layer_types`, qwen3's per-head q/k RMSNorm
+// (head_dim 128 when config.json omits it, as Qwen3Config). Qwen2-VL's and Qwen2.5-VL's language
 // models (text_config model_type "qwen2_vl_text", "qwen2_5_vl_text") are qwen2 with
 // multimodal rotary (RopeConfig::mrope_section, default [16, 24, 24]) and rope_theta 1e6 by
 // default; qwen2_vl.h loads them out of the vision-language checkpoint.
@@ -27,12 +28,15 @@ bool IsQwen2VlText(const std::string& model_type) {
 absl::Status ParseLlama(const json& c, ModelConfig& m) {
   const bool vl_text = IsQwen2VlText(m.model_type);
   const bool qwen2 = m.model_type == "qwen2" || vl_text;
+  const bool qwen3 = m.model_type == "qwen3";
   ATMAN_ASSIGN_OR_RETURN(m.vocab_size, PositiveIntField(c, "vocab_size"));
   ATMAN_ASSIGN_OR_RETURN(m.hidden_size, PositiveIntField(c, "hidden_size"));
   ATMAN_ASSIGN_OR_RETURN(m.num_layers, PositiveIntField(c, "num_hidden_layers"));
   ATMAN_ASSIGN_OR_RETURN(m.num_heads, PositiveIntField(c, "num_attention_heads"));
   ATMAN_ASSIGN_OR_RETURN(m.num_kv_heads, PositiveIntField(c, "num_key_value_heads", m.num_heads));
-  ATMAN_ASSIGN_OR_RETURN(m.head_dim, PositiveIntField(c, "head_dim", m.hidden_size / m.num_heads));
+  ATMAN_ASSIGN_OR_RETURN(
+      m.head_dim, PositiveIntField(c, "head_dim", qwen3 ? 128 : m.hidden_size / m.num_heads));
+  m.qk_norm = qwen3;
   ATMAN_ASSIGN_OR_RETURN(m.intermediate_size, PositiveIntField(c, "intermediate_size"));
   ATMAN_ASSIGN_OR_RETURN(m.max_positions, IntField(c, "max_position_embeddings", 0));
   ATMAN_ASSIGN_OR_RETURN(m.norm_eps, DoubleField(c, "rms_norm_eps", 1e-6));
@@ -90,11 +94,12 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
     }
   } else if (m.model_type == "mistral" && window > 0) {
     m.sliding_window.assign(m.num_layers, window);
-  } else if (qwen2) {
+  } else if (qwen2 || qwen3) {
     ATMAN_ASSIGN_OR_RETURN(bool use_sliding, BoolField(c, "use_sliding_window", false));
     if (use_sliding) {
-      return absl::UnimplementedError(
-          "config.json: qwen2 use_sliding_window without layer_types is not supported");
+      return absl::UnimplementedError(absl::StrCat("config.json: ", m.model_type,
+                                                   " use_sliding_window without layer_types is "
+                                                   "not supported"));
     }
   }
   m.attention_scale.assign(m.num_layers, 1.0 / std::sqrt(static_cast<double>(m.head_dim)));
@@ -111,6 +116,11 @@ absl::StatusOr<CausalLM::Weights> LoadLlama(WeightReader& r, const ModelConfig& 
     ATMAN_ASSIGN_OR_RETURN(layer.attn_norm.weight, r.Take(p + "input_layernorm.weight", {H}, "hidden_size"));
     ATMAN_ASSIGN_OR_RETURN(layer.mlp_norm.weight, r.Take(p + "post_attention_layernorm.weight", {H}, "hidden_size"));
     ATMAN_RETURN_IF_ERROR(TakeSplitAttention(r, p, c, layer));
+    if (c.qk_norm) {
+      const int64_t D = c.head_dim;
+      ATMAN_ASSIGN_OR_RETURN(layer.q_norm.weight, r.Take(p + "self_attn.q_norm.weight", {D}, "head_dim"));
+      ATMAN_ASSIGN_OR_RETURN(layer.k_norm.weight, r.Take(p + "self_attn.k_norm.weight", {D}, "head_dim"));
+    }
     ATMAN_RETURN_IF_ERROR(TakeSplitGatedMlp(r, p, c, layer));
     w.layers.push_back(std::move(layer));
   }
@@ -127,6 +137,7 @@ const TextFamily& LlamaFamily() {
       .model_types = {{"llama", "LlamaForCausalLM"},
                       {"mistral", "MistralForCausalLM"},
                       {"qwen2", "Qwen2ForCausalLM"},
+                      {"qwen3", "Qwen3ForCausalLM"},
                       {"qwen2_vl_text", "Qwen2VLTextModel"},
                       {"qwen2_5_vl_text", "Qwen2_5_VLTextModel"}},
       .parse_config = ParseLlama,
