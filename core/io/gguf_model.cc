@@ -340,9 +340,9 @@ absl::StatusOr<GgufModel> ConvertGpt2(const GgufFile& file) {
 absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
   ATMAN_ASSIGN_OR_RETURN(std::string arch, file.GetString("general.architecture"));
   if (arch == "gpt2") return ConvertGpt2(file);
-  if (arch != "llama" && arch != "qwen2") {
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3") {
     return Unsupported(file, "key 'general.architecture' = '", arch,
-                       "' is not supported (llama, qwen2, gpt2)");
+                       "' is not supported (llama, qwen2, qwen3, gpt2)");
   }
   const std::string p = arch + ".";
   GgufModel model;
@@ -362,7 +362,9 @@ absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
                " are inconsistent (head_count must be a multiple of head_count_kv, at most "
                "embedding_length ", hidden, ")");
   }
-  int64_t head_dim = hidden / heads;
+  // Without attention.key_length: embedding_length / head_count, but 128 for qwen3, the
+  // Qwen3Config default transformers' GGUF loader leaves in place (it never reads the key).
+  int64_t head_dim = arch == "qwen3" ? 128 : hidden / heads;
   ATMAN_ASSIGN_OR_RETURN(auto key_length, OptionalInteger(file, p + "attention.key_length"));
   if (key_length) head_dim = *key_length;
   if (head_dim <= 0 || head_dim % 2 != 0) {
@@ -426,6 +428,8 @@ absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
   if (arch == "llama") {
     c["attention_bias"] = file.FindTensor("blk.0.attn_q.bias") != nullptr;
     c["mlp_bias"] = file.FindTensor("blk.0.ffn_up.bias") != nullptr;
+  } else if (arch == "qwen3") {
+    c["attention_bias"] = file.FindTensor("blk.0.attn_q.bias") != nullptr;
   }
   ATMAN_RETURN_IF_ERROR(SpecialTokenIds(file, c));
 
@@ -444,7 +448,9 @@ absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
       {"attn_output.bias", "self_attn.o_proj.bias"},
       {"ffn_gate.weight", "mlp.gate_proj.weight"},    {"ffn_up.weight", "mlp.up_proj.weight"},
       {"ffn_down.weight", "mlp.down_proj.weight"},    {"ffn_gate.bias", "mlp.gate_proj.bias"},
-      {"ffn_up.bias", "mlp.up_proj.bias"},            {"ffn_down.bias", "mlp.down_proj.bias"}};
+      {"ffn_up.bias", "mlp.up_proj.bias"},            {"ffn_down.bias", "mlp.down_proj.bias"},
+      {"attn_q_norm.weight", "self_attn.q_norm.weight"},  // qwen3 only
+      {"attn_k_norm.weight", "self_attn.k_norm.weight"}};
   for (const GgufTensor& t : file.tensors()) {
     GgufMappedTensor m;
     m.tensor = &t;
@@ -455,7 +461,9 @@ absl::StatusOr<GgufModel> ConvertGgufModel(const GgufFile& file) {
                              ParseBlockTensorName(file, t.name, layers, p + "block_count"));
       const std::string& suffix = block.suffix;
       auto it = kBlock.find(suffix);
-      if (it == kBlock.end()) {
+      const bool qk_norm = absl::StartsWith(suffix, "attn_q_norm.") ||
+                           absl::StartsWith(suffix, "attn_k_norm.");
+      if (it == kBlock.end() || (qk_norm && arch != "qwen3")) {
         return Unsupported(file, "tensor '", t.name, "' is not part of the ", arch,
                            " layout atman reads");
       }

@@ -56,3 +56,23 @@ def write_json(path, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.write("\n")
+
+
+def add_bpe_tokenizer(writer, tokenizer_json: dict, pre: str) -> None:
+    """Writes a byte-level BPE tokenizer.json (GPT-2's) into a GGUFWriter as llama.cpp stores
+    it: tokenizer.ggml.model "gpt2", the split regex named by `pre`, tokens by id,
+    <|endoftext|> a control token and the BOS and EOS token, merges as "left right"."""
+    from gguf import TokenType
+    vocab = tokenizer_json["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for token, index in vocab.items():
+        tokens[index] = token
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types([TokenType.CONTROL if t == "<|endoftext|>" else TokenType.NORMAL
+                            for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(len(tokens) - 1)
+    writer.add_eos_token_id(len(tokens) - 1)

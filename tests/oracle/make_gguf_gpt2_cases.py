@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFWriter, TokenType
+from gguf import GGUFWriter
 from gguf.quants import quantize
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from common import seed_everything, write_json
+from common import add_bpe_tokenizer, seed_everything, write_json
 
 PROMPTS = ["The capital of France is", "def fibonacci(n): return n"]
 # n_positions: transformers maps gpt2.context_length to n_ctx, which GPT2Config ignores, so
@@ -63,19 +63,7 @@ def write(path: Path, model: GPT2LMHeadModel, tokenizer_json: dict, tied: bool) 
     writer.add_head_count(c.n_head)
     writer.add_layer_norm_eps(c.layer_norm_epsilon)
     writer.add_file_type(1)
-    vocab = tokenizer_json["model"]["vocab"]
-    tokens = [None] * len(vocab)
-    for token, index in vocab.items():
-        tokens[index] = token
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([TokenType.CONTROL if t == "<|endoftext|>" else TokenType.NORMAL
-                            for t in tokens])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(len(tokens) - 1)
-    writer.add_eos_token_id(len(tokens) - 1)
+    add_bpe_tokenizer(writer, tokenizer_json, "gpt-2")
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" or name.endswith((".attn.bias", ".attn.masked_bias")):
             continue

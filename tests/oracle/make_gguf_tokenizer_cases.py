@@ -18,7 +18,7 @@ from pathlib import Path
 from gguf import GGUFWriter, TokenType
 from transformers import AutoTokenizer
 
-from common import write_json
+from common import add_bpe_tokenizer, write_json
 from make_tokenizer_cases import CORPUS
 
 
@@ -64,21 +64,9 @@ def llama(shared: Path, path: Path) -> None:
 
 def qwen2_pre(shared: Path, path: Path) -> None:
     source = json.loads((shared / "tokenizers" / "gpt2" / "tokenizer.json").read_text())
-    vocab = source["model"]["vocab"]
-    tokens = [None] * len(vocab)
-    for token, index in vocab.items():
-        tokens[index] = token
-    merges = [m if isinstance(m, str) else " ".join(m) for m in source["model"]["merges"]]
-    types = [TokenType.CONTROL if t == "<|endoftext|>" else TokenType.NORMAL for t in tokens]
 
     def fill(writer):
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("qwen2")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-        writer.add_bos_token_id(len(tokens) - 1)
-        writer.add_eos_token_id(len(tokens) - 1)
+        add_bpe_tokenizer(writer, source, "qwen2")
         writer.add_add_bos_token(True)
         writer.add_chat_template("{{ messages }}")
     write(path, fill)
