@@ -6,7 +6,8 @@
 // (token_embd, blk.N.attn_q/k/v/output, ffn_gate/up/down, attn_norm, ffn_norm, output_norm,
 // output; qwen3 also blk.N.attn_q_norm/attn_k_norm). llama's Q and K rows are un-permuted
 // (llama.cpp's convert script interleaves the rotary halves; transformers'
-// LlamaTensorProcessor reverses it); qwen2's and qwen3's are stored as they are. gpt2: token_embd, position_embd (learned positions), blk.N.attn_norm/ffn_norm and
+// LlamaTensorProcessor reverses it); qwen2's and qwen3's are stored as they are.
+// gpt2: token_embd, position_embd (learned positions), blk.N.attn_norm/ffn_norm and
 // output_norm (LayerNorm weight + bias), the fused blk.N.attn_qkv, attn_output, ffn_up,
 // ffn_down (each with a bias), mapped to GPT2LMHeadModel's names with the four projection
 // weights transposed back to Conv1D's [in, out] (as transformers' GPT2TensorProcessor does).

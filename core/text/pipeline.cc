@@ -311,7 +311,7 @@ class WhitespacePreTokenizer : public PreTokenizer {
 };
 
 // Splits every split at the characters for which `pred` holds (Digits: Rust's
-// `char::is_numeric`, general categories Nd/Nl/No; Punctuation; CharDelimiterSplit).
+// `char::is_numeric`, general categories Nd/Nl/No; Punctuation; BertPreTokenizer).
 class CharClassPreTokenizer : public PreTokenizer {
  public:
   CharClassPreTokenizer(bool (*pred)(char32_t), SplitBehavior behavior)
@@ -325,20 +325,6 @@ class CharClassPreTokenizer : public PreTokenizer {
  private:
   bool (*pred_)(char32_t);
   SplitBehavior behavior_;
-};
-
-class CharDelimiterPreTokenizer : public PreTokenizer {
- public:
-  explicit CharDelimiterPreTokenizer(char32_t delimiter) : delimiter_(delimiter) {}
-  void Apply(PreTokenized& splits) const override {
-    SplitEach(splits, [&](NormalizedString& s) {
-      return s.Split(CoverWithPieces(FindChar(s.text(), delimiter_), s.size()),
-                     SplitBehavior::kRemoved);
-    });
-  }
-
- private:
-  char32_t delimiter_;
 };
 
 // BertPreTokenizer: whitespace removed, then every punctuation character isolated.
@@ -835,8 +821,12 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> ParsePreTokenizer(const json& j,
   }
   if (type == "BertPreTokenizer") return std::make_unique<BertPreTokenizer>();
   if (type == "CharDelimiterSplit") {
+    // A Split on the one character, removed (the library's CharDelimiterSplit).
     ATMAN_ASSIGN_OR_RETURN(char32_t delimiter, GetChar(j, path, "delimiter"));
-    return std::make_unique<CharDelimiterPreTokenizer>(delimiter);
+    ATMAN_ASSIGN_OR_RETURN(Pattern pattern, Pattern::Parse(json{{"String", Utf8(delimiter)}},
+                                                           absl::StrCat(path, ".delimiter")));
+    return std::make_unique<SplitPreTokenizer>(std::move(pattern), SplitBehavior::kRemoved,
+                                               /*invert=*/false);
   }
   if (type == "Metaspace") {
     ATMAN_ASSIGN_OR_RETURN(char32_t replacement, GetChar(j, path, "replacement"));
