@@ -69,7 +69,8 @@ Explainer::Explainer(const model::CausalLM* lm, const text::Tokenizer* tokenizer
     : lm_(lm), tokenizer_(tokenizer), options_(options) {
   runtime::InstallCpuAccounting();
   if (options_.max_sequence <= 0) {
-    options_.max_sequence = lm_->config().max_positions > 0 ? lm_->config().max_positions : 4096;
+    const int64_t context = lm_->config().context_length();
+    options_.max_sequence = context > 0 ? context : 4096;
   }
   // The special tokens the post-processor puts in front of a text (e.g. Llama's BOS).
   if (auto probe = tokenizer_->Encode("a", /*add_special_tokens=*/true); probe.ok()) {

@@ -73,7 +73,7 @@ class Explainer {
     runtime::BatchLimits limits;
     int32_t max_units = 1024;            // more units in one request is INVALID_ARGUMENT
     int32_t max_new_tokens_limit = 256;  // cap on ExplainOptions::max_new_tokens
-    int64_t max_sequence = 0;            // 0: the model's position limit, else 4096
+    int64_t max_sequence = 0;            // 0: ModelConfig::context_length(), else 4096
     // Longest prompt in tokens (image tokens and leading specials included); 0: only the
     // model's context limits it.
     int64_t max_prompt_tokens = 0;

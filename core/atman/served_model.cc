@@ -165,7 +165,7 @@ ModelDescription ServedModel::Describe() const {
     const model::ModelConfig& config = replicas_.front()->lm->config();
     d.vocab_size = config.vocab_size;
     d.num_layers = config.num_layers;
-    d.max_positions = config.max_positions;
+    d.max_positions = config.context_length();
     d.device = replicas_.front()->device_name;
     d.dtype = replicas_.front()->dtype_name;
   }

@@ -1,6 +1,7 @@
 #include "core/model/config.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -72,6 +73,20 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const nlohmann::json& config) {
                      " is not a multiple of num_key_value_heads ", m.num_kv_heads));
   }
   return m;
+}
+
+int64_t ModelConfig::context_length() const {
+  if (learned_positions) return max_positions;
+  const auto scaled = [&](int64_t length) {
+    return static_cast<int64_t>(std::llround(rope.factor * static_cast<double>(length)));
+  };
+  switch (rope.scaling) {
+    case RopeScaling::kYarn:
+    case RopeScaling::kDynamic:  // original_max_positions: max_position_embeddings
+      return std::max(max_positions, scaled(rope.original_max_positions));
+    default:
+      return max_positions;
+  }
 }
 
 }  // namespace atman::model

@@ -27,20 +27,31 @@ namespace atman::model {
 // kLayer: LayerNorm with weight and bias.
 enum class NormKind { kRms, kRmsPlusOne, kLayer };
 enum class Activation { kSilu, kGelu, kGeluTanh, kRelu };
-enum class RopeScaling { kNone, kLinear, kLlama3, kLongRope };
+enum class RopeScaling { kNone, kLinear, kLlama3, kLongRope, kYarn, kDynamic };
 
 struct RopeConfig {
   double theta = 10000.0;
   int64_t rotary_dim = 0;  // leading dims of each head that rotate (partial rotary: < head_dim)
   RopeScaling scaling = RopeScaling::kNone;
-  double factor = 1.0;  // linear and llama3
+  double factor = 1.0;  // linear, llama3, yarn, dynamic
   double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
-  int64_t original_max_positions = 0;                     // llama3, longrope
+  int64_t original_max_positions = 0;                     // llama3, longrope, yarn, dynamic
+  // yarn (_compute_yarn_parameters): frequency dims below the correction range keep theta's
+  // frequencies (extrapolation), dims above it are divided by `factor` (interpolation), a
+  // linear ramp between; the range comes from beta_fast / beta_slow rotations over
+  // original_max_positions, floored / ceiled when `truncate`. cos and sin are multiplied by
+  // attention_factor (given, or 0.1 ln(factor) + 1, or DeepSeek's mscale ratio).
+  double beta_fast = 32.0, beta_slow = 1.0;
+  bool truncate = true;
+  // dynamic (NTK-aware, _compute_dynamic_ntk_parameters): a row longer than
+  // original_max_positions (config.json's max_position_embeddings) gets
+  // theta x ((factor x length / original) - (factor - 1))^(dim / (dim - 2)) as its base, its
+  // length being max(its positions) + 1; shorter rows keep theta (docs/model.md, "Dynamic").
   // longrope (Phi-3's "su"): inverse frequencies divided by short_factor (rotary_dim / 2
   // values) for a row whose length max(position) + 1 is at most original_max_positions, by
   // long_factor beyond; cos and sin multiplied by attention_factor (docs/model.md, "LongRoPE").
   std::vector<double> short_factor, long_factor;
-  double attention_factor = 1.0;
+  double attention_factor = 1.0;  // longrope, yarn
   // Multimodal rotary (M-RoPE, Qwen2-VL / Qwen2.5-VL's `mrope_section`): positions have three
   // components (temporal, height, width); the rotary_dim / 2 frequencies are cut into runs of
   // these sizes (summing to rotary_dim / 2), run i taking its angles from component i % 3, and
@@ -91,6 +102,13 @@ struct ModelConfig {
   // (before AtMan's manipulation and the masks, docs/method.md), final_softcap on the logits.
   double attn_softcap = 0.0;
   double final_softcap = 0.0;
+
+  // The longest sequence the model is meant for: the engine's default limit (Explainer's
+  // max_sequence) and ModelInfo's context length. max_positions, or what RoPE scaling extends
+  // it to: yarn factor x original_max_positions when that is longer (Qwen's long-context
+  // configs keep max_position_embeddings at the pretraining length), dynamic factor x
+  // max_position_embeddings (it scales further, with falling quality). 0: unknown.
+  int64_t context_length() const;
 };
 
 // The model types ParseModelConfig() accepts (those of every registered family), sorted.

@@ -1,7 +1,7 @@
 // Rotary position embeddings (RoPE) as transformers computes them: inverse frequencies from
-// `theta` (with linear, llama3 or longrope scaling), cos/sin of position x frequency, and the
-// "rotate half" application to the leading `rotary_dim` dims of each head (gpt_neox's and
-// phi3's partial rotary leaves the rest untouched).
+// `theta` (with linear, llama3, longrope, yarn or dynamic scaling), cos/sin of position x
+// frequency, and the "rotate half" application to the leading `rotary_dim` dims of each head
+// (gpt_neox's and phi3's partial rotary leaves the rest untouched).
 //
 // M-RoPE (Qwen2-VL, RopeConfig::mrope_section): positions [3, B, T] (temporal, height,
 // width); frequency run i of mrope_section takes its angles from component i % 3. Positions
@@ -11,7 +11,13 @@
 // LongRoPE keeps two frequency sets, short and long; each batch row uses the long one when its
 // length, max(its positions) + 1, exceeds original_max_positions (transformers'
 // dynamic_rope_update takes that maximum over the whole batch; per row, a row's result does not
-// depend on the rows it is batched with; docs/model.md, "LongRoPE").
+// depend on the rows it is batched with; docs/model.md, "LongRoPE"). Dynamic NTK scaling picks
+// per row the same way: a row longer than max_position_embeddings gets frequencies grown from
+// its length, the others theta's (transformers' module also keeps the largest length it has
+// seen until a short sequence resets it; here nothing carries over between calls).
+//
+// YaRN's frequencies are fixed at construction; its attention factor multiplies cos and sin,
+// as LongRoPE's does.
 //
 // Immutable after construction; const methods are safe from any thread.
 #pragma once
@@ -47,10 +53,18 @@ class Rotary {
   int64_t rotary_dim_ = 0;
   at::Tensor inv_freq_;
   std::vector<int64_t> mrope_section_;  // empty: ordinary rotary
-  // longrope only: the long set [rotary_dim / 2], the length limit of the short one, and the
-  // factor on cos and sin.
+  // Per row (longrope, dynamic): positions [B, T] -> inv_freq [B, 1, rotary_dim / 2].
+  at::Tensor RowFrequencies(const at::Tensor& positions) const;
+
+  // longrope only: the long set [rotary_dim / 2]. longrope and dynamic: the length beyond
+  // which a row's frequencies change.
   at::Tensor long_inv_freq_;
   int64_t original_max_positions_ = 0;
+  // dynamic only: theta, factor and the exponents 2i / dim [rotary_dim / 2].
+  bool dynamic_ = false;
+  double theta_ = 0.0, factor_ = 1.0;
+  at::Tensor exponents_;
+  // longrope and yarn: the factor on cos and sin.
   double attention_factor_ = 1.0;
 };
 

@@ -383,7 +383,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("llama"),
                                                               std::string("gpt2"),
                                                               std::string("gemma2"),
-                                                              std::string("phi3")),
+                                                              std::string("phi3"),
+                                                              std::string("llama-dynamic")),
                                             ::testing::ValuesIn(kCases)),
                          CaseName);
 
@@ -421,6 +422,15 @@ INSTANTIATE_TEST_SUITE_P(QwenCases, EngineMatchesReference,
 INSTANTIATE_TEST_SUITE_P(LongRopeShort, EngineMatchesReference,
                          ::testing::Combine(::testing::Values(std::string("phi3")),
                                             ::testing::Values(std::string("longrope-short"))),
+                         CaseName);
+
+// Dynamic NTK rotary (max_position_embeddings 12): the cases above are longer, so the
+// unperturbed pass, its cached prefix and every row use the frequencies grown from the whole
+// explanation's length, as the reference's full pass per row does; an explanation within the
+// limit keeps theta's.
+INSTANTIATE_TEST_SUITE_P(DynamicShort, EngineMatchesReference,
+                         ::testing::Combine(::testing::Values(std::string("llama-dynamic")),
+                                            ::testing::Values(std::string("dynamic-short"))),
                          CaseName);
 
 // Qwen2-VL generation continues after the prompt at index + rope_delta in all three M-RoPE

@@ -112,10 +112,12 @@ TEST(LoadErrors, ConfigContradictingWeightsNamesFieldAndTensor) {
 
 TEST(LoadErrors, UnsupportedSwitchesAreNamed) {
   absl::Status rope = LoadStatus(EditedLlama([](auto& c) {
-    c["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 2.0}};
+    c["rope_parameters"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
   }));
   EXPECT_EQ(rope.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(std::string(rope.message()), HasSubstr("rope type 'yarn'"));
+  EXPECT_THAT(std::string(rope.message()),
+              AllOf(HasSubstr("rope type 'longrope'"),
+                    HasSubstr("(default, linear, llama3, yarn, dynamic)")));
   absl::Status act = LoadStatus(EditedLlama([](auto& c) { c["hidden_act"] = "mish"; }));
   EXPECT_THAT(std::string(act.message()), HasSubstr("hidden_act 'mish'"));
 }
@@ -145,11 +147,87 @@ TEST(ConfigParsing, OldAndNewRopeSpellingsAgree) {
   }
 }
 
+// YaRN and dynamic NTK as transformers reads them: a top-level original_max_position_embeddings
+// wins over the rope dict's (standardize_rope_params), a null factor is max / original, beta 0
+// counts as absent, the attention factor from factor or DeepSeek's mscale pair; dynamic scales
+// from max_position_embeddings. Errors name the field.
+TEST(ConfigParsing, YarnAndDynamicRope) {
+  const nlohmann::json base = {
+      {"model_type", "llama"},         {"vocab_size", 10},         {"hidden_size", 32},
+      {"num_hidden_layers", 1},        {"num_attention_heads", 4}, {"intermediate_size", 8},
+      {"max_position_embeddings", 128}};
+  nlohmann::json yarn = base;
+  yarn["rope_parameters"] = {{"rope_type", "yarn"},
+                             {"factor", nullptr},
+                             {"original_max_position_embeddings", 32},
+                             {"beta_fast", 0}};
+  auto a = ParseModelConfig(yarn);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->rope.scaling, RopeScaling::kYarn);
+  EXPECT_EQ(a->rope.original_max_positions, 32);
+  EXPECT_DOUBLE_EQ(a->rope.factor, 4.0);
+  EXPECT_DOUBLE_EQ(a->rope.beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(a->rope.beta_slow, 1.0);
+  EXPECT_TRUE(a->rope.truncate);
+  EXPECT_DOUBLE_EQ(a->rope.attention_factor, 0.1 * std::log(4.0) + 1.0);
+
+  nlohmann::json top = yarn;
+  top["original_max_position_embeddings"] = 16;  // wins over the dict's 32
+  top["rope_parameters"]["mscale"] = 0.5;
+  top["rope_parameters"]["mscale_all_dim"] = 1.0;
+  auto b = ParseModelConfig(top);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->rope.original_max_positions, 16);
+  EXPECT_DOUBLE_EQ(b->rope.factor, 8.0);
+  EXPECT_DOUBLE_EQ(b->rope.attention_factor,
+                   (0.05 * std::log(8.0) + 1.0) / (0.1 * std::log(8.0) + 1.0));
+
+  nlohmann::json dynamic = base;
+  dynamic["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  auto c = ParseModelConfig(dynamic);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rope.scaling, RopeScaling::kDynamic);
+  EXPECT_EQ(c->rope.original_max_positions, 128);
+  EXPECT_DOUBLE_EQ(c->rope.factor, 2.0);
+
+  // The context length: yarn's factor x original when longer than max_position_embeddings
+  // (Qwen's configs keep it at the pretraining length), dynamic's factor x max.
+  nlohmann::json qwen_style = base;
+  qwen_style["max_position_embeddings"] = 64;
+  qwen_style["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0},
+                                {"original_max_position_embeddings", 64}};
+  auto d = ParseModelConfig(qwen_style);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->context_length(), 256);
+  EXPECT_EQ(a->context_length(), 128);  // factor 4 x 32 = max_position_embeddings
+  EXPECT_EQ(c->context_length(), 256);
+  EXPECT_EQ(ParseModelConfig(base)->context_length(), 128);
+
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> errors = {
+      {[](auto& j) { j.erase("max_position_embeddings"); },
+       "missing field 'max_position_embeddings'"},
+      {[](auto& j) { j["rope_scaling"].erase("factor"); }, "missing field 'factor'"},
+      {[](auto& j) { j["rope_scaling"]["factor"] = -1.0; }, "factor must be positive"},
+      {[](auto& j) { j["head_dim"] = 2; }, "rope dynamic needs a rotary dimension above 2"},
+  };
+  for (const auto& [edit, message] : errors) {
+    nlohmann::json broken = dynamic;
+    edit(broken);
+    auto status = ParseModelConfig(broken).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << message;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(message));
+  }
+  nlohmann::json bad_original = yarn;
+  bad_original["rope_parameters"]["original_max_position_embeddings"] = 0;
+  EXPECT_THAT(std::string(ParseModelConfig(bad_original).status().message()),
+              HasSubstr("'original_max_position_embeddings' must be positive, got 0"));
+}
+
 // Gemma-2's config.json: transformers' defaults for absent fields, null soft-caps and what is
 // refused, each naming the field.
 TEST(ConfigParsing, Gemma2SwitchesAndErrors) {
-  const nlohmann::json base = {{"model_type", "gemma2"}, {"vocab_size", 10},
-                               {"hidden_size", 32}, {"num_hidden_layers", 3},
+  const nlohmann::json base = {{"model_type", "gemma2"},   {"vocab_size", 10},
+                               {"hidden_size", 32},        {"num_hidden_layers", 3},
                                {"num_attention_heads", 4}, {"num_key_value_heads", 2},
                                {"intermediate_size", 8}};
   auto defaults = ParseModelConfig(base);

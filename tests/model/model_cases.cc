@@ -12,8 +12,9 @@ namespace atman::model::testing {
 
 const std::vector<std::string>& OracleModels() {
   static const std::vector<std::string> kModels = {
-      "llama",    "llama-linear",        "mistral", "qwen2",        "qwen3",        "gpt2",
-      "gpt_neox", "gpt_neox-sequential", "gemma2",  "phi3",         "phi3-longrope"};
+      "llama",      "llama-linear", "llama-yarn",          "llama-dynamic", "mistral",
+      "qwen2",      "qwen2-yarn",   "qwen3",               "gpt2",          "gpt_neox",
+      "gpt_neox-sequential",        "gemma2",              "phi3",          "phi3-longrope"};
   return kModels;
 }
 

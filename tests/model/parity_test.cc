@@ -27,6 +27,13 @@ at::Tensor Long2D(std::vector<int64_t> values, int64_t rows) {
   return at::from_blob(values.data(), {rows, cols}, at::kLong).clone();
 }
 
+// A fixture name as a test name ("phi3-longrope" -> "phi3_longrope").
+std::string FixtureTestName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string name = info.param;
+  for (char& ch : name) if (ch == '-') ch = '_';
+  return name;
+}
+
 constexpr double kParity = 1e-4;  // float32 against transformers (the bar)
 
 class ParityTest : public ::testing::TestWithParam<std::string> {
@@ -148,18 +155,18 @@ TEST_P(ParityTest, LogProbsAndLogitsAtIndicesMatchFullLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, ParityTest, ::testing::ValuesIn(testing::OracleModels()),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           for (char& ch : name) if (ch == '-') ch = '_';
-                           return name;
-                         });
+                         FixtureTestName);
 
 // LongRoPE picks short or long factors per row by max(position) + 1 against
-// original_max_position_embeddings (5 here): rows of 3, 5, 6 and 9 tokens, each run alone by
-// transformers, equal ours run as one left-padded batch (transformers' own batch would use the
-// long factors for every row; the oracle checks that this differs).
-TEST(LongRope, ChoosesFactorsPerRowLength) {
-  ModelCases cases = ReadCases("phi3-longrope");
+// original_max_position_embeddings (5 here: rows of 3, 5, 6 and 9 tokens); dynamic NTK grows
+// a row's frequencies from its own length beyond max_position_embeddings (10 here: rows of 3,
+// 10, 12 and 14). Each row run alone by transformers equals ours run as one left-padded batch
+// (transformers' own batch would use the longest row's length for every row; the oracle
+// checks that this differs).
+class RowLengthRope : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RowLengthRope, ChoosesFrequenciesPerRowLength) {
+  ModelCases cases = ReadCases(GetParam());
   auto model = testing::LoadModel(cases.dir);
   ASSERT_NE(model, nullptr);
   const at::Tensor& mask = cases.tensors.at("lengths.mask");
@@ -175,6 +182,9 @@ TEST(LongRope, ChoosesFactorsPerRowLength) {
     EXPECT_LT(MaxAbsDiff(alone, cases.tensors.at("lengths.logits").narrow(0, b, 1).narrow(1, T - n, n)), kParity);
   }
 }
+INSTANTIATE_TEST_SUITE_P(Families, RowLengthRope,
+                         ::testing::Values("phi3-longrope", "llama-dynamic"),
+                         FixtureTestName);
 
 // bfloat16 on the CPU: the same model and inputs as float32, within a documented tolerance
 // (docs/model.md): bf16 keeps 8 bits of mantissa, so logits of magnitude ~5 move by ~0.1.

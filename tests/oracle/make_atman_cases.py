@@ -7,7 +7,10 @@
 
 Models: "llama" (grouped-query attention; the tokenizer's post-processor adds a BOS), "gpt2"
 (no BOS), "gemma2" (soft-capped attention and logits, sliding windows on layers 0 and 2,
-randomised (1 + w) norms; BOS), "phi3" (fused projections, LongRoPE with original_max_position_embeddings 8: every
+randomised (1 + w) norms; BOS), "llama-dynamic" (dynamic NTK rotary, factor 5, beyond
+max_position_embeddings 12: every case but "dynamic-short" is longer, up to 50 positions
+within the context of 5 x 12; each explanation's reference starts from a fresh rotary
+module), "phi3" (fused projections, LongRoPE with original_max_position_embeddings 8: every
 case but "longrope-short" is longer, so its unperturbed pass, its cached prefix and its rows,
 however few positions they recompute, all use the long factors; "longrope-short" stays within
 8 and uses the short ones) and "llava" (a CLIP tower on 28 px images with 7 px patches, a 4x4 grid, and a
@@ -52,6 +55,7 @@ CORPUS = [
 
 PROMPT_A = "Tom lives in Rome. Anna lives in Paris.\n\nWhere does Anna live? She lives in"
 PHI3_ORIGINAL = 8
+DYNAMIC_MAX = 12
 PROMPT_B = "Rivers flow to the sea; mountains rise to the sky; people walk between them"
 
 
@@ -95,6 +99,12 @@ def model_for(name: str, vocab: int):
                              "short_factor": [1.0, 1.2, 1.5, 2.0, 2.6, 3.3],
                              "long_factor": [1.5, 2.5, 4.0, 6.5, 9.0, 14.0]},
             pad_token_id=None, bos_token_id=0, eos_token_id=1, tie_word_embeddings=False))
+    if name == "llama-dynamic":
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=DYNAMIC_MAX,
+            initializer_range=0.2, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 5.0}))
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=48, n_layer=3, n_head=4,
                                       n_positions=256, initializer_range=0.2,
                                       bos_token_id=0, eos_token_id=1))
@@ -196,6 +206,18 @@ def cases(name: str):
     if name == "phi3":
         # Prompt and target within original_max_position_embeddings: the short factors.
         yield "longrope-short", [{"text": "Tom lives in"}], " Rome", {"text_granularity": "token"}
+    if name == "llama-dynamic":
+        # Prompt and target within max_position_embeddings: theta's own frequencies.
+        yield "dynamic-short", [{"text": "Tom lives in"}], " Rome", {"text_granularity": "token"}
+
+
+def reset_dynamic_rope(model) -> None:
+    """transformers' dynamic rotary keeps the largest length it has seen; each explanation
+    starts from a fresh module, as a freshly loaded model would (docs/model.md)."""
+    for module in model.modules():
+        if "dynamic" in str(getattr(module, "rope_type", "")):
+            module.register_buffer("inv_freq", module.original_inv_freq.clone(), persistent=False)
+            module.max_seq_len_cached = module.original_max_seq_len
 
 
 # Cases whose scores must differ from the old rule (conceptual suppression into prompt
@@ -230,8 +252,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--models", nargs="*",
-                        default=["llama", "gpt2", "gemma2", "phi3", "llava", "llava-full",
-                                 "llava-next"],
+                        default=["llama", "gpt2", "gemma2", "phi3", "llama-dynamic", "llava",
+                                 "llava-full", "llava-next"],
                         help="write only these models (default: all)")
     args = parser.parse_args()
     for name in args.models:
@@ -264,11 +286,14 @@ def main() -> None:
         tokenizer.save(str(folder / "tokenizer.json"))
         out = []
         for case, prompt, target, options in case_list:
-            if name == "phi3" and all("text" in item for item in prompt):
+            limit = {"phi3": PHI3_ORIGINAL, "llama-dynamic": DYNAMIC_MAX}.get(name)
+            if limit is not None and all("text" in item for item in prompt):
                 # The model's input: BOS, the prompt items and the target without its last token.
                 plain = lambda t: len(tokenizer.encode(t, add_special_tokens=False).ids)
                 length = (1 + sum(plain(item["text"]) for item in prompt) + plain(target) - 1)
-                assert (length <= PHI3_ORIGINAL) == (case == "longrope-short"), (case, length)
+                short = case in ("longrope-short", "dynamic-short")
+                assert (length <= limit) == short, (case, length)
+            reset_dynamic_rope(model)
             ref = explain(model, tokenizer, prompt, target, options, processor)
             if options.get("contextual_control_threshold") is not None:
                 # Conceptual suppression must reach beyond the unit, or the test proves nothing.
@@ -296,6 +321,11 @@ def main() -> None:
             out.append({"name": case, "prompt": prompt, "target": target, "options": options,
                         "expected": ref})
         result = {"cases": out}
+        if name == "llama-dynamic":
+            # Explanations only: the references below recompute every generation step in
+            # full, which a dynamic rotary beyond its limit does not equal to a cached decode.
+            write_json(folder / "cases.json", result)
+            continue
         if not name.startswith("llava"):
             # Greedy continuation (no end-of-text token), for the empty-target path.
             ids = tokenizer.encode(PROMPT_A).ids

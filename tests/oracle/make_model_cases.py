@@ -18,10 +18,11 @@ Cases (sequence length T = 9 unless said):
             the mask. A query whose every visible key is removed gets a zero attention output,
             as in core/model/attention.h.
   cached_control/*  the cached rows with controls on positions >= 6.
-  lengths   (longrope models) 4 rows of 3, 5, 6 and 9 tokens around original_max_position_
-            embeddings = 5, each run alone (batch 1) so that transformers picks the short or
-            long factors by that row's length; stored left-padded. The C++ test runs them as
-            one batch: the choice is per row (docs/model.md, "LongRoPE").
+  lengths   (longrope and dynamic models) 4 rows of 3, 5, 6 and 9 tokens around original_max_
+            position_embeddings = 5 (longrope), of 3, 10, 12 and 14 around max_position_
+            embeddings = 10 (dynamic), each run alone (batch 1) so that transformers picks the
+            frequencies by that row's length; stored left-padded. The C++ test runs them as one
+            batch: the choice is per row (docs/model.md, "LongRoPE", "Dynamic NTK").
 
 <out>/broken-missing/ and <out>/broken-shape/ are the llama checkpoint with one tensor removed
 and one tensor of the wrong shape; <out>/broken-gemma2-missing/ the gemma2 checkpoint without
@@ -46,6 +47,8 @@ VOCAB = 97
 INIT = 0.2
 LONGROPE_ORIGINAL = 5
 LONGROPE_LENGTHS = (3, 5, 6, 9)
+DYNAMIC_MAX = 10
+DYNAMIC_LENGTHS = (3, 10, 12, 14)
 
 # name -> (model class, config)
 def model_specs():
@@ -120,6 +123,31 @@ def model_specs():
                              "short_factor": [1.0, 1.3, 1.9, 2.7],
                              "long_factor": [2.0, 3.5, 6.0, 11.0]},
             pad_token_id=0, bos_token_id=0, eos_token_id=0, **common)),
+        # YaRN as Qwen's long-context configs set it: factor 4 over a pretraining length of
+        # 32, theta 500 and head_dim 16, so that the ramp between extrapolated and
+        # interpolated frequencies spans several dims (correction range [0, 3]); attention
+        # factor 0.1 ln 4 + 1 on cos and sin
+        "qwen2-yarn": (Qwen2ForCausalLM, Qwen2Config(
+            hidden_size=64, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0,
+                             "original_max_position_embeddings": 32}, **common)),
+        # YaRN with every optional switch: DeepSeek's mscale / mscale_all_dim attention
+        # factor, beta_fast / beta_slow, truncate off (a fractional correction range)
+        "llama-yarn": (LlamaForCausalLM, LlamaConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=2, num_key_value_heads=1,
+            head_dim=16, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "yarn", "rope_theta": 1000.0, "factor": 3.0,
+                             "original_max_position_embeddings": 16, "beta_fast": 8.0,
+                             "beta_slow": 2.0, "mscale": 0.707, "mscale_all_dim": 1.0,
+                             "truncate": False}, **common)),
+        # Dynamic NTK scaling beyond max_position_embeddings = 10: the padded and cached rows
+        # (9 and 10 tokens) stay within it; the "lengths" case has rows on both sides
+        "llama-dynamic": (LlamaForCausalLM, LlamaConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=False, vocab_size=VOCAB, num_hidden_layers=2,
+            initializer_range=INIT, max_position_embeddings=DYNAMIC_MAX,
+            rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
     }
 
 
@@ -261,33 +289,42 @@ def make_cases(model, g):
                           "rows": [[[p, f] for p, f in row] for row in rows]})
             CONTROL = None
     model.set_attn_implementation("eager")
-    if (getattr(model.config, "rope_parameters", None) or {}).get("rope_type") == "longrope":
-        lengths_case(model, g, tensors, cases)
+    rope_type = (getattr(model.config, "rope_parameters", None) or {}).get("rope_type")
+    if rope_type == "longrope":
+        lengths_case(model, g, tensors, cases, LONGROPE_LENGTHS, LONGROPE_ORIGINAL)
+    elif rope_type == "dynamic":
+        lengths_case(model, g, tensors, cases, DYNAMIC_LENGTHS, DYNAMIC_MAX)
     return {k: v.contiguous() for k, v in tensors.items()}, cases
 
 
-def lengths_case(model, g, tensors, cases):
-    T = max(LONGROPE_LENGTHS)
-    B = len(LONGROPE_LENGTHS)
+def lengths_case(model, g, tensors, cases, lengths, original):
+    """Rows of `lengths` tokens around `original`, each run alone (in increasing length, so
+    that transformers' dynamic rotary, which keeps the largest length it has seen, computes
+    each as a fresh model would), stored left-padded."""
+    T = max(lengths)
+    B = len(lengths)
     ids = torch.zeros(B, T, dtype=torch.long)
     mask = torch.zeros(B, T, dtype=torch.long)
     logits = torch.zeros(B, T, VOCAB)
-    for b, n in enumerate(LONGROPE_LENGTHS):
+    for b, n in enumerate(lengths):
         ids[b, T - n:] = torch.randint(1, VOCAB, (n,), generator=g)
         mask[b, T - n:] = 1
-        # Alone: transformers picks short (n <= 5) or long factors by this row's length.
+        # Alone: transformers picks its frequencies by this row's length (longrope: short
+        # factors up to `original`, long beyond; dynamic: theta up to `original`, grown from
+        # the length beyond).
         logits[b, T - n:] = model(input_ids=ids[b:b + 1, T - n:]).logits[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # One batch in transformers takes the longest row's length for every row: the short rows
+    # One batch in transformers takes the longest row's length for every row: the other rows
     # would then differ, so the C++ test (one batch) can tell a per-batch choice from ours.
     batched = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    for b, n in enumerate(LONGROPE_LENGTHS):
+    longrope = model.config.rope_parameters["rope_type"] == "longrope"
+    for b, n in enumerate(lengths):
         gap = (batched[b, T - n:] - logits[b, T - n:]).abs().max()
-        assert (gap > 1e-2) == (n <= LONGROPE_ORIGINAL), (n, gap)
+        assert (gap > 1e-2) == (n <= original if longrope else n < T), (n, gap)
     tensors["lengths.ids"], tensors["lengths.mask"] = ids, mask
     tensors["lengths.positions"], tensors["lengths.logits"] = positions, logits
-    cases.append({"name": "lengths", "inputs": "lengths", "lengths": list(LONGROPE_LENGTHS),
-                  "original_max_position_embeddings": LONGROPE_ORIGINAL})
+    cases.append({"name": "lengths", "inputs": "lengths", "lengths": list(lengths),
+                  "original_max_position_embeddings": original})
 
 
 def main() -> None:

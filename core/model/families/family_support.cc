@@ -3,7 +3,9 @@
 #include <ATen/ops/cat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -100,6 +102,20 @@ absl::StatusOr<Activation> ParseActivation(const std::string& name, const char* 
   return it->second;
 }
 
+namespace {
+
+// The pretraining length llama3 and yarn scale from, as transformers' standardize_rope_params
+// reads it: a top-level original_max_position_embeddings wins (Phi-3 style exports), then the
+// rope dict's, then max_position_embeddings.
+absl::StatusOr<int64_t> OriginalMaxPositions(const json& config, const json& params) {
+  constexpr const char* kKey = "original_max_position_embeddings";
+  if (Field(config, kKey) != nullptr) return PositiveIntField(config, kKey);
+  if (Field(params, kKey) != nullptr) return PositiveIntField(params, kKey);
+  return PositiveIntField(config, "max_position_embeddings");
+}
+
+}  // namespace
+
 absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, double default_partial,
                                      double default_theta) {
   json params = json::object();
@@ -143,18 +159,53 @@ absl::StatusOr<RopeConfig> ParseRope(const json& config, int64_t head_dim, doubl
     ATMAN_ASSIGN_OR_RETURN(rope.factor, DoubleField(params, "factor"));
     ATMAN_ASSIGN_OR_RETURN(rope.low_freq_factor, DoubleField(params, "low_freq_factor"));
     ATMAN_ASSIGN_OR_RETURN(rope.high_freq_factor, DoubleField(params, "high_freq_factor"));
-    ATMAN_ASSIGN_OR_RETURN(int64_t max_positions, IntField(config, "max_position_embeddings", 0));
-    ATMAN_ASSIGN_OR_RETURN(
-        rope.original_max_positions,
-        PositiveIntField(params, "original_max_position_embeddings",
-                         max_positions > 0 ? std::optional(max_positions) : std::nullopt));
+    ATMAN_ASSIGN_OR_RETURN(rope.original_max_positions, OriginalMaxPositions(config, params));
     if (rope.high_freq_factor == rope.low_freq_factor) {
       return absl::InvalidArgumentError(
           "config.json: rope llama3 high_freq_factor equals low_freq_factor");
     }
+  } else if (type == "yarn") {
+    rope.scaling = RopeScaling::kYarn;
+    ATMAN_ASSIGN_OR_RETURN(rope.original_max_positions, OriginalMaxPositions(config, params));
+    // factor null or absent: max_position_embeddings / original (DeepSeek-V3's reading).
+    std::optional<double> implied;
+    ATMAN_ASSIGN_OR_RETURN(int64_t max_positions, IntField(config, "max_position_embeddings", 0));
+    if (max_positions > 0) {
+      implied =
+          static_cast<double>(max_positions) / static_cast<double>(rope.original_max_positions);
+    }
+    ATMAN_ASSIGN_OR_RETURN(rope.factor, DoubleField(params, "factor", implied));
+    // transformers reads beta_fast / beta_slow with `or`: 0 counts as absent too.
+    ATMAN_ASSIGN_OR_RETURN(rope.beta_fast, DoubleField(params, "beta_fast", 32.0));
+    ATMAN_ASSIGN_OR_RETURN(rope.beta_slow, DoubleField(params, "beta_slow", 1.0));
+    if (rope.beta_fast == 0.0) rope.beta_fast = 32.0;
+    if (rope.beta_slow == 0.0) rope.beta_slow = 1.0;
+    ATMAN_ASSIGN_OR_RETURN(rope.truncate, BoolField(params, "truncate", true));
+    // get_mscale: 0.1 * mscale * ln(factor) + 1 above a factor of 1.
+    auto mscale = [&](double m) {
+      return rope.factor <= 1.0 ? 1.0 : 0.1 * m * std::log(rope.factor) + 1.0;
+    };
+    ATMAN_ASSIGN_OR_RETURN(double m, DoubleField(params, "mscale", 0.0));
+    ATMAN_ASSIGN_OR_RETURN(double m_all, DoubleField(params, "mscale_all_dim", 0.0));
+    const double inferred = (m != 0.0 && m_all != 0.0) ? mscale(m) / mscale(m_all) : mscale(1.0);
+    ATMAN_ASSIGN_OR_RETURN(rope.attention_factor,
+                           DoubleField(params, "attention_factor", inferred));
+  } else if (type == "dynamic") {
+    rope.scaling = RopeScaling::kDynamic;
+    ATMAN_ASSIGN_OR_RETURN(rope.factor, DoubleField(params, "factor"));
+    // transformers' dynamic rotary grows past config.json's max_position_embeddings.
+    ATMAN_ASSIGN_OR_RETURN(rope.original_max_positions,
+                           PositiveIntField(config, "max_position_embeddings"));
+    if (rope.rotary_dim <= 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: rope dynamic needs a rotary dimension above 2 (its exponent is dim / "
+          "(dim - 2)), got ",
+          rope.rotary_dim));
+    }
   } else {
-    return absl::UnimplementedError(absl::StrCat("config.json: rope type '", type,
-                                                 "' is not supported (default, linear, llama3)"));
+    return absl::UnimplementedError(
+        absl::StrCat("config.json: rope type '", type,
+                     "' is not supported (default, linear, llama3, yarn, dynamic)"));
   }
   if (rope.factor <= 0.0) {
     return absl::InvalidArgumentError(

@@ -50,8 +50,8 @@ absl::StatusOr<Activation> ParseActivation(const std::string& name, const char* 
 // factor, ...} or the older top-level `rope_theta` (gpt_neox: `rotary_emb_base`),
 // `rope_scaling` {type|rope_type, factor, ...} and `partial_rotary_factor` (gpt_neox:
 // `rotary_pct`; `default_partial` when none is given). Values inside the dict win, as in
-// transformers. Types default, linear, llama3; others UNIMPLEMENTED. "mrope" (old Qwen2-VL
-// exports) is "default". `mrope_section` (in the dict) is read into RopeConfig::mrope_section:
+// transformers. Types default, linear, llama3, yarn, dynamic (docs/model.md); others
+// UNIMPLEMENTED. "mrope" (old Qwen2-VL exports) is "default". `mrope_section` (in the dict) is read into RopeConfig::mrope_section:
 // positive sizes summing to rotary_dim / 2, with default scaling only (else INVALID_ARGUMENT /
 // UNIMPLEMENTED naming it). `default_theta` when no rope_theta is given.
 absl::StatusOr<RopeConfig> ParseRope(const nlohmann::json& config, int64_t head_dim,
