@@ -6,6 +6,7 @@ namespace atman::model {
 const TextFamily& LlamaFamily();    // llama, mistral, qwen2
 const TextFamily& Gpt2Family();     // gpt2
 const TextFamily& GptNeoxFamily();  // gpt_neox
+const TextFamily& GemmaFamily();    // gemma
 const TextFamily& Gemma2Family();   // gemma2
 const TextFamily& Phi3Family();     // phi3
 
@@ -14,6 +15,7 @@ const std::vector<const TextFamily*>& TextFamilies() {
       &LlamaFamily(),
       &Gpt2Family(),
       &GptNeoxFamily(),
+      &GemmaFamily(),
       &Gemma2Family(),
       &Phi3Family(),
   };

@@ -14,7 +14,8 @@ const std::vector<std::string>& OracleModels() {
   static const std::vector<std::string> kModels = {
       "llama",      "llama-linear", "llama-yarn",          "llama-dynamic", "mistral",
       "qwen2",      "qwen2-yarn",   "qwen3",               "gpt2",          "gpt_neox",
-      "gpt_neox-sequential",        "gemma2",              "phi3",          "phi3-longrope"};
+      "gpt_neox-sequential",        "gemma",               "gemma2",        "phi3",
+      "phi3-longrope"};
   return kModels;
 }
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, GPT2Config,
+from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, GemmaConfig,
+                          GemmaForCausalLM, GPT2Config,
                           GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
@@ -97,6 +98,14 @@ def model_specs():
         "gpt_neox-sequential": (GPTNeoXForCausalLM, GPTNeoXConfig(
             hidden_size=64, intermediate_size=96, num_attention_heads=4, rotary_pct=0.25,
             use_parallel_residual=False, tie_word_embeddings=True, **common)),
+        # Gemma 1: (1 + w) RMSNorm (norm weights randomised, see RANDOM_NORMS), embeddings
+        # scaled by sqrt(hidden), Llama's block otherwise; hidden_act "gelu" as the official
+        # releases spell the tanh approximation; multi-query attention with head_dim 16 !=
+        # hidden / heads, attention biases, tied embeddings
+        "gemma": (GemmaForCausalLM, GemmaConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=1,
+            head_dim=16, hidden_act="gelu", attention_bias=True, tie_word_embeddings=True,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, **common)),
         # Gemma-2: (1 + w) RMSNorm (norm weights randomised, see RANDOM_NORMS), embeddings
         # scaled by sqrt(hidden), sandwich norms, query_pre_attn_scalar 24 != head_dim 16,
         # attention and final logit soft-caps small enough to bite, sliding window of 4 keys
@@ -151,9 +160,9 @@ def model_specs():
     }
 
 
-# Gemma-2 initialises its RMSNorm weights to 0 (a scale of 1 + 0), Qwen3 its q/k norms to 1:
+# Gemma initialises its RMSNorm weights to 0 (a scale of 1 + 0), Qwen3 its q/k norms to 1:
 # randomised so that the scales are exercised.
-RANDOM_NORMS = {"gemma2", "qwen3"}
+RANDOM_NORMS = {"gemma", "gemma2", "qwen3"}
 
 
 def randomise_norms(model) -> None:
@@ -338,6 +347,12 @@ def main() -> None:
             randomise_norms(model)
         folder = args.out / name
         model.save_pretrained(folder)
+        if name == "gemma":
+            # As the official Gemma releases ship it: "gelu", which GemmaConfig reads as the
+            # tanh approximation the model above ran with.
+            saved = json.loads((folder / "config.json").read_text())
+            saved["hidden_act"] = "gelu"
+            write_json(folder / "config.json", saved)
         g = torch.Generator().manual_seed(1)
         tensors, cases = make_cases(model, g)
         save_file(tensors, str(folder / "cases.safetensors"))
