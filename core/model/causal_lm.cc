@@ -179,6 +179,7 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
       embeds = embeds * at::scalar_tensor(config_.embed_scale,
                                           at::TensorOptions().dtype(dtype_).device(device_));
     }
+    if (config_.embedding_multiplier != 1.0) embeds = embeds * config_.embedding_multiplier;
     return embeds;
   } catch (const std::exception& e) {
     return StatusFromException(e, "embedding ids");
@@ -344,21 +345,25 @@ at::Tensor CausalLM::RunBlock(const at::Tensor& x, int64_t layer, const Pass& pa
                               const ForwardInput& input) const {
   // x [B, T, H] -> [B, T, H]; pre-norm residual blocks, sequential or parallel (gpt_neox);
   // with sandwich norms (gemma2) each branch's output is normed again before the residual.
+  // Granite scales each branch by residual_multiplier before the residual.
   const Layer& w = weights_.layers[layer];
+  const double r = config_.residual_multiplier;
   at::Tensor attn = RunAttention(RunNorm(x, w.attn_norm), layer, pass, input);
   if (config_.sandwich_norms) attn = RunNorm(attn, w.post_attn_norm);
   if (config_.parallel_residual) {
     return RunMlp(RunNorm(x, w.mlp_norm), w) + attn + x;
   }
-  at::Tensor h = x + attn;
+  at::Tensor h = x + (r == 1.0 ? attn : attn * r);
   at::Tensor mlp = RunMlp(RunNorm(h, w.mlp_norm), w);
   if (config_.sandwich_norms) mlp = RunNorm(mlp, w.post_mlp_norm);
-  return h + mlp;
+  return h + (r == 1.0 ? mlp : mlp * r);
 }
 
 at::Tensor CausalLM::RunHead(const at::Tensor& h) const {
-  // h [B, K, H] -> logits [B, K, V]; gemma2 soft-caps them: cap * tanh(logits / cap).
+  // h [B, K, H] -> logits [B, K, V]; granite divides them by logits_scaling, gemma2
+  // soft-caps them: cap * tanh(logits / cap).
   at::Tensor logits = at::linear(RunNorm(h, weights_.final_norm), weights_.lm_head);
+  if (config_.logits_divisor != 1.0) logits = logits / config_.logits_divisor;  // granite
   if (config_.final_softcap > 0.0) {
     logits = at::tanh(logits / config_.final_softcap) * config_.final_softcap;
   }

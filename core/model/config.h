@@ -103,6 +103,14 @@ struct ModelConfig {
   double attn_softcap = 0.0;
   double final_softcap = 0.0;
 
+  // Granite's multipliers (1: none): token embeddings times embedding_multiplier (a double
+  // scalar, as transformers multiplies by a Python float), each attention and MLP output
+  // times residual_multiplier before it joins the residual, the logits divided by
+  // logits_divisor (`logits_scaling`). Its attention_multiplier is attention_scale.
+  double embedding_multiplier = 1.0;
+  double residual_multiplier = 1.0;
+  double logits_divisor = 1.0;
+
   // The longest sequence the model is meant for: the engine's default limit (Explainer's
   // max_sequence) and ModelInfo's context length. max_positions, or what RoPE scaling extends
   // it to: yarn factor x original_max_positions when that is longer (Qwen's long-context

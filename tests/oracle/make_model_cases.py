@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, GemmaConfig,
-                          GemmaForCausalLM, GPT2Config,
+                          GemmaForCausalLM, GPT2Config, GraniteConfig, GraniteForCausalLM,
                           GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
@@ -86,6 +86,15 @@ def model_specs():
             head_dim=12, attention_bias=True, tie_word_embeddings=True, use_sliding_window=True,
             sliding_window=4, max_window_layers=1, rope_parameters={"rope_type": "default",
                                                                      "rope_theta": 1e6},
+            **common)),
+        # Granite: Llama's block with multipliers in Granite-3.0's places (embeddings x 12,
+        # each branch x 0.5 before the residual, attention scale 0.25 instead of 1/sqrt(8),
+        # logits / 2; milder than Granite's 0.22, 1/64 and 8 so that the controls still move
+        # the logits), attention and MLP biases
+        "granite": (GraniteForCausalLM, GraniteConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            embedding_multiplier=12.0, residual_multiplier=0.5, attention_multiplier=0.25,
+            logits_scaling=2.0, attention_bias=True, mlp_bias=True, tie_word_embeddings=False,
             **common)),
         "gpt2": (GPT2LMHeadModel, GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,

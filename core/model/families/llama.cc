@@ -1,8 +1,9 @@
-// The llama family: transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and
-// Qwen3ForCausalLM (one implementation with switches): RMSNorm, rotary positions (default,
-// linear, llama3 scaling), grouped-query attention, gated MLP; mistral's sliding window on
-// every layer, qwen2's q/k/v biases and per-layer `layer_types`, qwen3's per-head q/k RMSNorm
-// (head_dim 128 when config.json omits it, as Qwen3Config). Qwen2-VL's and Qwen2.5-VL's language
+// The llama family: transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
+// Qwen3ForCausalLM and GraniteForCausalLM (one implementation with switches): RMSNorm, rotary
+// positions (ParseRope's scalings), grouped-query attention, gated MLP; mistral's sliding
+// window on every layer, qwen2's q/k/v biases and per-layer `layer_types`, qwen3's per-head q/k
+// RMSNorm (head_dim 128 when config.json omits it, as Qwen3Config), granite's embedding,
+// attention, residual and logits multipliers. Qwen2-VL's and Qwen2.5-VL's language
 // models (text_config model_type "qwen2_vl_text", "qwen2_5_vl_text") are qwen2 with
 // multimodal rotary (RopeConfig::mrope_section, default [16, 24, 24]) and rope_theta 1e6 by
 // default; qwen2_vl.h loads them out of the vision-language checkpoint.
@@ -103,6 +104,20 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
     }
   }
   m.attention_scale.assign(m.num_layers, 1.0 / std::sqrt(static_cast<double>(m.head_dim)));
+  if (m.model_type == "granite") {
+    // GraniteConfig's multipliers (defaults 1): attention_multiplier replaces
+    // 1 / sqrt(head_dim) as the attention scale.
+    ATMAN_ASSIGN_OR_RETURN(double attention, DoubleField(c, "attention_multiplier", 1.0));
+    m.attention_scale.assign(m.num_layers, attention);
+    ATMAN_ASSIGN_OR_RETURN(m.embedding_multiplier, DoubleField(c, "embedding_multiplier", 1.0));
+    ATMAN_ASSIGN_OR_RETURN(m.residual_multiplier, DoubleField(c, "residual_multiplier", 1.0));
+    ATMAN_ASSIGN_OR_RETURN(m.logits_divisor, DoubleField(c, "logits_scaling", 1.0));
+    if (m.logits_divisor == 0.0 || !std::isfinite(m.logits_divisor)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: field 'logits_scaling' must be a finite nonzero number, got ",
+          m.logits_divisor));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -138,6 +153,7 @@ const TextFamily& LlamaFamily() {
                       {"mistral", "MistralForCausalLM"},
                       {"qwen2", "Qwen2ForCausalLM"},
                       {"qwen3", "Qwen3ForCausalLM"},
+                      {"granite", "GraniteForCausalLM"},
                       {"qwen2_vl_text", "Qwen2VLTextModel"},
                       {"qwen2_5_vl_text", "Qwen2_5_VLTextModel"}},
       .parse_config = ParseLlama,
