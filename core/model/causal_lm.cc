@@ -293,7 +293,7 @@ at::Tensor CausalLM::RunAttention(const at::Tensor& x, int64_t layer, const Pass
   q = q.transpose(1, 2);
   k = k.transpose(1, 2);
   at::Tensor v = qkv.narrow(-1, (Hq + Hkv) * D, Hkv * D).view({B, T, Hkv, D}).transpose(1, 2);
-  if (!config_.learned_positions) {
+  if (config_.UsesRope(layer)) {
     q = rotary_.Apply(q, pass.cos, pass.sin);
     k = rotary_.Apply(k, pass.cos, pass.sin);
   }

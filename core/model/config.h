@@ -79,6 +79,13 @@ struct ModelConfig {
   bool parallel_residual = false;  // x + attn(ln1 x) + mlp(ln2 x)
   bool learned_positions = false;  // gpt2's wpe, else rotary
   RopeConfig rope;
+  // Per layer, whether it applies the rotary positions (empty: every layer). SmolLM3's NoPE
+  // layers (`no_rope_layers` 0) attend without positions.
+  std::vector<bool> rope_layers;
+  bool UsesRope(int64_t layer) const {
+    return !learned_positions &&
+           (rope_layers.empty() || rope_layers[static_cast<size_t>(layer)]);
+  }
   bool qkv_bias = false;
   bool o_bias = false;
   // Qwen3: each head's q and k are RMS-normed over head_dim (Layer::q_norm, k_norm) after the

@@ -39,7 +39,7 @@ from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, G
                           GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+                          Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from common import seed_everything, write_json
@@ -96,6 +96,13 @@ def model_specs():
             embedding_multiplier=12.0, residual_multiplier=0.5, attention_multiplier=0.25,
             logits_scaling=2.0, attention_bias=True, mlp_bias=True, tie_word_embeddings=False,
             **common)),
+        # SmolLM3: NoPE layers; 3 layers with no_rope_layer_interval 2 give rope, NoPE, rope
+        # (config.json then lists no_rope_layers), tied embeddings by default
+        "smollm3": (SmolLM3ForCausalLM, SmolLM3Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            no_rope_layer_interval=2, vocab_size=VOCAB, num_hidden_layers=3,
+            initializer_range=INIT, max_position_embeddings=128, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2)),
         "gpt2": (GPT2LMHeadModel, GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
             initializer_range=INIT, bos_token_id=0, eos_token_id=0)),

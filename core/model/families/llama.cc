@@ -1,12 +1,13 @@
 // The llama family: transformers' LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-// Qwen3ForCausalLM and GraniteForCausalLM (one implementation with switches): RMSNorm, rotary
-// positions (ParseRope's scalings), grouped-query attention, gated MLP; mistral's sliding
-// window on every layer, qwen2's q/k/v biases and per-layer `layer_types`, qwen3's per-head q/k
-// RMSNorm (head_dim 128 when config.json omits it, as Qwen3Config), granite's embedding,
-// attention, residual and logits multipliers. Qwen2-VL's and Qwen2.5-VL's language
-// models (text_config model_type "qwen2_vl_text", "qwen2_5_vl_text") are qwen2 with
-// multimodal rotary (RopeConfig::mrope_section, default [16, 24, 24]) and rope_theta 1e6 by
-// default; qwen2_vl.h loads them out of the vision-language checkpoint.
+// Qwen3ForCausalLM, GraniteForCausalLM and SmolLM3ForCausalLM (one implementation with
+// switches): RMSNorm, rotary positions (ParseRope's scalings), grouped-query attention, gated
+// MLP; mistral's sliding window on every layer, qwen2's q/k/v biases and per-layer
+// `layer_types`, qwen3's per-head q/k RMSNorm (head_dim 128 when config.json omits it, as
+// Qwen3Config), granite's embedding, attention, residual and logits multipliers, smollm3's
+// NoPE layers (`no_rope_layers`). Qwen2-VL's and Qwen2.5-VL's language models (text_config
+// model_type "qwen2_vl_text", "qwen2_5_vl_text") are qwen2 with multimodal rotary
+// (RopeConfig::mrope_section, default [16, 24, 24]) and rope_theta 1e6 by default; qwen2_vl.h
+// loads them out of the vision-language checkpoint.
 #include <ATen/ops/cat.h>
 
 #include <cmath>
@@ -26,10 +27,36 @@ bool IsQwen2VlText(const std::string& model_type) {
   return model_type == "qwen2_vl_text" || model_type == "qwen2_5_vl_text";
 }
 
+// SmolLM3's `no_rope_layers` (1: the layer applies rotary positions, 0: NoPE), or when absent
+// SmolLM3Config's default: every `no_rope_layer_interval`-th layer (default 4) is NoPE.
+absl::Status ParseNoRopeLayers(const json& c, ModelConfig& m) {
+  m.rope_layers.assign(static_cast<size_t>(m.num_layers), true);
+  if (const json* list = Field(c, "no_rope_layers"); list != nullptr) {
+    if (!list->is_array() || static_cast<int64_t>(list->size()) != m.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: 'no_rope_layers' must list 0 or 1 per layer (num_hidden_layers = ",
+          m.num_layers, "), got ", list->dump()));
+    }
+    for (size_t i = 0; i < list->size(); ++i) {
+      const json& v = (*list)[i];
+      if (!v.is_number_integer() || (v.get<int64_t>() != 0 && v.get<int64_t>() != 1)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "config.json: no_rope_layers[", i, "] must be 0 or 1, got ", v.dump()));
+      }
+      m.rope_layers[i] = v.get<int64_t>() == 1;
+    }
+    return absl::OkStatus();
+  }
+  ATMAN_ASSIGN_OR_RETURN(int64_t interval, PositiveIntField(c, "no_rope_layer_interval", 4));
+  for (int64_t i = 0; i < m.num_layers; ++i) m.rope_layers[i] = (i + 1) % interval != 0;
+  return absl::OkStatus();
+}
+
 absl::Status ParseLlama(const json& c, ModelConfig& m) {
   const bool vl_text = IsQwen2VlText(m.model_type);
   const bool qwen2 = m.model_type == "qwen2" || vl_text;
   const bool qwen3 = m.model_type == "qwen3";
+  const bool smollm3 = m.model_type == "smollm3";
   ATMAN_ASSIGN_OR_RETURN(m.vocab_size, PositiveIntField(c, "vocab_size"));
   ATMAN_ASSIGN_OR_RETURN(m.hidden_size, PositiveIntField(c, "hidden_size"));
   ATMAN_ASSIGN_OR_RETURN(m.num_layers, PositiveIntField(c, "num_hidden_layers"));
@@ -46,7 +73,7 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
   m.norm = NormKind::kRms;
   m.gated_mlp = true;
   ATMAN_ASSIGN_OR_RETURN(m.tied_embeddings,
-                         BoolField(c, "tie_word_embeddings", false));
+                         BoolField(c, "tie_word_embeddings", smollm3));
   if (qwen2) {
     m.qkv_bias = true;  // Qwen2Attention: q/k/v with bias, o without
     m.o_bias = false;
@@ -70,9 +97,16 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
     m.rope.mrope_section.clear();  // transformers' text-only families ignore it
   }
 
+  if (smollm3) ATMAN_RETURN_IF_ERROR(ParseNoRopeLayers(c, m));
+
   // Sliding windows: mistral applies `sliding_window` to every layer; qwen2 names each layer's
-  // kind in `layer_types` ("full_attention" / "sliding_attention").
+  // kind in `layer_types` ("full_attention" / "sliding_attention"); smollm3 only while
+  // use_sliding_window is on (SmolLM3Attention).
   ATMAN_ASSIGN_OR_RETURN(int64_t window, IntField(c, "sliding_window", 0));
+  if (smollm3) {
+    ATMAN_ASSIGN_OR_RETURN(bool use_sliding, BoolField(c, "use_sliding_window", false));
+    if (!use_sliding) window = 0;
+  }
   m.sliding_window.assign(m.num_layers, 0);
   if (const json* types = Field(c, "layer_types"); types != nullptr) {
     if (!types->is_array() || static_cast<int64_t>(types->size()) != m.num_layers) {
@@ -82,7 +116,9 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
     }
     for (int64_t i = 0; i < m.num_layers; ++i) {
       const json& t = (*types)[i];
-      if (t == "sliding_attention") {
+      if (t == "sliding_attention" && smollm3 && window <= 0) {
+        continue;  // SmolLM3 slides only with use_sliding_window and a window
+      } else if (t == "sliding_attention") {
         if (window <= 0) {
           return absl::InvalidArgumentError(absl::StrCat(
               "config.json: layer_types[", i, "] is sliding_attention but sliding_window is unset"));
@@ -95,6 +131,11 @@ absl::Status ParseLlama(const json& c, ModelConfig& m) {
     }
   } else if (m.model_type == "mistral" && window > 0) {
     m.sliding_window.assign(m.num_layers, window);
+  } else if (smollm3 && window > 0) {
+    // SmolLM3Config's layer_types when absent: its NoPE layers slide.
+    for (int64_t i = 0; i < m.num_layers; ++i) {
+      if (!m.rope_layers[static_cast<size_t>(i)]) m.sliding_window[i] = window;
+    }
   } else if (qwen2 || qwen3) {
     ATMAN_ASSIGN_OR_RETURN(bool use_sliding, BoolField(c, "use_sliding_window", false));
     if (use_sliding) {
@@ -154,6 +195,7 @@ const TextFamily& LlamaFamily() {
                       {"qwen2", "Qwen2ForCausalLM"},
                       {"qwen3", "Qwen3ForCausalLM"},
                       {"granite", "GraniteForCausalLM"},
+                      {"smollm3", "SmolLM3ForCausalLM"},
                       {"qwen2_vl_text", "Qwen2VLTextModel"},
                       {"qwen2_5_vl_text", "Qwen2_5_VLTextModel"}},
       .parse_config = ParseLlama,
