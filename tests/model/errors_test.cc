@@ -59,7 +59,7 @@ TEST(LoadErrors, UnsupportedModelTypeIsNamed) {
   absl::Status status = LoadStatus(EditedLlama([](auto& c) { c["model_type"] = "bert"; }));
   EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
   EXPECT_THAT(std::string(status.message()),
-              AllOf(HasSubstr("model_type 'bert'"), HasSubstr("gpt2, gpt_neox, llama, mistral, phi3, qwen2"),
+              AllOf(HasSubstr("model_type 'bert'"), HasSubstr("gpt2, gpt_neox, granite, llama, mistral, phi3, qwen2"),
                     HasSubstr(absl::StrJoin(SupportedModelTypes(), ", "))));
 }
 
