@@ -3,12 +3,13 @@
 namespace atman::model {
 
 // The registry lines: each family's entry, defined in its file under core/model/families/.
-const TextFamily& LlamaFamily();    // llama, mistral, qwen2
+const TextFamily& LlamaFamily();    // llama, mistral, qwen2, qwen3, granite, smollm3, ...
 const TextFamily& Gpt2Family();     // gpt2
 const TextFamily& GptNeoxFamily();  // gpt_neox
 const TextFamily& GemmaFamily();    // gemma
 const TextFamily& Gemma2Family();   // gemma2
 const TextFamily& Phi3Family();     // phi3
+const TextFamily& Starcoder2Family();  // starcoder2
 
 const std::vector<const TextFamily*>& TextFamilies() {
   static const std::vector<const TextFamily*> kFamilies = {
@@ -18,6 +19,7 @@ const std::vector<const TextFamily*>& TextFamilies() {
       &GemmaFamily(),
       &Gemma2Family(),
       &Phi3Family(),
+      &Starcoder2Family(),
   };
   return kFamilies;
 }

@@ -39,7 +39,8 @@ from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, G
                           GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig,
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
+                          Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
+                          Starcoder2Config, Starcoder2ForCausalLM)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from common import seed_everything, write_json
@@ -103,6 +104,12 @@ def model_specs():
             no_rope_layer_interval=2, vocab_size=VOCAB, num_hidden_layers=3,
             initializer_range=INIT, max_position_embeddings=128, pad_token_id=0,
             bos_token_id=1, eos_token_id=2)),
+        # StarCoder2: LayerNorm with bias, q/k/v/o and MLP biases (use_bias), a plain
+        # c_fc -> gelu_pytorch_tanh -> c_proj MLP, a sliding window of 5 keys on every layer,
+        # tied embeddings
+        "starcoder2": (Starcoder2ForCausalLM, Starcoder2Config(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            sliding_window=5, use_bias=True, tie_word_embeddings=True, **common)),
         "gpt2": (GPT2LMHeadModel, GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
             initializer_range=INIT, bos_token_id=0, eos_token_id=0)),
