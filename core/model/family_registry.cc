@@ -9,6 +9,7 @@ const TextFamily& GptNeoxFamily();  // gpt_neox
 const TextFamily& GemmaFamily();    // gemma
 const TextFamily& Gemma2Family();   // gemma2
 const TextFamily& Phi3Family();     // phi3
+const TextFamily& StableLmFamily();    // stablelm
 const TextFamily& Starcoder2Family();  // starcoder2
 
 const std::vector<const TextFamily*>& TextFamilies() {
@@ -19,6 +20,7 @@ const std::vector<const TextFamily*>& TextFamilies() {
       &GemmaFamily(),
       &Gemma2Family(),
       &Phi3Family(),
+      &StableLmFamily(),
       &Starcoder2Family(),
   };
   return kFamilies;

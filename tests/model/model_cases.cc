@@ -15,7 +15,8 @@ const std::vector<std::string>& OracleModels() {
       "llama",      "llama-linear", "llama-yarn",          "llama-dynamic", "mistral",
       "qwen2",      "qwen2-yarn",   "qwen3",               "gpt2",          "gpt_neox",
       "gpt_neox-sequential",        "gemma",               "gemma2",        "phi3",
-      "phi3-longrope",              "granite",             "smollm3",       "starcoder2"};
+      "phi3-longrope",              "granite",             "smollm3",       "starcoder2",
+      "stablelm",                   "stablelm-parallel"};
   return kModels;
 }
 

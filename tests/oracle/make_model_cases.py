@@ -40,7 +40,8 @@ from transformers import (AttentionInterface, Gemma2Config, Gemma2ForCausalLM, G
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
-                          Starcoder2Config, Starcoder2ForCausalLM)
+                          StableLmConfig, StableLmForCausalLM, Starcoder2Config,
+                          Starcoder2ForCausalLM)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from common import seed_everything, write_json
@@ -110,6 +111,16 @@ def model_specs():
         "starcoder2": (Starcoder2ForCausalLM, Starcoder2Config(
             hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
             sliding_window=5, use_bias=True, tie_word_embeddings=True, **common)),
+        # StableLM: LayerNorm with bias, partial rotary (the default 0.25: 2 of 8 dims),
+        # q/k/v biases, sequential residual, untied; "stablelm-parallel": the parallel
+        # residual (one input_layernorm for both branches), 4 of 8 rotary dims, tied
+        "stablelm": (StableLmForCausalLM, StableLmConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+            use_qkv_bias=True, tie_word_embeddings=False, **common)),
+        "stablelm-parallel": (StableLmForCausalLM, StableLmConfig(
+            hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=4,
+            use_parallel_residual=True, partial_rotary_factor=0.5, tie_word_embeddings=True,
+            **common)),
         "gpt2": (GPT2LMHeadModel, GPT2Config(
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
             initializer_range=INIT, bos_token_id=0, eos_token_id=0)),
