@@ -223,6 +223,50 @@ TEST(ConfigParsing, YarnAndDynamicRope) {
               HasSubstr("'original_max_position_embeddings' must be positive, got 0"));
 }
 
+// The families added for the outside checks refuse what they do not implement by name, and
+// read transformers' defaults for absent fields.
+TEST(ConfigParsing, StableLmStarcoder2GraniteSmolLm3Defaults) {
+  const nlohmann::json base = {{"vocab_size", 10},         {"hidden_size", 32},
+                               {"num_hidden_layers", 4},   {"num_attention_heads", 4},
+                               {"intermediate_size", 8},   {"max_position_embeddings", 64}};
+  nlohmann::json stablelm = base;
+  stablelm["model_type"] = "stablelm";
+  auto a = ParseModelConfig(stablelm);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->rope.rotary_dim, 2);  // partial_rotary_factor 0.25 of head_dim 8
+  EXPECT_EQ(a->norm, NormKind::kLayer);
+  EXPECT_FALSE(a->parallel_residual);
+  stablelm["qk_layernorm"] = true;
+  auto refused = ParseModelConfig(stablelm).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("qk_layernorm"));
+
+  nlohmann::json starcoder2 = base;
+  starcoder2["model_type"] = "starcoder2";
+  auto b = ParseModelConfig(starcoder2);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->tied_embeddings && b->qkv_bias && b->o_bias && b->mlp_bias);
+  EXPECT_EQ(b->num_kv_heads, 2);
+  EXPECT_EQ(b->activation, Activation::kGeluTanh);
+  EXPECT_EQ(b->sliding_window, std::vector<int64_t>(4, 0));
+
+  nlohmann::json granite = base;
+  granite["model_type"] = "granite";
+  granite["logits_scaling"] = 0;
+  EXPECT_THAT(std::string(ParseModelConfig(granite).status().message()),
+              HasSubstr("'logits_scaling' must be a finite nonzero number, got 0"));
+
+  nlohmann::json smollm3 = base;
+  smollm3["model_type"] = "smollm3";
+  auto d = ParseModelConfig(smollm3);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->rope_layers, std::vector<bool>({true, true, true, false}));  // every 4th NoPE
+  EXPECT_TRUE(d->tied_embeddings);
+  smollm3["no_rope_layers"] = {1, 2, 1, 1};
+  EXPECT_THAT(std::string(ParseModelConfig(smollm3).status().message()),
+              HasSubstr("no_rope_layers[1] must be 0 or 1, got 2"));
+}
+
 // Gemma-2's config.json: transformers' defaults for absent fields, null soft-caps and what is
 // refused, each naming the field.
 TEST(ConfigParsing, Gemma2SwitchesAndErrors) {
