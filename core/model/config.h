@@ -46,7 +46,8 @@ struct RopeConfig {
   // dynamic (NTK-aware, _compute_dynamic_ntk_parameters): a row longer than
   // original_max_positions (config.json's max_position_embeddings) gets
   // theta x ((factor x length / original) - (factor - 1))^(dim / (dim - 2)) as its base, its
-  // length being max(its positions) + 1; shorter rows keep theta (docs/model.md, "Dynamic").
+  // length being max(its positions) + 1; shorter rows keep theta (docs/model.md, "YaRN and
+  // dynamic NTK").
   // longrope (Phi-3's "su"): inverse frequencies divided by short_factor (rotary_dim / 2
   // values) for a row whose length max(position) + 1 is at most original_max_positions, by
   // long_factor beyond; cos and sin multiplied by attention_factor (docs/model.md, "LongRoPE").
